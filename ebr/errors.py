@@ -1,0 +1,58 @@
+"""The ebr exception tree. Every error a caller can trigger is one of these.
+
+    EbrError
+    ├── SpecError              an index spec string or build parameter is invalid
+    ├── SearchParamError       a search-time parameter (k, nprobe, k_coarse) is out of range
+    ├── InputError             vectors or ids given to ebr are malformed (shape, dtype, NaN, unknown id)
+    ├── IndexFormatError       an index directory cannot be opened
+    │   ├── ManifestVersionError   the manifest's format version is unknown to this reader
+    │   └── CorruptFileError       a file is missing, truncated, too long or fails its checksum
+    └── IndexNotReadyError     no index is open (the service is starting or has none)
+
+``service.app`` maps each family to one HTTP status in one place.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "EbrError",
+    "SpecError",
+    "SearchParamError",
+    "InputError",
+    "IndexFormatError",
+    "ManifestVersionError",
+    "CorruptFileError",
+    "IndexNotReadyError",
+]
+
+
+class EbrError(Exception):
+    """Base class of every error raised on purpose by ebr."""
+
+
+class SpecError(EbrError, ValueError):
+    """An index spec string (``"IVF256,PQ16"``) or build parameter is invalid."""
+
+
+class SearchParamError(EbrError, ValueError):
+    """A search parameter is out of range; the message names the parameter."""
+
+
+class InputError(EbrError, ValueError):
+    """Input vectors, ids or files are malformed; the message names what and where."""
+
+
+class IndexFormatError(EbrError):
+    """An index directory cannot be opened: the message says which file and why."""
+
+
+class ManifestVersionError(IndexFormatError):
+    """The manifest was written by an incompatible (newer major) format version."""
+
+
+class CorruptFileError(IndexFormatError):
+    """A file of the index is missing, truncated, has trailing bytes or a bad checksum."""
+
+
+class IndexNotReadyError(EbrError):
+    """No index is open yet."""

@@ -1,0 +1,161 @@
+"""``open_index``: open an index directory read-only, after checking it is whole.
+
+The coarse index is read with ``faiss.IO_FLAG_MMAP`` (its inverted lists stay in the page
+cache, shared between worker processes); the dense store is a read-only ``np.memmap`` read row by
+row at re-rank time. Nothing is opened unless the manifest's version is known and every file has
+the recorded size (and, by default, the recorded sha256).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from ebr.errors import CorruptFileError, IndexFormatError
+from ebr.io import layout
+from ebr.io.manifest import Manifest, read_manifest, verify_files
+from ebr.io.vecs import read_bin
+from ebr.metric import Metric
+from ebr.quant.faiss_bridge import extract_ivfpq
+from ebr.spec import IndexSpec
+
+__all__ = ["OpenIndex", "open_index"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OpenIndex:
+    """A verified, opened index directory. Immutable; safe to share between threads."""
+
+    path: Path
+    manifest: Manifest
+    spec: IndexSpec
+    metric: Metric
+    coarse: faiss.Index  # IndexIVFPQ, or IndexPreTransform(OPQ) over one
+    ivfpq: faiss.IndexIVFPQ
+    dense: np.ndarray  # memmap [ntotal, dim], float32 or float16
+    ids: Any  # np.ndarray[int64] or list[str]
+    normalize: bool
+
+    @property
+    def dim(self) -> int:
+        return self.manifest.dim
+
+    @property
+    def ntotal(self) -> int:
+        return self.manifest.ntotal
+
+    @property
+    def nlist(self) -> int:
+        return self.spec.nlist
+
+    def external_ids(self, rows: np.ndarray) -> list[Any]:
+        """External ids of internal rows (``None`` for ``-1`` padding)."""
+        out: list[Any] = []
+        for r in np.asarray(rows).ravel().tolist():
+            out.append(None if r < 0 else (self.ids[r].item() if isinstance(self.ids, np.ndarray)
+                                           else self.ids[r]))
+        return out
+
+    def memory(self) -> dict[str, int | float]:
+        """Bytes the coarse stage keeps in RAM vs bytes of dense vectors left on disk."""
+        codes = self.ntotal * self.ivfpq.code_size
+        list_ids = self.ntotal * 8  # faiss stores one int64 id per entry in the inverted lists
+        centroids = self.nlist * self.dim * 4
+        codebook = self.ivfpq.pq.M * self.ivfpq.pq.ksub * self.ivfpq.pq.dsub * 4
+        opq = self.dim * self.dim * 4 if self.spec.opq else 0
+        tables = int(self.ivfpq.precomputed_table.size()) * 4
+        coarse = codes + list_ids + centroids + codebook + opq + tables
+        dense = self.manifest.files[layout.DENSE[self.manifest.dense_dtype]].bytes
+        return {
+            "codes_bytes": codes, "list_ids_bytes": list_ids, "centroids_bytes": centroids,
+            "codebook_bytes": codebook, "opq_bytes": opq, "precomputed_table_bytes": tables,
+            "coarse_ram_bytes": coarse,
+            "coarse_ram_bytes_per_vector": coarse / max(self.ntotal, 1),
+            "dense_disk_bytes": dense,
+            "dense_bytes_per_vector": dense / max(self.ntotal, 1),
+            "ram_fraction_of_dense": coarse / max(dense, 1),
+            "coarse_file_bytes": self.manifest.files[layout.COARSE].bytes,
+        }
+
+
+def open_index(
+    directory: str | os.PathLike[str],
+    *,
+    verify_checksums: bool = True,
+    mmap: bool = True,
+    precompute_tables: bool = False,
+) -> OpenIndex:
+    """Open an index directory read-only.
+
+    verify_checksums: sha256 every file against the manifest (reads every byte once; turn off
+        for very large indexes, sizes are still checked).
+    mmap: memory-map the coarse inverted lists (``IO_FLAG_MMAP``) instead of loading them.
+    precompute_tables: for L2 indexes, keep faiss' nlist x M x ksub float table in RAM (faster
+        list scans, but it can outweigh the codes themselves on small corpora); off by default
+        so the RAM figure is the codes'.
+    """
+    path = Path(directory)
+    manifest = read_manifest(path)
+    verify_files(path, manifest, checksums=verify_checksums)
+    try:
+        spec = IndexSpec.parse(manifest.spec)
+        metric = Metric.parse(manifest.metric)
+    except Exception as e:
+        raise IndexFormatError(f"{path}/manifest.json: {e}") from None
+    if manifest.dense_dtype not in layout.DENSE:
+        raise IndexFormatError(f"{path}: unknown dense dtype {manifest.dense_dtype!r}")
+
+    flags = 0 if precompute_tables else faiss.IO_FLAG_SKIP_PRECOMPUTE_TABLE
+    if mmap:
+        flags |= faiss.IO_FLAG_MMAP
+    try:
+        coarse = faiss.read_index(str(path / layout.COARSE), flags)
+    except RuntimeError as e:
+        raise CorruptFileError(f"{path / layout.COARSE}: faiss cannot read it: "
+                               f"{str(e).splitlines()[0] if str(e) else e}") from None
+    try:
+        ivfpq = extract_ivfpq(coarse)
+    except Exception as e:
+        raise CorruptFileError(f"{path / layout.COARSE}: {e}") from None
+    if not precompute_tables:
+        ivfpq.use_precomputed_table = -1  # never build the table lazily behind our back
+    _expect(path / layout.COARSE, "ntotal", coarse.ntotal, manifest.ntotal)
+    _expect(path / layout.COARSE, "dimension", coarse.d, manifest.dim)
+    _expect(path / layout.COARSE, "nlist", ivfpq.nlist, spec.nlist)
+    _expect(path / layout.COARSE, "PQ M", ivfpq.pq.M, spec.pq_m)
+    _expect(path / layout.COARSE, "metric", coarse.metric_type, metric.faiss_metric)
+
+    dense = read_bin(path / layout.DENSE[manifest.dense_dtype], mmap=True)
+    _expect(path / layout.DENSE[manifest.dense_dtype], "shape", dense.shape,
+            (manifest.ntotal, manifest.dim))
+    ids: Any
+    if manifest.id_kind == "int":
+        ids = np.array(read_bin(path / layout.IDS_INT, mmap=False)).ravel()
+    elif manifest.id_kind == "str":
+        try:
+            ids = (path / layout.IDS_STR).read_text(encoding="utf-8").split("\n")[:-1]
+        except (OSError, UnicodeDecodeError) as e:
+            raise CorruptFileError(f"{path / layout.IDS_STR}: {e}") from None
+    else:
+        raise IndexFormatError(f"{path}: unknown id_kind {manifest.id_kind!r}")
+    if len(ids) != manifest.ntotal:
+        raise CorruptFileError(f"{path}: {len(ids)} external ids for {manifest.ntotal} vectors")
+    normalize = bool(manifest.build.get("params", {}).get("normalize", False))
+    logger.info("opened %s: %s, %d x %d, %s", path, spec, manifest.ntotal, manifest.dim,
+                metric.value)
+    return OpenIndex(path=path, manifest=manifest, spec=spec, metric=metric, coarse=coarse,
+                     ivfpq=ivfpq, dense=dense, ids=ids, normalize=normalize)
+
+
+def _expect(where: Path, what: str, got: Any, want: Any) -> None:
+    if got != want:
+        raise CorruptFileError(f"{where}: {what} is {got}, manifest says {want}")
+

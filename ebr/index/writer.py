@@ -1,0 +1,228 @@
+"""``write_index``: train the coarse index, encode every vector, write the directory atomically.
+
+The directory is assembled under a temporary name next to the target, every file is fsynced,
+``manifest.json`` is written last, and only then is the directory renamed into place. A build
+that dies at any point leaves either the previous index or nothing under the target name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import shutil
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+from tqdm.auto import tqdm
+
+from ebr.errors import InputError
+from ebr.io import layout
+from ebr.io.manifest import FileEntry, Manifest, sha256_file, write_manifest
+from ebr.io.vecs import check_vectors, write_bin
+from ebr.quant.faiss_bridge import CodebookTrainer, extract_ivfpq, make_trainer
+from ebr.spec import BuildParams
+
+__all__ = ["write_index", "normalize_rows", "sample_rows"]
+
+logger = logging.getLogger(__name__)
+CHUNK = 65536
+
+
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def sample_rows(n: int, size: int, seed: int) -> np.ndarray:
+    """Sorted row numbers of a seeded sample (sorted so a memmap reads forward)."""
+    if size >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+
+
+def _chunks(x: np.ndarray, normalize: bool) -> Iterator[tuple[int, np.ndarray]]:
+    for i0 in range(0, x.shape[0], CHUNK):
+        block = np.ascontiguousarray(x[i0:i0 + CHUNK], dtype=np.float32)
+        yield i0, normalize_rows(block) if normalize else block
+
+
+def _check_ids(ids: Sequence[Any] | np.ndarray | None, n: int) -> tuple[str, Any]:
+    if ids is None:
+        return "int", np.arange(n, dtype=np.int64)
+    if len(ids) != n:
+        raise InputError(f"ids: {len(ids)} ids for {n} vectors")
+    arr = np.asarray(ids)
+    if np.issubdtype(arr.dtype, np.integer):
+        kind, out = "int", arr.astype(np.int64)
+    else:
+        out = [str(i) for i in ids]
+        if any(("\n" in s or "\r" in s or s == "") for s in out):
+            raise InputError("ids: string ids must be non-empty and contain no newline")
+        kind = "str"
+    if len(set(out.tolist() if kind == "int" else out)) != n:
+        raise InputError("ids: external ids must be unique")
+    return kind, out
+
+
+@contextlib.contextmanager
+def _staging_dir(target: Path) -> Iterator[Path]:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.building-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _publish(tmp: Path, target: Path, overwrite: bool) -> None:
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if target.exists():
+        if not overwrite:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise InputError(f"{target} exists; pass overwrite=True (--overwrite) to replace it")
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(target, old)
+        os.rename(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, target)
+
+
+def write_index(
+    directory: str | os.PathLike[str],
+    vectors: np.ndarray,
+    params: BuildParams,
+    ids: Sequence[Any] | np.ndarray | None = None,
+    *,
+    trainer: CodebookTrainer | None = None,
+    encoder: dict[str, Any] | None = None,
+    source: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> Manifest:
+    """Build an index directory from ``vectors`` (float [n, d], may be a read-only memmap).
+
+    Parameters
+    ----------
+    directory: target path; written atomically (see module docstring).
+    vectors: document vectors; read in chunks of 65,536 rows, never copied whole.
+    params: build parameters (spec, metric, dense dtype, training sample size, seed).
+    ids: external ids (ints or strings), row i -> ids[i]; default: the row numbers.
+    trainer: codebook trainer; default from ``params.codebooks`` (k-means or OPQ).
+    encoder: description of the text encoder that produced the vectors (lets the service
+        accept text queries), e.g. ``{"name": "all-MiniLM-L6-v2", "normalize": True}``.
+    """
+    t_start = time.perf_counter()
+    target = Path(directory)
+    check_vectors(vectors, name="vectors")
+    n, d = vectors.shape
+    if n == 0:
+        raise InputError("vectors: cannot build an index from 0 vectors")
+    params.spec.check_dim(d)
+    id_kind, ext_ids = _check_ids(ids, n)
+    trainer = trainer or make_trainer(params.codebooks, niter=params.kmeans_niter)
+    metric = params.metric
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    rows = sample_rows(n, params.train_size, params.seed)
+    xt = np.asarray(vectors[rows], dtype=np.float32)
+    if params.normalize:
+        xt = normalize_rows(xt)
+    index = trainer.train(xt, params.spec, metric, params.seed)
+    timings["train"] = time.perf_counter() - t0
+    del xt
+
+    if target.exists() and not overwrite:
+        raise InputError(f"{target} exists; pass overwrite=True (--overwrite) to replace it")
+    with _staging_dir(target) as tmp:
+        t0 = time.perf_counter()
+        dense_name = layout.DENSE[params.dense_dtype]
+        dense_dtype = np.dtype(params.dense_dtype)
+        bar = tqdm(total=n, desc="encode+write", unit="vec", disable=not progress)
+        with open(tmp / dense_name, "wb") as fd:
+            np.array([n, d], dtype=np.uint32).tofile(fd)
+            for _, block in _chunks(vectors, params.normalize):
+                index.add(block)
+                block.astype(dense_dtype).tofile(fd)
+                bar.update(len(block))
+            fd.flush()
+            os.fsync(fd.fileno())
+        bar.close()
+        timings["encode_and_write_dense"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        if index.ntotal != n:
+            raise InputError(f"internal: coarse index holds {index.ntotal} of {n} vectors")
+        faiss.write_index(index, str(tmp / layout.COARSE))
+        with open(tmp / layout.COARSE, "rb+") as fc:
+            os.fsync(fc.fileno())
+        if id_kind == "int":
+            ids_name = layout.IDS_INT
+            write_bin(tmp / ids_name, np.asarray(ext_ids, dtype=np.int64).reshape(-1, 1))
+        else:
+            ids_name = layout.IDS_STR
+            with open(tmp / ids_name, "w", encoding="utf-8") as fi:
+                fi.write("\n".join(ext_ids) + "\n")
+                fi.flush()
+                os.fsync(fi.fileno())
+        files = {}
+        for name in (layout.COARSE, dense_name, ids_name):
+            p = tmp / name
+            files[name] = FileEntry(bytes=p.stat().st_size, sha256=sha256_file(p))
+        timings["write_coarse_and_checksums"] = time.perf_counter() - t0
+
+        ivfpq = extract_ivfpq(index)
+        sizes = np.array([ivfpq.invlists.list_size(i) for i in range(ivfpq.nlist)])
+        manifest = Manifest(
+            spec=str(params.spec), metric=metric.value, dim=d, ntotal=n,
+            dense_dtype=params.dense_dtype, id_kind=id_kind, files=files,
+            codebooks={**trainer.describe(), "train_size": int(len(rows)),
+                       "trained_on": "document sample"},
+            build={
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "seconds": {k: round(v, 3) for k, v in timings.items()}
+                | {"total": round(time.perf_counter() - t_start, 3)},
+                "params": {"spec": str(params.spec), "metric": metric.value,
+                           "dense_dtype": params.dense_dtype, "train_size": params.train_size,
+                           "kmeans_niter": params.kmeans_niter, "seed": params.seed,
+                           "codebooks": params.codebooks, "normalize": params.normalize,
+                           **params.extra},
+                "list_sizes": {"min": int(sizes.min()), "max": int(sizes.max()),
+                               "mean": float(sizes.mean()),
+                               "empty": int((sizes == 0).sum())},
+                "versions": {"ebr": _version(), "faiss": faiss.__version__,
+                             "numpy": np.__version__, "python": platform.python_version()},
+            },
+            encoder=encoder, source=source or {},
+        )
+        write_manifest(tmp, manifest)
+        _publish(tmp, target, overwrite)
+    logger.info("wrote %s: %d x %d, %s, %.1f s", target, n, d, params.spec,
+                time.perf_counter() - t_start)
+    return manifest
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ebr")
+    except PackageNotFoundError:
+        return "0+unknown"
+

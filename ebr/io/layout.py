@@ -1,0 +1,9 @@
+"""The fixed file names of an index directory. A directory without ``manifest.json`` is unfinished."""
+
+from __future__ import annotations
+
+MANIFEST = "manifest.json"
+COARSE = "coarse.index"  # faiss IndexIVFPQ (or OPQ pre-transform), opened with IO_FLAG_MMAP
+DENSE = {"float32": "dense.fbin", "float16": "dense.f16bin"}  # (n, d) header + rows
+IDS_INT = "ids.i64bin"  # external integer ids, row i -> id
+IDS_STR = "ids.txt"  # external string ids, one per line (no newlines inside ids)

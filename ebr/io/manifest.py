@@ -1,0 +1,118 @@
+"""``manifest.json``: the versioned record of an index directory, written last and atomically.
+
+It holds the format version, the spec, metric, dimensions, counts, ``{bytes, sha256}`` of every
+file and the build's provenance. The reader refuses an unknown major version and any file whose
+size or checksum disagrees.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ebr.errors import CorruptFileError, IndexFormatError, ManifestVersionError
+from ebr.io.layout import MANIFEST
+
+__all__ = ["FORMAT_VERSION", "Manifest", "FileEntry", "sha256_file", "write_manifest",
+           "read_manifest", "verify_files"]
+
+FORMAT_VERSION = "1.0"  # major.minor; readers accept any minor of their major
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    spec: str
+    metric: str
+    dim: int
+    ntotal: int
+    dense_dtype: str
+    id_kind: str  # "int" | "str"
+    files: dict[str, FileEntry]
+    codebooks: dict[str, Any]  # {"method": "kmeans"|"opq", "train_size": ..., ...}
+    build: dict[str, Any]  # created, seconds per stage, versions, params, seed
+    encoder: dict[str, Any] | None = None  # set when text queries can be encoded
+    source: dict[str, Any] = field(default_factory=dict)
+    format_version: str = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = MANIFEST) -> Manifest:
+        version = str(d.get("format_version", ""))
+        major = version.split(".")[0]
+        if major != FORMAT_VERSION.split(".")[0]:
+            raise ManifestVersionError(
+                f"{where}: format_version {version!r} is not readable by this ebr "
+                f"(reads {FORMAT_VERSION.split('.')[0]}.x)"
+            )
+        try:
+            files = {k: FileEntry(**v) for k, v in d["files"].items()}
+            return cls(
+                spec=str(d["spec"]), metric=str(d["metric"]), dim=int(d["dim"]),
+                ntotal=int(d["ntotal"]), dense_dtype=str(d["dense_dtype"]),
+                id_kind=str(d["id_kind"]), files=files, codebooks=dict(d["codebooks"]),
+                build=dict(d["build"]), encoder=d.get("encoder"), source=dict(d.get("source", {})),
+                format_version=version,
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise IndexFormatError(f"{where}: malformed manifest ({type(e).__name__}: {e})") from None
+
+
+def sha256_file(path: Path, block: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> None:
+    """Write ``manifest.json`` via a temporary file, fsync and ``os.replace``."""
+    tmp = directory / (MANIFEST + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(manifest.to_json())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, directory / MANIFEST)
+
+
+def read_manifest(directory: Path) -> Manifest:
+    path = directory / MANIFEST
+    if not directory.is_dir():
+        raise IndexFormatError(f"{directory}: not a directory")
+    if not path.exists():
+        raise IndexFormatError(f"{directory}: no {MANIFEST}: not an index or an unfinished build")
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptFileError(f"{path}: unreadable manifest: {e}") from None
+    if not isinstance(d, dict):
+        raise CorruptFileError(f"{path}: manifest is not a JSON object")
+    return Manifest.from_dict(d, where=str(path))
+
+
+def verify_files(directory: Path, manifest: Manifest, checksums: bool = True) -> None:
+    """Check every listed file exists with the recorded size (and sha256 when ``checksums``)."""
+    for name, entry in manifest.files.items():
+        if "/" in name or name.startswith("."):
+            raise IndexFormatError(f"{MANIFEST}: file name {name!r} escapes the index directory")
+        p = directory / name
+        if not p.is_file():
+            raise CorruptFileError(f"{p}: listed in the manifest but missing")
+        size = p.stat().st_size
+        if size != entry.bytes:
+            kind = "truncated" if size < entry.bytes else "longer than recorded"
+            raise CorruptFileError(f"{p}: {kind}: {size} bytes, manifest says {entry.bytes}")
+        if checksums and sha256_file(p) != entry.sha256:
+            raise CorruptFileError(f"{p}: sha256 does not match the manifest (file altered)")

@@ -1,0 +1,149 @@
+"""Raw vector files: ``.fbin``/``.f16bin``/``.ibin`` (8-byte ``(n, d)`` header), ``.fvecs``/``.ivecs``
+(texmex, per-row dim prefix) and ``.npy``.
+
+Readers memory-map read-only and check the file size against the header before mapping,
+reporting truncation and trailing bytes separately (big-ann ``xbin_mmap``, usearch ``load_matrix``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ebr.errors import CorruptFileError, InputError
+
+__all__ = [
+    "BIN_DTYPES",
+    "read_bin",
+    "write_bin",
+    "read_vecs",
+    "write_vecs",
+    "load_vectors",
+    "check_vectors",
+]
+
+BIN_DTYPES = {".fbin": np.float32, ".f16bin": np.float16, ".ibin": np.int32, ".i64bin": np.int64,
+              ".u8bin": np.uint8}
+_HEADER = 8
+
+
+def _bin_dtype(path: Path) -> np.dtype:
+    try:
+        return np.dtype(BIN_DTYPES[path.suffix])
+    except KeyError:
+        raise InputError(f"{path}: unknown binary vector suffix {path.suffix!r}") from None
+
+
+def read_bin(path: str | os.PathLike[str], mmap: bool = True) -> np.ndarray:
+    """Read an ``.fbin``-family file as a read-only ``(n, d)`` array (memory-mapped by default)."""
+    path = Path(path)
+    dtype = _bin_dtype(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise CorruptFileError(f"{path}: file is missing") from None
+    if size < _HEADER:
+        raise CorruptFileError(f"{path}: {size} bytes, shorter than the 8-byte (n, d) header")
+    n, d = (int(v) for v in np.fromfile(path, dtype=np.uint32, count=2))
+    expected = _HEADER + n * d * dtype.itemsize
+    if size < expected:
+        raise CorruptFileError(f"{path}: truncated: header says {n} x {d} {dtype} "
+                               f"({expected} bytes) but the file has {size} bytes")
+    if size > expected:
+        raise CorruptFileError(f"{path}: {size - expected} trailing bytes after {n} x {d} {dtype}")
+    if n == 0 or d == 0:
+        return np.zeros((n, d), dtype=dtype)
+    if mmap:
+        return np.memmap(path, dtype=dtype, mode="r", offset=_HEADER, shape=(n, d))
+    arr = np.fromfile(path, dtype=dtype, offset=_HEADER, count=n * d).reshape(n, d)
+    arr.flags.writeable = False
+    return arr
+
+
+def write_bin(path: str | os.PathLike[str], x: np.ndarray, chunk_rows: int = 65536) -> int:
+    """Write ``x`` (2-D) as an ``.fbin``-family file in row chunks; fsync; return bytes written."""
+    path = Path(path)
+    dtype = _bin_dtype(path)
+    if x.ndim != 2:
+        raise InputError(f"write_bin expects a 2-D array, got shape {x.shape}")
+    n, d = x.shape
+    with open(path, "wb") as f:
+        np.array([n, d], dtype=np.uint32).tofile(f)
+        for i0 in range(0, n, chunk_rows):
+            np.ascontiguousarray(x[i0:i0 + chunk_rows], dtype=dtype).tofile(f)
+        f.flush()
+        os.fsync(f.fileno())
+    return _HEADER + n * d * dtype.itemsize
+
+
+def read_vecs(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read a texmex ``.fvecs``/``.ivecs``/``.bvecs`` file (memory-mapped, read-only view)."""
+    path = Path(path)
+    kind = {".fvecs": np.float32, ".ivecs": np.int32, ".bvecs": np.uint8}.get(path.suffix)
+    if kind is None:
+        raise InputError(f"{path}: expected .fvecs, .ivecs or .bvecs")
+    size = path.stat().st_size
+    if size < 4:
+        raise CorruptFileError(f"{path}: empty or shorter than one dimension prefix")
+    d = int(np.fromfile(path, dtype=np.int32, count=1)[0])
+    item = np.dtype(kind).itemsize
+    row = 4 + d * item
+    if d <= 0 or size % row:
+        raise CorruptFileError(f"{path}: size {size} is not a multiple of the row size {row} (d={d})")
+    n = size // row
+    raw = np.memmap(path, dtype=np.uint8, mode="r").reshape(n, row)
+    dims = raw[:, :4].copy().view(np.int32).ravel()
+    if not (dims == d).all():
+        raise CorruptFileError(f"{path}: rows have differing dimension prefixes")
+    return raw[:, 4:].view(kind)
+
+
+def write_vecs(path: str | os.PathLike[str], x: np.ndarray) -> None:
+    path = Path(path)
+    kind = {".fvecs": np.float32, ".ivecs": np.int32}[path.suffix]
+    n, d = x.shape
+    out = np.empty((n, d + 1), dtype=kind)
+    out[:, 0:1].view(np.int32)[:] = d
+    out[:, 1:] = x
+    out.tofile(path)
+
+
+def load_vectors(path: str | os.PathLike[str], mmap: bool = True) -> np.ndarray:
+    """Load ``(n, d)`` vectors from ``.npy``, ``.fvecs``, ``.fbin`` or ``.f16bin`` (read-only)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.suffix == ".npy":
+        try:
+            x = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except ValueError as e:
+            raise CorruptFileError(f"{path}: not a readable .npy file: {e}") from None
+    elif path.suffix in (".fvecs", ".ivecs", ".bvecs"):
+        x = read_vecs(path)
+    elif path.suffix in BIN_DTYPES:
+        x = read_bin(path, mmap=mmap)
+    else:
+        raise InputError(f"{path}: unsupported vector format {path.suffix!r} "
+                         "(expected .npy, .fvecs, .fbin, .f16bin)")
+    if x.ndim != 2:
+        raise InputError(f"{path}: expected a 2-D (n, d) array, got shape {x.shape}")
+    return x
+
+
+def check_vectors(x: np.ndarray, d: int | None = None, name: str = "vectors",
+                  chunk_rows: int = 65536) -> None:
+    """Raise :class:`InputError` unless ``x`` is a finite, numeric ``(n, d)`` array."""
+    if not isinstance(x, np.ndarray) or x.ndim != 2:
+        shape = getattr(x, "shape", None)
+        raise InputError(f"{name}: expected a 2-D (n, d) array, got shape {shape}")
+    if not np.issubdtype(x.dtype, np.number):
+        raise InputError(f"{name}: expected a numeric array, got dtype {x.dtype}")
+    if d is not None and x.shape[1] != d:
+        raise InputError(f"{name}: dimension {x.shape[1]} does not match the index dimension {d}")
+    for i0 in range(0, x.shape[0], chunk_rows):
+        block = np.asarray(x[i0:i0 + chunk_rows])
+        if np.issubdtype(block.dtype, np.floating) and not np.isfinite(block).all():
+            bad = i0 + int(np.argwhere(~np.isfinite(block))[0, 0])
+            raise InputError(f"{name}: row {bad} contains NaN or inf")

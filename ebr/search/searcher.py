@@ -1,0 +1,76 @@
+"""``Searcher``: the two-stage search over an open index.
+
+    queries -> (normalise) -> coarse top-k_coarse over the PQ codes, nprobe lists
+            -> read those rows from the dense store -> exact scores -> top-k
+
+Every public input is validated here with an explicit exception naming the parameter.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ebr.errors import InputError, SearchParamError
+from ebr.index.reader import OpenIndex
+from ebr.index.writer import normalize_rows
+from ebr.io.vecs import check_vectors
+from ebr.metric import faiss_scores_to_ebr
+from ebr.quant.faiss_bridge import ivf_params
+from ebr.search.exact import exact_search
+from ebr.search.rerank import rerank
+from ebr.spec import SearchParams
+from ebr.types import SearchResult, SearchStats
+
+__all__ = ["Searcher"]
+
+
+class Searcher:
+    """Thread-safe two-stage searcher over an :class:`OpenIndex` (no per-call shared state)."""
+
+    def __init__(self, index: OpenIndex) -> None:
+        self.index = index
+
+    def prepare_queries(self, xq: np.ndarray) -> np.ndarray:
+        """Validate ``xq`` ([nq, d] or [d]) and return float32 [nq, d], normalised if the index is."""
+        xq = np.asarray(xq)
+        if xq.ndim == 1:
+            xq = xq[None, :]
+        check_vectors(xq, d=self.index.dim, name="query")
+        if xq.shape[0] == 0:
+            raise InputError("query: empty batch")
+        xq = np.ascontiguousarray(xq, dtype=np.float32)
+        return normalize_rows(xq) if self.index.normalize else xq
+
+    def coarse(self, xq: np.ndarray, k_coarse: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        """Coarse top-``k_coarse`` over the codes: (ids int64 [nq, kc], approx scores [nq, kc])."""
+        D, ids = self.index.coarse.search(xq, k_coarse, params=ivf_params(self.index.coarse, nprobe))
+        return ids.astype(np.int64), faiss_scores_to_ebr(D, self.index.metric)
+
+    def search(self, xq: np.ndarray, params: SearchParams) -> tuple[SearchResult, SearchStats]:
+        """Two-stage search. xq: [nq, d] or [d]. Returns (SearchResult, SearchStats)."""
+        params.validate(self.index.nlist, self.index.ntotal)
+        xq = self.prepare_queries(xq)
+        t0 = time.perf_counter()
+        cand, cscores = self.coarse(xq, params.k_coarse, params.nprobe)
+        t1 = time.perf_counter()
+        n_cand = int((cand >= 0).sum())
+        if params.rerank:
+            ids, scores, rows = rerank(xq, cand, self.index.dense, self.index.metric, params.k)
+        else:
+            ids, scores, rows = cand[:, :params.k], cscores[:, :params.k], 0
+        t2 = time.perf_counter()
+        stats = SearchStats(
+            nq=xq.shape[0], nprobe=params.nprobe, k_coarse=params.k_coarse, candidates=n_cand,
+            reranked=n_cand if params.rerank else 0, dense_rows_read=rows,
+            dense_bytes_read=rows * self.index.dim * self.index.dense.dtype.itemsize,
+            coarse_seconds=t1 - t0, rerank_seconds=t2 - t1,
+        )
+        return SearchResult(ids, scores), stats
+
+    def exact(self, xq: np.ndarray, k: int) -> SearchResult:
+        """Brute force over the whole dense store (the reference; reads every row)."""
+        if not isinstance(k, int) or not 1 <= k <= self.index.ntotal:
+            raise SearchParamError(f"k must be in [1, {self.index.ntotal}], got {k!r}")
+        return exact_search(self.prepare_queries(xq), self.index.dense, k, self.index.metric)

@@ -1,0 +1,155 @@
+"""Build-time and search-time parameters, as two separate frozen types.
+
+:class:`IndexSpec` is the user-facing, faiss-factory-style description of the coarse index
+(``"IVF256,PQ16"``, ``"OPQ16,IVF1024,PQ32x8"``); it is parsed once, round-trips through
+``str()``, and is stored in the manifest. :class:`BuildParams` adds the other build knobs.
+:class:`SearchParams` is per request.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ebr.errors import SearchParamError, SpecError
+from ebr.metric import Metric
+
+__all__ = ["IndexSpec", "BuildParams", "SearchParams", "DENSE_DTYPES", "CODEBOOK_METHODS"]
+
+_PART = {
+    "opq": re.compile(r"^OPQ(\d+)$"),
+    "ivf": re.compile(r"^IVF(\d+)$"),
+    "pq": re.compile(r"^PQ(\d+)(?:x(\d+))?$"),
+}
+DENSE_DTYPES = ("float32", "float16")
+CODEBOOK_METHODS = ("kmeans", "opq")
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """Coarse index layout: optional OPQ rotation, ``nlist`` IVF lists, PQ with ``pq_m`` x ``pq_nbits``.
+
+    ``pq_m`` bytes per vector at 8 bits: this is the RAM a document costs, besides its 8-byte id.
+    """
+
+    nlist: int
+    pq_m: int
+    pq_nbits: int = 8
+    opq: bool = False
+
+    def __post_init__(self) -> None:
+        if self.nlist < 1:
+            raise SpecError(f"nlist must be >= 1, got {self.nlist}")
+        if self.pq_m < 1:
+            raise SpecError(f"PQ M must be >= 1, got {self.pq_m}")
+        if not 1 <= self.pq_nbits <= 16:
+            raise SpecError(f"PQ nbits must be in [1, 16], got {self.pq_nbits}")
+
+    @classmethod
+    def parse(cls, s: str) -> IndexSpec:
+        """Parse ``[OPQ<M>,]IVF<nlist>,PQ<M>[x<nbits>]``; raise :class:`SpecError` otherwise."""
+        if not isinstance(s, str) or not s.strip():
+            raise SpecError(f"index spec must be a non-empty string, got {s!r}")
+        parts = [p.strip() for p in s.split(",")]
+        opq_m: int | None = None
+        if parts and _PART["opq"].match(parts[0]):
+            opq_m = int(_PART["opq"].match(parts[0]).group(1))  # type: ignore[union-attr]
+            parts = parts[1:]
+        if len(parts) != 2:
+            raise SpecError(f"index spec {s!r}: expected '[OPQ<M>,]IVF<nlist>,PQ<M>[x<nbits>]'")
+        m_ivf, m_pq = _PART["ivf"].match(parts[0]), _PART["pq"].match(parts[1])
+        if not m_ivf or not m_pq:
+            raise SpecError(f"index spec {s!r}: expected '[OPQ<M>,]IVF<nlist>,PQ<M>[x<nbits>]'")
+        pq_m = int(m_pq.group(1))
+        if opq_m is not None and opq_m != pq_m:
+            raise SpecError(f"index spec {s!r}: OPQ M ({opq_m}) must equal PQ M ({pq_m})")
+        nbits = int(m_pq.group(2)) if m_pq.group(2) else 8
+        return cls(nlist=int(m_ivf.group(1)), pq_m=pq_m, pq_nbits=nbits, opq=opq_m is not None)
+
+    def __str__(self) -> str:
+        pq = f"PQ{self.pq_m}" + (f"x{self.pq_nbits}" if self.pq_nbits != 8 else "")
+        return (f"OPQ{self.pq_m}," if self.opq else "") + f"IVF{self.nlist},{pq}"
+
+    @property
+    def code_size(self) -> int:
+        """Bytes of PQ code per vector."""
+        return (self.pq_m * self.pq_nbits + 7) // 8
+
+    def check_dim(self, d: int) -> None:
+        if d % self.pq_m != 0:
+            raise SpecError(f"dimension {d} is not divisible by PQ M={self.pq_m} (spec {self})")
+
+
+@dataclass(frozen=True)
+class BuildParams:
+    """Everything that decides what ``write_index`` produces (recorded in the manifest).
+
+    train_size: vectors sampled to train IVF + PQ (faiss wants >= 39 x nlist and >= 39 x 2^nbits;
+        more costs k-means time linearly, less costs recall).
+    dense_dtype: ``float16`` halves disk and re-rank I/O for a tiny score error (about 1e-3 relative).
+    codebooks: ``kmeans`` (faiss IVFPQ) or ``opq`` (rotation learned first; spec gets ``OPQ<M>``).
+    """
+
+    spec: IndexSpec
+    metric: Metric = Metric.IP
+    dense_dtype: str = "float32"
+    train_size: int = 100_000
+    kmeans_niter: int = 20
+    seed: int = 1234
+    codebooks: str = "kmeans"
+    normalize: bool = False  # L2-normalise inputs (cosine via inner product)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.dense_dtype not in DENSE_DTYPES:
+            raise SpecError(f"dense_dtype must be one of {DENSE_DTYPES}, got {self.dense_dtype!r}")
+        if self.codebooks not in CODEBOOK_METHODS:
+            raise SpecError(f"codebooks must be one of {CODEBOOK_METHODS}, got {self.codebooks!r}")
+        if self.train_size < 1:
+            raise SpecError(f"train_size must be >= 1, got {self.train_size}")
+        if self.kmeans_niter < 1:
+            raise SpecError(f"kmeans_niter must be >= 1, got {self.kmeans_niter}")
+        if self.codebooks == "opq" and not self.spec.opq:
+            object.__setattr__(self, "spec", replace(self.spec, opq=True))
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """Per-request knobs of the two-stage search.
+
+    k: results returned. nprobe: IVF lists scanned (recall and latency grow with it).
+    k_coarse: candidates the PQ stage hands to the exact re-rank (C); each costs one dense
+        row read from disk. rerank=False returns the coarse (PQ-approximate) ranking.
+    """
+
+    k: int = 10
+    nprobe: int = 16
+    k_coarse: int = 100
+    rerank: bool = True
+
+    def validate(self, nlist: int, ntotal: int) -> SearchParams:
+        """Check ranges against an open index; return self. Raises :class:`SearchParamError`."""
+        if not isinstance(self.k, int) or self.k < 1:
+            raise SearchParamError(f"k must be an integer >= 1, got {self.k!r}")
+        if not isinstance(self.nprobe, int) or not 1 <= self.nprobe <= nlist:
+            raise SearchParamError(f"nprobe must be in [1, {nlist}] (nlist), got {self.nprobe!r}")
+        if not isinstance(self.k_coarse, int) or not 1 <= self.k_coarse <= max(ntotal, 1):
+            raise SearchParamError(
+                f"k_coarse must be in [1, {ntotal}] (documents in the index), got {self.k_coarse!r}"
+            )
+        if self.k > self.k_coarse:
+            raise SearchParamError(
+                f"k ({self.k}) must not exceed k_coarse ({self.k_coarse}): the re-rank can only "
+                "return candidates it was given"
+            )
+        return self
+
+    @classmethod
+    def from_oversampling(cls, k: int, oversampling: float, nprobe: int, ntotal: int,
+                          rerank: bool = True) -> SearchParams:
+        """Qdrant-style ``oversampling``: k_coarse = ceil(k x oversampling), capped at ntotal."""
+        if not oversampling >= 1.0:
+            raise SearchParamError(f"oversampling must be >= 1, got {oversampling!r}")
+        kc = min(int(-(-k * oversampling // 1)), ntotal)
+        return cls(k=k, nprobe=nprobe, k_coarse=max(kc, min(k, ntotal)), rerank=rerank)

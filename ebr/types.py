@@ -1,0 +1,40 @@
+"""Result containers. Scores are higher-is-better; missing results are ``-1`` / ``-inf``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = ["SearchResult", "SearchStats"]
+
+
+class SearchResult(NamedTuple):
+    """Top-k of a batch search; unpacks like faiss' ``D, I`` but ids first.
+
+    ids: int64 [nq, k], internal row numbers, ``-1`` where fewer than k results exist.
+    scores: float32 [nq, k], higher is better, ``-inf`` padding.
+    """
+
+    ids: np.ndarray
+    scores: np.ndarray
+
+
+@dataclass(frozen=True)
+class SearchStats:
+    """What one batch search did: answers "why was this slow / why was this missed?"."""
+
+    nq: int
+    nprobe: int
+    k_coarse: int
+    candidates: int  # valid coarse candidates over the batch (after -1 padding is dropped)
+    reranked: int  # candidate rows scored exactly (0 when rerank is off)
+    dense_rows_read: int  # distinct dense rows read from disk
+    dense_bytes_read: int
+    coarse_seconds: float
+    rerank_seconds: float
+
+    @property
+    def seconds(self) -> float:
+        return self.coarse_seconds + self.rerank_seconds
