@@ -127,6 +127,12 @@ def open_index(
         raise CorruptFileError(f"{path / layout.COARSE}: {e}") from None
     if not precompute_tables:
         ivfpq.use_precomputed_table = -1  # never build the table lazily behind our back
+    invlists = faiss.downcast_InvertedLists(ivfpq.invlists)
+    if isinstance(invlists, faiss.OnDiskInvertedLists):
+        # faiss starts prefetch threads on every search of a mapped index: ~1 ms per query
+        # for nothing once the lists are in the page cache (measured 1.09 -> 0.075 ms at
+        # nprobe 32). Cold pages still fault in on first touch.
+        invlists.prefetch_nthread = 0
     _expect(path / layout.COARSE, "ntotal", coarse.ntotal, manifest.ntotal)
     _expect(path / layout.COARSE, "dimension", coarse.d, manifest.dim)
     _expect(path / layout.COARSE, "nlist", ivfpq.nlist, spec.nlist)

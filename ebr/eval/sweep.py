@@ -1,0 +1,183 @@
+"""Build once, sweep search parameters, one row per operating point (ann-benchmarks ``runner``).
+
+Each row measures one system at one ``(nprobe, k_coarse)``, coarse-only or re-ranked: recall
+against exact search at 1/10/100, the label metrics when qrels are given, per-query latency
+percentiles (queries one at a time, as a server sees them) and batch QPS.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import faiss
+import numpy as np
+from tqdm.auto import tqdm
+
+from ebr.eval.metrics import label_metrics, recall_vs_exact, recall_vs_exact_tolerant
+from ebr.metric import Metric, exact_scores, faiss_scores_to_ebr
+from ebr.quant.faiss_bridge import KMeansTrainer, extract_ivfpq, ivf_params
+from ebr.search.searcher import Searcher
+from ebr.spec import IndexSpec, SearchParams
+from ebr.types import SearchResult
+
+__all__ = ["System", "EbrSystem", "FaissRefineSystem", "EvalSet", "sweep", "exact_rows"]
+
+logger = logging.getLogger(__name__)
+
+
+class System(Protocol):
+    name: str
+
+    def search(self, xq: np.ndarray, k: int, nprobe: int, k_coarse: int,
+               rerank: bool) -> SearchResult: ...
+
+
+@dataclass
+class EbrSystem:
+    """ebr's two-stage search (codes in RAM, dense rows from disk)."""
+
+    searcher: Searcher
+    name: str = "ebr"
+
+    def search(self, xq: np.ndarray, k: int, nprobe: int, k_coarse: int,
+               rerank: bool) -> SearchResult:
+        res, _ = self.searcher.search(xq, SearchParams(k=k, nprobe=nprobe, k_coarse=k_coarse,
+                                                       rerank=rerank))
+        return res
+
+
+class FaissRefineSystem:
+    """The peer: faiss IndexIVFPQ wrapped in IndexRefineFlat, every vector in RAM.
+
+    Trained with the same spec, seed and k-means iterations as ebr's k-means codebooks;
+    ``k_factor = k_coarse / k``.
+    """
+
+    def __init__(self, xb: np.ndarray, spec: IndexSpec, metric: Metric, seed: int = 1234,
+                 niter: int = 20, train_size: int = 100_000, normalize: bool = False) -> None:
+        from ebr.index.writer import normalize_rows, sample_rows
+
+        xb = np.ascontiguousarray(xb, dtype=np.float32)
+        if normalize:
+            xb = normalize_rows(xb)
+        self.normalize = normalize
+        self.metric = metric
+        base = KMeansTrainer(niter=niter).train(xb[sample_rows(len(xb), train_size, seed)],
+                                                spec, metric, seed)
+        self.index = faiss.IndexRefineFlat(base)  # must wrap before adding (design notes)
+        self.index.add(xb)
+        self.base = base
+        self.name = "faiss IVFPQ+RefineFlat"
+        ivfpq = extract_ivfpq(base)
+        self.ram_bytes = (xb.nbytes + xb.shape[0] * (ivfpq.code_size + 8)
+                          + ivfpq.nlist * xb.shape[1] * 4 + ivfpq.pq.M * ivfpq.pq.ksub
+                          * ivfpq.pq.dsub * 4)
+
+    def search(self, xq: np.ndarray, k: int, nprobe: int, k_coarse: int,
+               rerank: bool) -> SearchResult:
+        from ebr.index.writer import normalize_rows
+
+        xq = np.ascontiguousarray(xq, dtype=np.float32)
+        if self.normalize:
+            xq = normalize_rows(xq)
+        if not rerank:
+            D, ids = self.base.search(xq, k, params=ivf_params(self.base, nprobe))
+        else:
+            p = faiss.IndexRefineSearchParameters()
+            inner = ivf_params(self.base, nprobe)
+            p.base_index_params = inner
+            p.k_factor = k_coarse / k
+            D, ids = self.index.search(xq, k, params=p)
+        return SearchResult(ids.astype(np.int64), faiss_scores_to_ebr(D, self.metric))
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Held-out queries, their exact top-k over the same dense vectors, optional qrels."""
+
+    xq: np.ndarray  # float32 [nq, d], already normalised if the index normalises
+    exact: SearchResult  # exact top-k_max (internal rows)
+    row_to_ext: Any  # callable rows -> external ids
+    qrels: Sequence[Mapping[Any, int]] | None = None  # per query: {external id: grade}
+
+    @property
+    def k_max(self) -> int:
+        return int(self.exact.ids.shape[1])
+
+
+def _latencies(system: System, xq: np.ndarray, k: int, nprobe: int, k_coarse: int,
+               rerank: bool) -> np.ndarray:
+    out = np.empty(len(xq))
+    for i in range(len(xq)):
+        t0 = time.perf_counter()
+        system.search(xq[i:i + 1], k, nprobe, k_coarse, rerank)
+        out[i] = time.perf_counter() - t0
+    return out
+
+
+def _row(ev: EvalSet, res: SearchResult, exact_of: np.ndarray) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for k in (1, 10, 100):
+        if k <= ev.k_max:
+            row[f"exact_recall@{k}"] = recall_vs_exact(res.ids, ev.exact.ids, k)
+    row["exact_recall@10_tol"] = recall_vs_exact_tolerant(exact_of, ev.exact.scores, 10)
+    if ev.qrels is not None:
+        ranked = [[x for x in ev.row_to_ext(r) if x is not None] for r in res.ids]
+        row.update(label_metrics(ranked, ev.qrels))
+    return row
+
+
+def _exact_scores_of(xq: np.ndarray, ids: np.ndarray, dense: np.ndarray,
+                     metric: Metric) -> np.ndarray:
+    """Exact scores of returned ids (for the tie-tolerant recall)."""
+    out = np.full(ids.shape, -np.inf, dtype=np.float32)
+    for i in range(len(xq)):
+        valid = ids[i] >= 0
+        if valid.any():
+            out[i, valid] = exact_scores(xq[i:i + 1], dense[ids[i, valid]], metric)[0]
+    return out
+
+
+def sweep(systems: Sequence[System], ev: EvalSet, dense: np.ndarray, metric: Metric,
+          nprobes: Sequence[int], k_coarses: Sequence[int], k_latency: int = 10,
+          progress: bool = False) -> list[dict[str, Any]]:
+    """Evaluate every system at every (nprobe, k_coarse), coarse-only and re-ranked."""
+    rows: list[dict[str, Any]] = []
+    grid = [(s, p, c, r) for s in systems for p in nprobes for c in k_coarses for r in (False, True)]
+    for system, nprobe, kc, rr in tqdm(grid, desc="sweep", disable=not progress):
+        k = min(ev.k_max, kc)
+        t0 = time.perf_counter()
+        res = system.search(ev.xq, k, nprobe, kc, rr)
+        batch_s = time.perf_counter() - t0
+        lat = _latencies(system, ev.xq, min(k_latency, kc), nprobe, kc, rr)
+        row = {"system": system.name, "stage": "reranked" if rr else "coarse",
+               "nprobe": nprobe, "k_coarse": kc}
+        row.update(_row(ev, res, _exact_scores_of(ev.xq, res.ids, dense, metric)))
+        row.update({"p50_ms": 1e3 * float(np.percentile(lat, 50)),
+                    "p95_ms": 1e3 * float(np.percentile(lat, 95)),
+                    "p99_ms": 1e3 * float(np.percentile(lat, 99)),
+                    "qps_single": len(lat) / float(lat.sum()),
+                    "qps_batch": len(ev.xq) / batch_s})
+        rows.append(row)
+        logger.info("%s", {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+    return rows
+
+
+def exact_rows(ev: EvalSet, searcher: Searcher) -> dict[str, Any]:
+    """The reference row: brute force over the dense store."""
+    lat = np.empty(len(ev.xq))
+    for i in range(len(ev.xq)):
+        t0 = time.perf_counter()
+        searcher.exact(ev.xq[i:i + 1], 10)
+        lat[i] = time.perf_counter() - t0
+    row: dict[str, Any] = {"system": "exact", "stage": "exact", "nprobe": None, "k_coarse": None}
+    row.update(_row(ev, ev.exact, ev.exact.scores))
+    row.update({"p50_ms": 1e3 * float(np.percentile(lat, 50)),
+                "p95_ms": 1e3 * float(np.percentile(lat, 95)),
+                "p99_ms": 1e3 * float(np.percentile(lat, 99)),
+                "qps_single": len(lat) / float(lat.sum()), "qps_batch": None})
+    return row

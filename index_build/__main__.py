@@ -1,0 +1,205 @@
+"""``index_build`` / ``python -m index_build``: the offline builder.
+
+    index_build build     vectors (.npy/.fvecs/.fbin), a BEIR directory or --synthetic -> index dir
+    index_build evaluate  held-out queries -> recall / nDCG / latency sweep (JSON, Markdown, PNG)
+    index_build inspect   print an index directory's manifest summary and memory
+    index_build generate  write the built-in synthetic dataset (corpus, queries, qrels) to a dir
+    index_build demo      generate -> build -> evaluate on the built-in data (the README's main job)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import faiss
+
+from ebr.data.synthetic import SyntheticConfig
+from ebr.errors import EbrError
+from ebr.metric import Metric
+from ebr.spec import CODEBOOK_METHODS, DENSE_DTYPES, BuildParams, IndexSpec
+
+logger = logging.getLogger("index_build")
+
+
+def _add_build_args(p: argparse.ArgumentParser) -> None:
+    src = p.add_argument_group("input (one of)")
+    src.add_argument("--input", help="document vectors: .npy, .fvecs, .fbin or .f16bin")
+    src.add_argument("--beir", help="BEIR directory; corpus text is encoded with the offline "
+                     "MiniLM and cached (see --cache-dir)")
+    src.add_argument("--synthetic", action="store_true",
+                     help="the built-in seeded generator (sizes: --n, --dim)")
+    src.add_argument("--ids", help="external ids for --input: .txt (one per line) or .jsonl "
+                     "(the _id field, e.g. a BEIR corpus.jsonl); default: row numbers")
+    src.add_argument("--encoder", choices=["minilm"], help="declare that --input vectors come "
+                     "from the offline MiniLM, so the service accepts text queries")
+    src.add_argument("--cache-dir", help="embedding cache (default $EBR_CACHE_DIR or "
+                     "~/.cache/ebr/embeddings)")
+    idx = p.add_argument_group("index")
+    idx.add_argument("--out", required=True, help="index directory to write (atomically)")
+    idx.add_argument("--spec", default="IVF256,PQ16",
+                     help="[OPQ<M>,]IVF<nlist>,PQ<M>[x<nbits>]; PQ M = bytes of RAM per vector")
+    idx.add_argument("--metric", default="ip", choices=["ip", "l2", "cosine"],
+                     help="ip (inner product), cosine (= ip on normalised vectors), l2")
+    idx.add_argument("--dense-dtype", default="float32", choices=DENSE_DTYPES,
+                     help="on-disk dense store dtype (float16 halves disk and re-rank I/O)")
+    idx.add_argument("--codebooks", default="kmeans", choices=CODEBOOK_METHODS,
+                     help="codebook training: faiss k-means, or OPQ rotation + k-means")
+    idx.add_argument("--train-size", type=int, default=100_000,
+                     help="vectors sampled to train IVF + PQ")
+    idx.add_argument("--niter", type=int, default=20, help="k-means iterations")
+    idx.add_argument("--seed", type=int, default=1234, help="seed of sampling and k-means")
+    idx.add_argument("--overwrite", action="store_true", help="replace an existing index dir")
+
+
+def _add_eval_args(p: argparse.ArgumentParser) -> None:
+    q = p.add_argument_group("queries (one of)")
+    q.add_argument("--queries", help="query vectors (.npy/.fvecs/.fbin), rows match --query-ids")
+    q.add_argument("--query-ids", help="query ids, one per line (needed with --qrels)")
+    q.add_argument("--qrels", help="BEIR qrels .tsv (query-id, corpus-id, score)")
+    q.add_argument("--eval-beir", help="BEIR dir: encode the --split queries' text with MiniLM")
+    q.add_argument("--split", default="test", help="qrels split of --eval-beir")
+    s = p.add_argument_group("sweep")
+    s.add_argument("--nprobe", type=int, nargs="+", default=[4, 16, 64], help="nprobe values")
+    s.add_argument("--k-coarse", type=int, nargs="+", default=[100, 200, 500],
+                   help="candidate counts C handed to the re-rank")
+    s.add_argument("--baseline", action="store_true",
+                   help="also run faiss IVFPQ+IndexRefineFlat (same spec/seed, all in RAM)")
+    s.add_argument("--results", default="results", help="output directory for JSON/MD/PNG")
+    s.add_argument("--name", default="eval", help="file stem of the outputs")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="index_build", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=0, help="faiss OpenMP threads (0 = all cores)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="progress bars on long steps")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="build an index directory")
+    _add_build_args(b)
+    b.add_argument("--n", type=int, default=SyntheticConfig.n, help="synthetic: documents")
+    b.add_argument("--dim", type=int, default=SyntheticConfig.d, help="synthetic: dimension")
+    e = sub.add_parser("evaluate", help="recall / nDCG / latency of an index")
+    e.add_argument("--index", required=True, help="index directory")
+    _add_eval_args(e)
+    i = sub.add_parser("inspect", help="print manifest summary and memory of an index")
+    i.add_argument("--index", required=True)
+    i.add_argument("--no-verify", action="store_true", help="skip sha256 checks")
+    g = sub.add_parser("generate", help="write the synthetic dataset to a directory")
+    g.add_argument("--out", required=True)
+    g.add_argument("--n", type=int, default=SyntheticConfig.n)
+    g.add_argument("--dim", type=int, default=SyntheticConfig.d)
+    g.add_argument("--seed", type=int, default=SyntheticConfig.seed)
+    d = sub.add_parser("demo", help="generate -> build -> evaluate on the built-in data")
+    d.add_argument("--workdir", default="runs/demo", help="where data, index and results go")
+    d.add_argument("--n", type=int, default=50_000, help="synthetic documents")
+    d.add_argument("--dim", type=int, default=128, help="synthetic dimension")
+    d.add_argument("--spec", default="IVF256,PQ16", help="index spec")
+    return p
+
+
+def _build(args: argparse.Namespace) -> None:
+    from ebr.index.writer import write_index
+    from index_build.sources import load_source, write_synthetic
+
+    if args.synthetic:
+        paths = write_synthetic(Path(args.out).with_name(Path(args.out).name + ".data"),
+                                SyntheticConfig(n=args.n, d=args.dim, seed=args.seed))
+        args.input, args.ids = str(paths["corpus"]), None
+    x, ids, enc, source = load_source(args.input, args.beir, args.ids, args.encoder,
+                                      args.cache_dir, args.progress)
+    metric = Metric.parse(args.metric)
+    params = BuildParams(spec=IndexSpec.parse(args.spec), metric=metric,
+                         dense_dtype=args.dense_dtype, train_size=args.train_size,
+                         kmeans_niter=args.niter, seed=args.seed, codebooks=args.codebooks,
+                         normalize=args.metric == "cosine")
+    logger.info("build: %s", {k: v for k, v in vars(args).items() if k != "func"})
+    m = write_index(args.out, x, params, ids, encoder=enc, source=source,
+                    overwrite=args.overwrite, progress=args.progress)
+    logger.info("done: %s (%d vectors, %.1f s)", args.out, m.ntotal, m.build["seconds"]["total"])
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from ebr.io.beir import load_qrels
+    from index_build.evaluate import run_and_report
+    from index_build.sources import load_eval_queries
+
+    xq, qids = load_eval_queries(args.queries, args.eval_beir, args.split, args.query_ids)
+    qrels = None
+    if args.qrels:
+        qrels = load_qrels(args.qrels)
+    elif args.eval_beir:
+        qrels = load_qrels(Path(args.eval_beir) / "qrels" / f"{args.split}.tsv")
+    paths = run_and_report(Path(args.results), args.name, f"ebr evaluation: {args.index}",
+                           index_dir=args.index, xq=xq, query_ids=qids, qrels=qrels,
+                           nprobes=args.nprobe, k_coarses=args.k_coarse,
+                           baseline=args.baseline, progress=args.progress)
+    print(Path(paths["md"]).read_text())  # noqa: T201 - the CLI's output
+
+
+def _inspect(args: argparse.Namespace) -> None:
+    from ebr.index.reader import open_index
+
+    oi = open_index(args.index, verify_checksums=not args.no_verify)
+    m = oi.manifest
+    out = {"spec": m.spec, "metric": m.metric, "dim": m.dim, "ntotal": m.ntotal,
+           "format_version": m.format_version, "dense_dtype": m.dense_dtype,
+           "codebooks": m.codebooks, "encoder": m.encoder, "build": m.build,
+           "memory": oi.memory()}
+    print(json.dumps(out, indent=2, default=str))  # noqa: T201 - the CLI's output
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from ebr.index.writer import write_index
+    from ebr.io.beir import load_ids, load_qrels
+    from ebr.io.vecs import load_vectors
+    from index_build.evaluate import run_and_report
+    from index_build.sources import write_synthetic
+
+    work = Path(args.workdir)
+    paths = write_synthetic(work / "data", SyntheticConfig(n=args.n, d=args.dim))
+    params = BuildParams(spec=IndexSpec.parse(args.spec), metric=Metric.IP)
+    write_index(work / "index", load_vectors(paths["corpus"]), params,
+                source={"kind": "synthetic", "path": str(work / "data")},
+                overwrite=True, progress=args.progress)
+    import numpy as np
+
+    out = run_and_report(work / "results", "demo", f"ebr demo: synthetic {args.n} x {args.dim}",
+                         index_dir=work / "index",
+                         xq=np.load(paths["queries_test"]),
+                         query_ids=load_ids(paths["query_ids_test"]),
+                         qrels=load_qrels(paths["qrels_test"]), nprobes=[8, 32],
+                         k_coarses=[50, 100, 200], baseline=True, progress=args.progress)
+    print(Path(out["md"]).read_text())  # noqa: T201 - the CLI's output
+    logger.info("demo index at %s; results in %s", work / "index", work / "results")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    if args.threads:
+        faiss.omp_set_num_threads(args.threads)
+    try:
+        {"build": _build, "evaluate": _evaluate, "inspect": _inspect, "generate":
+         lambda a: write_synthetic_cmd(a), "demo": _demo}[args.cmd](args)
+    except EbrError as e:
+        logger.error("%s: %s", type(e).__name__, e)
+        return 2
+    return 0
+
+
+def write_synthetic_cmd(args: argparse.Namespace) -> None:
+    from index_build.sources import write_synthetic
+
+    write_synthetic(Path(args.out), SyntheticConfig(n=args.n, d=args.dim, seed=args.seed))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""``index_build evaluate``: held-out queries against an index directory.
+
+Exact ground truth (brute force over the dense store), then the nprobe x k_coarse sweep,
+coarse-only and re-ranked side by side, optionally next to faiss IVFPQ + IndexRefineFlat built
+from the same vectors, spec and seed. Writes JSON, Markdown and a recall-vs-latency PNG.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ebr.eval.report import write_report
+from ebr.eval.sweep import EbrSystem, EvalSet, FaissRefineSystem, System, exact_rows, sweep
+from ebr.index.reader import OpenIndex, open_index
+from ebr.search.exact import exact_search
+from ebr.search.searcher import Searcher
+
+__all__ = ["evaluate_index"]
+
+logger = logging.getLogger(__name__)
+
+
+def evaluate_index(
+    index_dir: str | Path | OpenIndex,
+    xq: np.ndarray,
+    *,
+    query_ids: Sequence[str] | None = None,
+    qrels: dict[str, dict[str, int]] | None = None,
+    nprobes: Sequence[int] = (4, 16, 64),
+    k_coarses: Sequence[int] = (100, 200, 500),
+    baseline: bool = False,
+    k_max: int = 100,
+    label: str = "ebr",
+    progress: bool = False,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Returns (rows, meta). ``qrels`` maps query id -> {external doc id: grade}."""
+    oi = index_dir if isinstance(index_dir, OpenIndex) else open_index(index_dir)
+    searcher = Searcher(oi)
+    xq = searcher.prepare_queries(xq)
+    nprobes = sorted({min(p, oi.nlist) for p in nprobes})
+    k_coarses = sorted({min(c, oi.ntotal) for c in k_coarses})
+    k_max = min(k_max, oi.ntotal)
+
+    t0 = time.perf_counter()
+    exact = exact_search(xq, oi.dense, k_max, oi.metric, progress=progress)
+    gt_s = time.perf_counter() - t0
+    per_query_qrels = None
+    if qrels is not None:
+        if query_ids is None:
+            raise SystemExit("qrels need query ids (--query-ids) to match query rows")
+        per_query_qrels = [qrels.get(str(q), {}) for q in query_ids]
+
+    def row_to_ext(rows: np.ndarray) -> list[Any]:
+        return [None if x is None else str(x) for x in oi.external_ids(rows)]
+
+    ev = EvalSet(xq=xq, exact=exact, row_to_ext=row_to_ext, qrels=per_query_qrels)
+    systems: list[System] = [EbrSystem(searcher, name=label)]
+    if baseline:
+        t0 = time.perf_counter()
+        params = oi.manifest.build["params"]
+        base = FaissRefineSystem(np.asarray(oi.dense, dtype=np.float32), oi.spec, oi.metric,
+                                 seed=params["seed"], niter=params["kmeans_niter"],
+                                 train_size=params["train_size"])
+        logger.info("faiss baseline built in %.1f s", time.perf_counter() - t0)
+        systems.append(base)
+    rows = [exact_rows(ev, searcher)]
+    rows += sweep(systems, ev, oi.dense, oi.metric, nprobes, k_coarses, progress=progress)
+    mem = oi.memory()
+    meta: dict[str, Any] = {
+        "index": str(oi.path), "spec": str(oi.spec), "metric": oi.metric.value,
+        "ntotal": oi.ntotal, "dim": oi.dim, "dense_dtype": oi.manifest.dense_dtype,
+        "codebooks": oi.manifest.codebooks.get("method"), "nq": int(len(xq)),
+        "queries_with_qrels": None if per_query_qrels is None
+        else int(sum(1 for q in per_query_qrels if q)),
+        "ground_truth_seconds": round(gt_s, 3),
+        "ram_bytes_per_vector": round(float(mem["coarse_ram_bytes_per_vector"]), 2),
+        "dense_bytes_per_vector": round(float(mem["dense_bytes_per_vector"]), 2),
+        "ram_fraction_of_dense": round(float(mem["ram_fraction_of_dense"]), 4),
+        "memory": mem,
+    }
+    if baseline:
+        meta["faiss_refine_ram_bytes_per_vector"] = round(
+            systems[1].ram_bytes / oi.ntotal, 2)  # type: ignore[attr-defined]
+    return rows, meta
+
+
+def run_and_report(out_dir: Path, name: str, title: str, **kw: Any) -> dict[str, Path]:
+    rows, meta = evaluate_index(**kw)
+    meta = {"title": title, **meta}
+    return write_report(out_dir, name, meta, rows)
