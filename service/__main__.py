@@ -1,0 +1,32 @@
+"""``python -m service [--index DIR] [--host H] [--port P]``: serve an index with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m service", description=__doc__)
+    p.add_argument("--index", help="index directory (else $EBR_INDEX_DIR)")
+    p.add_argument("--host", help="bind address (else $EBR_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (else $EBR_PORT, default 8000)")
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes "
+                   "(they share the page cache of the memory-mapped index)")
+    args = p.parse_args(argv)
+    for name, value in (("INDEX_DIR", args.index), ("HOST", args.host), ("PORT", args.port)):
+        if value is not None:
+            os.environ[f"EBR_{name}"] = str(value)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import uvicorn
+
+    from service.settings import Settings
+
+    s = Settings.from_env()
+    uvicorn.run("service.app:create_app", factory=True, host=s.host, port=s.port,
+                workers=args.workers, log_level="info")
+
+
+if __name__ == "__main__":
+    main()

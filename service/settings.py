@@ -1,0 +1,50 @@
+"""Service settings from ``EBR_*`` environment variables (or keyword arguments in tests).
+
+Each default documents its trade-off. Unknown or malformed values fail at startup with the
+variable's name, never at the first request.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    index_dir: str = Field(description="index directory written by index_build")
+    verify_checksums: bool = Field(
+        True, description="sha256 every index file at startup (reads each byte once; turn off "
+        "for very large indexes: sizes are still checked)")
+    text_encoder: Literal["auto", "off"] = Field(
+        "auto", description="auto: load the offline MiniLM at startup when the index records "
+        "it (about 8 s and torch in memory); off: vector queries only")
+    default_nprobe: int = Field(16, ge=1, description="IVF lists scanned when a request gives "
+                                "none (clamped to nlist); recall and latency grow with it")
+    default_k_coarse: int = Field(100, ge=1, description="candidates re-ranked when a request "
+                                  "gives neither k_coarse nor oversampling; each is one row read")
+    max_k: int = Field(1000, ge=1, description="largest k a request may ask")
+    max_k_coarse: int = Field(10_000, ge=1, description="largest candidate count (bounds the "
+                              "disk reads one request can cause)")
+    max_batch: int = Field(256, ge=1, description="largest number of searches in one batch")
+    faiss_threads: int = Field(1, ge=1, description="OpenMP threads per faiss call; 1 lets the "
+                               "server's thread pool run requests in parallel instead")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        values = {name: env[f"EBR_{name.upper()}"] for name in cls.model_fields
+                  if f"EBR_{name.upper()}" in env}
+        try:
+            return cls(**values)
+        except ValidationError as e:
+            errs = "; ".join(f"EBR_{str(err['loc'][0]).upper()}: {err['msg']}"
+                             for err in e.errors())
+            raise ValueError(f"invalid settings: {errs}") from None
