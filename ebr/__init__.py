@@ -1,1 +1,73 @@
-"""ebr."""
+"""ebr: embedding-based retrieval with IVF-PQ codes in RAM and exact re-rank from disk.
+
+The data's path, one module per stage (covering test in brackets):
+
+Build
+    ebr.data.synthetic     seeded clustered corpus + held-out queries + planted qrels  [test_synthetic]
+    ebr.io.vecs            .npy / .fvecs / .fbin / .f16bin readers and writers         [test_vecs_io]
+    ebr.io.beir            BEIR corpus/queries/qrels, cached corpus embeddings         [test_text]
+    ebr.io.encoder         offline MiniLM text encoder (extra 'text'; lazy torch)      [test_text]
+    ebr.spec               IndexSpec / BuildParams (build) and SearchParams (search)   [test_spec]
+    ebr.quant.faiss_bridge codebook trainers (k-means, OPQ) -> trained faiss index     [test_index]
+    ebr.index.writer       write_index: atomic index directory, manifest last          [test_index]
+    ebr.io.manifest        manifest.json: format version, sha256 per file, provenance  [test_index]
+
+Search
+    ebr.index.reader       open_index: verify, mmap the coarse index and dense store   [test_index]
+    ebr.search.searcher    Searcher: coarse top-C over codes -> exact re-rank -> top-k [test_search]
+    ebr.search.rerank      gather candidate rows from disk, exact scores, top-k        [test_search]
+    ebr.search.exact       brute-force reference                                       [test_search]
+
+Evaluate
+    ebr.eval.metrics       recall vs exact, recall / nDCG / MRR vs qrels               [test_eval]
+    ebr.eval.sweep         nprobe x k_coarse sweep, faiss IVFPQ+RefineFlat peer        [test_eval]
+    ebr.eval.report        JSON + Markdown + recall-vs-latency PNG                     [test_eval]
+
+Errors: ``ebr.errors`` (the tree is in its docstring). Scores are always higher-is-better
+(L2 distances are negated); missing results are ``-1`` / ``-inf``.
+The search path (``ebr.io``, ``ebr.index``, ``ebr.search``) never imports torch.
+"""
+
+from __future__ import annotations
+
+from ebr.errors import (
+    CorruptFileError,
+    EbrError,
+    IndexFormatError,
+    IndexNotReadyError,
+    InputError,
+    ManifestVersionError,
+    SearchParamError,
+    SpecError,
+)
+from ebr.index.reader import OpenIndex, open_index
+from ebr.index.writer import write_index
+from ebr.metric import Metric
+from ebr.search.exact import exact_search
+from ebr.search.searcher import Searcher
+from ebr.spec import BuildParams, IndexSpec, SearchParams
+from ebr.types import SearchResult, SearchStats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BuildParams",
+    "CorruptFileError",
+    "EbrError",
+    "IndexFormatError",
+    "IndexNotReadyError",
+    "IndexSpec",
+    "InputError",
+    "ManifestVersionError",
+    "Metric",
+    "OpenIndex",
+    "SearchParamError",
+    "SearchParams",
+    "SearchResult",
+    "SearchStats",
+    "Searcher",
+    "SpecError",
+    "exact_search",
+    "open_index",
+    "write_index",
+]

@@ -75,7 +75,7 @@ class FaissRefineSystem:
         ivfpq = extract_ivfpq(base)
         self.ram_bytes = (xb.nbytes + xb.shape[0] * (ivfpq.code_size + 8)
                           + ivfpq.nlist * xb.shape[1] * 4 + ivfpq.pq.M * ivfpq.pq.ksub
-                          * ivfpq.pq.dsub * 4)
+                          * ivfpq.pq.dsub * 4 + (xb.shape[1] ** 2 * 4 if spec.opq else 0))
 
     def search(self, xq: np.ndarray, k: int, nprobe: int, k_coarse: int,
                rerank: bool) -> SearchResult:

@@ -88,7 +88,6 @@ class KMeansTrainer:
             self.method = "opq"
             opq = faiss.downcast_VectorTransform(index.chain.at(0))
             opq.niter = self.opq_niter
-            opq.pq.cp.seed = seed + 2
         logger.info("training %s (%s) on %d x %d vectors", spec, metric.value, n, d)
         index.train(np.ascontiguousarray(xt, dtype=np.float32))
         return index
