@@ -82,8 +82,13 @@ class KMeansTrainer:
         ivfpq.cp.niter = self.niter
         ivfpq.pq.cp.seed = seed + 1
         ivfpq.pq.cp.niter = self.niter
-        # faiss prints a warning line when a cluster gets < 39 points; we check sizes ourselves.
-        ivfpq.cp.verbose = False
+        # faiss fprintf's a warning per k-means run below 39 points per centroid; log it once
+        # through logging instead.
+        ivfpq.cp.min_points_per_centroid = 1
+        ivfpq.pq.cp.min_points_per_centroid = 1
+        if n < 39 * max(spec.nlist, 2 ** spec.pq_nbits):
+            logger.warning("%d training vectors is few for %s: faiss advises >= 39 per centroid "
+                           "(%d)", n, spec, 39 * max(spec.nlist, 2 ** spec.pq_nbits))
         if spec.opq:
             self.method = "opq"
             opq = faiss.downcast_VectorTransform(index.chain.at(0))

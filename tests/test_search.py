@@ -1,0 +1,120 @@
+"""Two-stage search against the brute-force reference."""
+
+import numpy as np
+import pytest
+
+from ebr.errors import InputError, SearchParamError
+from ebr.eval.metrics import recall_vs_exact
+from ebr.index.reader import open_index
+from ebr.metric import Metric, exact_scores
+from ebr.quant.faiss_bridge import ivf_params
+from ebr.search.exact import exact_search
+from ebr.search.rerank import topk
+from ebr.search.searcher import Searcher
+from ebr.spec import SearchParams
+
+
+def _numpy_reference(xq, xb, k, metric):
+    """Independent reference: float64 scores, full sort."""
+    xq, xb = xq.astype(np.float64), xb.astype(np.float64)
+    s = xq @ xb.T if metric is Metric.IP else -((xq[:, None, :] - xb[None]) ** 2).sum(-1)
+    return np.argsort(-s, axis=1, kind="stable")[:, :k], np.sort(s, axis=1)[:, ::-1][:, :k]
+
+
+@pytest.mark.parametrize("fixture", ["index_ip", "index_l2"])
+@pytest.mark.parametrize("nq", [1, 7])
+def test_full_probe_equals_exact(request, fixture, nq):
+    """nprobe = nlist and k_coarse = ntotal: the two-stage search IS exact search."""
+    oi = open_index(request.getfixturevalue(fixture))
+    s = Searcher(oi)
+    xq = np.asarray(oi.dense[:: oi.ntotal // nq][:nq], dtype=np.float32) + 0.01
+    res, stats = s.search(xq, SearchParams(k=10, nprobe=oi.nlist, k_coarse=oi.ntotal))
+    ref = s.exact(xq, 10)
+    np.testing.assert_array_equal(res.ids, ref.ids)
+    np.testing.assert_allclose(res.scores, ref.scores, rtol=1e-5, atol=1e-4)
+    assert stats.candidates == nq * oi.ntotal and stats.dense_rows_read == oi.ntotal
+    ids64, s64 = _numpy_reference(xq, np.asarray(oi.dense), 10, oi.metric)
+    np.testing.assert_array_equal(ref.ids, ids64)
+    np.testing.assert_allclose(ref.scores, s64, rtol=1e-4, atol=1e-3)
+
+
+def test_exact_blocks_and_ties():
+    rng = np.random.default_rng(3)
+    xb = rng.standard_normal((1000, 8)).astype(np.float32)
+    xb[500] = xb[20]  # exact duplicate: tie must go to the smaller id
+    xq = xb[[20, 7]] + 0.001
+    a = exact_search(xq, xb, 5, Metric.IP, block=97)
+    b = exact_search(xq, xb, 5, Metric.IP, block=100000)
+    np.testing.assert_array_equal(a.ids, b.ids)
+    r = exact_search(xb[[20]], xb, 2, Metric.L2, block=33)
+    assert r.ids[0].tolist() == [20, 500]
+    assert exact_search(xq, xb[:3], 5, Metric.IP).ids[0, 3:].tolist() == [-1, -1]
+
+
+def test_topk_padding_and_order():
+    scores = np.array([[0.5, -np.inf, 0.9, 0.5]], dtype=np.float32)
+    ids = np.array([[7, -1, 3, 2]])
+    out_ids, out_scores = topk(scores, ids, 6)
+    assert out_ids.tolist() == [[3, 2, 7, -1, -1, -1]]
+    assert np.isneginf(out_scores[0, 3:]).all()
+
+
+@pytest.mark.parametrize("fixture,floor", [("index_ip", 0.9), ("index_l2", 0.9)])
+def test_recall_floor(request, fixture, floor, ds_ip, ds_l2):
+    oi = open_index(request.getfixturevalue(fixture))
+    xq = ds_ip.xq if fixture == "index_ip" else ds_l2.xq
+    s = Searcher(oi)
+    ref = s.exact(xq, 10)
+    coarse, _ = s.search(xq, SearchParams(k=10, nprobe=4, k_coarse=10, rerank=False))
+    rr, st = s.search(xq, SearchParams(k=10, nprobe=4, k_coarse=100))
+    r_coarse, r_rr = recall_vs_exact(coarse.ids, ref.ids, 10), recall_vs_exact(rr.ids, ref.ids, 10)
+    assert r_rr >= floor
+    assert r_rr > r_coarse  # the re-rank is what recovers the PQ loss
+    assert st.dense_bytes_read == st.dense_rows_read * oi.dim * oi.dense.dtype.itemsize
+    assert 0 < st.dense_rows_read <= len(xq) * 100
+
+
+def test_coarse_only_is_faiss(index_ip, ds_ip):
+    oi = open_index(index_ip)
+    res, st = Searcher(oi).search(ds_ip.xq, SearchParams(k=5, nprobe=3, k_coarse=20, rerank=False))
+    D, ids = oi.coarse.search(ds_ip.xq, 20, params=ivf_params(oi.coarse, 3))
+    np.testing.assert_array_equal(res.ids, ids[:, :5])
+    np.testing.assert_allclose(res.scores, D[:, :5])
+    assert st.dense_bytes_read == 0 and st.reranked == 0
+
+
+def test_reranked_scores_are_exact(index_l2, ds_l2):
+    oi = open_index(index_l2)
+    res, _ = Searcher(oi).search(ds_l2.xq, SearchParams(k=5, nprobe=2, k_coarse=40))
+    for q, ids, sc in zip(ds_l2.xq, res.ids, res.scores):
+        want = exact_scores(q[None], np.asarray(oi.dense[ids], dtype=np.float32), Metric.L2)[0]
+        np.testing.assert_allclose(sc, want, rtol=1e-4, atol=1e-3)
+        assert (np.diff(sc) <= 0).all()
+
+
+def test_padding_when_lists_are_short(index_ip, ds_ip):
+    oi = open_index(index_ip)
+    res, st = Searcher(oi).search(ds_ip.xq[:3], SearchParams(k=10, nprobe=1, k_coarse=2000))
+    assert st.candidates < 3 * 2000  # one list holds fewer than 2000 docs
+    for ids, sc in zip(res.ids, res.scores):
+        assert ((ids >= 0) == np.isfinite(sc)).all()
+
+
+def test_search_input_errors(index_ip):
+    s = Searcher(open_index(index_ip))
+    q = np.zeros((1, 32), np.float32)
+    with pytest.raises(InputError, match="dimension 31"):
+        s.search(np.zeros((1, 31), np.float32), SearchParams())
+    bad = q.copy()
+    bad[0, 4] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        s.search(bad, SearchParams())
+    with pytest.raises(InputError, match="empty"):
+        s.search(np.zeros((0, 32), np.float32), SearchParams())
+    with pytest.raises(SearchParamError, match="nprobe"):
+        s.search(q, SearchParams(nprobe=17))
+    with pytest.raises(SearchParamError, match="k_coarse"):
+        s.search(q, SearchParams(k_coarse=10**6))
+    with pytest.raises(SearchParamError):
+        s.exact(q, 0)
+    assert s.search(q[0], SearchParams(k=3, nprobe=2, k_coarse=3))[0].ids.shape == (1, 3)

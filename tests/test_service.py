@@ -1,0 +1,174 @@
+"""HTTP API against a tmp index: results match the library, every bad input is a 4xx."""
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from ebr.index.reader import open_index
+from ebr.search.searcher import Searcher
+from ebr.spec import SearchParams
+from service.app import create_app
+from service.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def client(index_ip):
+    with TestClient(create_app(Settings(index_dir=str(index_ip), max_batch=8, max_k=50,
+                                        max_k_coarse=500))) as c:
+        yield c
+
+
+def _v(x):
+    return np.asarray(x, dtype=np.float32).tolist()
+
+
+def test_search_matches_library(client, index_ip, ds_ip):
+    s = Searcher(open_index(index_ip))
+    ref, st = s.search(ds_ip.xq[:1], SearchParams(k=5, nprobe=4, k_coarse=50))
+    r = client.post("/search", json={"vector": _v(ds_ip.xq[0]), "k": 5,
+                                     "params": {"nprobe": 4, "k_coarse": 50}})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["status"] == "ok" and body["time"] > 0
+    hits = body["result"]["hits"]
+    assert [h["id"] for h in hits] == ref.ids[0].tolist()
+    np.testing.assert_allclose([h["score"] for h in hits], ref.scores[0], rtol=1e-6)
+    stats = body["result"]["stats"]
+    assert stats["mode"] == "two_stage" and stats["k_coarse"] == 50 and stats["nprobe"] == 4
+    assert stats["returned"] == 5 and stats["dense_bytes_read"] == st.dense_bytes_read > 0
+    assert "vector" not in hits[0]
+
+
+def test_knobs(client, ds_ip):
+    q = _v(ds_ip.xq[1])
+    r = client.post("/search", json={"vector": q, "k": 4, "params": {"oversampling": 2.5}})
+    assert r.json()["result"]["stats"]["k_coarse"] == 10
+    r = client.post("/search", json={"vector": q, "k": 4, "params": {"refine_factor": 3}})
+    assert r.json()["result"]["stats"]["k_coarse"] == 12
+    r = client.post("/search", json={"vector": q, "k": 4, "params": {"candidates": 40}})
+    assert r.json()["result"]["stats"]["k_coarse"] == 40
+    r = client.post("/search", json={"vector": q, "k": 3, "params": {"rerank": False}})
+    st = r.json()["result"]["stats"]
+    assert st["mode"] == "coarse_only" and st["dense_bytes_read"] == 0
+    r = client.post("/search", json={"vector": q, "k": 3, "params": {"exact": True},
+                                     "return_vectors": True})
+    hits = r.json()["result"]["hits"]
+    assert r.json()["result"]["stats"]["mode"] == "exact" and len(hits[0]["vector"]) == 32
+    ex = client.post("/search", json={"vector": q, "k": 3, "with_vector": True,
+                                      "params": {"nprobe": 16, "candidates": 500}}).json()
+    assert [h["id"] for h in ex["result"]["hits"]] == [h["id"] for h in hits]
+
+
+def test_batch_in_order(client, ds_ip):
+    searches = [{"vector": _v(ds_ip.xq[i]), "k": 1 + i} for i in range(3)]
+    r = client.post("/search/batch", json={"searches": searches})
+    assert r.status_code == 200
+    res = r.json()["result"]
+    assert [len(x["hits"]) for x in res] == [1, 2, 3]
+    single = client.post("/search", json=searches[2]).json()["result"]["hits"]
+    assert res[2]["hits"] == single
+
+
+BAD = [
+    ({"vector": [0.1] * 31}, "vector: dimension 31"),
+    ({"vector": [0.1] * 32, "k": 0}, "k:"),
+    ({"vector": [0.1] * 32, "k": 51}, "k: must be <= 50"),
+    ({"vector": [0.1] * 32, "params": {"nprobe": 0}}, "params.nprobe"),
+    ({"vector": [0.1] * 32, "params": {"nprobe": 17}}, "params.nprobe: must be <= 16"),
+    ({"vector": [0.1] * 32, "params": {"k_coarse": 501}}, "params.k_coarse"),
+    ({"vector": [0.1] * 32, "k": 20, "params": {"k_coarse": 10}}, "params.k_coarse: must be >="),
+    ({"vector": [0.1] * 32, "params": {"oversampling": 0.5}}, "oversampling"),
+    ({"vector": [0.1] * 32, "params": {"oversampling": 2, "k_coarse": 30}}, "not both"),
+    ({"vector": [0.1] * 32, "colour": "red"}, "colour: Extra inputs"),
+    ({"vector": [0.1] * 32, "params": {"colour": 1}}, "params.colour"),
+    ({"vector": []}, "vector"),
+    ({"vector": ["a"] * 32}, "vector.0"),
+    ({}, "exactly one of 'vector' or 'text'"),
+    ({"vector": [0.1] * 32, "text": "x"}, "exactly one"),
+    ({"text": "hello"}, "no text encoder"),
+    ([1, 2], "body"),
+]
+
+
+@pytest.mark.parametrize("body,msg", BAD)
+def test_bad_requests(client, body, msg):
+    r = client.post("/search", json=body)
+    assert r.status_code == 422, r.text
+    assert msg in r.json()["status"]["error"]
+
+
+@pytest.mark.parametrize("raw", [b'{"vector": [NaN' + b", 0.1" * 31 + b"]}",
+                                 b'{"vector": [Infinity' + b", 0.1" * 31 + b"]}",
+                                 b'{"vector": [1e999' + b", 0.1" * 31 + b"]}",
+                                 b'{"vector": [0.1, ', b"\xff\xfe{}", b'{"text": "\xff\xfe"}'])
+def test_non_finite_and_broken_json(client, raw):
+    r = client.post("/search", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code in (400, 422), r.text
+    assert r.json()["status"]["error"]
+
+
+def test_unknown_route_and_method(client):
+    assert client.get("/nope").json() == {"status": {"error": "Not Found"}}
+    assert client.get("/search").status_code == 405
+
+
+def test_batch_errors(client, ds_ip):
+    r = client.post("/search/batch", json={"searches": []})
+    assert r.status_code == 422 and "searches" in r.json()["status"]["error"]
+    r = client.post("/search/batch", json={"searches": [{"vector": _v(ds_ip.xq[0])}] * 9})
+    assert r.status_code == 422 and "limit of 8" in r.json()["status"]["error"]
+    r = client.post("/search/batch", json={"searches": [{"vector": _v(ds_ip.xq[0])},
+                                                        {"vector": [1.0]}]})
+    assert r.status_code == 422 and "searches[1].vector" in r.json()["status"]["error"]
+
+
+def test_health_and_index(client, ds_ip):
+    assert client.get("/healthz").json()["status"] == "ok"
+    assert client.get("/readyz").json()["status"] == "ready"
+    info = client.get("/index").json()
+    assert info["spec"] == "IVF16,PQ8" and info["count"] == len(ds_ip.xb) and info["dim"] == 32
+    assert info["memory"]["coarse_ram_bytes"] < info["memory"]["dense_disk_bytes"]
+    assert info["text_queries"] is False and info["codebooks"]["method"] == "kmeans"
+
+
+def test_openapi_complete(client):
+    spec = client.get("/openapi.json").json()
+    assert {"/search", "/search/batch", "/healthz", "/readyz", "/index"} <= set(spec["paths"])
+    post = spec["paths"]["/search"]["post"]
+    assert {"200", "422", "503"} <= set(post["responses"])
+    schemas = spec["components"]["schemas"]
+    assert {"SearchRequest", "SearchResponse", "BatchRequest", "ErrorResponse", "Stats"} <= set(
+        schemas)
+
+
+def test_not_ready_when_index_broken(index_ip, tmp_path):
+    d = tmp_path / "broken"
+    shutil.copytree(index_ip, d)
+    (d / "coarse.index").write_bytes(b"garbage")
+    with TestClient(create_app(Settings(index_dir=str(d)))) as c:
+        assert c.get("/healthz").status_code == 200
+        r = c.get("/readyz")
+        assert r.status_code == 503 and "CorruptFileError" in r.json()["reasons"][0]
+        r = c.post("/search", json={"vector": [0.0] * 32})
+        assert r.status_code == 503 and "no index is open" in r.json()["status"]["error"]
+        assert c.get("/index").status_code == 503
+
+
+def test_settings_from_env():
+    s = Settings.from_env({"EBR_INDEX_DIR": "/x", "EBR_DEFAULT_NPROBE": "8",
+                           "EBR_VERIFY_CHECKSUMS": "false"})
+    assert s.default_nprobe == 8 and s.verify_checksums is False
+    with pytest.raises(ValueError, match="EBR_DEFAULT_NPROBE"):
+        Settings.from_env({"EBR_INDEX_DIR": "/x", "EBR_DEFAULT_NPROBE": "many"})
+    with pytest.raises(ValueError, match="EBR_INDEX_DIR"):
+        Settings.from_env({})
+
+
+def test_service_does_not_import_torch():
+    code = ("import sys, service.app, ebr, ebr.search.searcher, index_build.__main__; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)

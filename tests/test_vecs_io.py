@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+
+from ebr.errors import CorruptFileError, InputError
+from ebr.io.vecs import check_vectors, load_vectors, read_bin, write_bin, write_vecs
+
+RNG = np.random.default_rng(12345)
+
+
+@pytest.mark.parametrize("suffix,dtype", [(".fbin", np.float32), (".f16bin", np.float16),
+                                          (".ibin", np.int32), (".i64bin", np.int64)])
+@pytest.mark.parametrize("shape", [(1, 3), (97, 7), (1024, 1)])
+def test_bin_round_trip(tmp_path, suffix, dtype, shape):
+    x = (RNG.standard_normal(shape) * 100).astype(dtype)
+    p = tmp_path / f"x{suffix}"
+    assert write_bin(p, x, chunk_rows=10) == p.stat().st_size
+    for mmap in (True, False):
+        y = read_bin(p, mmap=mmap)
+        assert y.dtype == dtype and y.shape == shape
+        np.testing.assert_array_equal(y, x)
+        with pytest.raises((ValueError, TypeError)):
+            y[0, 0] = 1  # read-only
+
+
+def test_vecs_and_npy_round_trip(tmp_path):
+    x = RNG.standard_normal((13, 5)).astype(np.float32)
+    write_vecs(tmp_path / "x.fvecs", x)
+    np.testing.assert_array_equal(load_vectors(tmp_path / "x.fvecs"), x)
+    ids = RNG.integers(0, 1000, (4, 6)).astype(np.int32)
+    write_vecs(tmp_path / "i.ivecs", ids)
+    np.testing.assert_array_equal(load_vectors(tmp_path / "i.ivecs"), ids)
+    np.save(tmp_path / "x.npy", x)
+    np.testing.assert_array_equal(load_vectors(tmp_path / "x.npy"), x)
+    write_bin(tmp_path / "x.fbin", x)
+    np.testing.assert_array_equal(load_vectors(tmp_path / "x.fbin"), x)
+
+
+def test_truncated_and_trailing(tmp_path):
+    x = RNG.standard_normal((10, 4)).astype(np.float32)
+    p = tmp_path / "x.fbin"
+    write_bin(p, x)
+    data = p.read_bytes()
+    p.write_bytes(data[:-3])
+    with pytest.raises(CorruptFileError, match="truncated"):
+        read_bin(p)
+    p.write_bytes(data + b"\0\0")
+    with pytest.raises(CorruptFileError, match="trailing"):
+        read_bin(p)
+    p.write_bytes(data[:5])
+    with pytest.raises(CorruptFileError, match="header"):
+        read_bin(p)
+    write_vecs(tmp_path / "x.fvecs", x)
+    q = tmp_path / "x.fvecs"
+    q.write_bytes(q.read_bytes()[:-1])
+    with pytest.raises(CorruptFileError):
+        load_vectors(q)
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        load_vectors(tmp_path / "missing.npy")
+    (tmp_path / "x.csv").write_text("1,2")
+    with pytest.raises(InputError, match="unsupported"):
+        load_vectors(tmp_path / "x.csv")
+    np.save(tmp_path / "one.npy", np.zeros(4, dtype=np.float32))
+    with pytest.raises(InputError, match="2-D"):
+        load_vectors(tmp_path / "one.npy")
+    x = np.ones((5, 3), dtype=np.float32)
+    x[3, 1] = np.nan
+    with pytest.raises(InputError, match="row 3"):
+        check_vectors(x)
+    with pytest.raises(InputError, match="dimension"):
+        check_vectors(np.ones((2, 3), np.float32), d=4)
+    with pytest.raises(InputError, match="numeric"):
+        check_vectors(np.array([["a"]]))
