@@ -73,7 +73,8 @@ def load_ids(path: str | os.PathLike[str]) -> list[str]:
         return [str(r["_id"]) for r in _jsonl(path)]
     if not path.is_file():
         raise InputError(f"{path}: no such ids file")
-    return [line.rstrip("\r\n") for line in open(path, encoding="utf-8") if line.strip()]
+    with open(path, encoding="utf-8") as f:
+        return [line.rstrip("\r\n") for line in f if line.strip()]
 
 
 def default_cache_dir() -> Path:

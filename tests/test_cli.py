@@ -1,0 +1,56 @@
+"""index_build end to end through its CLI entry point."""
+
+import json
+
+import numpy as np
+
+from ebr.index.reader import open_index
+from ebr.io.vecs import write_bin, write_vecs
+from index_build.__main__ import main
+
+
+def test_build_inspect_evaluate(tmp_path, capsys):
+    out = tmp_path / "idx"
+    assert main(["--no-progress", "build", "--synthetic", "--n", "3000", "--dim", "32",
+                 "--out", str(out), "--spec", "IVF16,PQ8", "--niter", "5"]) == 0
+    data = tmp_path / "idx.data"
+    assert (data / "qrels" / "test.tsv").exists()
+    oi = open_index(out)
+    assert oi.ntotal == 3000 and oi.manifest.source["kind"] == "file"
+    capsys.readouterr()
+    assert main(["inspect", "--index", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["spec"] == "IVF16,PQ8" and info["memory"]["codes_bytes"] == 3000 * 8
+    res = tmp_path / "res"
+    assert main(["--no-progress", "evaluate", "--index", str(out),
+                 "--queries", str(data / "queries_test.npy"),
+                 "--query-ids", str(data / "queries_test_ids.txt"),
+                 "--qrels", str(data / "qrels" / "test.tsv"), "--nprobe", "4", "16",
+                 "--k-coarse", "50", "100", "--results", str(res), "--name", "e"]) == 0
+    rows = json.loads((res / "e.json").read_text())["rows"]
+    assert len(rows) == 1 + 2 * 2 * 2
+    assert rows[0]["system"] == "exact" and 0 < rows[0]["ndcg@10"] <= 1
+    assert (res / "e.md").exists() and (res / "e.png").exists()
+
+
+def test_formats_and_ids(tmp_path):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1200, 16)).astype(np.float32)
+    write_vecs(tmp_path / "x.fvecs", x)
+    write_bin(tmp_path / "x.fbin", x)
+    (tmp_path / "ids.txt").write_text("".join(f"d{i}\n" for i in range(1200)))
+    for name in ("x.fvecs", "x.fbin"):
+        out = tmp_path / f"idx-{name}"
+        assert main(["--no-progress", "build", "--input", str(tmp_path / name), "--ids",
+                     str(tmp_path / "ids.txt"), "--out", str(out), "--spec", "IVF4,PQ4",
+                     "--metric", "l2", "--dense-dtype", "float16", "--niter", "3"]) == 0
+        oi = open_index(out)
+        assert oi.ids[7] == "d7" and oi.metric.value == "l2" and oi.dense.dtype == np.float16
+
+
+def test_cli_errors_exit_2(tmp_path):
+    np.save(tmp_path / "x.npy", np.ones((10, 8), np.float32))
+    assert main(["build", "--input", str(tmp_path / "x.npy"), "--out", str(tmp_path / "i"),
+                 "--spec", "IVF4,PQ3"]) == 2  # 8 % 3 != 0
+    assert main(["inspect", "--index", str(tmp_path / "missing")]) == 2
+    assert not (tmp_path / "i").exists()

@@ -1,0 +1,35 @@
+import numpy as np
+
+from ebr.data.synthetic import SyntheticConfig, generate, iter_chunks
+from ebr.metric import Metric
+from ebr.search.exact import exact_search
+
+
+def test_seeded_and_chunk_invariant():
+    a = generate(SyntheticConfig(n=1000, d=16, nq=20, nq_train=5, n_clusters=8))
+    b = generate(SyntheticConfig(n=1000, d=16, nq=20, nq_train=5, n_clusters=8))
+    np.testing.assert_array_equal(a.xb, b.xb)
+    np.testing.assert_array_equal(a.xq, b.xq)
+    assert a.qrels == b.qrels
+    c = generate(SyntheticConfig(n=1000, d=16, nq=20, nq_train=5, n_clusters=8, seed=1))
+    assert not np.array_equal(a.xb, c.xb)
+    chunks = list(iter_chunks(SyntheticConfig(n=1000, d=16, n_clusters=8, chunk=300)))
+    assert [len(x) for x in chunks] == [300, 300, 300, 100]
+
+
+def test_structure_and_planted_relevance():
+    ds = generate(SyntheticConfig(n=4000, d=128, nq=100, nq_train=10, n_clusters=16))
+    assert ds.xb.dtype == np.float32 and ds.xb.shape == (4000, 128)
+    np.testing.assert_allclose(np.linalg.norm(ds.xb, axis=1), 1, rtol=1e-5)
+    assert all(1 <= len(r) <= 3 for r in ds.qrels)
+    ex = exact_search(ds.xq, ds.xb, 10, Metric.IP)
+    found = np.mean([len(set(ex.ids[i]) & set(r)) / len(r) for i, r in enumerate(ds.qrels)])
+    assert 0.6 < found < 1.0  # relevant docs are findable but not trivially the top hits
+    # anisotropic: a cluster's spread is dominated by a few directions
+    sv = np.linalg.svd(ds.xb[:500] - ds.xb[:500].mean(0), compute_uv=False)
+    assert sv[0] > 2 * sv[20]
+
+
+def test_l2_unnormalised():
+    ds = generate(SyntheticConfig(n=500, d=8, nq=5, nq_train=2, n_clusters=4, metric=Metric.L2))
+    assert not np.allclose(np.linalg.norm(ds.xb, axis=1), 1)

