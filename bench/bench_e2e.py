@@ -88,7 +88,7 @@ def main() -> int:
 
                     ex = exact_search(ds["xq"], oi.dense, 100, oi.metric)
                     m["exact_vs_published_gt@100"] = float(np.mean(
-                        [len(set(a) & set(b)) / 100 for a, b in zip(ex.ids, ds["gt"])]))
+                        [len(set(a) & set(b)) / 100 for a, b in zip(ex.ids, ds["gt"], strict=False)]))
                 mem = oi.memory()
                 marginal = (oi.ivfpq.code_size + 8) / mem["dense_bytes_per_vector"]
                 meta["datasets"][f"{name} {spec}"] = {**m, "build_seconds": round(build_s, 2)}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from ebr.data.synthetic import SyntheticConfig, SyntheticDataset, generate

@@ -50,7 +50,7 @@ def test_evaluate_rows_and_report(index_ip, ds_ip, tmp_path):
             assert r["exact_recall@10"] >= 0.98
     ebr = [r for r in rows if r["system"] == "ebr"]
     faiss_rows = [r for r in rows if r["system"].startswith("faiss")]
-    for a, b in zip(ebr, faiss_rows):  # same training -> same recall as the peer
+    for a, b in zip(ebr, faiss_rows, strict=False):  # same training -> same recall as the peer
         assert a["exact_recall@10"] == pytest.approx(b["exact_recall@10"], abs=0.02)
     assert 0 < rows[0]["ndcg@10"] <= 1 and meta["ram_fraction_of_dense"] < 0.5
     paths = write_report(tmp_path, "r", {"title": "t", **meta}, rows)

@@ -86,7 +86,7 @@ def test_coarse_only_is_faiss(index_ip, ds_ip):
 def test_reranked_scores_are_exact(index_l2, ds_l2):
     oi = open_index(index_l2)
     res, _ = Searcher(oi).search(ds_l2.xq, SearchParams(k=5, nprobe=2, k_coarse=40))
-    for q, ids, sc in zip(ds_l2.xq, res.ids, res.scores):
+    for q, ids, sc in zip(ds_l2.xq, res.ids, res.scores, strict=False):
         want = exact_scores(q[None], np.asarray(oi.dense[ids], dtype=np.float32), Metric.L2)[0]
         np.testing.assert_allclose(sc, want, rtol=1e-4, atol=1e-3)
         assert (np.diff(sc) <= 0).all()
@@ -96,7 +96,7 @@ def test_padding_when_lists_are_short(index_ip, ds_ip):
     oi = open_index(index_ip)
     res, st = Searcher(oi).search(ds_ip.xq[:3], SearchParams(k=10, nprobe=1, k_coarse=2000))
     assert st.candidates < 3 * 2000  # one list holds fewer than 2000 docs
-    for ids, sc in zip(res.ids, res.scores):
+    for ids, sc in zip(res.ids, res.scores, strict=False):
         assert ((ids >= 0) == np.isfinite(sc)).all()
 
 
