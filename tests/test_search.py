@@ -118,3 +118,25 @@ def test_search_input_errors(index_ip):
     with pytest.raises(SearchParamError):
         s.exact(q, 0)
     assert s.search(q[0], SearchParams(k=3, nprobe=2, k_coarse=3))[0].ids.shape == (1, 3)
+
+
+@pytest.mark.parametrize("metric", [Metric.IP, Metric.L2])
+def test_rerank_paths_agree(metric):
+    """Shared candidates (one gemm) and distinct candidates (per-query gemv) give the same top-k."""
+    from ebr.search.rerank import rerank
+
+    rng = np.random.default_rng(11)
+    xb = rng.standard_normal((5000, 16)).astype(np.float32)
+    xq = rng.standard_normal((6, 16)).astype(np.float32)
+    shared = np.tile(rng.choice(5000, 50, replace=False), (6, 1))  # 50 rows <= 4 x 50
+    distinct = rng.choice(5000, (6, 50), replace=False)  # 300 rows > 4 x 50
+    distinct[:, -3:] = -1
+    for cand in (shared, distinct):
+        ids, scores, rows = rerank(xq, cand, xb, metric, 10)
+        assert rows == len(np.unique(cand[cand >= 0]))
+        for i in range(6):
+            c = cand[i][cand[i] >= 0]
+            want = exact_scores(xq[i:i + 1], xb[c], metric)[0]
+            order = np.argsort(-want, kind="stable")[:10]
+            np.testing.assert_array_equal(ids[i], c[order])
+            np.testing.assert_allclose(scores[i], want[order], rtol=1e-5, atol=1e-4)

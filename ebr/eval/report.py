@@ -56,30 +56,45 @@ def write_report(out_dir: str | Path, name: str, meta: dict[str, Any],
 
 
 def _plot(path: Path, title: str, rows: Sequence[dict[str, Any]]) -> Path:
+    """One panel per dataset variant; colour = system, line = stage, marker = nprobe."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    curves: dict[tuple[Any, ...], list[tuple[float, float, Any]]] = {}
+    panels: dict[str, dict[tuple[Any, ...], list[tuple[float, float, Any]]]] = {}
     for r in rows:
         if r.get("stage") == "exact" or r.get("p50_ms") is None:
             continue
-        key = (r.get("dataset_variant", ""), r["system"], r["stage"], r["nprobe"])
-        curves.setdefault(key, []).append((r["p50_ms"], r["exact_recall@10"], r["k_coarse"]))
-    for (variant, system, stage, nprobe), pts in sorted(curves.items(), key=str):
-        pts.sort(key=lambda p: p[2])
-        style = "-o" if stage == "reranked" else ":x"
-        label = f"{variant} {system} {stage} nprobe={nprobe}".strip()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=label, markersize=4)
-    ax.set_xscale("log")
-    ax.set_xlabel("p50 latency per query (ms, log scale)")
-    ax.set_ylabel("recall@10 vs exact search")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=6, loc="lower right")
+        curves = panels.setdefault(str(r.get("dataset_variant", "")), {})
+        curves.setdefault((r["system"], r["stage"], r["nprobe"]), []).append(
+            (r["p50_ms"], r["exact_recall@10"], r["k_coarse"]))
+    n = max(len(panels), 1)
+    cols = min(n, 3)
+    nrows = -(-n // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(5.5 * cols, 4.2 * nrows), squeeze=False)
+    systems = sorted({k[0] for c in panels.values() for k in c})
+    nprobes = sorted({k[2] for c in panels.values() for k in c}, key=str)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    markers = "osD^v*"
+    for ax, (variant, curves) in zip(axes.ravel(), sorted(panels.items()), strict=False):
+        for (system, stage, nprobe), pts in sorted(curves.items(), key=str):
+            pts.sort(key=lambda p: p[2])
+            ax.plot([p[0] for p in pts], [p[1] for p in pts],
+                    linestyle="-" if stage == "reranked" else ":",
+                    marker=markers[nprobes.index(nprobe) % len(markers)], markersize=4,
+                    color=colours[systems.index(system) % len(colours)],
+                    label=f"{system} {stage} nprobe={nprobe}")
+        ax.set_xscale("log")
+        ax.set_title(variant or title, fontsize=9)
+        ax.set_xlabel("p50 latency per query (ms)")
+        ax.set_ylabel("recall@10 vs exact")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=6, loc="lower right")
+    for ax in axes.ravel()[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(title + " (points: k_coarse ascending)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -150,6 +150,7 @@ def sweep(systems: Sequence[System], ev: EvalSet, dense: np.ndarray, metric: Met
     grid = [(s, p, c, r) for s in systems for p in nprobes for c in k_coarses for r in (False, True)]
     for system, nprobe, kc, rr in tqdm(grid, desc="sweep", disable=not progress):
         k = min(ev.k_max, kc)
+        system.search(ev.xq[:8], k, nprobe, kc, rr)  # warm-up: first touch of pages, threads
         t0 = time.perf_counter()
         res = system.search(ev.xq, k, nprobe, kc, rr)
         batch_s = time.perf_counter() - t0

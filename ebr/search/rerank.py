@@ -46,10 +46,16 @@ def rerank(xq: np.ndarray, cand: np.ndarray, dense: np.ndarray, metric: Metric,
         return (np.full((nq, k), -1, dtype=np.int64), np.full((nq, k), -np.inf, np.float32), 0)
     xr = np.asarray(dense[rows], dtype=np.float32)  # [r, d]  -- the disk read
     pos = np.searchsorted(rows, np.where(valid, cand, rows[0]))  # [nq, c]
-    g = xr[pos]  # [nq, c, d]
-    scores = np.einsum("qd,qcd->qc", xq, g)  # [nq, c]
+    if rows.size <= 4 * c:
+        # candidates shared across the batch (always true for one query): one gemm, gather
+        scores = np.take_along_axis(xq @ xr.T, pos, axis=1)  # [nq, r] -> [nq, c]
+    else:  # mostly distinct rows: per-query gemv, never an [nq, c, d] temporary
+        scores = np.empty((nq, c), dtype=np.float32)
+        for i in range(nq):
+            scores[i] = xr[pos[i]] @ xq[i]
     if metric is Metric.L2:
-        scores = 2.0 * scores - np.einsum("qcd,qcd->qc", g, g) - np.einsum("qd,qd->q", xq, xq)[:, None]
+        norms = np.einsum("rd,rd->r", xr, xr)  # [r], once per distinct row
+        scores = 2.0 * scores - norms[pos] - np.einsum("qd,qd->q", xq, xq)[:, None]
     scores = np.where(valid, scores, -np.inf).astype(np.float32)
     ids, top = topk(scores, np.where(valid, cand, -1), k)
     return ids, top, int(rows.size)
