@@ -18,7 +18,9 @@ def main(argv: list[str] | None = None) -> None:
     for name, value in (("INDEX_DIR", args.index), ("HOST", args.host), ("PORT", args.port)):
         if value is not None:
             os.environ[f"EBR_{name}"] = str(value)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     import uvicorn
 
     from service.settings import Settings
