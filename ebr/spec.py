@@ -23,7 +23,7 @@ _PART = {
     "pq": re.compile(r"^PQ(\d+)(?:x(\d+))?$"),
 }
 DENSE_DTYPES = ("float32", "float16")
-CODEBOOK_METHODS = ("kmeans", "opq")
+CODEBOOK_METHODS = ("kmeans", "opq", "distill")
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,8 @@ class BuildParams:
     train_size: vectors sampled to train IVF + PQ (faiss wants >= 39 x nlist and >= 39 x 2^nbits;
         more costs k-means time linearly, less costs recall).
     dense_dtype: ``float16`` halves disk and re-rank I/O for a tiny score error (about 1e-3 relative).
-    codebooks: ``kmeans`` (faiss IVFPQ) or ``opq`` (rotation learned first; spec gets ``OPQ<M>``).
+    codebooks: ``kmeans`` (faiss IVFPQ), ``opq`` (rotation learned first; spec gets ``OPQ<M>``)
+        or ``distill`` (Distill-VQ fine-tuning after k-means; needs the 'train' extra).
     """
 
     spec: IndexSpec

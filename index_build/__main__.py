@@ -53,6 +53,21 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
     idx.add_argument("--niter", type=int, default=20, help="k-means iterations")
     idx.add_argument("--seed", type=int, default=1234, help="seed of sampling and k-means")
     idx.add_argument("--overwrite", action="store_true", help="replace an existing index dir")
+    dv = p.add_argument_group("Distill-VQ (--codebooks distill; needs the 'train' extra)")
+    dv.add_argument("--train-queries", help="training query vectors (.npy/.fvecs/.fbin); labels "
+                    "are never used. Default: pseudo-queries sampled from the corpus")
+    dv.add_argument("--train-split", help="with --beir: encode this split's query texts as "
+                    "training queries (e.g. train)")
+    dv.add_argument("--pseudo-queries", type=int, help="pseudo-queries from the corpus (default "
+                    "10000 without training queries, 0 with them)")
+    dv.add_argument("--distill-loss", default="mse", help="mse | listnet | kl_div | margin_mse "
+                    "or a '+'-sum")
+    dv.add_argument("--distill-topk", type=int, default=100, help="teacher candidates per query")
+    dv.add_argument("--distill-epochs", type=int, default=30, help="max epochs (early stop on "
+                    "a held-out slice of the training queries)")
+    dv.add_argument("--distill-time-budget", type=float, help="stop training after this many "
+                    "seconds (the best epoch so far is kept)")
+    dv.add_argument("--no-query-map", action="store_true", help="do not learn the query map")
 
 
 def _add_eval_args(p: argparse.ArgumentParser) -> None:
@@ -119,9 +134,31 @@ def _build(args: argparse.Namespace) -> None:
                          kmeans_niter=args.niter, seed=args.seed, codebooks=args.codebooks,
                          normalize=args.metric == "cosine")
     logger.info("build: %s", {k: v for k, v in vars(args).items() if k != "func"})
-    m = write_index(args.out, x, params, ids, encoder=enc, source=source,
+    trainer = _distill_trainer(args) if args.codebooks == "distill" else None
+    m = write_index(args.out, x, params, ids, trainer=trainer, encoder=enc, source=source,
                     overwrite=args.overwrite, progress=args.progress)
     logger.info("done: %s (%d vectors, %.1f s)", args.out, m.ntotal, m.build["seconds"]["total"])
+
+
+def _distill_trainer(args: argparse.Namespace) -> object:
+    try:
+        from ebr.train.distill_vq import DistillConfig, DistillVQTrainer
+    except ImportError as e:
+        raise SystemExit(str(e)) from None
+    queries = None
+    if args.train_queries:
+        from ebr.io.vecs import load_vectors
+
+        queries = load_vectors(args.train_queries)
+    elif args.train_split and args.beir:
+        from index_build.sources import load_eval_queries
+
+        queries, _ = load_eval_queries(None, args.beir, args.train_split, None)
+    cfg = DistillConfig(loss=args.distill_loss, top_k=args.distill_topk,
+                        max_epochs=args.distill_epochs, time_budget_s=args.distill_time_budget,
+                        n_pseudo=args.pseudo_queries, train_query_map=not args.no_query_map,
+                        seed=args.seed)
+    return DistillVQTrainer(cfg, queries=queries, niter=args.niter, progress=args.progress)
 
 
 def _evaluate(args: argparse.Namespace) -> None:

@@ -43,6 +43,7 @@ class OpenIndex:
     dense: np.ndarray  # memmap [ntotal, dim], float32 or float16
     ids: Any  # np.ndarray[int64] or list[str]
     normalize: bool
+    query_map: np.ndarray | None = None  # [d, d]: coarse-stage queries are W q
 
     @property
     def dim(self) -> int:
@@ -155,10 +156,17 @@ def open_index(
     if len(ids) != manifest.ntotal:
         raise CorruptFileError(f"{path}: {len(ids)} external ids for {manifest.ntotal} vectors")
     normalize = bool(manifest.build.get("params", {}).get("normalize", False))
+    query_map = None
+    if manifest.query_map is not None:
+        if manifest.query_map not in manifest.files:
+            raise IndexFormatError(f"{path}: query_map {manifest.query_map!r} is not a listed file")
+        query_map = np.array(read_bin(path / manifest.query_map, mmap=False))
+        _expect(path / manifest.query_map, "shape", query_map.shape, (manifest.dim, manifest.dim))
     logger.info("opened %s: %s, %d x %d, %s", path, spec, manifest.ntotal, manifest.dim,
                 metric.value)
     return OpenIndex(path=path, manifest=manifest, spec=spec, metric=metric, coarse=coarse,
-                     ivfpq=ivfpq, dense=dense, ids=ids, normalize=normalize)
+                     ivfpq=ivfpq, dense=dense, ids=ids, normalize=normalize,
+                     query_map=query_map)
 
 
 def _expect(where: Path, what: str, got: Any, want: Any) -> None:

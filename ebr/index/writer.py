@@ -27,7 +27,12 @@ from ebr.errors import InputError
 from ebr.io import layout
 from ebr.io.manifest import FileEntry, Manifest, sha256_file, write_manifest
 from ebr.io.vecs import check_vectors, write_bin
-from ebr.quant.faiss_bridge import CodebookTrainer, extract_ivfpq, make_trainer
+from ebr.quant.faiss_bridge import (
+    CodebookTrainer,
+    add_with_assignment,
+    extract_ivfpq,
+    make_trainer,
+)
 from ebr.spec import BuildParams
 
 __all__ = ["write_index", "normalize_rows", "sample_rows"]
@@ -155,10 +160,14 @@ def write_index(
         dense_name = layout.DENSE[params.dense_dtype]
         dense_dtype = np.dtype(params.dense_dtype)
         bar = tqdm(total=n, desc="encode+write", unit="vec", disable=not progress)
+        assign = getattr(trainer, "assign", None)  # learned trainers keep their training lists
         with open(tmp / dense_name, "wb") as fd:
             np.array([n, d], dtype=np.uint32).tofile(fd)
             for _, block in _chunks(vectors, params.normalize):
-                index.add(block)
+                if assign is not None:
+                    add_with_assignment(index, block, assign(index, block))
+                else:
+                    index.add(block)
                 block.astype(dense_dtype).tofile(fd)
                 bar.update(len(block))
             fd.flush()
@@ -181,8 +190,13 @@ def write_index(
                 fi.write("\n".join(ext_ids) + "\n")
                 fi.flush()
                 os.fsync(fi.fileno())
+        names = [layout.COARSE, dense_name, ids_name]
+        query_map = getattr(trainer, "query_map", None)
+        if query_map is not None:
+            write_bin(tmp / layout.QUERY_MAP, np.asarray(query_map, dtype=np.float32))
+            names.append(layout.QUERY_MAP)
         files = {}
-        for name in (layout.COARSE, dense_name, ids_name):
+        for name in names:
             p = tmp / name
             files[name] = FileEntry(bytes=p.stat().st_size, sha256=sha256_file(p))
         timings["write_coarse_and_checksums"] = time.perf_counter() - t0
@@ -210,6 +224,7 @@ def write_index(
                              "numpy": np.__version__, "python": platform.python_version()},
             },
             encoder=encoder, source=source or {},
+            query_map=layout.QUERY_MAP if query_map is not None else None,
         )
         write_manifest(tmp, manifest)
         _publish(tmp, target, overwrite)

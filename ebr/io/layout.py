@@ -7,3 +7,4 @@ COARSE = "coarse.index"  # faiss IndexIVFPQ (or OPQ pre-transform), opened with 
 DENSE = {"float32": "dense.fbin", "float16": "dense.f16bin"}  # (n, d) header + rows
 IDS_INT = "ids.i64bin"  # external integer ids, row i -> id
 IDS_STR = "ids.txt"  # external string ids, one per line (no newlines inside ids)
+QUERY_MAP = "query_map.fbin"  # learned [d, d] map applied to queries before the coarse search

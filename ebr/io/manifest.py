@@ -20,7 +20,8 @@ from ebr.io.layout import MANIFEST
 __all__ = ["FORMAT_VERSION", "Manifest", "FileEntry", "sha256_file", "write_manifest",
            "read_manifest", "verify_files"]
 
-FORMAT_VERSION = "1.0"  # major.minor; readers accept any minor of their major
+# major.minor; readers accept any minor of their major. 1.1 added the optional query_map.
+FORMAT_VERSION = "1.1"
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class Manifest:
     build: dict[str, Any]  # created, seconds per stage, versions, params, seed
     encoder: dict[str, Any] | None = None  # set when text queries can be encoded
     source: dict[str, Any] = field(default_factory=dict)
+    query_map: str | None = None  # file of a learned [d, d] query map (coarse stage only)
     format_version: str = FORMAT_VERSION
 
     def to_json(self) -> str:
@@ -63,7 +65,7 @@ class Manifest:
                 ntotal=int(d["ntotal"]), dense_dtype=str(d["dense_dtype"]),
                 id_kind=str(d["id_kind"]), files=files, codebooks=dict(d["codebooks"]),
                 build=dict(d["build"]), encoder=d.get("encoder"), source=dict(d.get("source", {})),
-                format_version=version,
+                query_map=d.get("query_map"), format_version=version,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise IndexFormatError(f"{where}: malformed manifest ({type(e).__name__}: {e})") from None

@@ -18,7 +18,8 @@ from ebr.errors import SpecError
 from ebr.metric import Metric
 from ebr.spec import IndexSpec
 
-__all__ = ["CodebookTrainer", "KMeansTrainer", "extract_ivfpq", "make_trainer", "ivf_params"]
+__all__ = ["CodebookTrainer", "KMeansTrainer", "extract_ivfpq", "make_trainer", "ivf_params",
+           "from_faiss", "to_faiss", "rotate", "add_with_assignment"]
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +103,78 @@ class KMeansTrainer:
 
 
 def make_trainer(method: str, niter: int = 20) -> CodebookTrainer:
+    """The default trainer of a method (``distill`` with default settings and pseudo-queries;
+    build a :class:`ebr.train.distill_vq.DistillVQTrainer` yourself to pass queries)."""
     if method in ("kmeans", "opq"):
         t = KMeansTrainer(niter=niter)
         t.method = method
         return t
-    raise SpecError(f"unknown codebook method {method!r}: expected 'kmeans' or 'opq'")
+    if method == "distill":
+        from ebr.train.distill_vq import DistillVQTrainer  # torch: only when asked for
+
+        return DistillVQTrainer(niter=niter)
+    raise SpecError(f"unknown codebook method {method!r}: expected 'kmeans', 'opq' or 'distill'")
+
+
+# --- the faiss <-> arrays bridge used by learned trainers ---------------------------------
+
+
+def from_faiss(index: faiss.Index) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(centroids float32 [nlist, d], codebooks float32 [M, ksub, dsub], rotation [d, d] or None).
+
+    ``rotation`` is the OPQ matrix R (x_rotated = x @ R.T) when the index has one.
+    """
+    ivfpq = extract_ivfpq(index)
+    centroids = ivfpq.quantizer.reconstruct_n(0, ivfpq.nlist)
+    pq = ivfpq.pq
+    codebooks = faiss.vector_to_array(pq.centroids).reshape(pq.M, pq.ksub, pq.dsub)
+    rotation = None
+    if isinstance(index, faiss.IndexPreTransform):
+        lt = faiss.downcast_VectorTransform(index.chain.at(0))
+        rotation = faiss.vector_to_array(lt.A).reshape(lt.d_out, lt.d_in)
+    return centroids.astype(np.float32), codebooks.astype(np.float32), rotation
+
+
+def rotate(index: faiss.Index, x: np.ndarray) -> np.ndarray:
+    """Apply the index's pre-transform (OPQ) if any: the space the IVF-PQ works in."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if isinstance(index, faiss.IndexPreTransform):
+        return index.chain.at(0).apply(x)
+    return x
+
+
+def to_faiss(index: faiss.Index, centroids: np.ndarray, codebooks: np.ndarray) -> None:
+    """Write trained centroids and codebooks into an empty trained index (in place)."""
+    ivfpq = extract_ivfpq(index)
+    if ivfpq.ntotal:
+        raise SpecError("to_faiss expects an empty index: codes must be re-encoded after it")
+    nlist, d = centroids.shape
+    if (nlist, d) != (ivfpq.nlist, ivfpq.d):
+        raise SpecError(f"centroids {centroids.shape} do not fit the index ({ivfpq.nlist}, {ivfpq.d})")
+    q = faiss.downcast_index(ivfpq.quantizer)
+    q.reset()
+    q.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    pq = ivfpq.pq
+    if codebooks.shape != (pq.M, pq.ksub, pq.dsub):
+        raise SpecError(f"codebooks {codebooks.shape} do not fit PQ ({pq.M}, {pq.ksub}, {pq.dsub})")
+    faiss.copy_array_to_vector(np.ascontiguousarray(codebooks, dtype=np.float32).ravel(),
+                               pq.centroids)
+    if pq.sdc_table.size():
+        pq.compute_sdc_table()
+    ivfpq.precomputed_table.clear()
+    ivfpq.use_precomputed_table = 0
+
+
+def add_with_assignment(index: faiss.Index, x: np.ndarray, assign: np.ndarray) -> None:
+    """Add vectors to their given IVF lists (learned indexes keep the training assignment).
+
+    x is in the input space; the pre-transform (OPQ), if any, is applied here.
+    """
+    ivfpq = extract_ivfpq(index)
+    xr = rotate(index, x)
+    n = xr.shape[0]
+    a = np.ascontiguousarray(assign, dtype=np.int64).reshape(n)
+    ids = np.arange(ivfpq.ntotal, ivfpq.ntotal + n, dtype=np.int64)
+    ivfpq.add_core(n, faiss.swig_ptr(xr), faiss.swig_ptr(ids), faiss.swig_ptr(a))
+    if index is not ivfpq:
+        index.ntotal = ivfpq.ntotal

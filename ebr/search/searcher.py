@@ -44,7 +44,12 @@ class Searcher:
         return normalize_rows(xq) if self.index.normalize else xq
 
     def coarse(self, xq: np.ndarray, k_coarse: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
-        """Coarse top-``k_coarse`` over the codes: (ids int64 [nq, kc], approx scores [nq, kc])."""
+        """Coarse top-``k_coarse`` over the codes: (ids int64 [nq, kc], approx scores [nq, kc]).
+
+        A learned query map (Distill-VQ) applies here only; the re-rank uses the original query.
+        """
+        if self.index.query_map is not None:
+            xq = np.ascontiguousarray(xq @ self.index.query_map.T, dtype=np.float32)
         D, ids = self.index.coarse.search(xq, k_coarse, params=ivf_params(self.index.coarse, nprobe))
         return ids.astype(np.int64), faiss_scores_to_ebr(D, self.index.metric)
 

@@ -1,0 +1,369 @@
+"""Distill-VQ (Xiao et al., SIGIR 2022): learn the IVF centroids, the PQ codebooks and a
+query-side linear map so that the quantized scores rank documents the way the dense inner
+products do. No labels: the dense scores are the teacher.
+
+    init      faiss k-means IVF-PQ (or OPQ + IVF-PQ) on the training sample
+    teacher   t_qd = <q, v_d> (or -||q - v_d||^2), candidates = teacher top-K per query,
+              the other queries' candidates in the batch, and random corpus documents
+    student   s^ivf_qd = <W q, o(d)>,  s^pq_qd = <W q, o(d) + u^_d>   (L2: negated distances)
+              o(d): the document's IVF centroid (assignment fixed, as in the paper);
+              u^_d: its residual's PQ reconstruction, codewords re-selected every step by argmin
+              and updated through the selected entries (straight-through)
+    loss      f(t, s^ivf) + f(t, s^pq), f from :mod:`ebr.train.losses` (ListNet by default)
+    export    centroids -> quantizer, codebooks -> pq.centroids, documents re-encoded in their
+              fixed lists; W is stored in the index directory and applied by the searcher to
+              queries before the coarse search (the exact re-rank keeps the original query).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import faiss
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ebr.errors import SpecError
+from ebr.metric import Metric
+from ebr.quant.faiss_bridge import KMeansTrainer, from_faiss, rotate, to_faiss
+from ebr.spec import IndexSpec
+from ebr.train.losses import LOSSES
+
+__all__ = ["DistillConfig", "DistillVQ", "DistillVQTrainer", "teacher_topk", "pseudo_queries"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Distill-VQ training settings (each default's trade-off in its comment).
+
+    loss: listnet | kl_div | mse | margin_mse, or a '+'-sum. The paper found ListNet best on
+        MS MARCO (MRR@10, a fine-tuned query encoder); with frozen embeddings and coarse
+        recall@100 as the target, MSE wins here (see bench/results/distill.md), so it is the default.
+    temperature: softmax temperature in score units; ``None`` calibrates it to the spread of
+        the teacher's top-K scores (cosine scores differ by hundredths, raw IP by tens).
+    top_k: teacher candidates per query (paper: 100-200); more = slower steps, flatter signal.
+    n_random: random corpus documents added to every batch (global negatives the student must
+        keep out of the top; without them nothing pushes down far documents).
+    """
+
+    loss: str = "mse"
+    temperature: float | None = None
+    top_k: int = 100
+    n_random: int = 1024
+    batch_size: int = 128
+    max_epochs: int = 30
+    lr_centroids: float = 1e-3
+    lr_codebooks: float = 1e-3  # paper: 1e-4 over ~100x more steps (MS MARCO queries)
+    lr_query_map: float = 1e-4
+    train_query_map: bool = True
+    ivf_weight: float = 1.0  # weight of the IVF loss f(t, s^ivf); the PQ loss has weight 1
+    n_pseudo: int | None = None  # pseudo-queries from the corpus; None: 10,000 if no queries given
+    pseudo_noise: float = 0.5  # noise norm relative to the mean vector norm
+    val_fraction: float = 0.1
+    max_val_queries: int = 500
+    val_nprobe: int | None = None  # nprobe of the validation recall; None: nlist // 4
+    val_k: int = 100  # validation metric: coarse recall@val_k against exact top val_k
+    patience: int = 3
+    time_budget_s: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in self.loss.split("+"):
+            if name not in LOSSES:
+                raise SpecError(f"loss must be one of {sorted(LOSSES)} or a '+'-sum of them, "
+                                f"got {self.loss!r}")
+        for name in ("top_k", "batch_size", "max_epochs", "patience", "val_k"):
+            if getattr(self, name) < 1:
+                raise SpecError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise SpecError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+
+
+def teacher_topk(xq: np.ndarray, xb: np.ndarray, k: int, metric: Metric) -> np.ndarray:
+    """Exact top-k row ids (faiss brute force) of each query: int64 [nq, k]."""
+    _, ids = faiss.knn(np.ascontiguousarray(xq, dtype=np.float32),
+                       np.ascontiguousarray(xb, dtype=np.float32), min(k, len(xb)),
+                       metric=metric.faiss_metric)
+    return ids.astype(np.int64)
+
+
+def pseudo_queries(xb: np.ndarray, n: int, noise: float, seed: int) -> np.ndarray:
+    """Queries sampled from the corpus: random documents plus isotropic noise
+    (norm = ``noise`` x the mean document norm); re-normalised when the corpus is."""
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(len(xb), size=n, replace=n > len(xb))
+    x = np.asarray(xb[rows], dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1)
+    eps = rng.standard_normal(x.shape).astype(np.float32)
+    eps *= noise * float(norms.mean()) / np.linalg.norm(eps, axis=1, keepdims=True)
+    q = x + eps
+    if np.allclose(norms, 1.0, atol=1e-3):
+        q /= np.linalg.norm(q, axis=1, keepdims=True)
+    return q
+
+
+class DistillVQ(nn.Module):
+    """IVF centroids [nlist, d], PQ codebooks [M, ksub, dsub] and a query map W [d, d] (init I).
+
+    Documents live in the index's working space (after OPQ, if any); queries are mapped by W in
+    the input space, then rotated.
+    """
+
+    def __init__(self, centroids: np.ndarray, codebooks: np.ndarray, rotation: np.ndarray | None,
+                 metric: Metric, train_query_map: bool = True) -> None:
+        super().__init__()
+        nlist, d = centroids.shape
+        self.M, self.ksub, self.dsub = codebooks.shape
+        if self.M * self.dsub != d:
+            raise SpecError(f"codebooks {codebooks.shape} do not match dimension {d}")
+        self.metric = metric
+        self.centroids = nn.Parameter(torch.from_numpy(centroids.copy()))
+        self.codebooks = nn.Parameter(torch.from_numpy(codebooks.copy()))
+        self.query_map = nn.Parameter(torch.eye(d), requires_grad=train_query_map)
+        self.register_buffer("rotation", None if rotation is None
+                             else torch.from_numpy(rotation.astype(np.float32)))
+
+    def map_queries(self, q: torch.Tensor) -> torch.Tensor:
+        """q [B, d] -> W q, rotated into the index's working space."""
+        q = q @ self.query_map.T
+        return q if self.rotation is None else q @ self.rotation.T
+
+    @torch.no_grad()
+    def encode(self, xr: torch.Tensor, assign: torch.Tensor) -> torch.Tensor:
+        """PQ codes [n, M] of the residuals xr - o(assign) (nearest codeword per sub-space)."""
+        n = xr.shape[0]
+        r = (xr - self.centroids[assign]).view(n, self.M, self.dsub)  # [n, M, dsub]
+        cb = self.codebooks  # [M, ksub, dsub]
+        dist = (cb * cb).sum(-1)[None] - 2 * torch.einsum("nmd,mkd->nmk", r, cb)  # [n, M, ksub]
+        return dist.argmin(-1)
+
+    def reconstruct(self, assign: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """o(d) + concat(codewords): [n, d]; gradients reach the centroids and the selected
+        codewords (the argmin itself is not differentiated: straight-through)."""
+        m = torch.arange(self.M, device=codes.device)[None, :]
+        cw = self.codebooks[m, codes]  # [n, M, dsub]
+        return self.centroids[assign] + cw.reshape(codes.shape[0], -1)
+
+    def scores(self, qm: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Higher-is-better scores of mapped queries [B, d] against vectors [n, d]: [B, n]."""
+        ip = qm @ x.T
+        if self.metric is Metric.IP:
+            return ip
+        return 2 * ip - (x * x).sum(-1)[None] - (qm * qm).sum(-1)[:, None]
+
+    def student(self, q: torch.Tensor, xr: torch.Tensor, assign: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(IVF scores, IVF+PQ scores) of queries q [B, d] against documents xr [n, d]."""
+        qm = self.map_queries(q)
+        codes = self.encode(xr, assign)
+        return self.scores(qm, self.centroids[assign]), self.scores(qm, self.reconstruct(assign, codes))
+
+    @torch.no_grad()
+    def coarse_search(self, q: torch.Tensor, xr: torch.Tensor, assign: torch.Tensor, nprobe: int,
+                      k: int, chunk: int = 65536) -> torch.Tensor:
+        """What the exported faiss index returns: top-k ids by IVF+PQ score among documents in
+        the nprobe best lists for each query. [B, k] (-1 where fewer are reachable)."""
+        qm = self.map_queries(q)
+        probe = self.scores(qm, self.centroids).topk(nprobe, dim=1).indices  # [B, nprobe]
+        probed = torch.zeros(q.shape[0], self.centroids.shape[0], dtype=torch.bool)
+        probed.scatter_(1, probe, True)
+        best_s = torch.full((q.shape[0], 0), -torch.inf)
+        best_i = torch.zeros((q.shape[0], 0), dtype=torch.long)
+        for i0 in range(0, xr.shape[0], chunk):
+            a = assign[i0:i0 + chunk]
+            rec = self.reconstruct(a, self.encode(xr[i0:i0 + chunk], a))
+            s = self.scores(qm, rec).masked_fill(~probed[:, a], -torch.inf)
+            ids = torch.arange(i0, i0 + len(a))[None].expand_as(s)
+            s, ids = torch.cat([best_s, s], 1), torch.cat([best_i, ids], 1)
+            top = s.topk(min(k, s.shape[1]), dim=1)
+            best_s, best_i = top.values, ids.gather(1, top.indices)
+        return best_i.masked_fill(torch.isinf(best_s), -1)
+
+
+def _recall(found: torch.Tensor, truth: np.ndarray) -> float:
+    f = found.numpy()
+    return float(np.mean([len(set(a[a >= 0].tolist()) & set(b.tolist())) / len(b)
+                          for a, b in zip(f, truth, strict=True)]))
+
+
+class DistillVQTrainer:
+    """A :class:`~ebr.quant.faiss_bridge.CodebookTrainer` that distills after k-means init.
+
+    queries: training query vectors (labels are never used); ``None`` -> pseudo-queries.
+    The trained query map is exposed as ``query_map`` ([d, d]) for the writer; documents are
+    added with :meth:`assign` so the index keeps the lists the training assumed.
+    """
+
+    method = "distill"
+
+    def __init__(self, config: DistillConfig | None = None, queries: np.ndarray | None = None,
+                 niter: int = 20, progress: bool = False) -> None:
+        self.config = config or DistillConfig()
+        self.queries = None if queries is None else np.asarray(queries, dtype=np.float32)
+        self.niter = niter
+        self.progress = progress
+        self.query_map: np.ndarray | None = None
+        self.history: list[dict[str, float]] = []
+        self.info: dict[str, Any] = {}
+        self._assigner: faiss.Index | None = None
+
+    # -- CodebookTrainer ------------------------------------------------------------------
+    def train(self, xt: np.ndarray, spec: IndexSpec, metric: Metric, seed: int) -> faiss.Index:
+        cfg = self.config
+        t_start = time.perf_counter()
+        torch.manual_seed(cfg.seed)
+        rng = np.random.default_rng(cfg.seed)
+        index = KMeansTrainer(niter=self.niter).train(xt, spec, metric, seed)
+        t_init = time.perf_counter() - t_start
+        centroids, codebooks, rotation = from_faiss(index)
+        self._assigner = faiss.IndexFlat(centroids.shape[1], metric.faiss_metric)
+        self._assigner.add(centroids)  # the k-means lists stay the documents' lists
+        n, d = xt.shape
+        xt = np.ascontiguousarray(xt, dtype=np.float32)
+        assign_np = self._assign_rotated(rotate(index, xt))
+
+        xq, kind = self._training_queries(xt, rng)
+        nval = min(int(len(xq) * cfg.val_fraction), cfg.max_val_queries) if len(xq) >= 20 else 0
+        perm = rng.permutation(len(xq))
+        val_q, train_q = xq[perm[:nval]], xq[perm[nval:]]
+        t0 = time.perf_counter()
+        top = teacher_topk(train_q, xt, cfg.top_k, metric)
+        val_truth = teacher_topk(val_q, xt, min(cfg.val_k, n), metric) if nval else None
+        t_teacher = time.perf_counter() - t0
+
+        model = DistillVQ(centroids, codebooks, rotation, metric, cfg.train_query_map)
+        xb = torch.from_numpy(np.array(xt))  # writable copies: torch refuses read-only memory
+        xr = torch.from_numpy(np.array(rotate(index, xt)))
+        assign = torch.from_numpy(assign_np)
+        tau = cfg.temperature or self._calibrate_tau(train_q, xt, top, metric)
+        parts = [LOSSES[name] for name in cfg.loss.split("+")]
+
+        def loss_fn(t: torch.Tensor, s: torch.Tensor, tau: float) -> torch.Tensor:
+            return sum((f(t, s, tau) for f in parts), torch.zeros(()))
+        groups = [{"params": [model.centroids], "lr": cfg.lr_centroids},
+                  {"params": [model.codebooks], "lr": cfg.lr_codebooks}]
+        if cfg.train_query_map:
+            groups.append({"params": [model.query_map], "lr": cfg.lr_query_map})
+        opt = torch.optim.AdamW(groups, weight_decay=0.0)
+        nprobe = min(cfg.val_nprobe or max(1, spec.nlist // 4), spec.nlist)
+
+        def validate() -> float:
+            if val_truth is None:
+                return float("nan")
+            found = model.coarse_search(torch.from_numpy(val_q), xr, assign, nprobe,
+                                        val_truth.shape[1])
+            return _recall(found, val_truth)
+
+        best = validate()
+        self.history = [{"epoch": 0, "loss": float("nan"), "val_recall": best}]
+        best_state = copy.deepcopy(model.state_dict())
+        logger.info("distill: %d %s queries (%d val), K=%d, tau=%.4g, start val recall@%d %.4f",
+                    len(train_q), kind, nval, cfg.top_k, tau, cfg.val_k, best)
+        bad, stopped = 0, "max_epochs"
+        bar = tqdm(range(1, cfg.max_epochs + 1), desc="distill", disable=not self.progress)
+        for epoch in bar:
+            order = rng.permutation(len(train_q))
+            losses = []
+            for b0 in range(0, len(order), cfg.batch_size):
+                bq = order[b0:b0 + cfg.batch_size]
+                docs = np.unique(np.concatenate([top[bq].ravel(),
+                                                 rng.integers(0, n, cfg.n_random)]))
+                d_idx = torch.from_numpy(docs)
+                q = torch.from_numpy(train_q[bq])
+                with torch.no_grad():
+                    teacher = model.scores(q, xb[d_idx]) if metric is Metric.IP else \
+                        -torch.cdist(q, xb[d_idx]).pow(2)
+                s_ivf, s_pq = model.student(q, xr[d_idx], assign[d_idx])
+                loss = loss_fn(teacher, s_pq, tau) + cfg.ivf_weight * loss_fn(teacher, s_ivf, tau)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                losses.append(float(loss.detach()))
+                if cfg.time_budget_s and time.perf_counter() - t_start > cfg.time_budget_s:
+                    break
+            val = validate()
+            self.history.append({"epoch": epoch, "loss": float(np.mean(losses)),
+                                 "val_recall": val})
+            bar.set_postfix(loss=f"{np.mean(losses):.4f}", val=f"{val:.4f}")
+            if val > best or val_truth is None:
+                best, bad = val, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                bad += 1
+                if bad >= cfg.patience:
+                    stopped = "early_stop"
+                    break
+            if cfg.time_budget_s and time.perf_counter() - t_start > cfg.time_budget_s:
+                stopped = "time_budget"
+                break
+        bar.close()
+        model.load_state_dict(best_state)
+        to_faiss(index, model.centroids.detach().numpy(), model.codebooks.detach().numpy())
+        self.query_map = model.query_map.detach().numpy().copy()
+        self.model = model
+        self.info = {
+            "training_queries": kind, "n_train_queries": int(len(train_q)),
+            "n_val_queries": int(nval), "temperature": float(tau), "stopped": stopped,
+            "best_val_recall": best, "val_nprobe": nprobe, "val_k": int(cfg.val_k),
+            "seconds": {"kmeans_init": round(t_init, 2), "teacher": round(t_teacher, 2),
+                        "total": round(time.perf_counter() - t_start, 2)},
+        }
+        logger.info("distill: %s after %d epochs, val recall@%d %.4f -> %.4f (%.1f s)", stopped,
+                    len(self.history) - 1, cfg.val_k, self.history[0]["val_recall"], best,
+                    time.perf_counter() - t_start)
+        return index
+
+    def assign(self, index: faiss.Index, x: np.ndarray) -> np.ndarray:
+        """IVF list of each vector (input space): the k-means assignment training used."""
+        return self._assign_rotated(rotate(index, x))
+
+    def describe(self) -> dict[str, Any]:
+        return {"method": self.method, "kmeans_niter": self.niter,
+                "distill": {k: v for k, v in asdict(self.config).items()}, **self.info,
+                "history": self.history}
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _assign_rotated(self, xr: np.ndarray) -> np.ndarray:
+        if self._assigner is None:
+            raise SpecError("assign() called before train()")
+        _, a = self._assigner.search(np.ascontiguousarray(xr, dtype=np.float32), 1)
+        return a.ravel().astype(np.int64)
+
+    def _training_queries(self, xt: np.ndarray, rng: np.random.Generator
+                          ) -> tuple[np.ndarray, str]:
+        cfg = self.config
+        parts, kinds = [], []
+        if self.queries is not None:
+            if self.queries.ndim != 2 or self.queries.shape[1] != xt.shape[1]:
+                raise SpecError(f"training queries have shape {self.queries.shape}, "
+                                f"expected (n, {xt.shape[1]})")
+            parts.append(self.queries)
+            kinds.append(f"real ({len(self.queries)})")
+        n_pseudo = cfg.n_pseudo if cfg.n_pseudo is not None else (
+            10_000 if self.queries is None else 0)
+        if n_pseudo:
+            parts.append(pseudo_queries(xt, n_pseudo, cfg.pseudo_noise,
+                                        int(rng.integers(2**31))))
+            kinds.append(f"pseudo ({n_pseudo}, noise {cfg.pseudo_noise})")
+        if not parts:
+            raise SpecError("no training queries: give queries or n_pseudo > 0")
+        return np.concatenate(parts).astype(np.float32), " + ".join(kinds)
+
+    @staticmethod
+    def _calibrate_tau(xq: np.ndarray, xb: np.ndarray, top: np.ndarray, metric: Metric) -> float:
+        """Temperature = mean spread (std) of each query's teacher top-K scores / 4, so the
+        teacher's softmax concentrates on its top few candidates whatever the score scale."""
+        sub = slice(0, min(len(xq), 256))
+        q, cand = xq[sub], xb[top[sub]]  # [b, d], [b, K, d]
+        s = np.einsum("bd,bkd->bk", q, cand)
+        if metric is Metric.L2:
+            s = -((cand - q[:, None]) ** 2).sum(-1)
+        return float(max(s.std(axis=1).mean() / 4.0, 1e-6))

@@ -1,0 +1,157 @@
+"""Distill-VQ: losses, a few steps of training, export -> reload congruence, determinism."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="extra 'train' not installed")
+
+from ebr.errors import SpecError  # noqa: E402
+from ebr.index.reader import open_index  # noqa: E402
+from ebr.index.writer import write_index  # noqa: E402
+from ebr.metric import Metric  # noqa: E402
+from ebr.quant.faiss_bridge import rotate  # noqa: E402
+from ebr.search.searcher import Searcher  # noqa: E402
+from ebr.spec import BuildParams, IndexSpec, SearchParams  # noqa: E402
+from ebr.train.distill_vq import DistillConfig, DistillVQTrainer, pseudo_queries  # noqa: E402
+from ebr.train.losses import kl_div, listnet, margin_mse, mse  # noqa: E402
+
+T = torch.tensor([[3.0, 1.0, 0.0], [0.5, 0.5, 2.0]])
+S = torch.tensor([[1.0, 2.0, 0.0], [0.0, 1.0, 1.0]])
+
+
+def test_listnet_by_hand():
+    want = 0.0
+    for t, s in zip(T.tolist(), S.tolist(), strict=True):
+        p = np.exp(np.array(t) / 2) / np.exp(np.array(t) / 2).sum()
+        log_q = np.array(s) / 2 - math.log(np.exp(np.array(s) / 2).sum())
+        want += -(p * log_q).sum()
+    assert float(listnet(T, S, 2.0)) == pytest.approx(want / 2, rel=1e-6)
+
+
+def test_kl_and_mse_properties():
+    assert float(kl_div(T, T, 1.0)) == pytest.approx(0.0, abs=1e-7)
+    assert float(kl_div(T, S, 1.0)) > 0
+    # ListNet = KL + teacher entropy: same gradient w.r.t. the student
+    assert float(mse(T, S, 1.0)) == pytest.approx(float(((T - S) ** 2).mean()))
+    assert float(mse(T, S, 2.0)) == pytest.approx(float(mse(T, S, 1.0)) / 4)
+    # shift invariance: ListNet and Margin-MSE ignore a per-query constant, MSE does not
+    assert float(listnet(T, S + 5, 1.0)) == pytest.approx(float(listnet(T, S, 1.0)), rel=1e-6)
+    assert float(margin_mse(T, S + 5, 1.0)) == pytest.approx(float(margin_mse(T, S, 1.0)))
+    assert float(mse(T, S + 5, 1.0)) > float(mse(T, S, 1.0))
+
+
+def test_mask_ignores_entries():
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    s2 = S.clone()
+    s2[0, 2] = 100.0  # masked entry: must not matter
+    for f in (listnet, kl_div, mse, margin_mse):
+        assert float(f(T, S, 1.0, mask)) == pytest.approx(float(f(T, s2, 1.0, mask)), rel=1e-6)
+
+
+def test_config_validation():
+    with pytest.raises(SpecError):
+        DistillConfig(loss="hinge")
+    with pytest.raises(SpecError):
+        DistillConfig(top_k=0)
+    DistillConfig(loss="mse+listnet")
+
+
+SPEC = IndexSpec.parse("IVF16,PQ8")
+CFG = DistillConfig(max_epochs=4, patience=10, batch_size=64, n_random=256, top_k=50, n_pseudo=1500,
+                    val_nprobe=4, val_k=20, seed=3)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, ds_ip):
+    tr = DistillVQTrainer(CFG, queries=ds_ip.xq_train[:300] if len(ds_ip.xq_train) >= 300
+                          else None)
+    out = tmp_path_factory.mktemp("dvq") / "idx"
+    write_index(out, ds_ip.xb, BuildParams(spec=SPEC, codebooks="distill", kmeans_niter=10),
+                trainer=tr)
+    return tr, out
+
+
+def test_training_lowers_loss_keeps_recall(trained):
+    tr, _ = trained
+    h = tr.history
+    assert len(h) == CFG.max_epochs + 1
+    assert h[-1]["loss"] < h[1]["loss"]
+    assert tr.info["best_val_recall"] >= h[0]["val_recall"]
+    assert "pseudo" in tr.info["training_queries"]  # ds_ip has only 10 training queries
+
+
+def test_manifest_records_training(trained):
+    _, out = trained
+    m = json.loads((out / "manifest.json").read_text())
+    cb = m["codebooks"]
+    assert cb["method"] == "distill" and cb["distill"]["loss"] == "mse"
+    assert len(cb["history"]) == CFG.max_epochs + 1 and "val_recall" in cb["history"][0]
+    assert m["query_map"] == "query_map.fbin" and "query_map.fbin" in m["files"]
+
+
+def test_export_reload_matches_torch_ranking(trained, ds_ip):
+    tr, out = trained
+    oi = open_index(out)
+    assert oi.query_map is not None and not np.allclose(oi.query_map, np.eye(32))
+    model = tr.model
+    xb = np.asarray(oi.dense)
+    xr = torch.from_numpy(np.array(rotate(oi.coarse, xb)))
+    assign = torch.from_numpy(tr.assign(oi.coarse, xb))
+    want = model.coarse_search(torch.from_numpy(ds_ip.xq), xr, assign, nprobe=4, k=20).numpy()
+    got, _ = Searcher(oi).coarse(ds_ip.xq, 20, 4)
+    same = np.mean([len(set(a) & set(b)) / 20 for a, b in zip(got, want, strict=True)])
+    assert same >= 0.99
+    assert (got[:, 0] == want[:, 0]).mean() >= 0.95
+    # the list of every document is the one training used
+    ivf_assign = np.empty(oi.ntotal, dtype=np.int64)
+    for lst in range(oi.nlist):
+        n = oi.ivfpq.invlists.list_size(lst)
+        ids = oi.ivfpq.invlists.get_ids(lst)
+        import faiss
+
+        ivf_assign[faiss.rev_swig_ptr(ids, n).copy()] = lst
+    np.testing.assert_array_equal(ivf_assign, assign.numpy())
+
+
+def test_reranked_search_still_exact_at_full_probe(trained, ds_ip):
+    _, out = trained
+    s = Searcher(open_index(out))
+    res, _ = s.search(ds_ip.xq, SearchParams(k=10, nprobe=16, k_coarse=s.index.ntotal))
+    np.testing.assert_array_equal(res.ids, s.exact(ds_ip.xq, 10).ids)
+
+
+def test_same_seed_same_codebooks(tmp_path, ds_ip):
+    cfg = DistillConfig(max_epochs=2, batch_size=64, n_random=128, top_k=20, n_pseudo=300,
+                        seed=5)
+    shas = []
+    for name in ("a", "b"):
+        write_index(tmp_path / name, ds_ip.xb, BuildParams(spec=SPEC, kmeans_niter=5),
+                    trainer=DistillVQTrainer(cfg))
+        files = json.loads((tmp_path / name / "manifest.json").read_text())["files"]
+        shas.append((files["coarse.index"]["sha256"], files["query_map.fbin"]["sha256"]))
+    assert shas[0] == shas[1]
+
+
+def test_l2_and_opq_train(tmp_path, ds_l2):
+    for spec in ("IVF8,PQ6", "OPQ6,IVF8,PQ6"):
+        tr = DistillVQTrainer(DistillConfig(max_epochs=2, n_pseudo=500, top_k=20, val_k=10))
+        write_index(tmp_path / spec, ds_l2.xb, BuildParams(spec=IndexSpec.parse(spec),
+                                                            metric=Metric.L2, kmeans_niter=5),
+                    trainer=tr)
+        s = Searcher(open_index(tmp_path / spec))
+        res, _ = s.search(ds_l2.xq, SearchParams(k=5, nprobe=8, k_coarse=s.index.ntotal))
+        np.testing.assert_array_equal(res.ids, s.exact(ds_l2.xq, 5).ids)
+        assert tr.history[-1]["loss"] <= tr.history[1]["loss"] * 1.05
+
+
+def test_pseudo_queries():
+    rng = np.random.default_rng(0)
+    xb = rng.standard_normal((100, 8)).astype(np.float32)
+    xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+    q = pseudo_queries(xb, 50, 0.3, seed=1)
+    assert q.shape == (50, 8)
+    np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1, rtol=1e-5)
+    np.testing.assert_array_equal(q, pseudo_queries(xb, 50, 0.3, seed=1))
