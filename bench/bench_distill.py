@@ -1,0 +1,176 @@
+"""Distill-VQ vs faiss k-means IVFPQ vs faiss OPQ+IVFPQ at equal bytes and nprobe (issue 3).
+
+    python bench/bench_distill.py [--sets scifact siftsmall synthetic] [--bytes 8 16 32]
+                                  [--ablation] [--budget 300] [--out bench/results]
+
+Coarse-only recall against exact search (recall@10, recall@100), plus Recall@100 / nDCG@10 against
+qrels on SciFact and the re-ranked nDCG@10 at C = 100. Each configuration is built in a fresh
+process, so its training time and peak RSS are its own. Writes distill.json and distill.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DATA = ROOT.parent / "shared" / "data"
+SETS = {  # nlist, nprobe, metric
+    "scifact": (32, 8, "ip"),
+    "siftsmall": (64, 8, "l2"),
+    "synthetic": (1024, 32, "ip"),
+}
+
+
+def load(name: str, data: Path) -> dict[str, Any] | None:
+    from ebr.io.beir import load_ids, load_qrels
+    from ebr.io.vecs import read_vecs
+
+    if name == "scifact":
+        emb = data / "scifact" / "embeddings"
+        if not emb.exists():
+            return None
+        return {"xb": np.load(emb / "corpus_all-MiniLM-L6-v2.f32.npy"),
+                "ids": load_ids(data / "scifact" / "corpus.jsonl"),
+                "xq": np.load(emb / "queries_test_all-MiniLM-L6-v2.f32.npy"),
+                "qids": load_ids(emb / "queries_test_ids.txt"),
+                "qrels": load_qrels(data / "scifact" / "qrels" / "test.tsv"),
+                "xtrain": np.load(emb / "queries_train_all-MiniLM-L6-v2.f32.npy")}
+    if name == "siftsmall":
+        d = data / "siftsmall"
+        if not d.exists():
+            return None
+        return {"xb": np.array(read_vecs(d / "siftsmall_base.fvecs")), "ids": None,
+                "xq": np.array(read_vecs(d / "siftsmall_query.fvecs")), "qids": None,
+                "qrels": None, "xtrain": None}  # no training queries: pseudo-queries
+    from ebr.data.synthetic import SyntheticConfig, generate
+
+    ds = generate(SyntheticConfig(n=200_000, d=128, nq=1000, nq_train=10_000, n_clusters=256))
+    return {"xb": ds.xb, "ids": None, "xq": ds.xq, "qids": None, "qrels": None,
+            "xtrain": ds.xq_train}
+
+
+def run(task: dict[str, Any]) -> dict[str, Any]:
+    """One build + evaluation, in its own process."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    from ebr.eval.metrics import label_metrics, recall_vs_exact
+    from ebr.index.reader import open_index
+    from ebr.index.writer import write_index
+    from ebr.metric import Metric
+    from ebr.search.searcher import Searcher
+    from ebr.spec import BuildParams, IndexSpec, SearchParams
+
+    ds = load(task["set"], Path(task["data"]))
+    assert ds is not None
+    nlist, nprobe, metric = SETS[task["set"]]
+    m = task["bytes"]
+    opq = task["method"] in ("opq", "distill+opq")
+    spec = IndexSpec.parse((f"OPQ{m}," if opq else "") + f"IVF{nlist},PQ{m}")
+    trainer = None
+    if task["method"].startswith("distill"):
+        from ebr.train.distill_vq import DistillConfig, DistillVQTrainer
+
+        q = ds["xtrain"] if task.get("queries", "real") in ("real", "real+pseudo") else None
+        n_pseudo = {"real": 0, "pseudo": 10_000, "real+pseudo": 10_000}[task.get("queries",
+                                                                               "real")]
+        if ds["xtrain"] is None:
+            n_pseudo = 10_000
+        cfg = DistillConfig(loss=task.get("loss", "mse"), top_k=task.get("top_k", 100),
+                            n_pseudo=n_pseudo, time_budget_s=task["budget"],
+                            val_nprobe=nprobe)
+        trainer = DistillVQTrainer(cfg, queries=q)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        write_index(Path(tmp) / "i", ds["xb"], BuildParams(
+            spec=spec, metric=Metric.parse(metric),
+            codebooks="opq" if task["method"] == "opq" else
+            ("distill" if trainer else "kmeans")), ds["ids"], trainer=trainer)
+        build_s = time.perf_counter() - t0
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        s = Searcher(open_index(Path(tmp) / "i"))
+        ex = s.exact(ds["xq"], 100)
+        coarse, _ = s.search(ds["xq"], SearchParams(k=100, nprobe=nprobe, k_coarse=100,
+                                                    rerank=False))
+        out = {**{k: v for k, v in task.items() if k not in ("data",)}, "spec": str(spec),
+               "nprobe": nprobe, "build_s": round(build_s, 1), "peak_rss_mb": round(peak_mb),
+               "coarse_r@10": recall_vs_exact(coarse.ids[:, :10], ex.ids, 10),
+               "coarse_r@100": recall_vs_exact(coarse.ids, ex.ids, 100)}
+        if trainer is not None:
+            out["train_s"] = trainer.info["seconds"]["total"]
+            out["stopped"] = trainer.info["stopped"]
+            out["epochs"] = len(trainer.history) - 1
+            out["val_recall"] = [round(h["val_recall"], 4) for h in trainer.history]
+        if ds["qrels"] is not None:
+            rel = [ds["qrels"].get(q, {}) for q in ds["qids"]]
+
+            def labels(ids: np.ndarray) -> dict[str, float]:
+                return label_metrics([s.index.external_ids(r) for r in ids], rel)
+
+            lc = labels(coarse.ids)
+            out["coarse_R@100"], out["coarse_nDCG@10"] = lc["recall@100"], lc["ndcg@10"]
+            rr, _ = s.search(ds["xq"], SearchParams(k=10, nprobe=nprobe, k_coarse=100))
+            out["rerank_nDCG@10_C100"] = labels(rr.ids)["ndcg@10"]
+            out["exact_nDCG@10"] = labels(ex.ids[:, :10])["ndcg@10"]
+    print(json.dumps({k: v for k, v in out.items() if k != "val_recall"}), flush=True)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--sets", nargs="+", default=list(SETS))
+    ap.add_argument("--bytes", type=int, nargs="+", default=[8, 16, 32])
+    ap.add_argument("--methods", nargs="+", default=["kmeans", "opq", "distill", "distill+opq"])
+    ap.add_argument("--ablation", action="store_true", help="SciFact PQ16: loss, K, queries")
+    ap.add_argument("--budget", type=float, default=300.0, help="distill time budget (s)")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--name", default="distill")
+    args = ap.parse_args()
+    tasks = [{"set": s, "bytes": b, "method": m, "data": args.data, "budget": args.budget}
+             for s in args.sets for b in args.bytes for m in args.methods
+             if s == "synthetic" or (Path(args.data) / s).exists()]
+    if args.ablation:
+        base = {"set": "scifact", "bytes": 16, "method": "distill", "data": args.data,
+                "budget": args.budget}
+        tasks += [{**base, "loss": x, "ablation": f"loss={x}"}
+                  for x in ("listnet", "kl_div", "margin_mse", "mse+listnet")]
+        tasks += [{**base, "top_k": k, "ablation": f"K={k}"} for k in (50, 200)]
+        tasks += [{**base, "queries": q, "ablation": f"queries={q}"}
+                  for q in ("pseudo", "real+pseudo")]
+    rows = []
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"),
+                             max_tasks_per_child=1) as pool:
+        for row in pool.map(run, tasks):
+            rows.append(row)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.name}.json").write_text(json.dumps(rows, indent=2))
+    from ebr.eval.report import markdown_table
+
+    cols = ["set", "bytes", "method", "ablation", "spec", "nprobe", "coarse_r@10", "coarse_r@100",
+            "coarse_R@100", "coarse_nDCG@10", "rerank_nDCG@10_C100", "exact_nDCG@10",
+            "build_s", "train_s", "epochs", "stopped", "peak_rss_mb"]
+    md = ["# Distill-VQ vs k-means vs OPQ (coarse only, equal bytes and nprobe)", "",
+          markdown_table(rows, cols), ""]
+    (out / f"{args.name}.md").write_text("\n".join(md))
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
