@@ -8,7 +8,11 @@ Build
     ebr.io.beir            BEIR corpus/queries/qrels, cached corpus embeddings         [test_text]
     ebr.io.encoder         offline MiniLM text encoder (extra 'text'; lazy torch)      [test_text]
     ebr.spec               IndexSpec / BuildParams (build) and SearchParams (search)   [test_spec]
-    ebr.quant.faiss_bridge codebook trainers (k-means, OPQ) -> trained faiss index     [test_index]
+    ebr.quant.faiss_bridge codebook trainers (k-means, OPQ) -> trained faiss index;    [test_index]
+                           from_faiss / to_faiss / add_with_assignment for learned ones
+    ebr.train.losses       ListNet, KL-div, MSE, Margin-MSE (torch; extra 'train')     [test_train]
+    ebr.train.distill_vq   Distill-VQ: centroids + codebooks + query map, distilled    [test_train]
+                           from the dense scores (DistillVQTrainer plugs into write_index)
     ebr.index.writer       write_index: atomic index directory, manifest last          [test_index]
     ebr.io.manifest        manifest.json: format version, sha256 per file, provenance  [test_index]
 
@@ -25,7 +29,8 @@ Evaluate
 
 Errors: ``ebr.errors`` (the tree is in its docstring). Scores are always higher-is-better
 (L2 distances are negated); missing results are ``-1`` / ``-inf``.
-The search path (``ebr.io``, ``ebr.index``, ``ebr.search``) never imports torch.
+The search path (``ebr.io``, ``ebr.index``, ``ebr.search``) never imports torch; only
+``ebr.train`` does.
 """
 
 from __future__ import annotations

@@ -168,7 +168,7 @@ class DistillVQ(nn.Module):
 
     @torch.no_grad()
     def coarse_search(self, q: torch.Tensor, xr: torch.Tensor, assign: torch.Tensor, nprobe: int,
-                      k: int, chunk: int = 65536) -> torch.Tensor:
+                      k: int, chunk: int = 16384) -> torch.Tensor:
         """What the exported faiss index returns: top-k ids by IVF+PQ score among documents in
         the nprobe best lists for each query. [B, k] (-1 where fewer are reachable)."""
         qm = self.map_queries(q)
