@@ -191,6 +191,12 @@ def _inspect(args: argparse.Namespace) -> None:
     print(json.dumps(out, indent=2, default=str))  # noqa: T201 - the CLI's output
 
 
+def _generate(args: argparse.Namespace) -> None:
+    from index_build.sources import write_synthetic
+
+    write_synthetic(Path(args.out), SyntheticConfig(n=args.n, d=args.dim, seed=args.seed))
+
+
 def _demo(args: argparse.Namespace) -> None:
     from ebr.index.writer import write_index
     from ebr.io.beir import load_ids, load_qrels
@@ -224,18 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
     try:
-        {"build": _build, "evaluate": _evaluate, "inspect": _inspect, "generate":
-         lambda a: write_synthetic_cmd(a), "demo": _demo}[args.cmd](args)
+        {"build": _build, "evaluate": _evaluate, "inspect": _inspect, "generate": _generate,
+         "demo": _demo}[args.cmd](args)
     except EbrError as e:
         logger.error("%s: %s", type(e).__name__, e)
         return 2
     return 0
-
-
-def write_synthetic_cmd(args: argparse.Namespace) -> None:
-    from index_build.sources import write_synthetic
-
-    write_synthetic(Path(args.out), SyntheticConfig(n=args.n, d=args.dim, seed=args.seed))
 
 
 if __name__ == "__main__":

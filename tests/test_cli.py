@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from ebr.index.reader import open_index
 from ebr.io.vecs import write_bin, write_vecs
@@ -54,3 +55,23 @@ def test_cli_errors_exit_2(tmp_path):
                  "--spec", "IVF4,PQ3"]) == 2  # 8 % 3 != 0
     assert main(["inspect", "--index", str(tmp_path / "missing")]) == 2
     assert not (tmp_path / "i").exists()
+
+
+def test_build_distill_cli(tmp_path):
+    pytest.importorskip("torch", reason="extra 'train' not installed")
+    from ebr.data.synthetic import SyntheticConfig, generate
+
+    ds = generate(SyntheticConfig(n=2000, d=16, nq=10, nq_train=200, n_clusters=8))
+    np.save(tmp_path / "x.npy", ds.xb)
+    np.save(tmp_path / "q.npy", ds.xq_train)
+    out = tmp_path / "idx"
+    assert main(["--no-progress", "build", "--input", str(tmp_path / "x.npy"), "--out", str(out),
+                 "--spec", "IVF8,PQ4", "--niter", "5", "--codebooks", "distill",
+                 "--train-queries", str(tmp_path / "q.npy"), "--distill-epochs", "2",
+                 "--distill-loss", "mse+listnet"]) == 0
+    oi = open_index(out)
+    cb = oi.manifest.codebooks
+    assert cb["method"] == "distill" and cb["training_queries"] == "real (200)"
+    assert cb["distill"]["loss"] == "mse+listnet" and oi.query_map is not None
+    main(["generate", "--out", str(tmp_path / "gen"), "--n", "500", "--dim", "8"])
+    assert (tmp_path / "gen" / "corpus.npy").exists()
