@@ -164,7 +164,7 @@ def sweep(systems: Sequence[System], ev: EvalSet, dense: np.ndarray, metric: Met
                     "qps_single": len(lat) / float(lat.sum()),
                     "qps_batch": len(ev.xq) / batch_s})
         rows.append(row)
-        logger.info("%s", {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+        logger.debug("%s", {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
     return rows
 
 
