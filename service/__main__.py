@@ -18,16 +18,15 @@ def main(argv: list[str] | None = None) -> None:
     for name, value in (("INDEX_DIR", args.index), ("HOST", args.host), ("PORT", args.port)):
         if value is not None:
             os.environ[f"EBR_{name}"] = str(value)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     import uvicorn
 
+    from service.observability import configure_logging
     from service.settings import Settings
 
     s = Settings.from_env()
+    configure_logging(s.log_format, logging.INFO)
     uvicorn.run("service.app:create_app", factory=True, host=s.host, port=s.port,
-                workers=args.workers, log_level="info")
+                workers=args.workers, log_level="info", log_config=None)
 
 
 if __name__ == "__main__":

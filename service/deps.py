@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hmac
+import threading
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request
 
 from ebr.errors import IndexNotReadyError
 from ebr.search.searcher import Searcher
+from service.observability import Metrics
 from service.settings import Settings
 
 
@@ -18,7 +21,10 @@ class ServiceState:
     searcher: Searcher | None = None
     encoder: Any = None  # ebr.io.encoder.TextEncoder when the index records one
     index_version: str = ""
+    generation: int = 0  # 1 after the first successful open, +1 per reload
     problems: list[str] = field(default_factory=list)  # why the service is not ready
+    metrics: Metrics = field(default_factory=Metrics)
+    reload_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def get_state(request: Request) -> ServiceState:
@@ -35,3 +41,40 @@ def get_searcher(request: Request) -> Searcher:
 
 StateDep = Annotated[ServiceState, Depends(get_state)]
 SearcherDep = Annotated[Searcher, Depends(get_searcher)]
+
+
+def _bearer(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    scheme, _, token = auth.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def _matches(token: str, keys: tuple[str, ...]) -> bool:
+    found = False
+    for key in keys:  # compare against every key: no early exit to time
+        found |= hmac.compare_digest(token.encode(), key.encode())
+    return found
+
+
+def require_read(request: Request) -> None:
+    """Read endpoints: open when no API keys are set, else any read or admin key."""
+    s = get_state(request).settings
+    if not s.api_keys:
+        return
+    token = _bearer(request)
+    if token is None:
+        raise HTTPException(401, "missing bearer token", {"WWW-Authenticate": "Bearer"})
+    if not _matches(token, s.api_keys + s.admin_keys):
+        raise HTTPException(403, "invalid API key")
+
+
+def require_admin(request: Request) -> None:
+    """Admin endpoints: never open; disabled unless admin keys are set."""
+    s = get_state(request).settings
+    if not s.admin_keys:
+        raise HTTPException(403, "admin endpoints are disabled: set EBR_ADMIN_KEYS")
+    token = _bearer(request)
+    if token is None:
+        raise HTTPException(401, "missing bearer token", {"WWW-Authenticate": "Bearer"})
+    if not _matches(token, s.admin_keys):
+        raise HTTPException(403, "invalid admin key")

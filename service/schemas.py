@@ -110,6 +110,7 @@ class IndexInfo(BaseModel):
     format_version: str
     dense_dtype: str
     index_version: str
+    generation: int
     codebooks: dict[str, Any]
     encoder: dict[str, Any] | None
     text_queries: bool
@@ -120,3 +121,9 @@ class IndexInfo(BaseModel):
 class Health(BaseModel):
     status: str
     reasons: list[str] = []
+
+
+class ReloadResponse(BaseModel):
+    status: Literal["ok"] = "ok"
+    generation: int
+    index_version: str

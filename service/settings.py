@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 __all__ = ["Settings"]
 
@@ -34,8 +34,29 @@ class Settings(BaseModel):
     max_batch: int = Field(256, ge=1, description="largest number of searches in one batch")
     faiss_threads: int = Field(1, ge=1, description="OpenMP threads per faiss call; 1 lets the "
                                "server's thread pool run requests in parallel instead")
+    api_keys: tuple[str, ...] = Field((), description="bearer keys for the read endpoints "
+                                      "(search, index); empty: read endpoints are open",
+                                      repr=False)
+    admin_keys: tuple[str, ...] = Field((), description="bearer keys for /admin/*; empty: the "
+                                        "admin endpoints are disabled", repr=False)
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="largest request body")
+    log_format: Literal["json", "text"] = "json"
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+
+    @field_validator("api_keys", "admin_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, v: object) -> object:
+        if isinstance(v, str):
+            return tuple(k.strip() for k in v.split(",") if k.strip())
+        return v
+
+    @field_validator("api_keys", "admin_keys")
+    @classmethod
+    def _long_enough(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if any(len(k) < 16 for k in v):
+            raise ValueError("keys must be at least 16 characters")
+        return v
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
-from service.deps import SearcherDep, StateDep
+from service.deps import SearcherDep, StateDep, require_read
 from service.schemas import ErrorResponse, Health, IndexInfo
 
 router = APIRouter(tags=["health"])
@@ -24,14 +24,17 @@ def readyz(state: StateDep) -> Health | JSONResponse:
     return Health(status="ready")
 
 
-@router.get("/index", response_model=IndexInfo, responses={503: {"model": ErrorResponse}})
+@router.get("/index", response_model=IndexInfo, dependencies=[Depends(require_read)],
+            responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse},
+                       503: {"model": ErrorResponse}})
 def index_info(searcher: SearcherDep, state: StateDep) -> IndexInfo:
     oi = searcher.index
     m = oi.manifest
     return IndexInfo(
         spec=m.spec, metric=m.metric, count=m.ntotal, dim=m.dim,
         format_version=m.format_version, dense_dtype=m.dense_dtype,
-        index_version=state.index_version, codebooks=m.codebooks, encoder=m.encoder,
+        index_version=state.index_version, generation=state.generation, codebooks=m.codebooks,
+        encoder=m.encoder,
         text_queries=state.encoder is not None,
         memory={k: float(v) for k, v in oi.memory().items()},
         build={k: m.build[k] for k in ("created", "seconds", "params") if k in m.build},

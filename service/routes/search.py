@@ -6,12 +6,12 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
 from ebr.errors import InputError, SearchParamError
 from ebr.search.searcher import Searcher
 from ebr.spec import SearchParams
-from service.deps import SearcherDep, ServiceState, StateDep
+from service.deps import SearcherDep, ServiceState, StateDep, require_read
 from service.schemas import (
     BatchRequest,
     BatchResponse,
@@ -23,8 +23,10 @@ from service.schemas import (
     Stats,
 )
 
-router = APIRouter(tags=["search"])
-_ERRORS = {422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
+router = APIRouter(tags=["search"], dependencies=[Depends(require_read)])
+_ERRORS = {401: {"model": ErrorResponse}, 403: {"model": ErrorResponse},
+           413: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
+           503: {"model": ErrorResponse}}
 
 
 def _query_vector(req: SearchRequest, state: ServiceState, searcher: Searcher,
@@ -83,6 +85,8 @@ def _one(req: SearchRequest, state: ServiceState, searcher: Searcher,
     else:
         params = _params(req, state, searcher, where)
         res, st = searcher.search(x, params)
+        state.metrics.candidates.observe(st.candidates)
+        state.metrics.dense_bytes.inc(st.dense_bytes_read)
         stats = Stats(mode="two_stage" if params.rerank else "coarse_only", nprobe=st.nprobe,
                       k_coarse=st.k_coarse, candidates=st.candidates, reranked=st.reranked,
                       returned=0, dense_bytes_read=st.dense_bytes_read,

@@ -1,0 +1,106 @@
+"""Prometheus metrics (one registry per app), request ids, and JSON log lines.
+
+Every request gets an id (the client's ``X-Request-ID`` if it sent a sane one, else a new one),
+echoed in the response header and attached to every log record emitted while it is handled.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.requests import Request
+from starlette.responses import Response
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+_SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    """The service's metrics, registered in their own registry (several apps can coexist)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.latency = Histogram("ebr_request_seconds", "Request latency by endpoint",
+                                 ["endpoint"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.requests = Counter("ebr_requests_total", "Requests by endpoint and status code",
+                                ["endpoint", "status"], registry=r)
+        self.errors = Counter("ebr_errors_total", "Errors by kind", ["kind"], registry=r)
+        self.candidates = Histogram("ebr_candidates", "Coarse candidates per search",
+                                    buckets=(10, 50, 100, 200, 500, 1000, 2000, 5000, 10000),
+                                    registry=r)
+        self.dense_bytes = Counter("ebr_dense_bytes_read_total",
+                                   "Bytes of dense vectors read for re-ranking", registry=r)
+        self.generation = Gauge("ebr_index_generation",
+                                "Index generation served (1 = first open, +1 per reload)",
+                                registry=r)
+        self.ready = Gauge("ebr_index_ready", "1 when an index is open", registry=r)
+
+
+def middleware(metrics: Metrics) -> Callable[[Request, Callable[[Request], Awaitable[Response]]],
+                                            Awaitable[Response]]:
+    """Request id + latency/status metrics for every request."""
+
+    async def handle(request: Request,
+                     call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        rid = request.headers.get("x-request-id", "")
+        rid = rid if _SANE_ID.match(rid) else uuid.uuid4().hex
+        token = request_id.set(rid)
+        t0 = time.perf_counter()
+        try:
+            response = await call_next(request)
+        finally:
+            request_id.reset(token)
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", "unmatched")
+        metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
+        metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        response.headers["X-Request-ID"] = rid
+        return response
+
+    return handle
+
+
+class RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, request_id (+ exception)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname, "logger": record.name, "message": record.getMessage(),
+            "request_id": getattr(record, "request_id", request_id.get()),
+        }
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def configure_logging(fmt: str = "json", level: int = logging.INFO) -> None:
+    """Root logging for the server process (library code never configures handlers)."""
+    handler = logging.StreamHandler()
+    handler.addFilter(RequestIdFilter())
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+        handler.formatter.converter = time.gmtime  # type: ignore[union-attr]
+    else:
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)

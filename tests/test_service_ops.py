@@ -1,0 +1,148 @@
+"""Operations: request ids, metrics, API keys, body limits, atomic reload under load."""
+
+import os
+import shutil
+import threading
+
+import pytest
+from fastapi.testclient import TestClient
+
+from ebr.index.writer import write_index
+from ebr.spec import BuildParams, IndexSpec
+from service.app import create_app
+from service.settings import Settings
+
+READ, ADMIN = "r" * 20, "a" * 20
+
+
+@pytest.fixture()
+def live_dir(tmp_path, index_ip):
+    """index_dir is a symlink the operator flips, as in a real deployment."""
+    gen1 = tmp_path / "gen1"
+    shutil.copytree(index_ip, gen1)
+    link = tmp_path / "current"
+    link.symlink_to(gen1)
+    return link
+
+
+def _client(index_dir, **kw):
+    return TestClient(create_app(Settings(index_dir=str(index_dir), **kw)))
+
+
+def _q(ds):
+    return {"vector": ds.xq[0].tolist(), "k": 5}
+
+
+def test_request_id_echo_and_metrics(index_ip, ds_ip):
+    with _client(index_ip) as c:
+        r = c.post("/search", json=_q(ds_ip), headers={"X-Request-ID": "abc-123"})
+        assert r.headers["X-Request-ID"] == "abc-123"
+        r = c.post("/search", json=_q(ds_ip), headers={"X-Request-ID": "bad id\n"})
+        assert len(r.headers["X-Request-ID"]) == 32  # replaced by a fresh one
+        c.post("/search", json={"vector": [1.0]})
+        text = c.get("/metrics").text
+    assert 'ebr_requests_total{endpoint="/search",status="200"} 2.0' in text
+    assert 'ebr_requests_total{endpoint="/search",status="422"} 1.0' in text
+    assert 'ebr_errors_total{kind="InputError"} 1.0' in text
+    assert "ebr_index_generation 1.0" in text and "ebr_index_ready 1.0" in text
+    assert 'ebr_request_seconds_count{endpoint="/search"} 3.0' in text
+    assert "ebr_candidates_count 2.0" in text
+    dense = float(text.split("\nebr_dense_bytes_read_total ")[1].split()[0])
+    assert dense > 0
+
+
+def test_api_keys(index_ip, ds_ip):
+    with _client(index_ip, api_keys=(READ,), admin_keys=(ADMIN,)) as c:
+        r = c.post("/search", json=_q(ds_ip))
+        assert r.status_code == 401 and r.headers["WWW-Authenticate"] == "Bearer"
+        assert "missing bearer" in r.json()["status"]["error"]
+        bad = {"Authorization": "Bearer " + "x" * 20}
+        assert c.post("/search", json=_q(ds_ip), headers=bad).status_code == 403
+        for key in (READ, ADMIN):
+            h = {"Authorization": f"Bearer {key}"}
+            assert c.post("/search", json=_q(ds_ip), headers=h).status_code == 200
+            assert c.get("/index", headers=h).status_code == 200
+        assert c.get("/index").status_code == 401
+        assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200
+        h = {"Authorization": f"Bearer {READ}"}
+        assert c.post("/admin/reload", headers=h).status_code == 403  # read key is not admin
+        assert c.post("/admin/reload").status_code == 401
+
+
+def test_admin_disabled_without_keys(index_ip):
+    with _client(index_ip) as c:
+        r = c.post("/admin/reload", headers={"Authorization": "Bearer " + "a" * 20})
+        assert r.status_code == 403 and "disabled" in r.json()["status"]["error"]
+
+
+def test_short_keys_refused():
+    with pytest.raises(ValueError, match="16 characters"):
+        Settings.from_env({"EBR_INDEX_DIR": "/x", "EBR_API_KEYS": "short"})
+    s = Settings.from_env({"EBR_INDEX_DIR": "/x", "EBR_API_KEYS": f"{READ}, {ADMIN}"})
+    assert s.api_keys == (READ, ADMIN) and READ not in repr(s)
+
+
+def test_body_limit(index_ip):
+    with _client(index_ip, max_body_bytes=4096) as c:
+        r = c.post("/search", json={"vector": [0.1] * 2000})
+        assert r.status_code == 413 and "exceeds" in r.json()["status"]["error"]
+
+
+def test_reload_refuses_broken_and_swaps_good(tmp_path, live_dir, ds_ip):
+    h = {"Authorization": f"Bearer {ADMIN}"}
+    with _client(live_dir, admin_keys=(ADMIN,)) as c:
+        before = c.post("/search", json=_q(ds_ip)).json()["result"]["hits"]
+        # a half-written build (no manifest) and a corrupt one are both refused
+        for kind in ("half", "corrupt"):
+            bad = tmp_path / kind
+            shutil.copytree(os.path.realpath(live_dir), bad)
+            if kind == "half":
+                (bad / "manifest.json").unlink()
+            else:
+                data = bytearray((bad / "dense.fbin").read_bytes())
+                data[100] ^= 1
+                (bad / "dense.fbin").write_bytes(bytes(data))
+            live_dir.unlink()
+            live_dir.symlink_to(bad)
+            r = c.post("/admin/reload", headers=h)
+            assert r.status_code == 409 and "generation 1 keeps serving" in r.json()["status"]["error"]
+            assert c.post("/search", json=_q(ds_ip)).json()["result"]["hits"] == before
+            assert c.get("/readyz").status_code == 200
+        # a good new build with fewer documents is swapped in
+        gen2 = tmp_path / "gen2"
+        write_index(gen2, ds_ip.xb[:1000], BuildParams(spec=IndexSpec.parse("IVF8,PQ8"),
+                                                        kmeans_niter=5))
+        live_dir.unlink()
+        live_dir.symlink_to(gen2)
+        r = c.post("/admin/reload", headers=h)
+        assert r.status_code == 200 and r.json()["generation"] == 2
+        info = c.get("/index").json()
+        assert info["count"] == 1000 and info["generation"] == 2
+        hits = c.post("/search", json=_q(ds_ip)).json()["result"]["hits"]
+        assert all(hit["id"] < 1000 for hit in hits)
+        assert "ebr_index_generation 2.0" in c.get("/metrics").text
+
+
+def test_no_failed_request_during_reloads(live_dir, ds_ip):
+    h = {"Authorization": f"Bearer {ADMIN}"}
+    failures: list[int] = []
+    stop = threading.Event()
+    with _client(live_dir, admin_keys=(ADMIN,)) as c:
+
+        def hammer(i: int) -> None:
+            q = {"vector": ds_ip.xq[i % len(ds_ip.xq)].tolist(), "k": 10}
+            while not stop.is_set():
+                r = c.post("/search", json=q)
+                if r.status_code != 200 or len(r.json()["result"]["hits"]) != 10:
+                    failures.append(r.status_code)
+
+        threads = [threading.Thread(target=hammer, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for _ in range(5):
+            assert c.post("/admin/reload", headers=h).status_code == 200
+        stop.set()
+        for t in threads:
+            t.join()
+        assert c.get("/index").json()["generation"] == 6
+    assert failures == []
