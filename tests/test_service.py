@@ -86,6 +86,7 @@ BAD = [
     ({"vector": [0.1] * 32, "colour": "red"}, "colour: Extra inputs"),
     ({"vector": [0.1] * 32, "params": {"colour": 1}}, "params.colour"),
     ({"vector": []}, "vector"),
+    ({"vector": [1e300] + [0.1] * 31}, "vector: values must be within float32 range"),
     ({"vector": ["a"] * 32}, "vector.0"),
     ({}, "exactly one of 'vector' or 'text'"),
     ({"vector": [0.1] * 32, "text": "x"}, "exactly one"),

@@ -71,5 +71,7 @@ def test_bad_inputs(tmp_path):
         check_vectors(x)
     with pytest.raises(InputError, match="dimension"):
         check_vectors(np.ones((2, 3), np.float32), d=4)
+    with pytest.raises(InputError, match="row 1 has a value outside the float32 range"):
+        check_vectors(np.array([[1.0], [1e300]]))
     with pytest.raises(InputError, match="numeric"):
         check_vectors(np.array([["a"]]))

@@ -27,6 +27,7 @@ __all__ = [
 BIN_DTYPES = {".fbin": np.float32, ".f16bin": np.float16, ".ibin": np.int32, ".i64bin": np.int64,
               ".u8bin": np.uint8}
 _HEADER = 8
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 def _bin_dtype(path: Path) -> np.dtype:
@@ -148,3 +149,6 @@ def check_vectors(x: np.ndarray, d: int | None = None, name: str = "vectors",
         if np.issubdtype(block.dtype, np.floating) and not np.isfinite(block).all():
             bad = i0 + int(np.argwhere(~np.isfinite(block))[0, 0])
             raise InputError(f"{name}: row {bad} contains NaN or inf")
+        if block.size and block.dtype.itemsize > 4 and np.abs(block).max() > _F32_MAX:
+            bad = i0 + int(np.argwhere(np.abs(block) > _F32_MAX)[0, 0])
+            raise InputError(f"{name}: row {bad} has a value outside the float32 range")

@@ -35,7 +35,10 @@ def _query_vector(req: SearchRequest, state: ServiceState, searcher: Searcher,
         if state.encoder is None:
             raise InputError(f"{where}text: this index has no text encoder loaded; send 'vector'")
         return state.encoder.encode([req.text])
-    x = np.asarray(req.vector, dtype=np.float32)[None, :]
+    v = np.asarray(req.vector, dtype=np.float64)
+    if np.abs(v).max() > np.finfo(np.float32).max:
+        raise InputError(f"{where}vector: values must be within float32 range (|x| <= 3.4e38)")
+    x = v.astype(np.float32)[None, :]
     if x.shape[1] != searcher.index.dim:
         raise InputError(f"{where}vector: dimension {x.shape[1]} does not match the index "
                          f"dimension {searcher.index.dim}")
