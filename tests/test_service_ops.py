@@ -136,13 +136,20 @@ def test_no_failed_request_during_reloads(live_dir, ds_ip):
                 if r.status_code != 200 or len(r.json()["result"]["hits"]) != 10:
                     failures.append(r.status_code)
 
+        good = os.path.realpath(live_dir)
+        broken = live_dir.parent / "broken"
+        shutil.copytree(good, broken)
+        (broken / "coarse.index").write_bytes(b"not an index")
         threads = [threading.Thread(target=hammer, args=(i,)) for i in range(4)]
         for t in threads:
             t.start()
-        for _ in range(5):
-            assert c.post("/admin/reload", headers=h).status_code == 200
+        for i in range(6):  # alternate good and broken reloads under load
+            live_dir.unlink()
+            live_dir.symlink_to(broken if i % 2 else good)
+            want = 409 if i % 2 else 200
+            assert c.post("/admin/reload", headers=h).status_code == want
         stop.set()
         for t in threads:
             t.join()
-        assert c.get("/index").json()["generation"] == 6
+        assert c.get("/index").json()["generation"] == 4
     assert failures == []
