@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ __all__ = ["FORMAT_VERSION", "Manifest", "FileEntry", "sha256_file", "write_mani
 
 # major.minor; readers accept any minor of their major. 1.1 added the optional query_map.
 FORMAT_VERSION = "1.1"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -116,5 +119,9 @@ def verify_files(directory: Path, manifest: Manifest, checksums: bool = True) ->
         if size != entry.bytes:
             kind = "truncated" if size < entry.bytes else "longer than recorded"
             raise CorruptFileError(f"{p}: {kind}: {size} bytes, manifest says {entry.bytes}")
-        if checksums and sha256_file(p) != entry.sha256:
-            raise CorruptFileError(f"{p}: sha256 does not match the manifest (file altered)")
+        if checksums:
+            t0 = time.perf_counter()
+            if sha256_file(p) != entry.sha256:
+                raise CorruptFileError(f"{p}: sha256 does not match the manifest (file altered)")
+            logger.info("verified %s (%.1f MB, %.2f s)", name, entry.bytes / 1e6,
+                        time.perf_counter() - t0)
