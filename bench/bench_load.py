@@ -1,0 +1,181 @@
+"""Bounded load run on localhost (issue 5): the same queries in-process and over HTTP.
+
+    python bench/bench_load.py [--n 200000] [--clients 32] [--seconds 60] [--out bench/results]
+
+Builds (once) a synthetic 200k x 128 index, IVF1024,PQ16, then runs for --seconds each:
+  1. in-process: --clients threads calling Searcher.search (k=10, C=200, nprobe=32)
+  2. HTTP POST /search: --clients concurrent connections (httpx, asyncio) against
+     `python -m service` started as a subprocess (1 uvicorn worker, faiss 1 thread)
+  3. HTTP POST /search/batch: the same with 16 searches per request
+Reports QPS, p50/p99 latency and errors; the HTTP/in-process QPS ratio is the HTTP overhead.
+The load generator shares the 2 cores with the server: that cost is part of the figure.
+Writes load.json and load.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+K, C, NPROBE, BATCH = 10, 200, 32, 16
+
+
+def _summary(name: str, lat: list[float], n_queries: int, seconds: float,
+             errors: int) -> dict[str, object]:
+    a = np.asarray(lat) * 1e3
+    return {"mode": name, "requests": len(lat), "queries": n_queries, "errors": errors,
+            "seconds": round(seconds, 1), "qps": round(n_queries / seconds, 1),
+            "p50_ms": round(float(np.percentile(a, 50)), 2) if len(a) else None,
+            "p99_ms": round(float(np.percentile(a, 99)), 2) if len(a) else None}
+
+
+def in_process(index_dir: Path, xq: np.ndarray, clients: int, seconds: float) -> dict:
+    import faiss
+
+    from ebr.index.reader import open_index
+    from ebr.search.searcher import Searcher
+    from ebr.spec import SearchParams
+
+    faiss.omp_set_num_threads(1)
+    s = Searcher(open_index(index_dir))
+    p = SearchParams(k=K, nprobe=NPROBE, k_coarse=C)
+    lat: list[float] = []
+    stop = time.perf_counter() + seconds
+    lock = threading.Lock()
+
+    def worker(i: int) -> None:
+        local = []
+        j = i
+        while time.perf_counter() < stop:
+            t0 = time.perf_counter()
+            s.search(xq[j % len(xq)], p)
+            local.append(time.perf_counter() - t0)
+            j += clients
+        with lock:
+            lat.extend(local)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return _summary("in-process Searcher.search", lat, len(lat), time.perf_counter() - t0, 0)
+
+
+async def _http(url: str, bodies: list[dict], clients: int, seconds: float,
+                per_request: int, name: str) -> dict:
+    import httpx
+
+    lat: list[float] = []
+    errors = 0
+    stop = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+
+        async def worker(i: int) -> None:
+            nonlocal errors
+            j = i
+            while time.perf_counter() < stop:
+                body = bodies[j % len(bodies)]
+                t0 = time.perf_counter()
+                try:
+                    r = await client.post("/search" if per_request == 1 else "/search/batch",
+                                          json=body)
+                    ok = r.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                lat.append(time.perf_counter() - t0)
+                errors += not ok
+                j += clients
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(i) for i in range(clients)))
+        dt = time.perf_counter() - t0
+    return _summary(name, lat, len(lat) * per_request, dt, errors)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=200_000)
+    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--work", default=str(ROOT / "runs" / "bench_load"))
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    args = ap.parse_args()
+    from ebr.data.synthetic import SyntheticConfig, generate
+    from ebr.index.writer import write_index
+    from ebr.spec import BuildParams, IndexSpec
+
+    work = Path(args.work)
+    ds = generate(SyntheticConfig(n=args.n, d=128, nq=1000, nq_train=10, n_clusters=256))
+    index_dir = work / f"index-{args.n}"
+    if not (index_dir / "manifest.json").exists():
+        write_index(index_dir, ds.xb, BuildParams(spec=IndexSpec.parse("IVF1024,PQ16")),
+                    overwrite=True)
+    rows = [in_process(index_dir, ds.xq, args.clients, args.seconds)]
+    print(rows[-1], flush=True)
+
+    env = {**os.environ, "EBR_INDEX_DIR": str(index_dir), "EBR_PORT": str(args.port),
+           "EBR_FAISS_THREADS": "1", "EBR_LOG_FORMAT": "text", "PYTHONPATH": str(ROOT)}
+    server = subprocess.Popen([sys.executable, "-m", "service"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{args.port}"
+    try:
+        import httpx
+
+        for _ in range(120):
+            try:
+                if httpx.get(url + "/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        else:
+            raise SystemExit("server did not become ready")
+        params = {"nprobe": NPROBE, "candidates": C}
+        single = [{"vector": q.tolist(), "k": K, "params": params} for q in ds.xq]
+        batch = [{"searches": single[i:i + BATCH]} for i in range(0, len(single), BATCH)]
+        rows.append(asyncio.run(_http(url, single, args.clients, args.seconds, 1,
+                                      "HTTP POST /search")))
+        print(rows[-1], flush=True)
+        rows.append(asyncio.run(_http(url, batch, args.clients, args.seconds, BATCH,
+                                      f"HTTP POST /search/batch ({BATCH}/request)")))
+        print(rows[-1], flush=True)
+    finally:
+        server.terminate()
+        server.wait(10)
+    base = rows[0]["qps"]
+    for r in rows:
+        r["qps_vs_in_process"] = round(float(r["qps"]) / float(base), 3)
+    meta = {"n": args.n, "d": 128, "spec": "IVF1024,PQ16", "k": K, "k_coarse": C,
+            "nprobe": NPROBE, "clients": args.clients, "seconds_each": args.seconds,
+            "cpu_count": os.cpu_count()}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "load.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    from ebr.eval.report import markdown_table
+
+    md = ["# Load run on localhost", "", ", ".join(f"{k}={v}" for k, v in meta.items()), "",
+          markdown_table(rows, list(rows[0])), ""]
+    (out / "load.md").write_text("\n".join(md))
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
