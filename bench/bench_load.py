@@ -4,8 +4,9 @@
 
 Builds (once) a synthetic 200k x 128 index, IVF1024,PQ16, then runs for --seconds each:
   1. in-process: --clients threads calling Searcher.search (k=10, C=200, nprobe=32)
-  2. HTTP POST /search: --clients concurrent connections (httpx, asyncio) against
-     `python -m service` started as a subprocess (1 uvicorn worker, faiss 1 thread)
+  2. HTTP POST /search: --clients concurrent connections against `python -m service` started
+     as a subprocess (--workers uvicorn processes sharing the mapped index, faiss 1 thread
+     each); the load comes from wrk (C, 2 threads) when installed, else from httpx (Python)
   3. HTTP POST /search/batch: the same with 16 searches per request
 Reports QPS, p50/p99 latency and errors; the HTTP/in-process QPS ratio is the HTTP overhead.
 The load generator shares the 2 cores with the server: that cost is part of the figure.
@@ -18,6 +19,8 @@ import argparse
 import asyncio
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -107,6 +110,35 @@ async def _http(url: str, bodies: list[dict], clients: int, seconds: float,
     return _summary(name, lat, len(lat) * per_request, dt, errors)
 
 
+def _wrk(url: str, bodies: list[dict], path: str, clients: int, seconds: float,
+         per_request: int, name: str, tmp: Path) -> dict:
+    """Drive the server with wrk, rotating through ``bodies``; parse its report."""
+    lua = ("local bodies = {\n" + ",\n".join("[==[" + json.dumps(b) + "]==]" for b in bodies)
+           + "\n}\nlocal i = 0\nwrk.method = 'POST'\n"
+           "wrk.headers['Content-Type'] = 'application/json'\n"
+           "request = function()\n  i = i + 1\n"
+           f"  return wrk.format(nil, '{path}', nil, bodies[(i % #bodies) + 1])\nend\n")
+    script = tmp / f"load{per_request}.lua"
+    script.write_text(lua)
+    out = subprocess.run(["wrk", "-t2", f"-c{clients}", f"-d{int(seconds)}s", "-s", str(script),
+                          "--latency", url], capture_output=True, text=True, check=True).stdout
+
+    def ms(label: str) -> float:
+        m = re.search(rf"{label}%\s+([\d.]+)(us|ms|s)", out)
+        if not m:
+            return float("nan")
+        return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
+
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, sock.groups())) if sock else 0)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    return {"mode": name, "requests": requests, "queries": requests * per_request,
+            "errors": errors, "seconds": seconds, "qps": round(rps * per_request, 1),
+            "p50_ms": ms("50"), "p99_ms": ms("99"), "client": "wrk"}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -114,6 +146,8 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                    help="uvicorn worker processes (they share the page cache of the index)")
     ap.add_argument("--work", default=str(ROOT / "runs" / "bench_load"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
@@ -132,7 +166,8 @@ def main() -> int:
 
     env = {**os.environ, "EBR_INDEX_DIR": str(index_dir), "EBR_PORT": str(args.port),
            "EBR_FAISS_THREADS": "1", "EBR_LOG_FORMAT": "text", "PYTHONPATH": str(ROOT)}
-    server = subprocess.Popen([sys.executable, "-m", "service"], env=env,
+    server = subprocess.Popen([sys.executable, "-m", "service", "--workers", str(args.workers)],
+                              env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{args.port}"
     try:
@@ -150,12 +185,14 @@ def main() -> int:
         params = {"nprobe": NPROBE, "candidates": C}
         single = [{"vector": q.tolist(), "k": K, "params": params} for q in ds.xq]
         batch = [{"searches": single[i:i + BATCH]} for i in range(0, len(single), BATCH)]
-        rows.append(asyncio.run(_http(url, single, args.clients, args.seconds, 1,
-                                      "HTTP POST /search")))
-        print(rows[-1], flush=True)
-        rows.append(asyncio.run(_http(url, batch, args.clients, args.seconds, BATCH,
-                                      f"HTTP POST /search/batch ({BATCH}/request)")))
-        print(rows[-1], flush=True)
+        for path, bodies, per in (("/search", single[:256], 1), ("/search/batch", batch, BATCH)):
+            name = f"HTTP POST {path}" + (f" ({per}/request)" if per > 1 else "")
+            if shutil.which("wrk"):
+                rows.append(_wrk(url, bodies, path, args.clients, args.seconds, per, name, work))
+            else:
+                rows.append(asyncio.run(_http(url, bodies, args.clients, args.seconds, per,
+                                              name + " [httpx client]")))
+            print(rows[-1], flush=True)
     finally:
         server.terminate()
         server.wait(10)
@@ -164,7 +201,7 @@ def main() -> int:
         r["qps_vs_in_process"] = round(float(r["qps"]) / float(base), 3)
     meta = {"n": args.n, "d": 128, "spec": "IVF1024,PQ16", "k": K, "k_coarse": C,
             "nprobe": NPROBE, "clients": args.clients, "seconds_each": args.seconds,
-            "cpu_count": os.cpu_count()}
+            "uvicorn_workers": args.workers, "cpu_count": os.cpu_count()}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "load.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))

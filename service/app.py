@@ -35,7 +35,7 @@ from ebr.errors import (
 )
 from ebr.search.searcher import Searcher
 from service.deps import ServiceState
-from service.observability import middleware
+from service.observability import RequestMiddleware
 from service.routes import admin, health, search
 from service.settings import Settings
 
@@ -145,8 +145,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(search.router)
     app.include_router(health.router)
     app.include_router(admin.router)
-    app.middleware("http")(middleware(state.metrics))
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(RequestMiddleware, metrics=state.metrics)  # outermost: sees every reply
 
     @app.exception_handler(EbrError)
     async def _ebr_error(request: Request, exc: EbrError) -> JSONResponse:

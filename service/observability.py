@@ -12,12 +12,10 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from starlette.requests import Request
-from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -46,28 +44,40 @@ class Metrics:
         self.ready = Gauge("ebr_index_ready", "1 when an index is open", registry=r)
 
 
-def middleware(metrics: Metrics) -> Callable[[Request, Callable[[Request], Awaitable[Response]]],
-                                            Awaitable[Response]]:
-    """Request id + latency/status metrics for every request."""
+class RequestMiddleware:
+    """Pure ASGI middleware: request id (contextvar + ``X-Request-ID`` response header) and
+    per-endpoint latency / status metrics. (Starlette's ``BaseHTTPMiddleware`` costs an extra
+    task and stream per request; this costs a dict lookup.)"""
 
-    async def handle(request: Request,
-                     call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        rid = request.headers.get("x-request-id", "")
-        rid = rid if _SANE_ID.match(rid) else uuid.uuid4().hex
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        raw = dict(scope.get("headers") or {}).get(b"x-request-id", b"").decode("latin-1")
+        rid = raw if _SANE_ID.match(raw) else uuid.uuid4().hex
         token = request_id.set(rid)
+        status = 500
         t0 = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  (b"x-request-id", rid.encode())]}
+            await send(message)
+
         try:
-            response = await call_next(request)
+            await self.app(scope, receive, send_with_id)
         finally:
             request_id.reset(token)
-        route = request.scope.get("route")
-        endpoint = getattr(route, "path", "unmatched")
-        metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
-        metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        response.headers["X-Request-ID"] = rid
-        return response
-
-    return handle
+            route = scope.get("route")
+            endpoint = getattr(route, "path", "unmatched")
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
+            self.metrics.requests.labels(endpoint, str(status)).inc()
 
 
 class RequestIdFilter(logging.Filter):
