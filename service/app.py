@@ -34,7 +34,7 @@ from ebr.errors import (
     SpecError,
 )
 from ebr.search.searcher import Searcher
-from service.deps import ServiceState
+from service.deps import Generation, ServiceState
 from service.observability import RequestMiddleware
 from service.routes import admin, health, search
 from service.settings import Settings
@@ -63,7 +63,7 @@ def open_generation(settings: Settings, previous: ServiceState | None = None
     oi = open_index(settings.index_dir, verify_checksums=settings.verify_checksums)
     encoder = None
     if oi.manifest.encoder and settings.text_encoder == "auto":
-        old = previous.encoder if previous is not None else None
+        old = previous.current.encoder if previous is not None and previous.current else None
         if old is not None and old.info.get("name") == oi.manifest.encoder.get("name"):
             encoder = old  # same model: keep it loaded across reloads
         else:
@@ -78,12 +78,9 @@ def open_generation(settings: Settings, previous: ServiceState | None = None
 
 
 def install(state: ServiceState, searcher: Searcher, encoder: Any, version: str) -> None:
-    """Swap in a new generation (one attribute store each: readers see old or new, never mixed
-    within a request because routes take the searcher once)."""
-    state.encoder = encoder
-    state.index_version = version
-    state.searcher = searcher
-    state.generation += 1
+    """Swap in a new generation with one reference store: a request holds the generation it
+    started with (searcher, encoder and version together) until it ends."""
+    state.current = Generation(searcher, encoder, version, state.generation + 1)
     state.problems = []
     state.metrics.generation.set(state.generation)
     state.metrics.ready.set(1)
@@ -136,7 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state.metrics.ready.set(0)
             logger.error("index not opened: %s", e)
         yield
-        state.searcher = None
+        state.current = None
 
     app = FastAPI(title="ebr", version="0.1.0", lifespan=lifespan,
                   description="Embedding-based retrieval: IVF-PQ codes in RAM, exact re-rank "

@@ -20,16 +20,28 @@ from service.observability import Metrics
 from service.settings import Settings
 
 
+@dataclass(frozen=True)
+class Generation:
+    """One opened index and what belongs to it; swapped as a whole by a reload, so a request
+    that took it sees one consistent index, encoder and version to the end."""
+
+    searcher: Searcher
+    encoder: Any  # ebr.io.encoder.TextEncoder when the index records one, else None
+    version: str
+    number: int  # 1 after the first successful open, +1 per reload
+
+
 @dataclass
 class ServiceState:
     settings: Settings
-    searcher: Searcher | None = None
-    encoder: Any = None  # ebr.io.encoder.TextEncoder when the index records one
-    index_version: str = ""
-    generation: int = 0  # 1 after the first successful open, +1 per reload
+    current: Generation | None = None
     problems: list[str] = field(default_factory=list)  # why the service is not ready
     metrics: Metrics = field(default_factory=Metrics)
     reload_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def generation(self) -> int:
+        return self.current.number if self.current is not None else 0
 
 
 async def get_state(request: Request) -> ServiceState:
@@ -37,15 +49,16 @@ async def get_state(request: Request) -> ServiceState:
     return state
 
 
-async def get_searcher(request: Request) -> Searcher:
+async def get_generation(request: Request) -> Generation:
     state: ServiceState = request.app.state.ebr
-    if state.searcher is None:
+    current = state.current  # read once: a reload may swap it meanwhile
+    if current is None:
         raise IndexNotReadyError("no index is open: " + ("; ".join(state.problems) or "starting"))
-    return state.searcher
+    return current
 
 
 StateDep = Annotated[ServiceState, Depends(get_state)]
-SearcherDep = Annotated[Searcher, Depends(get_searcher)]
+GenerationDep = Annotated[Generation, Depends(get_generation)]
 
 
 def _bearer(request: Request) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
-from service.deps import SearcherDep, StateDep, require_read
+from service.deps import GenerationDep, StateDep, require_read
 from service.schemas import ErrorResponse, Health, IndexInfo
 
 router = APIRouter(tags=["health"])
@@ -18,7 +18,7 @@ def healthz() -> Health:
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
 def readyz(state: StateDep) -> Health | JSONResponse:
-    if state.searcher is None:
+    if state.current is None:
         body = Health(status="not ready", reasons=state.problems or ["starting"])
         return JSONResponse(status_code=503, content=body.model_dump())
     return Health(status="ready")
@@ -27,15 +27,15 @@ def readyz(state: StateDep) -> Health | JSONResponse:
 @router.get("/index", response_model=IndexInfo, dependencies=[Depends(require_read)],
             responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse},
                        503: {"model": ErrorResponse}})
-def index_info(searcher: SearcherDep, state: StateDep) -> IndexInfo:
-    oi = searcher.index
+def index_info(gen: GenerationDep) -> IndexInfo:
+    oi = gen.searcher.index
     m = oi.manifest
     return IndexInfo(
         spec=m.spec, metric=m.metric, count=m.ntotal, dim=m.dim,
         format_version=m.format_version, dense_dtype=m.dense_dtype,
-        index_version=state.index_version, generation=state.generation, codebooks=m.codebooks,
+        index_version=gen.version, generation=gen.number, codebooks=m.codebooks,
         encoder=m.encoder,
-        text_queries=state.encoder is not None,
+        text_queries=gen.encoder is not None,
         memory={k: float(v) for k, v in oi.memory().items()},
         build={k: m.build[k] for k in ("created", "seconds", "params") if k in m.build},
     )

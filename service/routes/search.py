@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from ebr.errors import InputError, SearchParamError
 from ebr.search.searcher import Searcher
 from ebr.spec import SearchParams
-from service.deps import SearcherDep, ServiceState, StateDep, require_read
+from service.deps import Generation, GenerationDep, ServiceState, StateDep, require_read
 from service.schemas import (
     BatchRequest,
     BatchResponse,
@@ -37,12 +37,12 @@ _ERRORS = {401: {"model": ErrorResponse}, 403: {"model": ErrorResponse},
            503: {"model": ErrorResponse}}
 
 
-def _query_vector(req: SearchRequest, state: ServiceState, searcher: Searcher,
-                  where: str) -> np.ndarray:
+def _query_vector(req: SearchRequest, gen: Generation, where: str) -> np.ndarray:
+    searcher = gen.searcher
     if req.text is not None:
-        if state.encoder is None:
+        if gen.encoder is None:
             raise InputError(f"{where}text: this index has no text encoder loaded; send 'vector'")
-        return state.encoder.encode([req.text])
+        return gen.encoder.encode([req.text])
     v = np.asarray(req.vector, dtype=np.float64)
     if np.abs(v).max() > np.finfo(np.float32).max:
         raise InputError(f"{where}vector: values must be within float32 range (|x| <= 3.4e38)")
@@ -80,9 +80,10 @@ def _params(req: SearchRequest, state: ServiceState, searcher: Searcher,
     return SearchParams(k=req.k, nprobe=nprobe, k_coarse=kc, rerank=p.rerank)
 
 
-def _one(req: SearchRequest, state: ServiceState, searcher: Searcher,
+def _one(req: SearchRequest, state: ServiceState, gen: Generation,
          where: str = "") -> SearchResult:
-    x = _query_vector(req, state, searcher, where)
+    searcher = gen.searcher
+    x = _query_vector(req, gen, where)
     oi = searcher.index
     if req.params.exact:
         if req.k > min(state.settings.max_k, oi.ntotal):
@@ -92,7 +93,7 @@ def _one(req: SearchRequest, state: ServiceState, searcher: Searcher,
         dt = time.perf_counter() - t0
         stats = Stats(mode="exact", nprobe=None, k_coarse=None, candidates=oi.ntotal,
                       reranked=oi.ntotal, returned=0, dense_bytes_read=int(oi.dense.nbytes),
-                      coarse_ms=0.0, rerank_ms=1e3 * dt, index_version=state.index_version)
+                      coarse_ms=0.0, rerank_ms=1e3 * dt, index_version=gen.version)
     else:
         params = _params(req, state, searcher, where)
         res, st = searcher.search(x, params)
@@ -102,7 +103,7 @@ def _one(req: SearchRequest, state: ServiceState, searcher: Searcher,
                       k_coarse=st.k_coarse, candidates=st.candidates, reranked=st.reranked,
                       returned=0, dense_bytes_read=st.dense_bytes_read,
                       coarse_ms=1e3 * st.coarse_seconds, rerank_ms=1e3 * st.rerank_seconds,
-                      index_version=state.index_version)
+                      index_version=gen.version)
     rows = res.ids[0]
     keep = rows >= 0
     vecs = np.asarray(oi.dense[rows[keep]], dtype=np.float32) if req.with_vector else None
@@ -115,19 +116,19 @@ def _one(req: SearchRequest, state: ServiceState, searcher: Searcher,
 
 @router.post("/search", response_model=SearchResponse, response_model_exclude_none=True,
              responses=_ERRORS)
-def search(req: SearchRequest, searcher: SearcherDep, state: StateDep) -> Response:
+def search(req: SearchRequest, gen: GenerationDep, state: StateDep) -> Response:
     t0 = time.perf_counter()
-    result = _one(req, state, searcher)
+    result = _one(req, state, gen)
     return _json(SearchResponse(result=result, time=time.perf_counter() - t0))
 
 
 @router.post("/search/batch", response_model=BatchResponse, response_model_exclude_none=True,
              responses=_ERRORS)
-def search_batch(req: BatchRequest, searcher: SearcherDep, state: StateDep) -> Response:
+def search_batch(req: BatchRequest, gen: GenerationDep, state: StateDep) -> Response:
     t0 = time.perf_counter()
     if len(req.searches) > state.settings.max_batch:
         raise InputError(f"searches: batch of {len(req.searches)} exceeds the limit of "
                          f"{state.settings.max_batch}")
-    results = [_one(r, state, searcher, where=f"searches[{i}].")
+    results = [_one(r, state, gen, where=f"searches[{i}].")
                for i, r in enumerate(req.searches)]
     return _json(BatchResponse(result=results, time=time.perf_counter() - t0))
