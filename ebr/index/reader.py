@@ -140,7 +140,7 @@ def open_index(
     _expect(path / layout.COARSE, "PQ M", ivfpq.pq.M, spec.pq_m)
     _expect(path / layout.COARSE, "metric", coarse.metric_type, metric.faiss_metric)
 
-    dense = read_bin(path / layout.DENSE[manifest.dense_dtype], mmap=True)
+    dense = read_bin(path / layout.DENSE[manifest.dense_dtype], mmap=True, random_access=True)
     _expect(path / layout.DENSE[manifest.dense_dtype], "shape", dense.shape,
             (manifest.ntotal, manifest.dim))
     ids: Any
