@@ -203,14 +203,11 @@ def main() -> int:
             "nprobe": NPROBE, "clients": args.clients, "seconds_each": args.seconds,
             "uvicorn_workers": args.workers, "cpu_count": os.cpu_count()}
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "load.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    from ebr.eval.report import markdown_table
+    from ebr.eval.report import write_report
 
-    md = ["# Load run on localhost", "", ", ".join(f"{k}={v}" for k, v in meta.items()), "",
-          markdown_table(rows, list(rows[0])), ""]
-    (out / "load.md").write_text("\n".join(md))
-    print("\n".join(md))
+    paths = write_report(out, "load", {"title": "Load run on localhost", **meta}, rows, plot=False,
+                         columns=list(rows[0]))
+    print(paths["md"].read_text())
     return 0
 
 

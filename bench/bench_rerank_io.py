@@ -16,7 +16,6 @@ dropped). Warm: the same queries again with the file in the page cache. Writes r
 from __future__ import annotations
 
 import argparse
-import json
 import mmap
 import os
 import sys
@@ -116,17 +115,14 @@ def main() -> int:
             results.append(run(method, cold))
             print(results[-1], flush=True)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     meta = {"index": str(oi.path), "ntotal": n, "dim": d, "rows_per_query": 200,
             "queries": len(cand), "dense_bytes": os.path.getsize(path)}
-    (out / "rerank_io.json").write_text(json.dumps({"meta": meta, "rows": results}, indent=2))
-    from ebr.eval.report import markdown_table
+    from ebr.eval.report import write_report
 
-    md = ["# Re-rank row reads: mmap vs pread, cold vs warm page cache", "",
-          ", ".join(f"{k}={v}" for k, v in meta.items()), "",
-          markdown_table(results, list(results[0])), ""]
-    (out / "rerank_io.md").write_text("\n".join(md))
-    print("\n".join(md))
+    title = "Re-rank row reads: mmap vs pread, cold vs warm page cache"
+    paths = write_report(out, "rerank_io", {"title": title, **meta}, results, plot=False,
+                         columns=list(results[0]))
+    print(paths["md"].read_text())
     return 0
 
 

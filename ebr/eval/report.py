@@ -35,7 +35,10 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None
 
 
 def write_report(out_dir: str | Path, name: str, meta: dict[str, Any],
-                 rows: Sequence[dict[str, Any]], plot: bool = True) -> dict[str, Path]:
+                 rows: Sequence[dict[str, Any]], plot: bool = True,
+                 columns: Sequence[str] | None = None) -> dict[str, Path]:
+    """``<name>.json`` ({meta, rows}), ``<name>.md`` (meta bullets + table of ``columns``,
+    default: the sweep columns present) and, with ``plot``, the recall-vs-latency PNG."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / f"{name}.json", "md": out / f"{name}.md"}
@@ -45,7 +48,7 @@ def write_report(out_dir: str | Path, name: str, meta: dict[str, Any],
     for k, v in meta.items():
         if k != "title" and not isinstance(v, dict | list):
             md.append(f"- **{k}**: {v}")
-    md += ["", markdown_table(rows), ""]
+    md += ["", markdown_table(rows, columns), ""]
     paths["md"].write_text("\n".join(md))
     if plot:
         try:
