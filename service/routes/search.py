@@ -4,6 +4,7 @@ and faiss and numpy release the GIL while they work."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, Response
@@ -56,8 +57,6 @@ def _query_vector(req: SearchRequest, gen: Generation, where: str) -> np.ndarray
 def _params(req: SearchRequest, state: ServiceState, searcher: Searcher,
             where: str) -> SearchParams:
     s, oi = state.settings, searcher.index
-    if req.k > min(s.max_k, oi.ntotal):
-        raise SearchParamError(f"{where}k: must be <= {min(s.max_k, oi.ntotal)}, got {req.k}")
     p = req.params
     if p.nprobe is not None and p.nprobe > oi.nlist:
         raise SearchParamError(f"{where}params.nprobe: must be <= {oi.nlist} (nlist), "
@@ -85,33 +84,33 @@ def _one(req: SearchRequest, state: ServiceState, gen: Generation,
     searcher = gen.searcher
     x = _query_vector(req, gen, where)
     oi = searcher.index
+    k_max = min(state.settings.max_k, oi.ntotal)
+    if req.k > k_max:  # one bound for both modes
+        raise SearchParamError(f"{where}k: must be <= {k_max}, got {req.k}")
+    stats: dict[str, Any]
     if req.params.exact:
-        if req.k > min(state.settings.max_k, oi.ntotal):
-            raise SearchParamError(f"{where}k: must be <= {min(state.settings.max_k, oi.ntotal)}")
         t0 = time.perf_counter()
         res = searcher.exact(x, req.k)
-        dt = time.perf_counter() - t0
-        stats = Stats(mode="exact", nprobe=None, k_coarse=None, candidates=oi.ntotal,
-                      reranked=oi.ntotal, returned=0, dense_bytes_read=int(oi.dense.nbytes),
-                      coarse_ms=0.0, rerank_ms=1e3 * dt, index_version=gen.version)
+        stats = {"mode": "exact", "nprobe": None, "k_coarse": None, "candidates": oi.ntotal,
+                 "reranked": oi.ntotal, "dense_bytes_read": int(oi.dense.nbytes),
+                 "coarse_ms": 0.0, "rerank_ms": 1e3 * (time.perf_counter() - t0)}
     else:
         params = _params(req, state, searcher, where)
         res, st = searcher.search(x, params)
         state.metrics.candidates.observe(st.candidates)
         state.metrics.dense_bytes.inc(st.dense_bytes_read)
-        stats = Stats(mode="two_stage" if params.rerank else "coarse_only", nprobe=st.nprobe,
-                      k_coarse=st.k_coarse, candidates=st.candidates, reranked=st.reranked,
-                      returned=0, dense_bytes_read=st.dense_bytes_read,
-                      coarse_ms=1e3 * st.coarse_seconds, rerank_ms=1e3 * st.rerank_seconds,
-                      index_version=gen.version)
+        stats = {"mode": "two_stage" if params.rerank else "coarse_only", "nprobe": st.nprobe,
+                 "k_coarse": st.k_coarse, "candidates": st.candidates, "reranked": st.reranked,
+                 "dense_bytes_read": st.dense_bytes_read, "coarse_ms": 1e3 * st.coarse_seconds,
+                 "rerank_ms": 1e3 * st.rerank_seconds}
     rows = res.ids[0]
     keep = rows >= 0
     vecs = np.asarray(oi.dense[rows[keep]], dtype=np.float32) if req.with_vector else None
     hits = [Hit(id=e, score=float(s), vector=None if vecs is None else vecs[i].tolist())
             for i, (e, s) in enumerate(zip(oi.external_ids(rows[keep]), res.scores[0][keep],
                                            strict=True))]
-    stats = stats.model_copy(update={"returned": len(hits)})
-    return SearchResult(hits=hits, stats=stats)
+    return SearchResult(hits=hits, stats=Stats(**stats, returned=len(hits),
+                                               index_version=gen.version))
 
 
 @router.post("/search", response_model=SearchResponse, response_model_exclude_none=True,
