@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ebr.eval.metrics import label_metrics, recall_vs_exact, recall_vs_exact_tolerant
 from ebr.metric import Metric, exact_scores, faiss_scores_to_ebr
-from ebr.quant.faiss_bridge import KMeansTrainer, extract_ivfpq, ivf_params
+from ebr.quant.faiss_bridge import KMeansTrainer, coarse_ram_bytes, ivf_params
 from ebr.search.searcher import Searcher
 from ebr.spec import IndexSpec, SearchParams
 from ebr.types import SearchResult
@@ -72,10 +72,8 @@ class FaissRefineSystem:
         self.index.add(xb)
         self.base = base
         self.name = "faiss IVFPQ+RefineFlat"
-        ivfpq = extract_ivfpq(base)
-        self.ram_bytes = (xb.nbytes + xb.shape[0] * (ivfpq.code_size + 8)
-                          + ivfpq.nlist * xb.shape[1] * 4 + ivfpq.pq.M * ivfpq.pq.ksub
-                          * ivfpq.pq.dsub * 4 + (xb.shape[1] ** 2 * 4 if spec.opq else 0))
+        # the refine store holds every vector; the base index as ebr counts its own
+        self.ram_bytes = xb.nbytes + coarse_ram_bytes(base)["coarse_ram_bytes"]
 
     def search(self, xq: np.ndarray, k: int, nprobe: int, k_coarse: int,
                rerank: bool) -> SearchResult:

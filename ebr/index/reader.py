@@ -22,7 +22,7 @@ from ebr.io import layout
 from ebr.io.manifest import Manifest, read_manifest, verify_files
 from ebr.io.vecs import read_bin
 from ebr.metric import Metric
-from ebr.quant.faiss_bridge import extract_ivfpq
+from ebr.quant.faiss_bridge import coarse_ram_bytes, extract_ivfpq
 from ebr.spec import IndexSpec
 
 __all__ = ["OpenIndex", "open_index"]
@@ -67,18 +67,11 @@ class OpenIndex:
 
     def memory(self) -> dict[str, int | float]:
         """Bytes the coarse stage keeps in RAM vs bytes of dense vectors left on disk."""
-        codes = self.ntotal * self.ivfpq.code_size
-        list_ids = self.ntotal * 8  # faiss stores one int64 id per entry in the inverted lists
-        centroids = self.nlist * self.dim * 4
-        codebook = self.ivfpq.pq.M * self.ivfpq.pq.ksub * self.ivfpq.pq.dsub * 4
-        opq = self.dim * self.dim * 4 if self.spec.opq else 0
-        tables = int(self.ivfpq.precomputed_table.size()) * 4
-        coarse = codes + list_ids + centroids + codebook + opq + tables
+        parts = coarse_ram_bytes(self.coarse)
+        coarse = parts["coarse_ram_bytes"]
         dense = self.manifest.files[layout.DENSE[self.manifest.dense_dtype]].bytes
         return {
-            "codes_bytes": codes, "list_ids_bytes": list_ids, "centroids_bytes": centroids,
-            "codebook_bytes": codebook, "opq_bytes": opq, "precomputed_table_bytes": tables,
-            "coarse_ram_bytes": coarse,
+            **parts,
             "coarse_ram_bytes_per_vector": coarse / max(self.ntotal, 1),
             "dense_disk_bytes": dense,
             "dense_bytes_per_vector": dense / max(self.ntotal, 1),

@@ -19,7 +19,7 @@ from ebr.metric import Metric
 from ebr.spec import IndexSpec
 
 __all__ = ["CodebookTrainer", "KMeansTrainer", "extract_ivfpq", "make_trainer", "ivf_params",
-           "from_faiss", "to_faiss", "rotate", "add_with_assignment"]
+           "from_faiss", "to_faiss", "rotate", "add_with_assignment", "coarse_ram_bytes"]
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +114,21 @@ def make_trainer(method: str, niter: int = 20) -> CodebookTrainer:
 
         return DistillVQTrainer(niter=niter)
     raise SpecError(f"unknown codebook method {method!r}: expected 'kmeans', 'opq' or 'distill'")
+
+
+def coarse_ram_bytes(index: faiss.Index) -> dict[str, int]:
+    """What a coarse IVF-PQ index keeps in RAM, by part (bytes), from the index itself."""
+    ivfpq = extract_ivfpq(index)
+    parts = {
+        "codes_bytes": ivfpq.ntotal * ivfpq.code_size,
+        "list_ids_bytes": ivfpq.ntotal * 8,  # one int64 id per entry in the inverted lists
+        "centroids_bytes": ivfpq.nlist * ivfpq.d * 4,
+        "codebook_bytes": ivfpq.pq.M * ivfpq.pq.ksub * ivfpq.pq.dsub * 4,
+        "opq_bytes": index.d * index.d * 4 if isinstance(index, faiss.IndexPreTransform) else 0,
+        "precomputed_table_bytes": int(ivfpq.precomputed_table.size()) * 4,
+    }
+    parts["coarse_ram_bytes"] = sum(parts.values())
+    return parts
 
 
 # --- the faiss <-> arrays bridge used by learned trainers ---------------------------------
