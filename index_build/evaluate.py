@@ -48,7 +48,9 @@ def evaluate_index(
     k_max = min(k_max, oi.ntotal)
 
     t0 = time.perf_counter()
-    exact = exact_search(xq, oi.dense, k_max, oi.metric, progress=progress)
+    # the exact reference scores what the re-rank scores: f_q(q) against the stored f_d(v)
+    exact = exact_search(searcher.dense_queries(xq), oi.dense, k_max, oi.metric,
+                         progress=progress)
     gt_s = time.perf_counter() - t0
     per_query_qrels = None
     if qrels is not None:
@@ -59,8 +61,13 @@ def evaluate_index(
     def row_to_ext(rows: np.ndarray) -> list[Any]:
         return [None if x is None else str(x) for x in oi.external_ids(rows)]
 
-    ev = EvalSet(xq=xq, exact=exact, row_to_ext=row_to_ext, qrels=per_query_qrels)
+    ev = EvalSet(xq=xq, exact=exact, row_to_ext=row_to_ext, qrels=per_query_qrels,
+                 xq_dense=searcher.dense_queries(xq))
     systems: list[System] = [EbrSystem(searcher, name=label)]
+    if baseline and oi.query_tower is not None:
+        logger.warning("faiss refine baseline skipped: this index's dense store holds BiDR "
+                       "tower outputs (compare against a build without towers instead)")
+        baseline = False
     if baseline:
         t0 = time.perf_counter()
         params = oi.manifest.build["params"]

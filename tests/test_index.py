@@ -121,7 +121,7 @@ def test_missing_manifest_and_files(index_ip, tmp_path):
         open_index(tmp_path / "nope")
 
 
-@pytest.mark.parametrize("version", ["2.0", "0.9", "", "banana"])
+@pytest.mark.parametrize("version", ["3.0", "0.9", "", "banana"])
 def test_unknown_format_version(index_ip, tmp_path, version):
     d = _copy(index_ip, tmp_path)
     m = json.loads((d / "manifest.json").read_text())

@@ -79,7 +79,7 @@ def test_training_lowers_loss_keeps_recall(trained):
     h = tr.history
     assert len(h) == CFG.max_epochs + 1
     assert h[-1]["loss"] < h[1]["loss"]
-    assert tr.info["best_val_recall"] >= h[0]["val_recall"]
+    assert tr.info["best_val"] >= h[0]["val_recall"] and tr.info["validation_metric"] == "val_recall"
     assert "pseudo" in tr.info["training_queries"]  # ds_ip has only 10 training queries
 
 

@@ -101,6 +101,11 @@ class EvalSet:
     exact: SearchResult  # exact top-k_max (internal rows)
     row_to_ext: Any  # callable rows -> external ids
     qrels: Sequence[Mapping[Any, int]] | None = None  # per query: {external id: grade}
+    xq_dense: np.ndarray | None = None  # queries as the dense store scores them (query tower)
+
+    @property
+    def dense_queries(self) -> np.ndarray:
+        return self.xq if self.xq_dense is None else self.xq_dense
 
     @property
     def k_max(self) -> int:
@@ -155,7 +160,7 @@ def sweep(systems: Sequence[System], ev: EvalSet, dense: np.ndarray, metric: Met
         lat = _latencies(system, ev.xq, min(k_latency, kc), nprobe, kc, rr)
         row = {"system": system.name, "stage": "reranked" if rr else "coarse",
                "nprobe": nprobe, "k_coarse": kc}
-        row.update(_row(ev, res, _exact_scores_of(ev.xq, res.ids, dense, metric)))
+        row.update(_row(ev, res, _exact_scores_of(ev.dense_queries, res.ids, dense, metric)))
         row.update({"p50_ms": 1e3 * float(np.percentile(lat, 50)),
                     "p95_ms": 1e3 * float(np.percentile(lat, 95)),
                     "p99_ms": 1e3 * float(np.percentile(lat, 99)),

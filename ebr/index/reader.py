@@ -24,6 +24,7 @@ from ebr.io.vecs import read_bin
 from ebr.metric import Metric
 from ebr.quant.faiss_bridge import coarse_ram_bytes, extract_ivfpq
 from ebr.spec import IndexSpec
+from ebr.towers import Tower
 
 __all__ = ["OpenIndex", "open_index"]
 
@@ -44,6 +45,7 @@ class OpenIndex:
     ids: Any  # np.ndarray[int64] or list[str]
     normalize: bool
     query_map: np.ndarray | None = None  # [d, d]: coarse-stage queries are W q
+    query_tower: Tower | None = None  # BiDR: re-rank queries are f_q(q); the store holds f_d(v)
 
     @property
     def dim(self) -> int:
@@ -155,11 +157,17 @@ def open_index(
             raise IndexFormatError(f"{path}: query_map {manifest.query_map!r} is not a listed file")
         query_map = np.array(read_bin(path / manifest.query_map, mmap=False))
         _expect(path / manifest.query_map, "shape", query_map.shape, (manifest.dim, manifest.dim))
-    logger.info("opened %s: %s, %d x %d, %s", path, spec, manifest.ntotal, manifest.dim,
-                metric.value)
+    query_tower = None
+    if manifest.towers is not None:
+        name = manifest.towers.get("query")
+        if name not in manifest.files or manifest.towers.get("doc") not in manifest.files:
+            raise IndexFormatError(f"{path}: towers {manifest.towers} are not listed files")
+        query_tower = Tower.load(path / name, manifest.dim)
+    logger.info("opened %s: %s, %d x %d, %s%s", path, spec, manifest.ntotal, manifest.dim,
+                metric.value, ", with BiDR towers" if query_tower is not None else "")
     return OpenIndex(path=path, manifest=manifest, spec=spec, metric=metric, coarse=coarse,
                      ivfpq=ivfpq, dense=dense, ids=ids, normalize=normalize,
-                     query_map=query_map)
+                     query_map=query_map, query_tower=query_tower)
 
 
 def _expect(where: Path, what: str, got: Any, want: Any) -> None:

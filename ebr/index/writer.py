@@ -3,6 +3,10 @@
 The directory is assembled under a temporary name next to the target, every file is fsynced,
 ``manifest.json`` is written last, and only then is the directory renamed into place. A build
 that dies at any point leaves either the previous index or nothing under the target name.
+
+With a ``dense_trainer`` (BiDR stage 2) the vectors are read twice: first every document is
+encoded into the coarse index, the trainer learns its towers against that index's shortlists,
+then the dense store is written with the document tower applied.
 """
 
 from __future__ import annotations
@@ -25,7 +29,14 @@ from tqdm.auto import tqdm
 
 from ebr.errors import InputError
 from ebr.io import layout
-from ebr.io.manifest import FileEntry, Manifest, sha256_file, write_manifest
+from ebr.io.manifest import (
+    FORMAT_VERSION,
+    FORMAT_VERSION_TOWERS,
+    FileEntry,
+    Manifest,
+    sha256_file,
+    write_manifest,
+)
 from ebr.io.vecs import check_vectors, write_bin
 from ebr.quant.faiss_bridge import (
     CodebookTrainer,
@@ -34,6 +45,7 @@ from ebr.quant.faiss_bridge import (
     make_trainer,
 )
 from ebr.spec import BuildParams
+from ebr.towers import Tower
 
 __all__ = ["write_index", "normalize_rows", "sample_rows"]
 
@@ -115,6 +127,7 @@ def write_index(
     ids: Sequence[Any] | np.ndarray | None = None,
     *,
     trainer: CodebookTrainer | None = None,
+    dense_trainer: Any | None = None,
     encoder: dict[str, Any] | None = None,
     source: dict[str, Any] | None = None,
     overwrite: bool = False,
@@ -129,6 +142,9 @@ def write_index(
     params: build parameters (spec, metric, dense dtype, training sample size, seed).
     ids: external ids (ints or strings), row i -> ids[i]; default: the row numbers.
     trainer: codebook trainer; default from ``params.codebooks`` (k-means or OPQ).
+    dense_trainer: BiDR stage 2 (:class:`ebr.train.bidr.BiDRDenseTrainer`): learns a query and
+        a document tower on the coarse index's shortlists; the dense store then holds the
+        document tower's output and the query tower is stored for the searcher.
     encoder: description of the text encoder that produced the vectors (lets the service
         accept text queries), e.g. ``{"name": "all-MiniLM-L6-v2", "normalize": True}``.
     """
@@ -161,19 +177,41 @@ def write_index(
         dense_dtype = np.dtype(params.dense_dtype)
         bar = tqdm(total=n, desc="encode+write", unit="vec", disable=not progress)
         assign = getattr(trainer, "assign", None)  # learned trainers keep their training lists
+        query_map = getattr(trainer, "query_map", None)
+        towers: tuple[Tower, Tower] | None = None
+
+        def add(block: np.ndarray) -> None:
+            if assign is not None:
+                add_with_assignment(index, block, assign(index, block))
+            else:
+                index.add(block)
+
+        if dense_trainer is not None:  # pass 1: codes; stage 2 searches them
+            for _, block in _chunks(vectors, params.normalize):
+                add(block)
+                bar.update(len(block))
+            bar.close()
+            timings["encode"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            towers = dense_trainer.fit(index, vectors, metric, params.normalize, query_map,
+                                       params.spec.nlist)
+            timings["train_towers"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            bar = tqdm(total=n, desc="write dense", unit="vec", disable=not progress)
         with open(tmp / dense_name, "wb") as fd:
             np.array([n, d], dtype=np.uint32).tofile(fd)
             for _, block in _chunks(vectors, params.normalize):
-                if assign is not None:
-                    add_with_assignment(index, block, assign(index, block))
+                if towers is None:
+                    add(block)
                 else:
-                    index.add(block)
+                    block = towers[1].apply(block)
                 block.astype(dense_dtype).tofile(fd)
                 bar.update(len(block))
             fd.flush()
             os.fsync(fd.fileno())
         bar.close()
-        timings["encode_and_write_dense"] = time.perf_counter() - t0
+        timings["write_dense" if towers is not None else "encode_and_write_dense"] = \
+            time.perf_counter() - t0
 
         t0 = time.perf_counter()
         if index.ntotal != n:
@@ -191,10 +229,13 @@ def write_index(
                 fi.flush()
                 os.fsync(fi.fileno())
         names = [layout.COARSE, dense_name, ids_name]
-        query_map = getattr(trainer, "query_map", None)
         if query_map is not None:
             write_bin(tmp / layout.QUERY_MAP, np.asarray(query_map, dtype=np.float32))
             names.append(layout.QUERY_MAP)
+        if towers is not None:
+            towers[0].save(tmp / layout.QUERY_TOWER)
+            towers[1].save(tmp / layout.DOC_TOWER)
+            names += [layout.QUERY_TOWER, layout.DOC_TOWER]
         files = {}
         for name in names:
             p = tmp / name
@@ -220,11 +261,15 @@ def write_index(
                 "list_sizes": {"min": int(sizes.min()), "max": int(sizes.max()),
                                "mean": float(sizes.mean()),
                                "empty": int((sizes == 0).sum())},
+                "towers": dense_trainer.describe() if dense_trainer is not None else None,
                 "versions": {"ebr": _version(), "faiss": faiss.__version__,
                              "numpy": np.__version__, "python": platform.python_version()},
             },
             encoder=encoder, source=source or {},
             query_map=layout.QUERY_MAP if query_map is not None else None,
+            towers=None if towers is None else {"query": layout.QUERY_TOWER,
+                                                "doc": layout.DOC_TOWER},
+            format_version=FORMAT_VERSION if towers is None else FORMAT_VERSION_TOWERS,
         )
         write_manifest(tmp, manifest)
         _publish(tmp, target, overwrite)

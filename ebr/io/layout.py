@@ -8,3 +8,5 @@ DENSE = {"float32": "dense.fbin", "float16": "dense.f16bin"}  # (n, d) header + 
 IDS_INT = "ids.i64bin"  # external integer ids, row i -> id
 IDS_STR = "ids.txt"  # external string ids, one per line (no newlines inside ids)
 QUERY_MAP = "query_map.fbin"  # learned [d, d] map applied to queries before the coarse search
+QUERY_TOWER = "query_tower.npz"  # BiDR query tower, applied to the query of the exact re-rank
+DOC_TOWER = "doc_tower.npz"  # BiDR document tower; the dense store already holds its output

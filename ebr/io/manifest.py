@@ -19,11 +19,17 @@ from typing import Any
 from ebr.errors import CorruptFileError, IndexFormatError, ManifestVersionError
 from ebr.io.layout import MANIFEST
 
-__all__ = ["FORMAT_VERSION", "Manifest", "FileEntry", "sha256_file", "write_manifest",
-           "read_manifest", "verify_files"]
+__all__ = ["FORMAT_VERSION", "FORMAT_VERSION_TOWERS", "READABLE_MAJORS", "Manifest", "FileEntry",
+           "sha256_file", "write_manifest", "read_manifest", "verify_files"]
 
-# major.minor; readers accept any minor of their major. 1.1 added the optional query_map.
+# major.minor; a reader accepts every minor of the majors it knows and refuses the rest.
+# 1.1 added the optional query_map (coarse stage only: a 1.0 reader still ranks correctly).
+# 2.0 = 1.1 + towers: the dense store holds doc_tower(v) and re-rank queries need query_tower,
+# so a 1.x reader, which would ignore them and return wrong scores, must refuse the directory.
+# The writer uses 2.0 only for indexes with towers; every other index stays 1.1.
 FORMAT_VERSION = "1.1"
+FORMAT_VERSION_TOWERS = "2.0"
+READABLE_MAJORS = ("1", "2")
 logger = logging.getLogger(__name__)
 
 
@@ -47,6 +53,7 @@ class Manifest:
     encoder: dict[str, Any] | None = None  # set when text queries can be encoded
     source: dict[str, Any] = field(default_factory=dict)
     query_map: str | None = None  # file of a learned [d, d] query map (coarse stage only)
+    towers: dict[str, str] | None = None  # {"query": file, "doc": file} (BiDR dense side)
     format_version: str = FORMAT_VERSION
 
     def to_json(self) -> str:
@@ -56,10 +63,10 @@ class Manifest:
     def from_dict(cls, d: dict[str, Any], where: str = MANIFEST) -> Manifest:
         version = str(d.get("format_version", ""))
         major = version.split(".")[0]
-        if major != FORMAT_VERSION.split(".")[0]:
+        if major not in READABLE_MAJORS:
             raise ManifestVersionError(
                 f"{where}: format_version {version!r} is not readable by this ebr "
-                f"(reads {FORMAT_VERSION.split('.')[0]}.x)"
+                f"(reads {', '.join(m + '.x' for m in READABLE_MAJORS)})"
             )
         try:
             files = {k: FileEntry(**v) for k, v in d["files"].items()}
@@ -68,7 +75,8 @@ class Manifest:
                 ntotal=int(d["ntotal"]), dense_dtype=str(d["dense_dtype"]),
                 id_kind=str(d["id_kind"]), files=files, codebooks=dict(d["codebooks"]),
                 build=dict(d["build"]), encoder=d.get("encoder"), source=dict(d.get("source", {})),
-                query_map=d.get("query_map"), format_version=version,
+                query_map=d.get("query_map"),
+                towers=dict(d["towers"]) if d.get("towers") else None, format_version=version,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise IndexFormatError(f"{where}: malformed manifest ({type(e).__name__}: {e})") from None

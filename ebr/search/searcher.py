@@ -1,7 +1,10 @@
 """``Searcher``: the two-stage search over an open index.
 
-    queries -> (normalise) -> coarse top-k_coarse over the PQ codes, nprobe lists
-            -> read those rows from the dense store -> exact scores -> top-k
+    queries -> (normalise) -> (query map) -> coarse top-k_coarse over the PQ codes, nprobe lists
+            -> read those rows from the dense store -> exact scores with (query tower) q -> top-k
+
+The query map (Distill-VQ) serves the coarse stage only; the query tower (BiDR) the re-rank
+and the exact reference only, since the dense store holds the document tower's output.
 
 Every public input is validated here with an explicit exception naming the parameter.
 """
@@ -53,6 +56,10 @@ class Searcher:
         D, ids = self.index.coarse.search(xq, k_coarse, params=ivf_params(self.index.coarse, nprobe))
         return ids.astype(np.int64), faiss_scores_to_ebr(D, self.index.metric)
 
+    def dense_queries(self, xq: np.ndarray) -> np.ndarray:
+        """The queries scored against the dense store: f_q(q) with a BiDR query tower."""
+        return xq if self.index.query_tower is None else self.index.query_tower.apply(xq)
+
     def search(self, xq: np.ndarray, params: SearchParams) -> tuple[SearchResult, SearchStats]:
         """Two-stage search. xq: [nq, d] or [d]. Returns (SearchResult, SearchStats)."""
         params.validate(self.index.nlist, self.index.ntotal)
@@ -62,7 +69,8 @@ class Searcher:
         t1 = time.perf_counter()
         n_cand = int((cand >= 0).sum())
         if params.rerank:
-            ids, scores, rows = rerank(xq, cand, self.index.dense, self.index.metric, params.k)
+            ids, scores, rows = rerank(self.dense_queries(xq), cand, self.index.dense,
+                                       self.index.metric, params.k)
         else:
             ids, scores, rows = cand[:, :params.k], cscores[:, :params.k], 0
         t2 = time.perf_counter()
@@ -78,4 +86,5 @@ class Searcher:
         """Brute force over the whole dense store (the reference; reads every row)."""
         if not isinstance(k, int) or not 1 <= k <= self.index.ntotal:
             raise SearchParamError(f"k must be in [1, {self.index.ntotal}], got {k!r}")
-        return exact_search(self.prepare_queries(xq), self.index.dense, k, self.index.metric)
+        return exact_search(self.dense_queries(self.prepare_queries(xq)), self.index.dense, k,
+                            self.index.metric)

@@ -9,7 +9,12 @@ products do. No labels: the dense scores are the teacher.
               o(d): the document's IVF centroid (assignment fixed, as in the paper);
               u^_d: its residual's PQ reconstruction, codewords re-selected every step by argmin
               and updated through the selected entries (straight-through)
-    loss      f(t, s^ivf) + f(t, s^pq), f from :mod:`ebr.train.losses` (ListNet by default)
+    loss      f(t, s^ivf) + f(t, s^pq), f from :mod:`ebr.train.losses` (MSE by default)
+    labels    optional (BiDR stage 1, contrastive quantization): with (query, positive) pairs,
+              + w * [InfoNCE(s^pq) + InfoNCE(s^ivf)] of each labelled query's positive against
+              the batch's documents (its other positives masked); the distillation keeps the
+              unlabelled documents' ranking, the contrastive term pulls the positives in.
+              Early stopping then watches the held-out pairs' positive recall@val_k.
     export    centroids -> quantizer, codebooks -> pq.centroids, documents re-encoded in their
               fixed lists; W is stored in the index directory and applied by the searcher to
               queries before the coarse search (the exact re-rank keeps the original query).
@@ -33,7 +38,8 @@ from ebr.errors import SpecError
 from ebr.metric import Metric
 from ebr.quant.faiss_bridge import KMeansTrainer, from_faiss, rotate, to_faiss
 from ebr.spec import IndexSpec
-from ebr.train.losses import LOSSES
+from ebr.train.losses import LOSSES, info_nce
+from ebr.train.sampling import TrainingPairs
 
 __all__ = ["DistillConfig", "DistillVQ", "DistillVQTrainer", "teacher_topk", "pseudo_queries"]
 
@@ -74,8 +80,12 @@ class DistillConfig:
     patience: int = 3
     time_budget_s: float | None = None
     seed: int = 0
+    contrastive_weight: float = 1.0  # weight of the labelled InfoNCE term (only with pairs)
+    contrastive_temperature: float | None = None  # None: 4 x the distillation temperature
 
     def __post_init__(self) -> None:
+        if self.contrastive_weight < 0:
+            raise SpecError(f"contrastive_weight must be >= 0, got {self.contrastive_weight}")
         for name in self.loss.split("+"):
             if name not in LOSSES:
                 raise SpecError(f"loss must be one of {sorted(LOSSES)} or a '+'-sum of them, "
@@ -188,16 +198,30 @@ class DistillVQ(nn.Module):
         return best_i.masked_fill(torch.isinf(best_s), -1)
 
 
-def _recall(found: torch.Tensor, truth: np.ndarray) -> float:
+def _recall(found: torch.Tensor, truth: np.ndarray | list[np.ndarray]) -> float:
     f = found.numpy()
     return float(np.mean([len(set(a[a >= 0].tolist()) & set(b.tolist())) / len(b)
                           for a, b in zip(f, truth, strict=True)]))
+
+
+def locate(x: np.ndarray, xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row of each vector of ``x`` in ``xt`` where it is there (to float tolerance), else -1;
+    and the rows of ``x`` that are not there (in order)."""
+    index = faiss.IndexFlatL2(xt.shape[1])
+    index.add(np.ascontiguousarray(xt, dtype=np.float32))
+    dist, at = index.search(np.ascontiguousarray(x, dtype=np.float32), 1)
+    tol = 1e-5 * max(float((x * x).sum(1).mean()), 1e-12)
+    found = np.where(dist[:, 0] <= tol, at[:, 0], -1).astype(np.int64)
+    return found, np.flatnonzero(found < 0)
 
 
 class DistillVQTrainer:
     """A :class:`~ebr.quant.faiss_bridge.CodebookTrainer` that distills after k-means init.
 
     queries: training query vectors (labels are never used); ``None`` -> pseudo-queries.
+    pairs: labelled (query, positive rows) pairs and ``corpus`` (the vectors the rows index,
+        normalised like the index) -> BiDR stage 1: the contrastive term is added and the
+        pairs' queries also serve as distillation queries.
     The trained query map is exposed as ``query_map`` ([d, d]) for the writer; documents are
     added with :meth:`assign` so the index keeps the lists the training assumed.
     """
@@ -205,9 +229,14 @@ class DistillVQTrainer:
     method = "distill"
 
     def __init__(self, config: DistillConfig | None = None, queries: np.ndarray | None = None,
-                 niter: int = 20, progress: bool = False) -> None:
+                 niter: int = 20, progress: bool = False, pairs: TrainingPairs | None = None,
+                 corpus: np.ndarray | None = None) -> None:
         self.config = config or DistillConfig()
         self.queries = None if queries is None else np.asarray(queries, dtype=np.float32)
+        if pairs is not None and corpus is None:
+            raise SpecError("pairs need the corpus their positive rows index")
+        self.pairs = pairs
+        self.corpus = corpus
         self.niter = niter
         self.progress = progress
         self.query_map: np.ndarray | None = None
@@ -226,14 +255,19 @@ class DistillVQTrainer:
         centroids, codebooks, rotation = from_faiss(index)
         self._assigner = faiss.IndexFlat(centroids.shape[1], metric.faiss_metric)
         self._assigner.add(centroids)  # the k-means lists stay the documents' lists
-        n, d = xt.shape
         xt = np.ascontiguousarray(xt, dtype=np.float32)
+        labelled, val_pairs, xt = self._split_pairs(xt, metric, rng)
+        n = len(xt)
         assign_np = self._assign_rotated(rotate(index, xt))
 
-        xq, kind = self._training_queries(xt, rng)
-        nval = min(int(len(xq) * cfg.val_fraction), cfg.max_val_queries) if len(xq) >= 20 else 0
-        perm = rng.permutation(len(xq))
-        val_q, train_q = xq[perm[:nval]], xq[perm[nval:]]
+        xq, kind = self._training_queries(xt, rng, labelled)
+        if val_pairs is not None:  # labels: validate on held-out pairs, train on the rest
+            val_q, train_q, nval = val_pairs[0], xq, len(val_pairs[0])
+        else:
+            nval = min(int(len(xq) * cfg.val_fraction), cfg.max_val_queries) if len(xq) >= 20 \
+                else 0
+            perm = rng.permutation(len(xq))
+            val_q, train_q = xq[perm[:nval]], xq[perm[nval:]]
         t0 = time.perf_counter()
         top = teacher_topk(train_q, xt, cfg.top_k, metric)
         val_truth = teacher_topk(val_q, xt, min(cfg.val_k, n), metric) if nval else None
@@ -244,6 +278,7 @@ class DistillVQTrainer:
         xr = torch.from_numpy(np.array(rotate(index, xt)))
         assign = torch.from_numpy(assign_np)
         tau = cfg.temperature or self._calibrate_tau(train_q, xt, top, metric)
+        tau_c = cfg.contrastive_temperature or 4.0 * tau
         parts = [LOSSES[name] for name in cfg.loss.split("+")]
 
         def loss_fn(t: torch.Tensor, s: torch.Tensor, tau: float) -> torch.Tensor:
@@ -255,18 +290,26 @@ class DistillVQTrainer:
         opt = torch.optim.AdamW(groups, weight_decay=0.0)
         nprobe = min(cfg.val_nprobe or max(1, spec.nlist // 4), spec.nlist)
 
-        def validate() -> float:
+        def validate() -> dict[str, float]:
             if val_truth is None:
-                return float("nan")
+                return {"val_recall": float("nan")}
             found = model.coarse_search(torch.from_numpy(val_q), xr, assign, nprobe,
                                         val_truth.shape[1])
-            return _recall(found, val_truth)
+            out = {"val_recall": _recall(found, val_truth)}
+            if val_pairs is not None:
+                out["val_positive_recall"] = _recall(found, val_pairs[1])
+            return out
 
-        best = validate()
-        self.history = [{"epoch": 0, "loss": float("nan"), "val_recall": best}]
+        watch = "val_positive_recall" if val_pairs is not None else "val_recall"
+        v0 = validate()
+        best = v0[watch]
+        self.history = [{"epoch": 0, "loss": float("nan"), **v0}]
         best_state = copy.deepcopy(model.state_dict())
-        logger.info("distill: %d %s queries (%d val), K=%d, tau=%.4g, start val recall@%d %.4f",
-                    len(train_q), kind, nval, cfg.top_k, tau, cfg.val_k, best)
+        logger.info("distill: %d %s queries (%d val), K=%d, tau=%.4g, start %s@%d %.4f",
+                    len(train_q), kind, nval, cfg.top_k, tau, watch, cfg.val_k, best)
+        n_lab = len(labelled[0]) if labelled is not None else 0
+        lab_order = rng.permutation(n_lab) if n_lab else None
+        lab_pos = 0
         bad, stopped = 0, "max_epochs"
         bar = tqdm(range(1, cfg.max_epochs + 1), desc="distill", disable=not self.progress)
         for epoch in bar:
@@ -274,8 +317,17 @@ class DistillVQTrainer:
             losses = []
             for b0 in range(0, len(order), cfg.batch_size):
                 bq = order[b0:b0 + cfg.batch_size]
-                docs = np.unique(np.concatenate([top[bq].ravel(),
-                                                 rng.integers(0, n, cfg.n_random)]))
+                doc_parts = [top[bq].ravel(), rng.integers(0, n, cfg.n_random)]
+                lq = None
+                if lab_order is not None and cfg.contrastive_weight > 0:
+                    if lab_pos + cfg.batch_size > n_lab:
+                        lab_order, lab_pos = rng.permutation(n_lab), 0
+                    lq = lab_order[lab_pos:lab_pos + cfg.batch_size]
+                    lab_pos += cfg.batch_size
+                    picked = np.array([p[rng.integers(len(p))] for p in
+                                       (labelled[1][i] for i in lq)], dtype=np.int64)
+                    doc_parts += [picked, labelled[2][lq].ravel()]
+                docs = np.unique(np.concatenate(doc_parts))
                 d_idx = torch.from_numpy(docs)
                 q = torch.from_numpy(train_q[bq])
                 with torch.no_grad():
@@ -283,15 +335,27 @@ class DistillVQTrainer:
                         -torch.cdist(q, xb[d_idx]).pow(2)
                 s_ivf, s_pq = model.student(q, xr[d_idx], assign[d_idx])
                 loss = loss_fn(teacher, s_pq, tau) + cfg.ivf_weight * loss_fn(teacher, s_ivf, tau)
+                if lq is not None:
+                    target = torch.from_numpy(np.searchsorted(docs, picked))
+                    valid = np.ones((len(lq), len(docs)), dtype=bool)
+                    for i, j in enumerate(lq):
+                        valid[i, np.isin(docs, labelled[1][j])] = False
+                    valid[np.arange(len(lq)), target.numpy()] = True
+                    v = torch.from_numpy(valid)
+                    c_ivf, c_pq = model.student(torch.from_numpy(labelled[0][lq]), xr[d_idx],
+                                                assign[d_idx])
+                    loss = loss + cfg.contrastive_weight * (
+                        info_nce(c_pq, target, tau_c, v)
+                        + cfg.ivf_weight * info_nce(c_ivf, target, tau_c, v))
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
                 losses.append(float(loss.detach()))
                 if cfg.time_budget_s and time.perf_counter() - t_start > cfg.time_budget_s:
                     break
-            val = validate()
-            self.history.append({"epoch": epoch, "loss": float(np.mean(losses)),
-                                 "val_recall": val})
+            vals = validate()
+            val = vals[watch]
+            self.history.append({"epoch": epoch, "loss": float(np.mean(losses)), **vals})
             bar.set_postfix(loss=f"{np.mean(losses):.4f}", val=f"{val:.4f}")
             if val > best or val_truth is None:
                 best, bad = val, 0
@@ -312,12 +376,18 @@ class DistillVQTrainer:
         self.info = {
             "training_queries": kind, "n_train_queries": int(len(train_q)),
             "n_val_queries": int(nval), "temperature": float(tau), "stopped": stopped,
-            "best_val_recall": best, "val_nprobe": nprobe, "val_k": int(cfg.val_k),
+            "validation_metric": watch, "best_val": best, "val_nprobe": nprobe,
+            "val_k": int(cfg.val_k),
             "seconds": {"kmeans_init": round(t_init, 2), "teacher": round(t_teacher, 2),
                         "total": round(time.perf_counter() - t_start, 2)},
         }
-        logger.info("distill: %s after %d epochs, val recall@%d %.4f -> %.4f (%.1f s)", stopped,
-                    len(self.history) - 1, cfg.val_k, self.history[0]["val_recall"], best,
+        if labelled is not None:
+            self.info["labels"] = {"n_train_pairs": int(sum(len(p) for p in labelled[1])),
+                                   "n_train_queries": n_lab, "n_val_queries": int(nval),
+                                   "contrastive_temperature": float(tau_c),
+                                   "contrastive_weight": cfg.contrastive_weight}
+        logger.info("distill: %s after %d epochs, %s@%d %.4f -> %.4f (%.1f s)", stopped,
+                    len(self.history) - 1, watch, cfg.val_k, self.history[0][watch], best,
                     time.perf_counter() - t_start)
         return index
 
@@ -337,10 +407,48 @@ class DistillVQTrainer:
         _, a = self._assigner.search(np.ascontiguousarray(xr, dtype=np.float32), 1)
         return a.ravel().astype(np.int64)
 
-    def _training_queries(self, xt: np.ndarray, rng: np.random.Generator
+    def _split_pairs(self, xt: np.ndarray, metric: Metric, rng: np.random.Generator) -> tuple[
+            tuple[np.ndarray, list[np.ndarray], np.ndarray] | None,
+            tuple[np.ndarray, list[np.ndarray]] | None, np.ndarray]:
+        """Labelled pairs in training-sample coordinates: (train queries, positives as rows
+        of the returned sample, teacher top-K), (val queries, val positives), and the sample
+        with the positives it lacked appended (training only: nothing of it is exported)."""
+        if self.pairs is None:
+            return None, None, xt
+        cfg = self.config
+        pairs = self.pairs
+        if pairs.queries.shape[1] != xt.shape[1]:
+            raise SpecError(f"training pairs are {pairs.queries.shape[1]}-d, vectors "
+                            f"{xt.shape[1]}-d")
+        rows = np.unique(np.concatenate(pairs.positives))
+        pv = np.asarray(self.corpus[rows], dtype=np.float32)  # type: ignore[index]
+        queries = pairs.queries
+        if np.allclose(np.linalg.norm(xt[:1000], axis=1), 1.0, atol=1e-3):  # cosine index
+            pv = pv / np.maximum(np.linalg.norm(pv, axis=1, keepdims=True), 1e-12)
+            queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+        where, missing = locate(pv, xt)
+        where[missing] = len(xt) + np.arange(len(missing))
+        xt = np.concatenate([xt, pv[missing]]) if len(missing) else xt
+        to_local = dict(zip(rows.tolist(), where.tolist(), strict=True))
+        pos = [np.array([to_local[r] for r in p.tolist()], dtype=np.int64)
+               for p in pairs.positives]
+        nval = (min(int(len(pairs) * cfg.val_fraction), cfg.max_val_queries)
+                if len(pairs) >= 20 else 0)
+        perm = rng.permutation(len(pairs))
+        tr, va = perm[nval:], perm[:nval]
+        q_tr = queries[tr]
+        top = teacher_topk(q_tr, xt, cfg.top_k, metric)
+        val = (queries[va], [pos[i] for i in va]) if nval else None
+        return (q_tr, [pos[i] for i in tr], top), val, xt
+
+    def _training_queries(self, xt: np.ndarray, rng: np.random.Generator,
+                          labelled: tuple[np.ndarray, list[np.ndarray], np.ndarray] | None = None
                           ) -> tuple[np.ndarray, str]:
         cfg = self.config
         parts, kinds = [], []
+        if labelled is not None:
+            parts.append(labelled[0])
+            kinds.append(f"labelled ({len(labelled[0])}, labels in the contrastive term only)")
         if self.queries is not None:
             if self.queries.ndim != 2 or self.queries.shape[1] != xt.shape[1]:
                 raise SpecError(f"training queries have shape {self.queries.shape}, "
@@ -348,7 +456,7 @@ class DistillVQTrainer:
             parts.append(self.queries)
             kinds.append(f"real ({len(self.queries)})")
         n_pseudo = cfg.n_pseudo if cfg.n_pseudo is not None else (
-            10_000 if self.queries is None else 0)
+            10_000 if self.queries is None and labelled is None else 0)
         if n_pseudo:
             parts.append(pseudo_queries(xt, n_pseudo, cfg.pseudo_noise,
                                         int(rng.integers(2**31))))

@@ -3,6 +3,7 @@
 teacher, student: float [B, K] scores of the same K candidates for each of B queries (higher
 is better). An optional boolean ``mask`` [B, K] marks valid entries. Each returns a scalar mean
 over queries. Distill-VQ found ListNet best overall, KL-div close, MSE / Margin-MSE worse.
+``info_nce`` is the labelled contrastive loss of BiDR (a target column instead of a teacher).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-__all__ = ["listnet", "kl_div", "mse", "margin_mse", "LOSSES", "DistillLoss"]
+__all__ = ["listnet", "kl_div", "mse", "margin_mse", "info_nce", "LOSSES", "DistillLoss"]
 
 DistillLoss = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 _NEG = -1e9
@@ -56,6 +57,16 @@ def margin_mse(teacher: torch.Tensor, student: torch.Tensor, tau: float = 1.0,
     t = teacher.gather(-1, top) - teacher
     s = student.gather(-1, top) - student
     return mse(t, s, tau, mask)
+
+
+def info_nce(scores: torch.Tensor, target: torch.Tensor, tau: float = 1.0,
+             valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Contrastive loss with labels (BiDR): -log softmax(s/tau)[target] per query, mean.
+
+    scores [B, m]; target [B] column of each query's positive; valid [B, m] False on columns
+    that must not count as negatives (the query's other positives).
+    """
+    return F.cross_entropy(_masked(scores / tau, valid), target)
 
 
 LOSSES: dict[str, DistillLoss] = {"listnet": listnet, "kl_div": kl_div, "mse": mse,

@@ -1,0 +1,297 @@
+"""BiDR stage 2 (Xiao, Liu et al., WWW 2022): the dense side, trained on the shortlists that
+the (stage-1) compact codes produce.
+
+    shortlist  top-N of each labelled training query from the trained coarse index, searched
+               exactly as the server will (query map, nprobe): the candidates the re-rank sees
+    towers     query tower f_q and document tower f_d on top of the frozen base embeddings
+               (residual linear or small MLP, identity at start; see :mod:`ebr.towers`)
+    loss       InfoNCE( <f_q(q), f_d(d+)> vs <f_q(q), f_d(d-)> ), d- = hard negatives drawn
+               from q's own shortlist (positives excluded) + every other document of the batch
+    batches    locality-centric: random walk or snowball over the query <-> shortlist graph,
+               so in-batch negatives are hard for each other (:mod:`ebr.train.sampling`)
+    guard      a held-out slice of the pairs; early stop on its nDCG@10 after re-ranking its
+               shortlists with the towers; the best epoch is kept (epoch 0 = identity, so the
+               towers never score below the base embeddings on that slice)
+
+The writer then stores f_d(v) in the dense store, and the searcher applies f_q to the query
+of the exact re-rank (the coarse stage keeps its own query map).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import faiss
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ebr.errors import SpecError
+from ebr.metric import Metric
+from ebr.quant.faiss_bridge import ivf_params
+from ebr.towers import TOWER_KINDS, Tower
+from ebr.train.losses import info_nce
+from ebr.train.sampling import SAMPLERS, ShortlistGraph, TrainingPairs, batches, candidates
+
+__all__ = ["BiDRConfig", "BiDRDenseTrainer", "TowerNet"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BiDRConfig:
+    """Stage-2 settings.
+
+    shortlist: N, candidates per training query from the coarse index (paper: 200).
+    nprobe: lists probed for the shortlists; None: nlist // 4 (set it to the serving nprobe).
+    hard_negatives: negatives drawn per query from its own shortlist, per step.
+    temperature: InfoNCE temperature in score units; None: the mean spread (std) of the
+        queries' shortlist scores (about 0.05 for cosine MiniLM).
+    weight_decay: AdamW decay pulls the residual weights back to 0, i.e. towards the identity.
+    """
+
+    tower: str = "linear"
+    hidden: int = 256
+    train_query_tower: bool = True
+    train_doc_tower: bool = True
+    sampler: str = "random_walk"
+    shortlist: int = 200
+    nprobe: int | None = None
+    batch_size: int = 32
+    hard_negatives: int = 15
+    temperature: float | None = None
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    max_epochs: int = 20
+    patience: int = 3
+    val_fraction: float = 0.15
+    time_budget_s: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.tower not in TOWER_KINDS:
+            raise SpecError(f"tower must be one of {TOWER_KINDS}, got {self.tower!r}")
+        if self.sampler not in SAMPLERS:
+            raise SpecError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        for name in ("hidden", "shortlist", "max_epochs", "patience", "hard_negatives"):
+            if getattr(self, name) < 1:
+                raise SpecError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size < 2:
+            raise SpecError(f"batch_size must be >= 2, got {self.batch_size}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise SpecError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not (self.train_query_tower or self.train_doc_tower):
+            raise SpecError("train at least one of the query and document towers")
+
+
+class TowerNet(nn.Module):
+    """The torch twin of :class:`ebr.towers.Tower` (same parameters, same function)."""
+
+    def __init__(self, init: Tower, trainable: bool = True) -> None:
+        super().__init__()
+        self.kind, self.normalize = init.kind, init.normalize
+        self.w = nn.ParameterDict({k: nn.Parameter(torch.from_numpy(v.copy()),
+                                                   requires_grad=trainable)
+                                   for k, v in init.weights.items()})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.w
+        if self.kind == "linear":
+            y = x + x @ w["A"].T + w["b"]
+        else:
+            y = x + torch.relu(x @ w["W1"].T + w["b1"]) @ w["W2"].T + w["b2"]
+        return nn.functional.normalize(y, dim=-1) if self.normalize else y
+
+    def export(self) -> Tower:
+        return Tower(self.kind, {k: v.detach().numpy().astype(np.float32).copy()
+                                 for k, v in self.w.items()}, self.normalize)
+
+
+def _scores(q: torch.Tensor, d: torch.Tensor, metric: Metric) -> torch.Tensor:
+    ip = q @ d.T
+    if metric is Metric.IP:
+        return ip
+    return 2 * ip - (d * d).sum(-1)[None] - (q * q).sum(-1)[:, None]
+
+
+def _ndcg10(ranked: np.ndarray, positives: list[np.ndarray]) -> float:
+    """Binary-relevance nDCG@10 of ranked rows [Q, >=10] against each query's positive rows."""
+    disc = 1.0 / np.log2(np.arange(2, 12))
+    out = []
+    for r, p in zip(ranked[:, :10], positives, strict=True):
+        gain = np.isin(r, p).astype(float)
+        ideal = disc[:min(len(p), 10)].sum()
+        out.append(float((gain * disc[:len(gain)]).sum() / ideal))
+    return float(np.mean(out)) if out else float("nan")
+
+
+class BiDRDenseTrainer:
+    """Trains the query and document towers against the coarse index's shortlists.
+
+    Used by :func:`ebr.index.writer.write_index` (``dense_trainer=``) after the coarse index
+    holds every document and before the dense store is written.
+    """
+
+    method = "bidr"
+
+    def __init__(self, pairs: TrainingPairs, config: BiDRConfig | None = None,
+                 progress: bool = False) -> None:
+        self.pairs = pairs
+        self.config = config or BiDRConfig()
+        self.progress = progress
+        self.history: list[dict[str, float]] = []
+        self.info: dict[str, Any] = {}
+
+    def shortlists(self, index: faiss.Index, queries: np.ndarray,
+                   query_map: np.ndarray | None, nprobe: int) -> np.ndarray:
+        """Top-N rows of each query from the coarse index, as the searcher would get them."""
+        qc = queries if query_map is None else queries @ query_map.T
+        _, ids = index.search(np.ascontiguousarray(qc, dtype=np.float32),
+                              min(self.config.shortlist, index.ntotal),
+                              params=ivf_params(index, nprobe))
+        return ids.astype(np.int64)
+
+    def fit(self, index: faiss.Index, vectors: np.ndarray, metric: Metric, normalize: bool,
+            query_map: np.ndarray | None, nlist: int) -> tuple[Tower, Tower]:
+        """Train; returns (query tower, document tower)."""
+        cfg = self.config
+        t_start = time.perf_counter()
+        torch.manual_seed(cfg.seed)
+        rng = np.random.default_rng(cfg.seed)
+        pairs = self.pairs
+        d = vectors.shape[1]
+        if pairs.queries.shape[1] != d:
+            raise SpecError(f"training pairs are {pairs.queries.shape[1]}-d, vectors {d}-d")
+        top_row = max(int(p.max()) for p in pairs.positives)
+        if top_row >= len(vectors):
+            raise SpecError(f"training pairs name row {top_row}; the corpus has {len(vectors)}")
+        queries = pairs.queries
+        if normalize:
+            queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+        nprobe = min(cfg.nprobe or max(1, nlist // 4), nlist)
+        sl = self.shortlists(index, queries, query_map, nprobe)
+        t_short = time.perf_counter() - t_start
+
+        nval = int(len(pairs) * cfg.val_fraction) if len(pairs) >= 20 else 0
+        perm = rng.permutation(len(pairs))
+        va, tr = perm[:nval], perm[nval:]
+        graph = ShortlistGraph.build(sl[tr])
+        pos_tr = [pairs.positives[i] for i in tr]
+
+        # every row training or validation touches, read once (sorted: forward reads)
+        rows = np.unique(np.concatenate([sl[sl >= 0], *pairs.positives]))
+        local = {r: i for i, r in enumerate(rows.tolist())}
+        xd = np.asarray(vectors[rows], dtype=np.float32)
+        if normalize:
+            xd /= np.maximum(np.linalg.norm(xd, axis=1, keepdims=True), 1e-12)
+        xd_t = torch.from_numpy(xd)
+        to_local = np.vectorize(lambda r: local.get(int(r), -1), otypes=[np.int64])
+        xq_t = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+
+        qnet = TowerNet(Tower.identity(cfg.tower, d, normalize, cfg.hidden, cfg.seed),
+                        cfg.train_query_tower)
+        dnet = TowerNet(Tower.identity(cfg.tower, d, normalize, cfg.hidden, cfg.seed + 1),
+                        cfg.train_doc_tower)
+        params = [p for net in (qnet, dnet) for p in net.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        tau = cfg.temperature or self._calibrate_tau(queries, xd, sl, to_local, metric)
+
+        val_sl = sl[va]
+        val_pos = [pairs.positives[i] for i in va]
+
+        val_rows = np.unique(val_sl[val_sl >= 0]) if nval else np.zeros(0, np.int64)
+        val_loc_rows = torch.from_numpy(to_local(val_rows)) if nval else None
+        val_cols = np.searchsorted(val_rows, np.where(val_sl >= 0, val_sl, val_rows[:1]))\
+            if nval else None
+
+        @torch.no_grad()
+        def validate() -> dict[str, float]:
+            """Re-rank each held-out query's shortlist with the towers: nDCG@10, recall@10."""
+            if nval == 0:
+                return {"val_ndcg@10": float("nan")}
+            dv = dnet(xd_t[val_loc_rows])  # only the rows the shortlists hold
+            qv = qnet(xq_t[va])
+            s = np.empty(val_sl.shape, np.float32)
+            for i0 in range(0, nval, 256):  # [b, N] at a time, never [nval, rows]
+                sc = _scores(qv[i0:i0 + 256], dv, metric).numpy()
+                s[i0:i0 + 256] = np.take_along_axis(sc, val_cols[i0:i0 + 256], 1)
+            s[val_sl < 0] = -np.inf
+            ranked = np.take_along_axis(val_sl, np.argsort(-s, axis=1, kind="stable"), 1)
+            found = [np.isin(p, r[:10]).mean() for r, p in zip(ranked, val_pos, strict=True)]
+            return {"val_ndcg@10": _ndcg10(ranked, val_pos), "val_recall@10": float(np.mean(found))}
+
+        v0 = validate()
+        best = v0["val_ndcg@10"]
+        best_state = (copy.deepcopy(qnet.state_dict()), copy.deepcopy(dnet.state_dict()))
+        self.history = [{"epoch": 0, "loss": float("nan"), **v0}]
+        short_recall = float(np.mean([np.isin(pairs.positives[i], sl[i]).mean()
+                                      for i in range(len(pairs))]))
+        logger.info("bidr: %d train / %d val queries, shortlist N=%d at nprobe %d (holds %.1f%% "
+                    "of the positives), sampler %s, tau %.4g, start val nDCG@10 %.4f",
+                    len(tr), nval, sl.shape[1], nprobe, 100 * short_recall, cfg.sampler, tau, best)
+        bad, stopped = 0, "max_epochs"
+        bar = tqdm(range(1, cfg.max_epochs + 1), desc="bidr", disable=not self.progress)
+        for epoch in bar:
+            losses = []
+            for batch in batches(graph, cfg.batch_size, cfg.sampler, rng):
+                cand = candidates(batch, pos_tr, graph, cfg.hard_negatives, rng)
+                q = qnet(xq_t[tr[batch]])
+                dv = dnet(xd_t[torch.from_numpy(to_local(cand.docs))])
+                loss = info_nce(_scores(q, dv, metric), torch.from_numpy(cand.target), tau,
+                                torch.from_numpy(cand.valid))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                losses.append(float(loss.detach()))
+            vals = validate()
+            self.history.append({"epoch": epoch, "loss": float(np.mean(losses)), **vals})
+            bar.set_postfix(loss=f"{np.mean(losses):.4f}", val=f"{vals['val_ndcg@10']:.4f}")
+            if nval == 0 or vals["val_ndcg@10"] > best:
+                best, bad = vals["val_ndcg@10"], 0
+                best_state = (copy.deepcopy(qnet.state_dict()), copy.deepcopy(dnet.state_dict()))
+            else:
+                bad += 1
+                if bad >= cfg.patience:
+                    stopped = "early_stop"
+                    break
+            if cfg.time_budget_s and time.perf_counter() - t_start > cfg.time_budget_s:
+                stopped = "time_budget"
+                break
+        bar.close()
+        qnet.load_state_dict(best_state[0])
+        dnet.load_state_dict(best_state[1])
+        self.info = {
+            "n_train_queries": int(len(tr)), "n_val_queries": int(nval),
+            "n_pairs": pairs.n_pairs, "shortlist_nprobe": nprobe,
+            "shortlist_positive_recall": short_recall, "temperature": float(tau),
+            "stopped": stopped, "best_val_ndcg@10": best,
+            "seconds": {"shortlists": round(t_short, 2),
+                        "total": round(time.perf_counter() - t_start, 2)},
+        }
+        logger.info("bidr: %s after %d epochs, val nDCG@10 %.4f -> %.4f (%.1f s)", stopped,
+                    len(self.history) - 1, self.history[0]["val_ndcg@10"], best,
+                    time.perf_counter() - t_start)
+        return qnet.export(), dnet.export()
+
+    def describe(self) -> dict[str, Any]:
+        return {"method": self.method, "config": asdict(self.config), **self.info,
+                "history": self.history}
+
+    @staticmethod
+    def _calibrate_tau(queries: np.ndarray, xd: np.ndarray, sl: np.ndarray, to_local: Any,
+                       metric: Metric) -> float:
+        """Mean std of the base scores over each query's shortlist (first 256 queries)."""
+        spreads = []
+        for q, row in zip(queries[:256], sl[:256], strict=False):
+            loc = to_local(row[row >= 0])
+            if loc.size < 2:
+                continue
+            s = _scores(torch.from_numpy(q[None].astype(np.float32)),
+                        torch.from_numpy(xd[loc]), metric).numpy()
+            spreads.append(float(s.std()))
+        return float(max(np.mean(spreads) if spreads else 1.0, 1e-6))
