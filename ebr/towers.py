@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,12 +101,12 @@ class Tower:
         """Read a tower file; any malformed content is a :class:`CorruptFileError`."""
         path = Path(path)
         try:
-            with np.load(path, allow_pickle=False) as z:
+            with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:  # we own f
                 kind = str(z["kind"])
                 normalize = bool(z["normalize"])
                 weights = {k: np.array(z[k], dtype=np.float32) for k in _PARAMS.get(kind, ())}
             tower = cls(kind, weights, normalize)
-        except (OSError, ValueError, KeyError, SpecError) as e:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, SpecError) as e:
             raise CorruptFileError(f"{path}: not a readable tower file ({e})") from None
         if tower.dim != dim:
             raise CorruptFileError(f"{path}: tower dimension {tower.dim}, index dimension {dim}")

@@ -68,6 +68,25 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
     dv.add_argument("--distill-time-budget", type=float, help="stop training after this many "
                     "seconds (the best epoch so far is kept)")
     dv.add_argument("--no-query-map", action="store_true", help="do not learn the query map")
+    bd = p.add_argument_group("BiDR (labelled training pairs; needs the 'train' extra)")
+    bd.add_argument("--train-qrels", help="qrels .tsv of the training queries (query-id, "
+                    "corpus-id, score): turns on the labelled terms. Stage 1 (with --codebooks "
+                    "distill): contrastive quantization; stage 2: --towers")
+    bd.add_argument("--train-query-ids", help="ids of the --train-queries rows, one per line")
+    bd.add_argument("--contrastive-weight", type=float, default=3.0,
+                    help="stage 1: weight of the labelled InfoNCE term next to the distillation")
+    bd.add_argument("--towers", default="none", choices=["none", "linear", "mlp"],
+                    help="stage 2: train residual query/document towers on the coarse "
+                    "shortlists; the dense store is rewritten with the document tower")
+    bd.add_argument("--sampler", default="random_walk", choices=["random_walk", "snowball",
+                                                                  "random"],
+                    help="stage 2 mini-batches: locality-centric walks over the query <-> "
+                    "shortlist graph, or uniform")
+    bd.add_argument("--shortlist", type=int, default=200, help="stage 2: shortlist size N")
+    bd.add_argument("--shortlist-nprobe", type=int, help="stage 2: nprobe of the shortlists "
+                    "(default nlist/4; use the nprobe you will serve with)")
+    bd.add_argument("--tower-epochs", type=int, default=20, help="stage 2: max epochs (early "
+                    "stop on held-out pairs)")
 
 
 def _add_eval_args(p: argparse.ArgumentParser) -> None:
@@ -134,31 +153,71 @@ def _build(args: argparse.Namespace) -> None:
                          kmeans_niter=args.niter, seed=args.seed, codebooks=args.codebooks,
                          normalize=args.metric == "cosine")
     logger.info("build: %s", {k: v for k, v in vars(args).items() if k != "func"})
-    trainer = _distill_trainer(args) if args.codebooks == "distill" else None
-    m = write_index(args.out, x, params, ids, trainer=trainer, encoder=enc, source=source,
-                    overwrite=args.overwrite, progress=args.progress)
+    pairs = _training_pairs(args, x, ids)
+    if args.towers != "none" and pairs is None:
+        raise SystemExit("--towers needs labelled pairs: give --train-qrels")
+    trainer = _distill_trainer(args, pairs, x) if args.codebooks == "distill" else None
+    dense_trainer = None
+    if args.towers != "none":
+        from ebr.train.bidr import BiDRConfig, BiDRDenseTrainer
+
+        dense_trainer = BiDRDenseTrainer(pairs, BiDRConfig(
+            tower=args.towers, sampler=args.sampler, shortlist=args.shortlist,
+            nprobe=args.shortlist_nprobe, max_epochs=args.tower_epochs, seed=args.seed),
+            progress=args.progress)
+    m = write_index(args.out, x, params, ids, trainer=trainer, dense_trainer=dense_trainer,
+                    encoder=enc, source=source, overwrite=args.overwrite,
+                    progress=args.progress)
     logger.info("done: %s (%d vectors, %.1f s)", args.out, m.ntotal, m.build["seconds"]["total"])
 
 
-def _distill_trainer(args: argparse.Namespace) -> object:
+def _training_pairs(args: argparse.Namespace, x: object, ids: object) -> object:
+    """Labelled (query, positive rows) pairs from --train-qrels, or None."""
+    if not args.train_qrels:
+        return None
+    try:
+        from ebr.train.sampling import TrainingPairs
+    except ImportError as e:
+        raise SystemExit(str(e)) from None
+    from ebr.io.beir import load_ids, load_qrels
+    from ebr.io.vecs import load_vectors
+
+    if args.train_queries:
+        if not args.train_query_ids:
+            raise SystemExit("--train-qrels with --train-queries needs --train-query-ids")
+        queries, qids = load_vectors(args.train_queries), load_ids(args.train_query_ids)
+    elif args.train_split and args.beir:
+        from index_build.sources import load_eval_queries
+
+        queries, qids = load_eval_queries(None, args.beir, args.train_split, None)
+    else:
+        raise SystemExit("--train-qrels needs the training queries: --train-queries FILE "
+                         "--train-query-ids FILE, or --beir DIR --train-split SPLIT")
+    return TrainingPairs.from_qrels(queries, qids, load_qrels(args.train_qrels), ids,
+                                    len(x))  # type: ignore[arg-type]
+
+
+def _distill_trainer(args: argparse.Namespace, pairs: object = None, corpus: object = None
+                     ) -> object:
     try:
         from ebr.train.distill_vq import DistillConfig, DistillVQTrainer
     except ImportError as e:
         raise SystemExit(str(e)) from None
-    queries = None
-    if args.train_queries:
+    queries = None  # with pairs, their queries are the distillation queries too
+    if pairs is None and args.train_queries:
         from ebr.io.vecs import load_vectors
 
         queries = load_vectors(args.train_queries)
-    elif args.train_split and args.beir:
+    elif pairs is None and args.train_split and args.beir:
         from index_build.sources import load_eval_queries
 
         queries, _ = load_eval_queries(None, args.beir, args.train_split, None)
     cfg = DistillConfig(loss=args.distill_loss, top_k=args.distill_topk,
                         max_epochs=args.distill_epochs, time_budget_s=args.distill_time_budget,
                         n_pseudo=args.pseudo_queries, train_query_map=not args.no_query_map,
-                        seed=args.seed)
-    return DistillVQTrainer(cfg, queries=queries, niter=args.niter, progress=args.progress)
+                        contrastive_weight=args.contrastive_weight, seed=args.seed)
+    return DistillVQTrainer(cfg, queries=queries, niter=args.niter, progress=args.progress,
+                            pairs=pairs, corpus=corpus if pairs is not None else None)
 
 
 def _evaluate(args: argparse.Namespace) -> None:

@@ -144,7 +144,9 @@ def write_index(
     trainer: codebook trainer; default from ``params.codebooks`` (k-means or OPQ).
     dense_trainer: BiDR stage 2 (:class:`ebr.train.bidr.BiDRDenseTrainer`): learns a query and
         a document tower on the coarse index's shortlists; the dense store then holds the
-        document tower's output and the query tower is stored for the searcher.
+        document tower's output and the query tower is stored for the searcher. When the
+        towers do not beat the identity on the held-out pairs, ``fit`` returns ``None`` and
+        the index is written without them (the manifest still records the attempt).
     encoder: description of the text encoder that produced the vectors (lets the service
         accept text queries), e.g. ``{"name": "all-MiniLM-L6-v2", "normalize": True}``.
     """
@@ -178,7 +180,7 @@ def write_index(
         bar = tqdm(total=n, desc="encode+write", unit="vec", disable=not progress)
         assign = getattr(trainer, "assign", None)  # learned trainers keep their training lists
         query_map = getattr(trainer, "query_map", None)
-        towers: tuple[Tower, Tower] | None = None
+        towers: tuple[Tower, Tower] | None = None  # (query tower, document tower)
 
         def add(block: np.ndarray) -> None:
             if assign is not None:
@@ -201,16 +203,16 @@ def write_index(
         with open(tmp / dense_name, "wb") as fd:
             np.array([n, d], dtype=np.uint32).tofile(fd)
             for _, block in _chunks(vectors, params.normalize):
-                if towers is None:
+                if dense_trainer is None:
                     add(block)
-                else:
+                elif towers is not None:
                     block = towers[1].apply(block)
                 block.astype(dense_dtype).tofile(fd)
                 bar.update(len(block))
             fd.flush()
             os.fsync(fd.fileno())
         bar.close()
-        timings["write_dense" if towers is not None else "encode_and_write_dense"] = \
+        timings["write_dense" if dense_trainer is not None else "encode_and_write_dense"] = \
             time.perf_counter() - t0
 
         t0 = time.perf_counter()

@@ -157,8 +157,9 @@ class BiDRDenseTrainer:
         return ids.astype(np.int64)
 
     def fit(self, index: faiss.Index, vectors: np.ndarray, metric: Metric, normalize: bool,
-            query_map: np.ndarray | None, nlist: int) -> tuple[Tower, Tower]:
-        """Train; returns (query tower, document tower)."""
+            query_map: np.ndarray | None, nlist: int) -> tuple[Tower, Tower] | None:
+        """Train; returns (query tower, document tower), or ``None`` when no epoch beat the
+        identity on the held-out pairs (storing identity towers would only cost time)."""
         cfg = self.config
         t_start = time.perf_counter()
         torch.manual_seed(cfg.seed)
@@ -234,7 +235,7 @@ class BiDRDenseTrainer:
         logger.info("bidr: %d train / %d val queries, shortlist N=%d at nprobe %d (holds %.1f%% "
                     "of the positives), sampler %s, tau %.4g, start val nDCG@10 %.4f",
                     len(tr), nval, sl.shape[1], nprobe, 100 * short_recall, cfg.sampler, tau, best)
-        bad, stopped = 0, "max_epochs"
+        bad, stopped, best_epoch = 0, "max_epochs", 0
         bar = tqdm(range(1, cfg.max_epochs + 1), desc="bidr", disable=not self.progress)
         for epoch in bar:
             losses = []
@@ -252,7 +253,7 @@ class BiDRDenseTrainer:
             self.history.append({"epoch": epoch, "loss": float(np.mean(losses)), **vals})
             bar.set_postfix(loss=f"{np.mean(losses):.4f}", val=f"{vals['val_ndcg@10']:.4f}")
             if nval == 0 or vals["val_ndcg@10"] > best:
-                best, bad = vals["val_ndcg@10"], 0
+                best, bad, best_epoch = vals["val_ndcg@10"], 0, epoch
                 best_state = (copy.deepcopy(qnet.state_dict()), copy.deepcopy(dnet.state_dict()))
             else:
                 bad += 1
@@ -269,13 +270,18 @@ class BiDRDenseTrainer:
             "n_train_queries": int(len(tr)), "n_val_queries": int(nval),
             "n_pairs": pairs.n_pairs, "shortlist_nprobe": nprobe,
             "shortlist_positive_recall": short_recall, "temperature": float(tau),
-            "stopped": stopped, "best_val_ndcg@10": best,
+            "stopped": stopped, "best_val_ndcg@10": best, "best_epoch": best_epoch,
+            "stored": best_epoch > 0,
             "seconds": {"shortlists": round(t_short, 2),
                         "total": round(time.perf_counter() - t_start, 2)},
         }
         logger.info("bidr: %s after %d epochs, val nDCG@10 %.4f -> %.4f (%.1f s)", stopped,
                     len(self.history) - 1, self.history[0]["val_ndcg@10"], best,
                     time.perf_counter() - t_start)
+        if best_epoch == 0:
+            logger.warning("bidr: the towers never beat the identity on the held-out pairs; "
+                           "the index is written without them")
+            return None
         return qnet.export(), dnet.export()
 
     def describe(self) -> dict[str, Any]:
