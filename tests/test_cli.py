@@ -75,3 +75,30 @@ def test_build_distill_cli(tmp_path):
     assert cb["distill"]["loss"] == "mse+listnet" and oi.query_map is not None
     main(["generate", "--out", str(tmp_path / "gen"), "--n", "500", "--dim", "8"])
     assert (tmp_path / "gen" / "corpus.npy").exists()
+
+
+def test_build_bidr_cli(tmp_path):
+    """Labelled pairs through the CLI: stage 1 (contrastive) + stage 2 (towers) recorded."""
+    pytest.importorskip("torch", reason="extra 'train' not installed")
+    data = tmp_path / "gen"
+    assert main(["--no-progress", "generate", "--out", str(data), "--n", "3000",
+                 "--dim", "16"]) == 0
+    out = tmp_path / "idx"
+    common = ["--no-progress", "build", "--input", str(data / "corpus.npy"), "--out", str(out),
+              "--spec", "IVF8,PQ4", "--niter", "5"]
+    labels = ["--train-queries", str(data / "queries_train.npy"),
+              "--train-query-ids", str(data / "queries_train_ids.txt"),
+              "--train-qrels", str(data / "qrels" / "train.tsv")]
+    assert main(common + labels + ["--codebooks", "distill", "--distill-epochs", "2",
+                                   "--towers", "linear", "--tower-epochs", "2",
+                                   "--sampler", "snowball"]) == 0
+    m = open_index(out).manifest
+    assert m.codebooks["validation_metric"] == "val_positive_recall"
+    assert m.codebooks["labels"]["n_train_pairs"] > 0
+    tw = m.build["towers"]
+    assert tw["method"] == "bidr" and tw["config"]["sampler"] == "snowball"
+    assert (m.towers is not None) == tw["stored"]
+    with pytest.raises(SystemExit, match="--train-qrels"):
+        main(common + ["--towers", "linear", "--overwrite"])
+    with pytest.raises(SystemExit, match="--train-query-ids"):
+        main(common + labels[:2] + labels[4:] + ["--overwrite"])
