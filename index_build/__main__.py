@@ -13,7 +13,9 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import faiss
 
@@ -87,6 +89,13 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
                     "(default nlist/4; use the nprobe you will serve with)")
     bd.add_argument("--tower-epochs", type=int, default=20, help="stage 2: max epochs (early "
                     "stop on held-out pairs)")
+    bd.add_argument("--finetune-encoder", action="store_true",
+                    help="with --beir: fine-tune MiniLM itself on the pairs (negatives from a "
+                    "k-means coarse index's shortlists), store it in the index, re-encode the "
+                    "corpus with it, then build as usual (slow on CPU: see --finetune-pairs)")
+    bd.add_argument("--finetune-pairs", type=int, default=512,
+                    help="(query, positive) pairs sampled per fine-tuning epoch (0: all)")
+    bd.add_argument("--finetune-epochs", type=int, default=1, help="fine-tuning epochs")
 
 
 def _add_eval_args(p: argparse.ArgumentParser) -> None:
@@ -138,7 +147,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _build(args: argparse.Namespace) -> None:
-    from ebr.index.writer import write_index
     from index_build.sources import load_source, write_synthetic
 
     if args.synthetic:
@@ -156,6 +164,21 @@ def _build(args: argparse.Namespace) -> None:
     pairs = _training_pairs(args, x, ids)
     if args.towers != "none" and pairs is None:
         raise SystemExit("--towers needs labelled pairs: give --train-qrels")
+    if args.finetune_encoder and (pairs is None or not args.beir):
+        raise SystemExit("--finetune-encoder needs --beir, --train-split and --train-qrels")
+    with tempfile.TemporaryDirectory(prefix="ebr-encoder-") as model_tmp:
+        extra_dirs = None
+        if args.finetune_encoder:
+            x, pairs, enc = _finetune_encoder(args, x, ids, pairs, params, Path(model_tmp))
+            extra_dirs = {"encoder": Path(model_tmp)}
+        m = _write(args, x, ids, params, pairs, enc, source, extra_dirs)
+    logger.info("done: %s (%d vectors, %.1f s)", args.out, m.ntotal, m.build["seconds"]["total"])
+
+
+def _write(args: argparse.Namespace, x: Any, ids: Any, params: BuildParams, pairs: Any,
+           enc: Any, source: Any, extra_dirs: Any) -> Any:
+    from ebr.index.writer import write_index
+
     trainer = _distill_trainer(args, pairs, x) if args.codebooks == "distill" else None
     dense_trainer = None
     if args.towers != "none":
@@ -167,8 +190,8 @@ def _build(args: argparse.Namespace) -> None:
             progress=args.progress)
     m = write_index(args.out, x, params, ids, trainer=trainer, dense_trainer=dense_trainer,
                     encoder=enc, source=source, overwrite=args.overwrite,
-                    progress=args.progress)
-    logger.info("done: %s (%d vectors, %.1f s)", args.out, m.ntotal, m.build["seconds"]["total"])
+                    progress=args.progress, extra_dirs=extra_dirs)
+    return m
 
 
 def _training_pairs(args: argparse.Namespace, x: object, ids: object) -> object:
@@ -195,6 +218,46 @@ def _training_pairs(args: argparse.Namespace, x: object, ids: object) -> object:
                          "--train-query-ids FILE, or --beir DIR --train-split SPLIT")
     return TrainingPairs.from_qrels(queries, qids, load_qrels(args.train_qrels), ids,
                                     len(x))  # type: ignore[arg-type]
+
+
+def _finetune_encoder(args: argparse.Namespace, x: Any, ids: Any, pairs: Any,
+                      params: BuildParams, model_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
+    """Fine-tune MiniLM on the pairs, save it to ``model_dir``, re-encode corpus and queries.
+
+    Returns (corpus vectors, pairs with re-encoded queries, encoder info for the manifest).
+    """
+    import numpy as np
+
+    from ebr.io.beir import load_corpus, load_queries
+    from ebr.io.encoder import MINILM, TextEncoder
+    from ebr.quant.faiss_bridge import KMeansTrainer, ivf_params
+    from ebr.train.encoder_ft import EncoderFineTuneConfig, fine_tune_encoder
+
+    doc_ids, doc_texts = load_corpus(args.beir)
+    if ids is not None and list(map(str, ids)) != doc_ids:
+        raise SystemExit(f"{args.beir}: corpus order differs from the embeddings' order")
+    qtext = load_queries(args.beir)
+    query_texts = [qtext[q] for q in pairs.ids]
+    # the shortlists a plain k-means index over the base embeddings hands the re-rank
+    x = np.asarray(x, dtype=np.float32)
+    sample = x[np.random.default_rng(params.seed).permutation(len(x))[:params.train_size]]
+    index = KMeansTrainer(niter=params.kmeans_niter).train(sample, params.spec, params.metric,
+                                                           params.seed)
+    index.add(x)
+    nprobe = args.shortlist_nprobe or max(1, params.spec.nlist // 4)
+    _, sl = index.search(pairs.queries, min(args.shortlist, len(x)),
+                         params=ivf_params(index, min(nprobe, params.spec.nlist)))
+    enc = TextEncoder()
+    info = fine_tune_encoder(enc.model, query_texts, doc_texts, pairs.positives, sl,
+                             EncoderFineTuneConfig(epochs=args.finetune_epochs,
+                                                   max_pairs=args.finetune_pairs or None,
+                                                   seed=args.seed), progress=args.progress)
+    enc.model.save(str(model_dir))
+    enc_info = {**MINILM, "path": "encoder", "fine_tuned": {**info, "pairs": pairs.n_pairs}}
+    logger.info("re-encoding %d documents and %d queries with the fine-tuned encoder",
+                len(doc_texts), len(query_texts))
+    x_new = enc.encode(doc_texts, progress=args.progress)  # enc.model was tuned in place
+    return x_new, pairs.with_queries(enc.encode(query_texts)), enc_info
 
 
 def _distill_trainer(args: argparse.Namespace, pairs: object = None, corpus: object = None

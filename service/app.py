@@ -64,13 +64,14 @@ def open_generation(settings: Settings, previous: ServiceState | None = None
     encoder = None
     if oi.manifest.encoder and settings.text_encoder == "auto":
         old = previous.current.encoder if previous is not None and previous.current else None
-        if old is not None and old.info.get("name") == oi.manifest.encoder.get("name"):
-            encoder = old  # same model: keep it loaded across reloads
-        else:
+        if old is not None and old.info == oi.manifest.encoder and \
+                not oi.manifest.encoder.get("path"):
+            encoder = old  # same packaged model: keep it loaded across reloads
+        else:  # another model, or a fine-tuned one that lives in the index directory
             try:
                 from ebr.io.encoder import TextEncoder
 
-                encoder = TextEncoder(oi.manifest.encoder).load()
+                encoder = TextEncoder(oi.manifest.encoder, base_dir=oi.path).load()
             except (ImportError, ValueError, OSError) as e:
                 logger.warning("text queries disabled: %s", e)
     version = f"{oi.manifest.build.get('created', '?')}/{oi.manifest.files['coarse.index'].sha256[:12]}"

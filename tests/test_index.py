@@ -141,11 +141,12 @@ def test_malformed_manifest(index_ip, tmp_path):
     (d / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(IndexFormatError, match="malformed"):
         open_index(d)
-    m = json.loads((index_ip / "manifest.json").read_text())
-    m["files"]["../etc"] = {"bytes": 1, "sha256": "0"}
-    (d / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(IndexFormatError, match="escapes"):
-        open_index(d)
+    for bad in ("../etc", "/etc/passwd", "encoder/../../x", ".hidden", "a\\..\\b"):
+        m = json.loads((index_ip / "manifest.json").read_text())
+        m["files"][bad] = {"bytes": 1, "sha256": "0"}
+        (d / "manifest.json").write_text(json.dumps(m))
+        with pytest.raises(IndexFormatError, match="escapes"):
+            open_index(d)
 
 
 def test_manifest_disagrees_with_coarse(index_ip, tmp_path):

@@ -90,3 +90,42 @@ def test_beir_build_and_text_search(beir_dir, tmp_path, monkeypatch, caplog):
                                     "params": {"candidates": 6, "nprobe": 1}})
         assert r.status_code == 200, r.text
         assert r.json()["result"]["hits"][0]["id"] == "d3"
+
+
+def test_finetuned_encoder_build(beir_dir, tmp_path, monkeypatch, encoder):
+    """--finetune-encoder: MiniLM is fine-tuned on the pairs, stored (checksummed) in the index,
+    the dense store holds its embeddings, and the service encodes text queries with it."""
+    from ebr.errors import CorruptFileError
+
+    monkeypatch.setenv("EBR_CACHE_DIR", str(tmp_path / "cache"))
+    train = {"t1": ("medicine for diabetes", "d3"), "t2": ("lava and volcanoes", "d2"),
+             "t3": ("birds of antarctica", "d4"), "t4": ("why coffee keeps you awake", "d6"),
+             "t5": ("heart attack prevention", "d1"), "t6": ("Bell test photons", "d5")}
+    with (beir_dir / "queries.jsonl").open("a") as f:
+        for q, (text, _) in train.items():
+            f.write(json.dumps({"_id": q, "text": text}) + "\n")
+    (beir_dir / "qrels" / "train.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, (_, d) in train.items()))
+    out = tmp_path / "idx"
+    assert main(["--no-progress", "build", "--beir", str(beir_dir), "--out", str(out),
+                 "--spec", "IVF1,PQ4x2", "--niter", "3", "--train-split", "train",
+                 "--train-qrels", str(beir_dir / "qrels" / "train.tsv"), "--finetune-encoder",
+                 "--finetune-epochs", "2", "--shortlist", "6"]) == 0
+    oi = open_index(out)
+    enc = oi.manifest.encoder
+    assert enc["path"] == "encoder" and enc["fine_tuned"]["steps"] == 2
+    assert "encoder/model.safetensors" in oi.manifest.files
+    tuned = TextEncoder(enc, base_dir=out)
+    texts = [f"{t} {x}" for _, t, x in DOCS]
+    np.testing.assert_allclose(np.asarray(oi.dense), tuned.encode(texts), atol=1e-5)
+    assert not np.allclose(np.asarray(oi.dense), encoder.encode(texts), atol=1e-4)  # it moved
+    with TestClient(create_app(Settings(index_dir=str(out)))) as c:
+        r = c.post("/search", json={"text": "treating diabetes", "k": 2,
+                                    "params": {"candidates": 6, "nprobe": 1}})
+        assert r.status_code == 200, r.text
+        assert r.json()["result"]["hits"][0]["id"] == "d3"
+    raw = bytearray((out / "encoder" / "model.safetensors").read_bytes())
+    raw[-10] ^= 0xFF
+    (out / "encoder" / "model.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(CorruptFileError, match="model.safetensors"):
+        open_index(out)

@@ -72,9 +72,14 @@ class OpenIndex:
         parts = coarse_ram_bytes(self.coarse)
         coarse = parts["coarse_ram_bytes"]
         dense = self.manifest.files[layout.DENSE[self.manifest.dense_dtype]].bytes
+        query_side = (0 if self.query_map is None else self.query_map.nbytes) + (
+            0 if self.query_tower is None else
+            sum(w.nbytes for w in self.query_tower.weights.values()))
         return {
             **parts,
             "coarse_ram_bytes_per_vector": coarse / max(self.ntotal, 1),
+            "query_side_bytes": query_side,  # query map + query tower (fixed, not per vector)
+            "ram_bytes_per_vector": (coarse + query_side) / max(self.ntotal, 1),
             "dense_disk_bytes": dense,
             "dense_bytes_per_vector": dense / max(self.ntotal, 1),
             "ram_fraction_of_dense": coarse / max(dense, 1),

@@ -129,6 +129,7 @@ def write_index(
     trainer: CodebookTrainer | None = None,
     dense_trainer: Any | None = None,
     encoder: dict[str, Any] | None = None,
+    extra_dirs: dict[str, Path] | None = None,
     source: dict[str, Any] | None = None,
     overwrite: bool = False,
     progress: bool = False,
@@ -149,6 +150,8 @@ def write_index(
         the index is written without them (the manifest still records the attempt).
     encoder: description of the text encoder that produced the vectors (lets the service
         accept text queries), e.g. ``{"name": "all-MiniLM-L6-v2", "normalize": True}``.
+    extra_dirs: directories copied into the index under the given names, every file listed
+        and checksummed (a fine-tuned text encoder: ``{"encoder": model_dir}``).
     """
     t_start = time.perf_counter()
     target = Path(directory)
@@ -234,6 +237,15 @@ def write_index(
         if query_map is not None:
             write_bin(tmp / layout.QUERY_MAP, np.asarray(query_map, dtype=np.float32))
             names.append(layout.QUERY_MAP)
+        for name, src in (extra_dirs or {}).items():
+            if "/" in name or name.startswith(".") or name in names:
+                raise InputError(f"extra_dirs: bad directory name {name!r}")
+            shutil.copytree(src, tmp / name)
+            for f in sorted((tmp / name).rglob("*")):
+                if f.is_file():
+                    with open(f, "rb+") as fh:
+                        os.fsync(fh.fileno())
+                    names.append(f.relative_to(tmp).as_posix())
         if towers is not None:
             towers[0].save(tmp / layout.QUERY_TOWER)
             towers[1].save(tmp / layout.DOC_TOWER)

@@ -118,7 +118,9 @@ def read_manifest(directory: Path) -> Manifest:
 def verify_files(directory: Path, manifest: Manifest, checksums: bool = True) -> None:
     """Check every listed file exists with the recorded size (and sha256 when ``checksums``)."""
     for name, entry in manifest.files.items():
-        if "/" in name or name.startswith("."):
+        parts = Path(name).parts
+        if not parts or Path(name).is_absolute() or any(p.startswith(".") for p in parts) \
+                or "\\" in name:
             raise IndexFormatError(f"{MANIFEST}: file name {name!r} escapes the index directory")
         p = directory / name
         if not p.is_file():

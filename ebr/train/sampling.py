@@ -34,10 +34,12 @@ SAMPLERS = ("random_walk", "snowball", "random")
 
 @dataclass(frozen=True)
 class TrainingPairs:
-    """queries [Q, d] float32; positives[i]: int64 corpus rows relevant to query i (>= 1)."""
+    """queries [Q, d] float32; positives[i]: int64 corpus rows relevant to query i (>= 1);
+    ids: the queries' external ids, when known."""
 
     queries: np.ndarray
     positives: tuple[np.ndarray, ...]
+    ids: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.queries.ndim != 2 or len(self.queries) != len(self.positives):
@@ -80,10 +82,11 @@ class TrainingPairs:
                 pos.append(np.unique(np.array([row[d] for d in rel], dtype=np.int64)))
         if not keep:
             raise InputError("training qrels: no query has a relevant document in the corpus")
-        return cls(queries[keep], tuple(pos))
+        return cls(queries[keep], tuple(pos), tuple(str(query_ids[i]) for i in keep))
 
-    def subset(self, idx: np.ndarray) -> TrainingPairs:
-        return TrainingPairs(self.queries[idx], tuple(self.positives[i] for i in idx))
+    def with_queries(self, queries: np.ndarray) -> TrainingPairs:
+        """The same pairs with new query vectors (e.g. from a fine-tuned encoder)."""
+        return TrainingPairs(np.asarray(queries, np.float32), self.positives, self.ids)
 
 
 @dataclass(frozen=True)

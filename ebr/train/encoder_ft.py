@@ -1,0 +1,121 @@
+"""BiDR's dense side with more compute: fine-tune the text encoder itself (MiniLM) instead of
+training towers on its frozen output.
+
+    negatives  each training query's shortlist from a coarse IVF-PQ index over the base
+               embeddings (positives excluded): the documents the codes would hand the re-rank
+    loss       InfoNCE of <E(q), E(d+)> against the batch's positives and hard negatives
+               (every other document of the batch, the query's own positives masked)
+    sample     ``max_pairs`` caps the (query, positive) pairs per epoch: on CPU (about 25
+               abstracts/s forward alone) a few hundred pairs take minutes
+    result     the fine-tuned model, saved by the builder into the index directory; the corpus
+               is re-encoded with it and the rest of the build (codes, stages 1 and 2) runs on
+               the new embeddings. The service then encodes text queries with that model.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ebr.errors import SpecError
+from ebr.train.losses import info_nce
+
+__all__ = ["EncoderFineTuneConfig", "fine_tune_encoder"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EncoderFineTuneConfig:
+    epochs: int = 1
+    batch_size: int = 16
+    hard_negatives: int = 1  # per query, from its shortlist
+    lr: float = 2e-5
+    temperature: float = 0.05  # cosine units (MiniLM embeddings are unit-norm)
+    max_pairs: int | None = 512  # pairs per epoch (sampled); None: all
+    max_seq_length: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "max_seq_length"):
+            if getattr(self, name) < 1:
+                raise SpecError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.hard_negatives < 0:
+            raise SpecError(f"hard_negatives must be >= 0, got {self.hard_negatives}")
+
+
+def fine_tune_encoder(model: Any, query_texts: Sequence[str], doc_texts: Sequence[str],
+                      positives: Sequence[np.ndarray], shortlists: np.ndarray,
+                      config: EncoderFineTuneConfig | None = None,
+                      progress: bool = False) -> dict[str, Any]:
+    """Fine-tune a sentence-transformers ``model`` in place.
+
+    query_texts[i] has relevant documents ``positives[i]`` (rows of ``doc_texts``) and
+    shortlist rows ``shortlists[i]`` (``-1`` padding). Returns a description (settings, loss
+    per epoch, seconds) for the manifest.
+    """
+    cfg = config or EncoderFineTuneConfig()
+    if not (len(query_texts) == len(positives) == len(shortlists)):
+        raise SpecError("query_texts, positives and shortlists must have one entry per query")
+    t_start = time.perf_counter()
+    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model.max_seq_length = min(cfg.max_seq_length, model.max_seq_length or cfg.max_seq_length)
+    pairs = [(i, int(p)) for i, ps in enumerate(positives) for p in ps]
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+
+    def embed(texts: list[str]) -> torch.Tensor:
+        prep = getattr(model, "preprocess", None) or model.tokenize  # ST >= 6 renamed it
+        feats = {k: v.to(model.device) for k, v in prep(texts).items()
+                 if isinstance(v, torch.Tensor)}
+        return torch.nn.functional.normalize(model(feats)["sentence_embedding"], dim=-1)
+
+    model.train()
+    losses: list[float] = []
+    n_steps = 0
+    for epoch in range(cfg.epochs):
+        order = rng.permutation(len(pairs))
+        if cfg.max_pairs is not None:
+            order = order[:cfg.max_pairs]
+        epoch_losses = []
+        bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"fine-tune encoder {epoch + 1}",
+                   disable=not progress)
+        for b0 in bar:
+            batch = [pairs[j] for j in order[b0:b0 + cfg.batch_size]]
+            if len(batch) < 2:
+                continue
+            docs = [p for _, p in batch]
+            for q, _ in batch:
+                sl = shortlists[q]
+                neg = sl[(sl >= 0) & ~np.isin(sl, positives[q])]
+                if neg.size and cfg.hard_negatives:
+                    docs += rng.choice(neg, size=min(cfg.hard_negatives, neg.size),
+                                       replace=False).tolist()
+            uniq, inv = np.unique(np.array(docs), return_inverse=True)
+            target = torch.from_numpy(inv[:len(batch)].astype(np.int64))
+            valid = np.ones((len(batch), len(uniq)), dtype=bool)
+            for i, (q, _) in enumerate(batch):
+                valid[i, np.isin(uniq, positives[q])] = False
+                valid[i, inv[i]] = True
+            qe = embed([query_texts[q] for q, _ in batch])
+            de = embed([doc_texts[d] for d in uniq.tolist()])
+            loss = info_nce(qe @ de.T, target, cfg.temperature, torch.from_numpy(valid))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            n_steps += 1
+            epoch_losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{np.mean(epoch_losses):.4f}")
+        bar.close()
+        losses.append(float(np.mean(epoch_losses)) if epoch_losses else float("nan"))
+        logger.info("encoder fine-tuning: epoch %d, loss %.4f", epoch + 1, losses[-1])
+    model.eval()
+    return {"config": asdict(cfg), "n_pairs": len(pairs), "steps": n_steps,
+            "loss_per_epoch": losses, "seconds": round(time.perf_counter() - t_start, 2)}
