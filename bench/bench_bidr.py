@@ -57,6 +57,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                     "sampler": "random_walk"},
     "ablation: stage 1 weight 1": {"codebooks": "distill", "labels": True,
                                    "contrastive_weight": 1.0},
+    "ablation: 1+2 query tower only": {"codebooks": "distill", "labels": True,
+                                       "towers": "linear", "sampler": "random_walk",
+                                       "doc_tower": False},
+    "ablation: 1+2 val split by document": {"codebooks": "distill", "labels": True,
+                                            "towers": "linear", "sampler": "random_walk",
+                                            "val_split": "document"},
+    "ablation: 1+2 query tower only, lr 1e-4": {"codebooks": "distill", "labels": True,
+                                                "towers": "linear", "sampler": "random_walk",
+                                                "doc_tower": False, "lr": 1e-4},
 }
 
 
@@ -103,14 +112,17 @@ def run(task: dict[str, Any]) -> list[dict[str, Any]]:
         from ebr.train.distill_vq import DistillConfig, DistillVQTrainer
 
         cfg = DistillConfig(val_nprobe=task["train_nprobe"],
-                            contrastive_weight=v.get("contrastive_weight", 3.0))
+                            contrastive_weight=v.get("contrastive_weight", 3.0),
+                            val_split=v.get("val_split", "query"))
         trainer = (DistillVQTrainer(cfg, pairs=pairs, corpus=ds["xb"]) if v.get("labels")
                    else DistillVQTrainer(cfg, queries=ds["xtrain"]))
     if v.get("towers"):
         from ebr.train.bidr import BiDRConfig, BiDRDenseTrainer
 
-        dense = BiDRDenseTrainer(pairs, BiDRConfig(tower=v["towers"], sampler=v["sampler"],
-                                                   nprobe=task["train_nprobe"]))
+        dense = BiDRDenseTrainer(pairs, BiDRConfig(
+            tower=v["towers"], sampler=v["sampler"], nprobe=task["train_nprobe"],
+            train_doc_tower=v.get("doc_tower", True), lr=v.get("lr", 1e-3),
+            val_split=v.get("val_split", "query")))
     # test queries whose positives no train claim cites
     train_docs = {d for q in ds["train_qrels"].values() for d in q}
     rel = [ds["qrels"].get(q, {}) for q in ds["qids"]]

@@ -12,7 +12,14 @@ Build
                            from_faiss / to_faiss / add_with_assignment for learned ones
     ebr.train.losses       ListNet, KL-div, MSE, Margin-MSE (torch; extra 'train')     [test_train]
     ebr.train.distill_vq   Distill-VQ: centroids + codebooks + query map, distilled    [test_train]
-                           from the dense scores (DistillVQTrainer plugs into write_index)
+                           from the dense scores (DistillVQTrainer plugs into write_index);
+                           with labelled pairs also BiDR stage 1 (contrastive codes)   [test_bidr]
+    ebr.train.sampling     labelled pairs, validation splits, the locality-centric     [test_bidr]
+                           batch sampler over the query <-> shortlist graph (numpy)
+    ebr.train.bidr         BiDR stage 2: query/document towers trained on the coarse   [test_bidr]
+                           index's shortlists (BiDRDenseTrainer -> write_index)
+    ebr.train.encoder_ft   BiDR with more compute: fine-tune MiniLM itself             [test_text]
+    ebr.towers             the towers as numpy (build: documents; search: queries)     [test_bidr]
     ebr.index.writer       write_index: atomic index directory, manifest last          [test_index]
     ebr.io.manifest        manifest.json: format version, sha256 per file, provenance  [test_index]
 

@@ -89,6 +89,10 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
                     "(default nlist/4; use the nprobe you will serve with)")
     bd.add_argument("--tower-epochs", type=int, default=20, help="stage 2: max epochs (early "
                     "stop on held-out pairs)")
+    bd.add_argument("--val-split", default="query", choices=["query", "document"],
+                    help="held-out pairs for early stopping: random queries, or whole groups "
+                    "of queries sharing positives (no held-out positive is a training one: "
+                    "rewards only what carries over to unlabelled documents)")
     bd.add_argument("--finetune-encoder", action="store_true",
                     help="with --beir: fine-tune MiniLM itself on the pairs (negatives from a "
                     "k-means coarse index's shortlists), store it in the index, re-encode the "
@@ -186,7 +190,8 @@ def _write(args: argparse.Namespace, x: Any, ids: Any, params: BuildParams, pair
 
         dense_trainer = BiDRDenseTrainer(pairs, BiDRConfig(
             tower=args.towers, sampler=args.sampler, shortlist=args.shortlist,
-            nprobe=args.shortlist_nprobe, max_epochs=args.tower_epochs, seed=args.seed),
+            nprobe=args.shortlist_nprobe, max_epochs=args.tower_epochs,
+            val_split=args.val_split, seed=args.seed),
             progress=args.progress)
     m = write_index(args.out, x, params, ids, trainer=trainer, dense_trainer=dense_trainer,
                     encoder=enc, source=source, overwrite=args.overwrite,
@@ -278,7 +283,8 @@ def _distill_trainer(args: argparse.Namespace, pairs: object = None, corpus: obj
     cfg = DistillConfig(loss=args.distill_loss, top_k=args.distill_topk,
                         max_epochs=args.distill_epochs, time_budget_s=args.distill_time_budget,
                         n_pseudo=args.pseudo_queries, train_query_map=not args.no_query_map,
-                        contrastive_weight=args.contrastive_weight, seed=args.seed)
+                        contrastive_weight=args.contrastive_weight,
+                        val_split=args.val_split, seed=args.seed)
     return DistillVQTrainer(cfg, queries=queries, niter=args.niter, progress=args.progress,
                             pairs=pairs, corpus=corpus if pairs is not None else None)
 

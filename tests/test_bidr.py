@@ -30,6 +30,7 @@ from ebr.train.sampling import (  # noqa: E402
     batches,
     candidates,
     random_walk,
+    split_pairs,
 )
 
 D, N = 16, 1500
@@ -77,6 +78,25 @@ def test_pairs_from_qrels_maps_ids_and_drops_unlabelled():
         TrainingPairs.from_qrels(xq, ["a"], qrels, None, 3)
     with pytest.raises(InputError, match="NaN"):
         TrainingPairs(np.full((1, 4), np.nan, np.float32), (np.array([0]),))
+
+
+def test_document_split_keeps_validation_positives_unseen():
+    rng = np.random.default_rng(0)
+    pos = [rng.choice(600, size=rng.integers(1, 3), replace=False) for _ in range(200)]
+    tr, va = split_pairs(pos, 0.2, "document", rng)
+    assert len(va) >= 40 and sorted(np.concatenate([tr, va]).tolist()) == list(range(200))
+    seen = set(np.concatenate([pos[i] for i in tr]).tolist())
+    assert not seen & set(np.concatenate([pos[i] for i in va]).tolist())
+    tr_q, va_q = split_pairs(pos, 0.2, "query", rng)  # the query split shares documents
+    assert len(va_q) == 40
+    assert set(np.concatenate([pos[i] for i in tr_q]).tolist()) & \
+        set(np.concatenate([pos[i] for i in va_q]).tolist())
+    with pytest.raises(SpecError):
+        split_pairs(pos, 0.2, "bogus", rng)
+    # one giant group (every query shares document 0): no disjoint split exists
+    tangled = [np.array([0, i]) for i in range(1, 101)]
+    tr, va = split_pairs(tangled, 0.2, "document", rng)
+    assert len(va) == 20 and len(tr) == 80
 
 
 # -- sampler ----------------------------------------------------------------------------------

@@ -36,7 +36,15 @@ from ebr.metric import Metric
 from ebr.quant.faiss_bridge import ivf_params
 from ebr.towers import TOWER_KINDS, Tower
 from ebr.train.losses import info_nce
-from ebr.train.sampling import SAMPLERS, ShortlistGraph, TrainingPairs, batches, candidates
+from ebr.train.sampling import (
+    SAMPLERS,
+    VAL_SPLITS,
+    ShortlistGraph,
+    TrainingPairs,
+    batches,
+    candidates,
+    split_pairs,
+)
 
 __all__ = ["BiDRConfig", "BiDRDenseTrainer", "TowerNet"]
 
@@ -70,6 +78,7 @@ class BiDRConfig:
     max_epochs: int = 20
     patience: int = 3
     val_fraction: float = 0.15
+    val_split: str = "query"  # query | document: see ebr.train.sampling.split_pairs
     time_budget_s: float | None = None
     seed: int = 0
 
@@ -85,6 +94,8 @@ class BiDRConfig:
             raise SpecError(f"batch_size must be >= 2, got {self.batch_size}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise SpecError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.val_split not in VAL_SPLITS:
+            raise SpecError(f"val_split must be one of {VAL_SPLITS}, got {self.val_split!r}")
         if not (self.train_query_tower or self.train_doc_tower):
             raise SpecError("train at least one of the query and document towers")
 
@@ -178,9 +189,8 @@ class BiDRDenseTrainer:
         sl = self.shortlists(index, queries, query_map, nprobe)
         t_short = time.perf_counter() - t_start
 
-        nval = int(len(pairs) * cfg.val_fraction) if len(pairs) >= 20 else 0
-        perm = rng.permutation(len(pairs))
-        va, tr = perm[:nval], perm[nval:]
+        tr, va = split_pairs(pairs.positives, cfg.val_fraction, cfg.val_split, rng)
+        nval = len(va)
         graph = ShortlistGraph.build(sl[tr])
         pos_tr = [pairs.positives[i] for i in tr]
 

@@ -39,7 +39,7 @@ from ebr.metric import Metric
 from ebr.quant.faiss_bridge import KMeansTrainer, from_faiss, rotate, to_faiss
 from ebr.spec import IndexSpec
 from ebr.train.losses import LOSSES, info_nce
-from ebr.train.sampling import TrainingPairs
+from ebr.train.sampling import TrainingPairs, split_pairs
 
 __all__ = ["DistillConfig", "DistillVQ", "DistillVQTrainer", "teacher_topk", "pseudo_queries"]
 
@@ -83,6 +83,7 @@ class DistillConfig:
     contrastive_weight: float = 3.0  # labelled InfoNCE weight (only with pairs); SciFact: 1 -> 3
     # raised held-out positive recall@100 from 0.869 to 0.919 (bench/results/bidr.md)
     contrastive_temperature: float | None = None  # None: 4 x the distillation temperature
+    val_split: str = "query"  # labelled pairs: query | document (sampling.split_pairs)
 
     def __post_init__(self) -> None:
         if self.contrastive_weight < 0:
@@ -433,10 +434,9 @@ class DistillVQTrainer:
         to_local = dict(zip(rows.tolist(), where.tolist(), strict=True))
         pos = [np.array([to_local[r] for r in p.tolist()], dtype=np.int64)
                for p in pairs.positives]
-        nval = (min(int(len(pairs) * cfg.val_fraction), cfg.max_val_queries)
-                if len(pairs) >= 20 else 0)
-        perm = rng.permutation(len(pairs))
-        tr, va = perm[nval:], perm[:nval]
+        tr, va = split_pairs(pairs.positives, cfg.val_fraction, cfg.val_split, rng)
+        va = va[:cfg.max_val_queries]
+        nval = len(va)
         q_tr = queries[tr]
         top = teacher_topk(q_tr, xt, cfg.top_k, metric)
         val = (queries[va], [pos[i] for i in va]) if nval else None
