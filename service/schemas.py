@@ -114,6 +114,8 @@ class IndexInfo(BaseModel):
     codebooks: dict[str, Any]
     encoder: dict[str, Any] | None
     text_queries: bool
+    towers: dict[str, Any] | None = Field(
+        None, description="BiDR stage 2: how the towers were trained, whether they are applied")
     memory: dict[str, float]
     build: dict[str, Any]
 

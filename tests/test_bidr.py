@@ -284,3 +284,26 @@ def test_stage1_contrastive_term(task):
     assert h[-1]["loss"] < h[1]["loss"] or len(h) <= 2
     with pytest.raises(SpecError, match="corpus"):
         DistillVQTrainer(cfg, pairs=pairs)
+
+
+def test_service_serves_a_tower_index(task, trained):
+    """Over HTTP a tower index answers exactly what the in-process searcher answers."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    out, dt, _ = trained
+    q = task["xq_te"][:5]
+    ref = Searcher(open_index(out)).search(q, SearchParams(k=5, nprobe=8, k_coarse=100))[0]
+    with TestClient(create_app(Settings(index_dir=str(out)))) as c:
+        info = c.get("/index").json()
+        assert info["format_version"] == "2.0" and info["towers"]["stored"] is True
+        assert "history" not in info["towers"]
+        for i in range(len(q)):
+            r = c.post("/search", json={"vector": q[i].tolist(), "k": 5,
+                                        "params": {"nprobe": 8, "candidates": 100}})
+            assert r.status_code == 200, r.text
+            hits = r.json()["result"]["hits"]
+            assert [h["id"] for h in hits] == ref.ids[i].tolist()
+            np.testing.assert_allclose([h["score"] for h in hits], ref.scores[i], atol=1e-5)

@@ -36,6 +36,8 @@ def index_info(gen: GenerationDep) -> IndexInfo:
         index_version=gen.version, generation=gen.number, codebooks=m.codebooks,
         encoder=m.encoder,
         text_queries=gen.encoder is not None,
+        towers=None if not m.build.get("towers") else
+        {k: v for k, v in m.build["towers"].items() if k != "history"},
         memory={k: float(v) for k, v in oi.memory().items()},
         build={k: m.build[k] for k in ("created", "seconds", "params") if k in m.build},
     )
