@@ -51,21 +51,18 @@ VARIANTS: dict[str, dict[str, Any]] = {
                             "sampler": "snowball"},
     "ablation: 1+2 uniform batches": {"codebooks": "distill", "labels": True,
                                       "towers": "linear", "sampler": "random"},
+    "ablation: 1+2 both towers, lr 1e-3": {"codebooks": "distill", "labels": True,
+                                           "towers": "linear", "sampler": "random_walk",
+                                           "doc_tower": True, "lr": 1e-3},
     "ablation: 1+2 MLP towers": {"codebooks": "distill", "labels": True, "towers": "mlp",
                                  "sampler": "random_walk"},
     "ablation: k-means + stage 2": {"codebooks": "kmeans", "towers": "linear",
                                     "sampler": "random_walk"},
     "ablation: stage 1 weight 1": {"codebooks": "distill", "labels": True,
                                    "contrastive_weight": 1.0},
-    "ablation: 1+2 query tower only": {"codebooks": "distill", "labels": True,
-                                       "towers": "linear", "sampler": "random_walk",
-                                       "doc_tower": False},
     "ablation: 1+2 val split by document": {"codebooks": "distill", "labels": True,
                                             "towers": "linear", "sampler": "random_walk",
                                             "val_split": "document"},
-    "ablation: 1+2 query tower only, lr 1e-4": {"codebooks": "distill", "labels": True,
-                                                "towers": "linear", "sampler": "random_walk",
-                                                "doc_tower": False, "lr": 1e-4},
 }
 
 
@@ -121,7 +118,7 @@ def run(task: dict[str, Any]) -> list[dict[str, Any]]:
 
         dense = BiDRDenseTrainer(pairs, BiDRConfig(
             tower=v["towers"], sampler=v["sampler"], nprobe=task["train_nprobe"],
-            train_doc_tower=v.get("doc_tower", True), lr=v.get("lr", 1e-3),
+            train_doc_tower=v.get("doc_tower", False), lr=v.get("lr", 1e-4),
             val_split=v.get("val_split", "query")))
     # test queries whose positives no train claim cites
     train_docs = {d for q in ds["train_qrels"].values() for d in q}
