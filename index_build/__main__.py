@@ -142,6 +142,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--n", type=int, default=SyntheticConfig.n)
     g.add_argument("--dim", type=int, default=SyntheticConfig.d)
     g.add_argument("--seed", type=int, default=SyntheticConfig.seed)
+    g.add_argument("--stream", action="store_true", help="any size with bounded memory: "
+                   "corpus.fbin written chunk by chunk + queries_test.npy (no qrels)")
     d = sub.add_parser("demo", help="generate -> build -> evaluate on the built-in data")
     d.add_argument("--workdir", default="runs/demo", help="where data, index and results go")
     d.add_argument("--n", type=int, default=50_000, help="synthetic documents")
@@ -294,7 +296,15 @@ def _evaluate(args: argparse.Namespace) -> None:
     from index_build.evaluate import run_and_report
     from index_build.sources import load_eval_queries
 
-    xq, qids = load_eval_queries(args.queries, args.eval_beir, args.split, args.query_ids)
+    encoder = None
+    if args.eval_beir:  # text queries go through the index's own encoder (fine-tuned or not)
+        from ebr.io.encoder import TextEncoder
+        from ebr.io.manifest import read_manifest
+
+        info = read_manifest(Path(args.index)).encoder
+        encoder = TextEncoder(info, base_dir=args.index) if info else None
+    xq, qids = load_eval_queries(args.queries, args.eval_beir, args.split, args.query_ids,
+                                 encoder)
     qrels = None
     if args.qrels:
         qrels = load_qrels(args.qrels)
@@ -322,7 +332,14 @@ def _inspect(args: argparse.Namespace) -> None:
 def _generate(args: argparse.Namespace) -> None:
     from index_build.sources import write_synthetic
 
-    write_synthetic(Path(args.out), SyntheticConfig(n=args.n, d=args.dim, seed=args.seed))
+    cfg = SyntheticConfig(n=args.n, d=args.dim, seed=args.seed)
+    if args.stream:
+        from ebr.data.synthetic import write_stream
+
+        paths = write_stream(cfg, Path(args.out))
+        logger.info("streamed %d x %d -> %s", cfg.n, cfg.d, paths["corpus"])
+    else:
+        write_synthetic(Path(args.out), cfg)
 
 
 def _demo(args: argparse.Namespace) -> None:

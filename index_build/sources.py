@@ -63,8 +63,10 @@ def write_synthetic(out: Path, cfg: SyntheticConfig) -> dict[str, Path]:
 
 
 def load_eval_queries(queries: str | None, beir: str | None, split: str,
-                      query_ids: str | None) -> tuple[np.ndarray, list[str] | None]:
-    """Query vectors (and their ids) from a vector file, or encoded from a BEIR split's text."""
+                      query_ids: str | None, encoder: TextEncoder | None = None
+                      ) -> tuple[np.ndarray, list[str] | None]:
+    """Query vectors (and their ids) from a vector file, or encoded from a BEIR split's text
+    (with ``encoder``, e.g. an index's fine-tuned one; default the packaged MiniLM)."""
     if queries:
         xq = np.asarray(load_vectors(queries), dtype=np.float32)
         qids = load_ids(query_ids) if query_ids else None
@@ -77,5 +79,5 @@ def load_eval_queries(queries: str | None, beir: str | None, split: str,
         qrels = load_qrels(Path(beir) / "qrels" / f"{split}.tsv")
         texts = load_queries(beir)
         qids = sorted(q for q in qrels if q in texts)
-        return TextEncoder().encode([texts[q] for q in qids]), qids
+        return (encoder or TextEncoder()).encode([texts[q] for q in qids]), qids
     raise SystemExit("give --queries FILE or --beir DIR")

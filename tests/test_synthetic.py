@@ -33,3 +33,20 @@ def test_structure_and_planted_relevance():
 def test_l2_unnormalised():
     ds = generate(SyntheticConfig(n=500, d=8, nq=5, nq_train=2, n_clusters=4, metric=Metric.L2))
     assert not np.allclose(np.linalg.norm(ds.xb, axis=1), 1)
+
+
+def test_write_stream_matches_generate(tmp_path):
+    """The streamed corpus is the in-memory one, byte for byte; queries come from its rows."""
+    from ebr.data.synthetic import write_stream
+    from ebr.io.vecs import read_bin
+
+    cfg = SyntheticConfig(n=2500, d=16, nq=20, chunk=700, seed=11)
+    paths = write_stream(cfg, tmp_path / "s")
+    xb = read_bin(paths["corpus"])
+    np.testing.assert_array_equal(xb, generate(cfg).xb)
+    xq = np.load(paths["queries_test"])
+    assert xq.shape == (20, 16)
+    np.testing.assert_allclose(np.linalg.norm(xq, axis=1), 1, rtol=1e-5)
+    assert (xq @ np.asarray(xb).T).max(axis=1).min() > 0.5  # each near its anchor row
+    again = write_stream(cfg, tmp_path / "t")
+    assert again["corpus"].read_bytes() == paths["corpus"].read_bytes()

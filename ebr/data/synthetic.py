@@ -11,14 +11,16 @@ be streamed to disk with bounded memory and the same seed always gives the same 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from ebr.metric import Metric
 
-__all__ = ["SyntheticConfig", "SyntheticDataset", "generate"]
+__all__ = ["SyntheticConfig", "SyntheticDataset", "generate", "iter_chunks", "write_stream"]
 
 
 @dataclass(frozen=True)
@@ -111,3 +113,34 @@ def generate(cfg: SyntheticConfig | None = None) -> SyntheticDataset:
     xq, qrels = _queries(xb, cfg.nq, cfg, stream=0)
     xt, qrels_t = _queries(xb, cfg.nq_train, cfg, stream=1)
     return SyntheticDataset(cfg, xb, xq, xt, qrels, qrels_t)
+
+
+def write_stream(cfg: SyntheticConfig, out: str | os.PathLike[str]) -> dict[str, Path]:
+    """Write ``corpus.fbin`` chunk by chunk and ``queries_test.npy`` without ever holding the
+    corpus: memory is one chunk, whatever ``cfg.n`` (1M x 384 is 1.5 GB on disk).
+
+    The ``cfg.nq`` queries are random corpus rows plus noise (the ``query_noise`` of
+    :func:`generate`); there are no planted qrels at this scale: evaluate against exact search.
+    Same seed, same files.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([cfg.seed, 3])
+    anchors = np.sort(rng.choice(cfg.n, size=min(cfg.nq, cfg.n), replace=False))
+    xq = np.empty((len(anchors), cfg.d), dtype=np.float32)
+    path = out / "corpus.fbin"
+    with open(path, "wb") as f:
+        np.array([cfg.n, cfg.d], dtype=np.uint32).tofile(f)
+        i0 = 0
+        for block in iter_chunks(cfg):
+            sel = (anchors >= i0) & (anchors < i0 + len(block))
+            xq[sel] = block[anchors[sel] - i0]
+            block.tofile(f)
+            i0 += len(block)
+        f.flush()
+        os.fsync(f.fileno())
+    xq += cfg.query_noise * rng.standard_normal(xq.shape).astype(np.float32) / np.sqrt(cfg.d)
+    if cfg.metric is Metric.IP:
+        xq /= np.linalg.norm(xq, axis=1, keepdims=True)
+    np.save(out / "queries_test.npy", xq)
+    return {"corpus": path, "queries_test": out / "queries_test.npy"}
