@@ -37,7 +37,7 @@ from ebr.io.manifest import (
     sha256_file,
     write_manifest,
 )
-from ebr.io.vecs import check_vectors, write_bin
+from ebr.io.vecs import check_vectors, release_rows, write_bin
 from ebr.quant.faiss_bridge import (
     CodebookTrainer,
     add_with_assignment,
@@ -67,8 +67,11 @@ def sample_rows(n: int, size: int, seed: int) -> np.ndarray:
 
 
 def _chunks(x: np.ndarray, normalize: bool) -> Iterator[tuple[int, np.ndarray]]:
+    """Row chunks as float32 copies; a mapped input's pages leave RSS after each chunk, so
+    peak memory does not grow with the file (bench/bench_scale.py)."""
     for i0 in range(0, x.shape[0], CHUNK):
-        block = np.ascontiguousarray(x[i0:i0 + CHUNK], dtype=np.float32)
+        block = np.array(x[i0:i0 + CHUNK], dtype=np.float32)
+        release_rows(x, i0, i0 + CHUNK)
         yield i0, normalize_rows(block) if normalize else block
 
 

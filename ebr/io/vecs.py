@@ -23,6 +23,7 @@ __all__ = [
     "write_vecs",
     "load_vectors",
     "check_vectors",
+    "release_rows",
 ]
 
 BIN_DTYPES = {".fbin": np.float32, ".f16bin": np.float16, ".ibin": np.int32, ".i64bin": np.int64,
@@ -145,6 +146,39 @@ def load_vectors(path: str | os.PathLike[str], mmap: bool = True) -> np.ndarray:
     return x
 
 
+def _mapping(x: np.ndarray) -> mmap_module.mmap | None:
+    """The mmap under ``x`` (through views, np.memmap or np.frombuffer), if any."""
+    obj: object = x
+    for _ in range(16):
+        if isinstance(obj, mmap_module.mmap):
+            return obj
+        mm = getattr(obj, "_mmap", None)  # np.memmap (np.load(mmap_mode="r"))
+        if isinstance(mm, mmap_module.mmap):
+            return mm
+        nxt = getattr(obj, "base", None)
+        obj = nxt if nxt is not None else getattr(obj, "obj", None)  # memoryview -> exporter
+        if obj is None:
+            return None
+    return None
+
+
+def release_rows(x: np.ndarray, i0: int, i1: int) -> None:
+    """Drop rows [i0, i1) of a memory-mapped array from this process' resident set
+    (``MADV_DONTNEED``; the pages stay in the page cache). Streaming readers call it after each
+    chunk, so reading a file larger than RAM does not grow RSS. No-op for in-memory arrays."""
+    mm = _mapping(x)
+    if mm is None or not hasattr(mm, "madvise") or i1 <= i0 or x.ndim != 2:
+        return
+    base = np.frombuffer(mm, dtype=np.uint8).ctypes.data
+    start = x.ctypes.data - base + i0 * x.strides[0]
+    end = x.ctypes.data - base + i1 * x.strides[0]
+    page = mmap_module.PAGESIZE
+    lo = (start // page) * page
+    hi = min(-(-end // page) * page, len(mm))
+    if 0 <= lo < hi:
+        mm.madvise(mmap_module.MADV_DONTNEED, lo, hi - lo)
+
+
 def check_vectors(x: np.ndarray, d: int | None = None, name: str = "vectors",
                   chunk_rows: int = 65536) -> None:
     """Raise :class:`InputError` unless ``x`` is a finite, numeric ``(n, d)`` array."""
@@ -163,3 +197,4 @@ def check_vectors(x: np.ndarray, d: int | None = None, name: str = "vectors",
         if block.size and block.dtype.itemsize > 4 and np.abs(block).max() > _F32_MAX:
             bad = i0 + int(np.argwhere(np.abs(block) > _F32_MAX)[0, 0])
             raise InputError(f"{name}: row {bad} has a value outside the float32 range")
+        release_rows(x, i0, i0 + chunk_rows)
