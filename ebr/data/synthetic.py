@@ -68,7 +68,9 @@ class _Model:
         rng = np.random.default_rng([cfg.seed, 1, i])
         lab = rng.choice(cfg.n_clusters, size=i1 - i0, p=self.weights)
         z = rng.standard_normal((i1 - i0, self.bases.shape[1])).astype(np.float32)
-        x = self.centres[lab] + np.einsum("nr,nrd->nd", z, self.bases[lab])
+        x = self.centres[lab]
+        for s in range(0, len(lab), 4096):  # bounded temporary: [4096, rank, d], not [chunk, ...]
+            x[s:s + 4096] += np.einsum("nr,nrd->nd", z[s:s + 4096], self.bases[lab[s:s + 4096]])
         x += 0.02 * rng.standard_normal(x.shape).astype(np.float32)  # isotropic floor
         if cfg.metric is Metric.IP:
             x /= np.linalg.norm(x, axis=1, keepdims=True)
