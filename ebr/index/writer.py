@@ -75,6 +75,19 @@ def _chunks(x: np.ndarray, normalize: bool) -> Iterator[tuple[int, np.ndarray]]:
         yield i0, normalize_rows(block) if normalize else block
 
 
+def _gather(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """x[rows] (rows sorted) as float32, one chunk of the input at a time: a spread sample
+    touches most pages of a mapped file, and each chunk's pages leave RSS once copied."""
+    out = np.empty((len(rows), x.shape[1]), dtype=np.float32)
+    at = 0
+    for i0 in range(0, x.shape[0], CHUNK):
+        sel = rows[np.searchsorted(rows, i0):np.searchsorted(rows, i0 + CHUNK)]
+        out[at:at + len(sel)] = x[sel]
+        at += len(sel)
+        release_rows(x, i0, i0 + CHUNK)
+    return out
+
+
 def _check_ids(ids: Sequence[Any] | np.ndarray | None, n: int) -> tuple[str, Any]:
     if ids is None:
         return "int", np.arange(n, dtype=np.int64)
@@ -170,7 +183,7 @@ def write_index(
 
     t0 = time.perf_counter()
     rows = sample_rows(n, params.train_size, params.seed)
-    xt = np.asarray(vectors[rows], dtype=np.float32)
+    xt = _gather(vectors, rows)
     if params.normalize:
         xt = normalize_rows(xt)
     index = trainer.train(xt, params.spec, metric, params.seed)
