@@ -105,6 +105,9 @@ def open_index(
     """
     path = Path(directory)
     manifest = read_manifest(path)
+    if manifest.shards:
+        raise IndexFormatError(f"{path}: a sharded index ({len(manifest.shards)} shards): open "
+                               "it with ebr.shards.open_sharded")
     verify_files(path, manifest, checksums=verify_checksums)
     try:
         spec = IndexSpec.parse(manifest.spec)

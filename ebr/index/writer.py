@@ -31,7 +31,7 @@ from ebr.errors import InputError
 from ebr.io import layout
 from ebr.io.manifest import (
     FORMAT_VERSION,
-    FORMAT_VERSION_TOWERS,
+    FORMAT_VERSION_2,
     FileEntry,
     Manifest,
     sha256_file,
@@ -299,7 +299,7 @@ def write_index(
             query_map=layout.QUERY_MAP if query_map is not None else None,
             towers=None if towers is None else {"query": layout.QUERY_TOWER,
                                                 "doc": layout.DOC_TOWER},
-            format_version=FORMAT_VERSION if towers is None else FORMAT_VERSION_TOWERS,
+            format_version=FORMAT_VERSION if towers is None else FORMAT_VERSION_2,
         )
         write_manifest(tmp, manifest)
         _publish(tmp, target, overwrite)

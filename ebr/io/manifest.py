@@ -19,16 +19,17 @@ from typing import Any
 from ebr.errors import CorruptFileError, IndexFormatError, ManifestVersionError
 from ebr.io.layout import MANIFEST
 
-__all__ = ["FORMAT_VERSION", "FORMAT_VERSION_TOWERS", "READABLE_MAJORS", "Manifest", "FileEntry",
+__all__ = ["FORMAT_VERSION", "FORMAT_VERSION_2", "READABLE_MAJORS", "Manifest", "FileEntry",
            "sha256_file", "write_manifest", "read_manifest", "verify_files"]
 
 # major.minor; a reader accepts every minor of the majors it knows and refuses the rest.
 # 1.1 added the optional query_map (coarse stage only: a 1.0 reader still ranks correctly).
-# 2.0 = 1.1 + towers: the dense store holds doc_tower(v) and re-rank queries need query_tower,
-# so a 1.x reader, which would ignore them and return wrong scores, must refuse the directory.
-# The writer uses 2.0 only for indexes with towers; every other index stays 1.1.
+# 2.0 = 1.1 + towers (the dense store holds doc_tower(v) and re-rank queries need query_tower)
+# or shards (the directory holds shard indexes, not a coarse index): a 1.x reader would ignore
+# either and return wrong scores or fail late, so it must refuse the directory.
+# Writers use 2.0 only for those; every other index stays 1.1.
 FORMAT_VERSION = "1.1"
-FORMAT_VERSION_TOWERS = "2.0"
+FORMAT_VERSION_2 = "2.0"
 READABLE_MAJORS = ("1", "2")
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class Manifest:
     source: dict[str, Any] = field(default_factory=dict)
     query_map: str | None = None  # file of a learned [d, d] query map (coarse stage only)
     towers: dict[str, str] | None = None  # {"query": file, "doc": file} (BiDR dense side)
+    shards: list[dict[str, Any]] | None = None  # [{"dir", "start", "stop", "ntotal"}]
     format_version: str = FORMAT_VERSION
 
     def to_json(self) -> str:
@@ -76,7 +78,9 @@ class Manifest:
                 id_kind=str(d["id_kind"]), files=files, codebooks=dict(d["codebooks"]),
                 build=dict(d["build"]), encoder=d.get("encoder"), source=dict(d.get("source", {})),
                 query_map=d.get("query_map"),
-                towers=dict(d["towers"]) if d.get("towers") else None, format_version=version,
+                towers=dict(d["towers"]) if d.get("towers") else None,
+                shards=[dict(x) for x in d["shards"]] if d.get("shards") else None,
+                format_version=version,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise IndexFormatError(f"{where}: malformed manifest ({type(e).__name__}: {e})") from None

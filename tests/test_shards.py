@@ -1,0 +1,91 @@
+"""Sharded indexes: one set of codebooks, shards written independently, exact merge."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ebr.errors import CorruptFileError, IndexFormatError, InputError
+from ebr.index.reader import open_index
+from ebr.index.writer import write_index
+from ebr.metric import Metric
+from ebr.search.searcher import Searcher
+from ebr.shards import ShardedSearcher, build_sharded, open_sharded, shard_ranges, train_once
+from ebr.spec import BuildParams, IndexSpec, SearchParams
+
+PARAMS = BuildParams(spec=IndexSpec.parse("IVF16,PQ8"), metric=Metric.IP, kmeans_niter=8)
+
+
+@pytest.fixture(scope="module")
+def built(ds_ip, tmp_path_factory):
+    root = tmp_path_factory.mktemp("shards")
+    pre = train_once(ds_ip.xb, PARAMS)
+    ids = [f"doc{i}" for i in range(len(ds_ip.xb))]
+    write_index(root / "single", ds_ip.xb, PARAMS, ids, trainer=pre)
+    m = build_sharded(root / "sharded", ds_ip.xb, PARAMS, 3, ids, trainer=pre)
+    return root, m
+
+
+def test_shard_ranges_cover_everything():
+    r = shard_ranges(10, 3)
+    assert r[0][0] == 0 and r[-1][1] == 10 and all(a[1] == b[0] for a, b in zip(r, r[1:], strict=False))
+    with pytest.raises(InputError):
+        shard_ranges(10, 0)
+
+
+@pytest.mark.parametrize("nprobe,kc,k", [(2, 20, 5), (4, 100, 10), (16, 3000, 10)])
+def test_sharded_equals_single_node(ds_ip, built, nprobe, kc, k):
+    root, m = built
+    assert m.format_version == "2.0" and len(m.shards) == 3 and m.ntotal == len(ds_ip.xb)
+    single = Searcher(open_index(root / "single"))
+    sharded = ShardedSearcher(open_sharded(root / "sharded"))
+    p = SearchParams(k=k, nprobe=nprobe, k_coarse=kc)
+    a, _ = single.search(ds_ip.xq, p)
+    b = sharded.search(ds_ip.xq, p)
+    np.testing.assert_array_equal(a.ids, b.ids)
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
+    si = open_sharded(root / "sharded")
+    assert si.external_ids(b.ids[0]) == single.index.external_ids(a.ids[0])
+
+
+def test_sharded_directory_is_guarded(built, tmp_path, ds_ip):
+    import shutil
+
+    root, _ = built
+    with pytest.raises(IndexFormatError, match="sharded"):
+        open_index(root / "sharded")
+    with pytest.raises(IndexFormatError, match="not a sharded"):
+        open_sharded(root / "single")
+    bad = tmp_path / "bad"
+    shutil.copytree(root / "sharded", bad)
+    with open(bad / "shard-001" / "dense.fbin", "r+b") as f:
+        f.seek(100)
+        f.write(b"\x00\x01")
+    with pytest.raises(CorruptFileError):
+        open_sharded(bad)
+    # a shard from other codebooks is refused
+    shutil.rmtree(bad)
+    shutil.copytree(root / "sharded", bad)
+    other = BuildParams(spec=PARAMS.spec, metric=Metric.IP, kmeans_niter=8, seed=99)
+    write_index(bad / "shard-002", ds_ip.xb[2000:], other, overwrite=True)
+    m = json.loads((bad / "manifest.json").read_text())
+    from ebr.io.manifest import sha256_file
+
+    entry = m["files"]["shard-002/manifest.json"]
+    entry["sha256"] = sha256_file(bad / "shard-002" / "manifest.json")
+    entry["bytes"] = (bad / "shard-002" / "manifest.json").stat().st_size
+    (bad / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(IndexFormatError, match="codebooks differ"):
+        open_sharded(bad)
+
+
+def test_failed_shard_leaves_nothing(ds_ip, tmp_path):
+    def boom(jobs):
+        jobs[0]()
+        raise RuntimeError("worker died")
+    with pytest.raises(RuntimeError):
+        build_sharded(tmp_path / "x", ds_ip.xb, PARAMS, 2, run=boom)
+    assert not (tmp_path / "x").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".x.")]
