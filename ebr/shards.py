@@ -121,8 +121,8 @@ def write_shard(stage: str | os.PathLike[str], i: int, start: int, stop: int,
                 ids: Sequence[Any] | None = None) -> dict[str, Any]:
     """Write shard ``i`` (rows [start, stop)) as a complete index under ``stage``."""
     out = Path(stage) / _shard_name(i)
-    m = write_index(out, vectors[start:stop], params,
-                    None if ids is None else ids[start:stop], trainer=pre, overwrite=True)
+    shard_ids = np.arange(start, stop, dtype=np.int64) if ids is None else ids[start:stop]
+    m = write_index(out, vectors[start:stop], params, shard_ids, trainer=pre, overwrite=True)
     return {"shard": i, "dir": out.name, "start": start, "stop": stop, "ntotal": m.ntotal,
             "seconds": m.build["seconds"]["total"]}
 

@@ -89,3 +89,31 @@ def test_failed_shard_leaves_nothing(ds_ip, tmp_path):
         build_sharded(tmp_path / "x", ds_ip.xb, PARAMS, 2, run=boom)
     assert not (tmp_path / "x").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".x.")]
+
+
+def test_default_ids_are_global_rows(ds_ip, tmp_path):
+    build_sharded(tmp_path / "s", ds_ip.xb, PARAMS, 2)
+    si = open_sharded(tmp_path / "s")
+    assert si.external_ids(np.array([0, 1499, 1500, 2999, -1])) == [0, 1499, 1500, 2999, None]
+
+
+@pytest.mark.slow
+def test_ray_build_equals_single_node(ds_ip, built, tmp_path):
+    """Ray Data writes the shards (local Ray instance); the result searches like one index."""
+    pytest.importorskip("ray", reason="extra 'distributed' not installed")
+    from ebr.distributed import build_on_ray
+    from ebr.io.vecs import write_bin
+
+    root, _ = built
+    write_bin(tmp_path / "x.fbin", ds_ip.xb)
+    pre = train_once(ds_ip.xb, PARAMS)
+    ids = [f"doc{i}" for i in range(len(ds_ip.xb))]
+    m = build_on_ray(tmp_path / "ray", tmp_path / "x.fbin", PARAMS, 2, ids, trainer=pre)
+    assert m.build["executor"] == "ray" and [s["ntotal"] for s in m.shards] == [1500, 1500]
+    single = Searcher(open_index(root / "single"))
+    si = open_sharded(tmp_path / "ray")
+    p = SearchParams(k=10, nprobe=4, k_coarse=100)
+    a, _ = single.search(ds_ip.xq, p)
+    b = ShardedSearcher(si).search(ds_ip.xq, p)
+    np.testing.assert_array_equal(a.ids, b.ids)
+    assert si.external_ids(b.ids[0]) == single.index.external_ids(a.ids[0])
