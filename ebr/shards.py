@@ -48,10 +48,11 @@ from ebr.quant.faiss_bridge import make_trainer, rotate
 from ebr.search.rerank import rerank, topk
 from ebr.search.searcher import Searcher
 from ebr.spec import BuildParams, SearchParams
-from ebr.types import SearchResult
+from ebr.types import SearchResult, SearchStats
 
 __all__ = ["Pretrained", "train_once", "shard_ranges", "write_shard", "commit_shards",
-           "build_sharded", "ShardedIndex", "open_sharded", "merge"]
+           "build_sharded", "ShardedIndex", "open_sharded", "merge", "shard_answer",
+           "LocalShard", "ShardedSearcher"]
 
 logger = logging.getLogger(__name__)
 
@@ -207,15 +208,71 @@ class ShardedIndex:
     def nlist(self) -> int:
         return self.shards[0].nlist
 
+    @property
+    def dim(self) -> int:
+        return self.manifest.dim
+
+    @property
+    def spec(self) -> Any:
+        return self.shards[0].spec
+
+    @property
+    def metric(self) -> Metric:
+        return self.shards[0].metric
+
+    @property
+    def normalize(self) -> bool:
+        return self.shards[0].normalize
+
+    @property
+    def dense(self) -> _Rows:
+        """Row access across the shards' dense stores (global row numbers)."""
+        return _Rows(self)
+
+    def memory(self) -> dict[str, int | float]:
+        total: dict[str, float] = {}
+        for oi in self.shards:
+            for k, v in oi.memory().items():
+                if not k.endswith(("_per_vector", "fraction_of_dense")):
+                    total[k] = total.get(k, 0) + v
+        n = max(self.ntotal, 1)
+        total["coarse_ram_bytes_per_vector"] = total["coarse_ram_bytes"] / n
+        total["ram_fraction_of_dense"] = total["coarse_ram_bytes"] / max(
+            total["dense_disk_bytes"], 1)
+        total["shards"] = len(self.shards)
+        return total
+
+    def locate(self, rows: np.ndarray) -> np.ndarray:
+        """Shard number of each global row."""
+        return np.searchsorted(np.array(self.starts[1:]), rows, side="right")
+
     def external_ids(self, rows: np.ndarray) -> list[Any]:
         out: list[Any] = []
-        bounds = np.array(self.starts[1:])
         for r in np.asarray(rows).ravel().tolist():
             if r < 0:
                 out.append(None)
                 continue
-            s = int(np.searchsorted(bounds, r, side="right"))
+            s = int(self.locate(np.array([r]))[0])
             out += self.shards[s].external_ids(np.array([r - self.starts[s]]))
+        return out
+
+
+class _Rows:
+    """``index.dense[rows]`` over shards: gathers each row from the shard that holds it."""
+
+    def __init__(self, index: ShardedIndex) -> None:
+        self.index = index
+        self.dtype = index.shards[0].dense.dtype
+        self.nbytes = sum(oi.dense.nbytes for oi in index.shards)
+        self.shape = (index.ntotal, index.dim)
+
+    def __getitem__(self, rows: Any) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64).ravel()
+        out = np.empty((len(rows), self.index.dim), dtype=np.float32)
+        where = self.index.locate(rows)
+        for s in np.unique(where).tolist():
+            sel = where == s
+            out[sel] = self.index.shards[s].dense[rows[sel] - self.index.starts[s]]
         return out
 
 
@@ -281,16 +338,59 @@ def shard_answer(oi: OpenIndex, start: int, xq: np.ndarray, params: SearchParams
             np.where(valid, r_sc, -np.inf))
 
 
+class LocalShard:
+    """A shard answered in this process (the Ray Serve deployment wraps the same calls)."""
+
+    def __init__(self, oi: OpenIndex, start: int) -> None:
+        self.oi, self.start = oi, start
+
+    def answer(self, xq: np.ndarray, params: SearchParams
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return shard_answer(self.oi, self.start, xq, params)
+
+    def exact(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        res = Searcher(self.oi).exact(xq, min(k, self.oi.ntotal))
+        return np.where(res.ids >= 0, res.ids + self.start, -1), res.scores
+
+
 class ShardedSearcher:
-    """In-process fan-out over the shards of a :class:`ShardedIndex` (the reference the Ray
-    router must match)."""
+    """Fan-out over the shards of a :class:`ShardedIndex`, exact merge; the same interface
+    as :class:`~ebr.search.searcher.Searcher`, so the service serves either. ``backends``:
+    one per shard, in shard order (default: :class:`LocalShard`, in process)."""
 
-    def __init__(self, index: ShardedIndex) -> None:
+    def __init__(self, index: ShardedIndex, backends: Sequence[Any] | None = None) -> None:
         self.index = index
+        self.backends = list(backends) if backends is not None else [
+            LocalShard(oi, st) for oi, st in zip(index.shards, index.starts, strict=True)]
+        if len(self.backends) != len(index.shards):
+            raise InputError(f"{len(self.backends)} backends for {len(index.shards)} shards")
 
-    def search(self, xq: np.ndarray, params: SearchParams) -> SearchResult:
+    def prepare_queries(self, xq: np.ndarray) -> np.ndarray:
+        return Searcher(self.index.shards[0]).prepare_queries(xq)
+
+    def search(self, xq: np.ndarray, params: SearchParams) -> tuple[SearchResult, SearchStats]:
         params.validate(self.index.nlist, self.index.ntotal)
-        xq = Searcher(self.index.shards[0]).prepare_queries(xq)
-        parts = [shard_answer(oi, st, xq, params)
-                 for oi, st in zip(self.index.shards, self.index.starts, strict=True)]
-        return merge(parts, params.k, params.k_coarse)
+        xq = self.prepare_queries(xq)
+        t0 = time.perf_counter()
+        parts = [b.answer(xq, params) for b in self.backends]
+        if params.rerank:
+            res = merge(parts, params.k, params.k_coarse)
+        else:  # coarse-only: the global top-k by coarse score
+            ids = np.concatenate([p[0] for p in parts], axis=1)
+            coarse = np.concatenate([p[1] for p in parts], axis=1)
+            res = SearchResult(*topk(np.where(ids >= 0, coarse, -np.inf), ids, params.k))
+        n_cand = int(sum((p[0] >= 0).sum() for p in parts))
+        stats = SearchStats(nq=len(xq), nprobe=params.nprobe, k_coarse=params.k_coarse,
+                            candidates=n_cand, reranked=n_cand, dense_rows_read=n_cand,
+                            dense_bytes_read=n_cand * self.index.dim
+                            * self.index.shards[0].dense.dtype.itemsize,
+                            coarse_seconds=time.perf_counter() - t0, rerank_seconds=0.0)
+        return res, stats
+
+    def exact(self, xq: np.ndarray, k: int) -> SearchResult:
+        if not isinstance(k, int) or not 1 <= k <= self.index.ntotal:
+            raise SearchParamError(f"k must be in [1, {self.index.ntotal}], got {k!r}")
+        xq = self.prepare_queries(xq)
+        parts = [b.exact(xq, k) for b in self.backends]
+        ids = np.concatenate([p[0] for p in parts], axis=1)
+        return SearchResult(*topk(np.concatenate([p[1] for p in parts], axis=1), ids, k))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import faiss
@@ -52,14 +53,26 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
                         headers=headers)
 
 
-def open_generation(settings: Settings, previous: ServiceState | None = None
-                    ) -> tuple[Searcher, Any, str]:
+def open_generation(settings: Settings, previous: ServiceState | None = None,
+                    shard_backends: Any = None) -> tuple[Searcher, Any, str]:
     """Open and verify ``settings.index_dir``: (searcher, text encoder or None, version).
+
+    A sharded directory (``ebr.shards``) is served by fanning out to its shards, in this
+    process, or through ``shard_backends(index) -> [backend per shard]`` (the Ray router).
 
     Raises :class:`EbrError` when the directory is not a whole, readable index.
     """
     from ebr.index.reader import open_index
+    from ebr.io.manifest import read_manifest
 
+    if read_manifest(Path(settings.index_dir)).shards:  # a sharded index: fan out, merge
+        from ebr.shards import ShardedSearcher, open_sharded
+
+        si = open_sharded(settings.index_dir, verify_checksums=settings.verify_checksums)
+        backends = shard_backends(si) if shard_backends is not None else None
+        first = next(iter(si.manifest.files.values())).sha256[:12]
+        version = f"{si.manifest.build.get('created', '?')}/{first}"
+        return ShardedSearcher(si, backends), None, version
     oi = open_index(settings.index_dir, verify_checksums=settings.verify_checksums)
     encoder = None
     if oi.manifest.encoder and settings.text_encoder == "auto":
@@ -118,17 +131,19 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app; ``settings`` default to ``Settings.from_env()``."""
+def create_app(settings: Settings | None = None, shard_backends: Any = None) -> FastAPI:
+    """Build the app; ``settings`` default to ``Settings.from_env()``. ``shard_backends``:
+    for sharded indexes, how shards are reached (default: in this process); the Ray Serve
+    router passes deployment handles (``ebr.serve_ray``)."""
     settings = settings or Settings.from_env()
     faiss.omp_set_num_threads(settings.faiss_threads)
-    state = ServiceState(settings=settings)
+    state = ServiceState(settings=settings, shard_backends=shard_backends)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.ebr = state
         try:
-            install(state, *open_generation(settings))
+            install(state, *open_generation(settings, shard_backends=shard_backends))
         except EbrError as e:
             state.problems = [f"{type(e).__name__}: {e}"]
             state.metrics.ready.set(0)

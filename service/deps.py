@@ -38,6 +38,7 @@ class ServiceState:
     problems: list[str] = field(default_factory=list)  # why the service is not ready
     metrics: Metrics = field(default_factory=Metrics)
     reload_lock: threading.Lock = field(default_factory=threading.Lock)
+    shard_backends: Any = None  # sharded indexes: index -> backend per shard (None: local)
 
     @property
     def generation(self) -> int:

@@ -43,7 +43,7 @@ def test_sharded_equals_single_node(ds_ip, built, nprobe, kc, k):
     sharded = ShardedSearcher(open_sharded(root / "sharded"))
     p = SearchParams(k=k, nprobe=nprobe, k_coarse=kc)
     a, _ = single.search(ds_ip.xq, p)
-    b = sharded.search(ds_ip.xq, p)
+    b, _ = sharded.search(ds_ip.xq, p)
     np.testing.assert_array_equal(a.ids, b.ids)
     np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
     si = open_sharded(root / "sharded")
@@ -114,6 +114,38 @@ def test_ray_build_equals_single_node(ds_ip, built, tmp_path):
     si = open_sharded(tmp_path / "ray")
     p = SearchParams(k=10, nprobe=4, k_coarse=100)
     a, _ = single.search(ds_ip.xq, p)
-    b = ShardedSearcher(si).search(ds_ip.xq, p)
+    b, _ = ShardedSearcher(si).search(ds_ip.xq, p)
     np.testing.assert_array_equal(a.ids, b.ids)
     assert si.external_ids(b.ids[0]) == single.index.external_ids(a.ids[0])
+
+
+def test_service_serves_a_sharded_index(ds_ip, built):
+    """The FastAPI service opens a sharded directory and answers like the single index."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    root, _ = built
+    replies = {}
+    for name in ("single", "sharded"):
+        with TestClient(create_app(Settings(index_dir=str(root / name)))) as c:
+            info = c.get("/index").json()
+            assert info["count"] == 3000
+            out = []
+            for body in ({"vector": ds_ip.xq[0].tolist(), "k": 5,
+                          "params": {"nprobe": 4, "candidates": 50}},
+                         {"vector": ds_ip.xq[1].tolist(), "k": 3, "with_vector": True,
+                          "params": {"exact": True}},
+                         {"vector": ds_ip.xq[2].tolist(), "k": 4,
+                          "params": {"nprobe": 4, "candidates": 50, "rerank": False}}):
+                r = c.post("/search", json=body)
+                assert r.status_code == 200, r.text
+                out.append([(h["id"], round(h["score"], 5), h.get("vector") is not None)
+                            for h in r.json()["result"]["hits"]])
+            r = c.post("/search", json={"vector": ds_ip.xq[0].tolist(), "k": 5,
+                                        "params": {"nprobe": 99}})
+            assert r.status_code == 422
+            assert c.post("/admin/reload").status_code in (401, 403, 404)
+            replies[name] = out
+    assert replies["single"] == replies["sharded"]

@@ -27,7 +27,7 @@ def reload(state: StateDep) -> ReloadResponse | JSONResponse:
 
     with state.reload_lock:
         try:
-            searcher, encoder, version = open_generation(state.settings, state)
+            searcher, encoder, version = open_generation(state.settings, state, state.shard_backends)
         except EbrError as e:
             state.metrics.errors.labels("reload_refused").inc()
             return JSONResponse(status_code=409, content={"status": {
