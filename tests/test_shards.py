@@ -149,3 +149,42 @@ def test_service_serves_a_sharded_index(ds_ip, built):
             assert c.post("/admin/reload").status_code in (401, 403, 404)
             replies[name] = out
     assert replies["single"] == replies["sharded"]
+
+
+@pytest.mark.slow
+def test_ray_serve_router_equals_single_node(ds_ip, built):
+    """Shards as Ray Serve deployments behind the ebr FastAPI router: same answers over HTTP
+    as the single-node index built from the same codebooks."""
+    pytest.importorskip("ray", reason="extra 'distributed' not installed")
+    import socket
+
+    import httpx
+    import ray
+    from ray import serve
+
+    from service.ray_serve import serve_sharded
+
+    root, _ = built
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    single = Searcher(open_index(root / "single"))
+    try:
+        serve_sharded(root / "sharded", port=port)
+        base = f"http://127.0.0.1:{port}"
+        info = httpx.get(f"{base}/index", timeout=30).json()
+        assert info["count"] == 3000 and info["memory"]["shards"] == 3
+        p = SearchParams(k=5, nprobe=4, k_coarse=50)
+        for i in range(5):
+            r = httpx.post(f"{base}/search", json={"vector": ds_ip.xq[i].tolist(), "k": 5,
+                                                  "params": {"nprobe": 4, "candidates": 50}},
+                           timeout=30)
+            assert r.status_code == 200, r.text
+            ref, _ = single.search(ds_ip.xq[i], p)
+            assert [h["id"] for h in r.json()["result"]["hits"]] == \
+                single.index.external_ids(ref.ids[0])
+        bad = httpx.post(f"{base}/search", json={"vector": [1.0, 2.0], "k": 5}, timeout=30)
+        assert bad.status_code == 422
+    finally:
+        serve.shutdown()
+        ray.shutdown()
