@@ -55,6 +55,13 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
     idx.add_argument("--niter", type=int, default=20, help="k-means iterations")
     idx.add_argument("--seed", type=int, default=1234, help="seed of sampling and k-means")
     idx.add_argument("--overwrite", action="store_true", help="replace an existing index dir")
+    sh = p.add_argument_group("shards (serve with python -m service, or service.ray_serve)")
+    sh.add_argument("--shards", type=int, default=1, help="split the rows into this many shard "
+                    "indexes that share one set of codebooks (trained once on the sample)")
+    sh.add_argument("--ray", action="store_true", help="write the shards with Ray Data "
+                    "(extra 'distributed'; needs --input FILE)")
+    sh.add_argument("--ray-address", help="Ray cluster address (default: a local instance); "
+                    "input and output must be on storage every node sees")
     dv = p.add_argument_group("Distill-VQ (--codebooks distill; needs the 'train' extra)")
     dv.add_argument("--train-queries", help="training query vectors (.npy/.fvecs/.fbin); labels "
                     "are never used. Default: pseudo-queries sampled from the corpus")
@@ -178,7 +185,9 @@ def _build(args: argparse.Namespace) -> None:
             x, pairs, enc = _finetune_encoder(args, x, ids, pairs, params, Path(model_tmp))
             extra_dirs = {"encoder": Path(model_tmp)}
         m = _write(args, x, ids, params, pairs, enc, source, extra_dirs)
-    logger.info("done: %s (%d vectors, %.1f s)", args.out, m.ntotal, m.build["seconds"]["total"])
+    logger.info("done: %s (%d vectors%s)", args.out, m.ntotal,
+                f", {len(m.shards)} shards" if m.shards else
+                f", {m.build['seconds']['total']:.1f} s")
 
 
 def _write(args: argparse.Namespace, x: Any, ids: Any, params: BuildParams, pairs: Any,
@@ -186,6 +195,21 @@ def _write(args: argparse.Namespace, x: Any, ids: Any, params: BuildParams, pair
     from ebr.index.writer import write_index
 
     trainer = _distill_trainer(args, pairs, x) if args.codebooks == "distill" else None
+    if args.shards > 1 or args.ray:
+        if args.towers != "none" or extra_dirs:
+            raise SystemExit("--shards: towers and a fine-tuned encoder are single-index only")
+        if args.ray:
+            if not args.input:
+                raise SystemExit("--ray reads the vectors from a file: give --input")
+            from ebr.distributed import build_on_ray
+
+            return build_on_ray(args.out, args.input, params, args.shards, ids,
+                                trainer=trainer, address=args.ray_address,
+                                overwrite=args.overwrite)
+        from ebr.shards import build_sharded
+
+        return build_sharded(args.out, x, params, args.shards, ids, trainer=trainer,
+                             overwrite=args.overwrite)
     dense_trainer = None
     if args.towers != "none":
         from ebr.train.bidr import BiDRConfig, BiDRDenseTrainer
@@ -319,7 +343,18 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 def _inspect(args: argparse.Namespace) -> None:
     from ebr.index.reader import open_index
+    from ebr.io.manifest import read_manifest
 
+    if read_manifest(Path(args.index)).shards:
+        from ebr.shards import open_sharded
+
+        si = open_sharded(args.index, verify_checksums=not args.no_verify)
+        m = si.manifest
+        print(json.dumps({"spec": m.spec, "metric": m.metric, "dim": m.dim,  # noqa: T201
+                          "ntotal": m.ntotal, "format_version": m.format_version,
+                          "shards": m.shards, "codebooks": m.codebooks, "build": m.build,
+                          "memory": si.memory()}, indent=2, default=str))
+        return
     oi = open_index(args.index, verify_checksums=not args.no_verify)
     m = oi.manifest
     out = {"spec": m.spec, "metric": m.metric, "dim": m.dim, "ntotal": m.ntotal,

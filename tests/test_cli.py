@@ -19,7 +19,10 @@ def test_build_inspect_evaluate(tmp_path, capsys):
     oi = open_index(out)
     assert oi.ntotal == 3000 and oi.manifest.source["kind"] == "file"
     capsys.readouterr()
+    capsys.readouterr()
     assert main(["inspect", "--index", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert len(info["shards"]) == 3 and info["memory"]["codes_bytes"] == 3000 * 4
     info = json.loads(capsys.readouterr().out)
     assert info["spec"] == "IVF16,PQ8" and info["memory"]["codes_bytes"] == 3000 * 8
     res = tmp_path / "res"
@@ -102,3 +105,24 @@ def test_build_bidr_cli(tmp_path):
         main(common + ["--towers", "linear", "--overwrite"])
     with pytest.raises(SystemExit, match="--train-query-ids"):
         main(common + labels[:2] + labels[4:] + ["--overwrite"])
+
+
+def test_build_shards_cli(tmp_path, capsys):
+    from ebr.shards import ShardedSearcher, open_sharded
+    from ebr.spec import SearchParams
+
+    data = tmp_path / "gen"
+    assert main(["--no-progress", "generate", "--out", str(data), "--n", "3000", "--dim", "16",
+                 "--stream"]) == 0
+    out = tmp_path / "idx"
+    assert main(["--no-progress", "build", "--input", str(data / "corpus.fbin"), "--out",
+                 str(out), "--spec", "IVF8,PQ4", "--niter", "5", "--shards", "3"]) == 0
+    si = open_sharded(out)
+    assert [s["ntotal"] for s in si.manifest.shards] == [1000, 1000, 1000]
+    res, _ = ShardedSearcher(si).search(np.load(data / "queries_test.npy")[:3],
+                                        SearchParams(k=5, nprobe=8, k_coarse=3000))
+    assert (res.ids >= 0).all()
+    capsys.readouterr()
+    assert main(["inspect", "--index", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert len(info["shards"]) == 3 and info["memory"]["codes_bytes"] == 3000 * 4
