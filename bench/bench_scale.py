@@ -11,6 +11,9 @@ Per N, each step in a fresh process (its peak RSS is its own):
   serve     open the index (checksums verified), then 500 queries at nprobe 32, C = 200:
             recall@10 against exact search, single-query QPS, and the process' private memory
             (RssAnon) vs mapped file pages (RssFile, page cache the kernel can reclaim)
+  shards   the same build written by Ray Data into --shards shards (same codebooks: trained
+           once with the same seed and sample), served by in-process fan-out with exact merge;
+           reports whether every query's top-10 equals the single-node index's
 Writes scale.json, scale.md and scale.png (build seconds and peak RSS against N).
 """
 
@@ -132,6 +135,62 @@ def serve(task: dict[str, Any]) -> dict[str, Any]:
             "coarse_B_per_vec": round(mem["coarse_ram_bytes_per_vector"], 1)}
 
 
+def build_ray(task: dict[str, Any]) -> dict[str, Any]:
+    """The same build as shards written by Ray Data (local Ray instance on this machine)."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    from ebr.distributed import build_on_ray
+    from ebr.metric import Metric
+    from ebr.spec import BuildParams, IndexSpec
+
+    n = task["n"]
+    nlist = 2 ** round(math.log2(4 * math.sqrt(n)))
+    t0 = time.perf_counter()
+    build_on_ray(Path(task["work"]) / f"index-{n}-s{task['shards']}",
+                 Path(task["work"]) / f"data-{n}" / "corpus.fbin",
+                 BuildParams(spec=IndexSpec.parse(f"IVF{nlist},PQ{task['m']}"),
+                             metric=Metric.IP, train_size=100_000), task["shards"],
+                 overwrite=True)
+    return {"build_s": round(time.perf_counter() - t0, 1),
+            "build_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                                       / 1024)}
+
+
+def serve_shards(task: dict[str, Any]) -> dict[str, Any]:
+    """In-process fan-out over the shards; agreement with the single-node index's answers."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    from ebr.eval.metrics import recall_vs_exact
+    from ebr.index.reader import open_index
+    from ebr.search.exact import exact_search
+    from ebr.search.searcher import Searcher
+    from ebr.shards import ShardedSearcher, open_sharded
+    from ebr.spec import SearchParams
+
+    n = task["n"]
+    si = open_sharded(Path(task["work"]) / f"index-{n}-s{task['shards']}")
+    s = ShardedSearcher(si)
+    single = Searcher(open_index(Path(task["work"]) / f"index-{n}"))
+    xq = np.load(Path(task["work"]) / f"data-{n}" / "queries_test.npy")
+    p = SearchParams(k=10, nprobe=32, k_coarse=200)
+    s.search(xq[:20], p)
+    lat, ids = [], []
+    for i in range(len(xq)):
+        t = time.perf_counter()
+        r, _ = s.search(xq[i], p)
+        lat.append(time.perf_counter() - t)
+        ids.append(r.ids[0])
+    ids_a = np.array(ids)
+    ref, _ = single.search(xq, p)
+    ex = exact_search(single.prepare_queries(xq), single.index.dense, 10, single.index.metric)
+    return {"recall@10": recall_vs_exact(ids_a, ex.ids, 10),
+            "same_as_single_node": float((ids_a == ref.ids).all(axis=1).mean()),
+            "qps": round(len(lat) / sum(lat)), "p50_ms": round(1e3 * float(np.median(lat)), 3),
+            "p99_ms": round(1e3 * float(np.percentile(lat, 99)), 3)}
+
+
 def _in_child(fn: Any, task: dict[str, Any]) -> dict[str, Any]:
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"),
                              max_tasks_per_child=1) as pool:
@@ -145,13 +204,16 @@ def main() -> int:
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--spec-m", type=int, default=16)
     ap.add_argument("--nq", type=int, default=500)
+    ap.add_argument("--shards", type=int, nargs="*", default=[2],
+                    help="also build with Ray Data into this many shards and serve by fan-out")
     ap.add_argument("--distill-budget", type=float, default=0.0,
                     help="Distill-VQ time budget in seconds (0: k-means codebooks)")
     ap.add_argument("--work", default="/tmp/ebr-scale")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--name", default="scale")
     args = ap.parse_args()
-    rows = []
+    rows: list[dict[str, Any]] = []
+    shard_rows: list[dict[str, Any]] = []
     for n in args.n:
         task = {"n": n, "dim": args.dim, "m": args.spec_m, "nq": args.nq, "work": args.work,
                 "distill_budget": args.distill_budget}
@@ -161,6 +223,13 @@ def main() -> int:
             print(json.dumps(row), flush=True)
         row["build_us_per_vec"] = round(1e6 * row["build_s"] / n, 1)
         rows.append(row)
+        for k in args.shards:
+            t = {**task, "shards": k}
+            srow: dict[str, Any] = {"N": n, "dim": args.dim, "shards": k, "spec": row["spec"]}
+            srow.update(_in_child(build_ray, t))
+            srow.update(_in_child(serve_shards, t))
+            print(json.dumps(srow), flush=True)
+            shard_rows.append(srow)
     from ebr.eval.report import write_report
 
     meta = {"title": f"ebr single-node cost curve: N x {args.dim}, PQ{args.spec_m}, "
@@ -172,7 +241,22 @@ def main() -> int:
             "disk_mb", "coarse_ram_mb", "coarse_B_per_vec", "open_s", "serve_rss_anon_mb",
             "serve_rss_anon_total_mb", "serve_rss_file_mb", "recall@10", "qps", "p50_ms",
             "p99_ms"]
+    for r in rows:
+        r["shards"] = 1
     paths = write_report(args.out, args.name, meta, rows, plot=False, columns=cols)
+    if shard_rows:
+        from ebr.eval.report import markdown_table
+
+        scols = ["N", "shards", "spec", "build_s", "build_peak_rss_mb", "recall@10",
+                 "same_as_single_node", "qps", "p50_ms", "p99_ms"]
+        single = [{**r, "same_as_single_node": 1.0} for r in rows]
+        md = Path(paths["md"]).read_text() + "\n## 1 vs N shards (Ray Data build, " \
+            "in-process fan-out)\n\n" + markdown_table(
+                sorted(single + shard_rows, key=lambda r: (r["N"], r["shards"])), scols) + "\n"
+        Path(paths["md"]).write_text(md)
+        data = json.loads(Path(paths["json"]).read_text())
+        data["shard_rows"] = shard_rows
+        Path(paths["json"]).write_text(json.dumps(data, indent=2, default=str))
     _plot(Path(args.out) / f"{args.name}.png", rows)
     print(Path(paths["md"]).read_text())
     return 0
