@@ -29,6 +29,12 @@ Search
     ebr.search.rerank      gather candidate rows from disk, exact scores, top-k        [test_search]
     ebr.search.exact       brute-force reference                                       [test_search]
 
+Scale out
+    ebr.shards             train once, shard indexes from one set of codebooks,        [test_shards]
+                           open_sharded, exact merge (ShardedSearcher)
+    ebr.distributed        the sharded build on Ray Data (extra 'distributed')         [test_shards]
+    (service.ray_serve     shards as Ray Serve deployments behind the ebr router)      [test_shards]
+
 Evaluate
     ebr.eval.metrics       recall vs exact, recall / nDCG / MRR vs qrels               [test_eval]
     ebr.eval.sweep         nprobe x k_coarse sweep, faiss IVFPQ+RefineFlat peer        [test_eval]
