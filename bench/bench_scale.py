@@ -5,7 +5,7 @@
 
 Per N, each step in a fresh process (its peak RSS is its own):
   generate  the built-in generator streams corpus.fbin to disk (bounded memory)
-  build     k-means IVF-PQ (nlist = 4 sqrt N, PQ16, 100k training sample), encoding and the
+  build     k-means IVF-PQ (nlist = 4 sqrt N or --nlist, PQ16, 100k training sample), encoding and the
             dense store written sequentially; optionally Distill-VQ with pseudo-queries and a
             time budget (--distill-budget 0 turns it off)
   serve     open the index (checksums verified), then 500 queries at nprobe 32, C = 200:
@@ -69,7 +69,7 @@ def build(task: dict[str, Any]) -> dict[str, Any]:
     from ebr.spec import BuildParams, IndexSpec
 
     n = task["n"]
-    nlist = 2 ** round(math.log2(4 * math.sqrt(n)))
+    nlist = task["nlist"] or 2 ** round(math.log2(4 * math.sqrt(n)))
     spec = IndexSpec.parse(f"IVF{nlist},PQ{task['m']}")
     x = load_vectors(Path(task["work"]) / f"data-{n}" / "corpus.fbin")
     trainer = None
@@ -145,7 +145,7 @@ def build_ray(task: dict[str, Any]) -> dict[str, Any]:
     from ebr.spec import BuildParams, IndexSpec
 
     n = task["n"]
-    nlist = 2 ** round(math.log2(4 * math.sqrt(n)))
+    nlist = task["nlist"] or 2 ** round(math.log2(4 * math.sqrt(n)))
     t0 = time.perf_counter()
     build_on_ray(Path(task["work"]) / f"index-{n}-s{task['shards']}",
                  Path(task["work"]) / f"data-{n}" / "corpus.fbin",
@@ -204,6 +204,9 @@ def main() -> int:
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--spec-m", type=int, default=16)
     ap.add_argument("--nq", type=int, default=500)
+    ap.add_argument("--nlist", type=int, default=0,
+                    help="fixed nlist for every N (0: 4 sqrt N rounded to a power of 2); a "
+                    "fixed nlist isolates how the encode + write cost grows with N")
     ap.add_argument("--shards", type=int, nargs="*", default=[2],
                     help="also build with Ray Data into this many shards and serve by fan-out")
     ap.add_argument("--distill-budget", type=float, default=0.0,
@@ -216,7 +219,7 @@ def main() -> int:
     shard_rows: list[dict[str, Any]] = []
     for n in args.n:
         task = {"n": n, "dim": args.dim, "m": args.spec_m, "nq": args.nq, "work": args.work,
-                "distill_budget": args.distill_budget}
+                "distill_budget": args.distill_budget, "nlist": args.nlist}
         row: dict[str, Any] = {"N": n, "dim": args.dim}
         for step in (generate, build, serve):
             row.update(_in_child(step, task))
