@@ -188,3 +188,23 @@ def test_ray_serve_router_equals_single_node(ds_ip, built):
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def test_sharded_distill_keeps_lists_and_query_map(ds_ip, tmp_path):
+    """Learned codebooks: every shard keeps the k-means lists and the query map training
+    used, so the sharded index still answers exactly like the single one."""
+    pytest.importorskip("torch", reason="extra 'train' not installed")
+    from ebr.train.distill_vq import DistillConfig, DistillVQTrainer
+
+    tr = DistillVQTrainer(DistillConfig(max_epochs=1, n_pseudo=300, top_k=20, n_random=64,
+                                        val_k=20), niter=5)
+    pre = train_once(ds_ip.xb, PARAMS, tr)
+    assert pre.assign_centroids is not None and pre.query_map is not None
+    write_index(tmp_path / "single", ds_ip.xb, PARAMS, trainer=pre)
+    build_sharded(tmp_path / "sharded", ds_ip.xb, PARAMS, 2, trainer=pre)
+    si = open_sharded(tmp_path / "sharded")
+    assert all(oi.query_map is not None for oi in si.shards)
+    p = SearchParams(k=10, nprobe=4, k_coarse=100)
+    a, _ = Searcher(open_index(tmp_path / "single")).search(ds_ip.xq, p)
+    b, _ = ShardedSearcher(si).search(ds_ip.xq, p)
+    np.testing.assert_array_equal(a.ids, b.ids)
