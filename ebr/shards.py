@@ -71,13 +71,16 @@ class Pretrained:
         self.metric = metric
         self.assign_centroids = assign_centroids
         self.query_map = query_map
-        if assign_centroids is None:
-            self.assign = None  # type: ignore[assignment]  # the writer then uses index.add
 
     def train(self, xt: np.ndarray, spec: Any, metric: Metric, seed: int) -> faiss.Index:
         return faiss.deserialize_index(self.index_bytes)
 
-    def assign(self, index: faiss.Index, x: np.ndarray) -> np.ndarray:  # noqa: F811
+    @property
+    def assign(self) -> Callable[[faiss.Index, np.ndarray], np.ndarray] | None:
+        """The writer's list-assignment hook; ``None`` (plain ``index.add``) for k-means."""
+        return None if self.assign_centroids is None else self._assign
+
+    def _assign(self, index: faiss.Index, x: np.ndarray) -> np.ndarray:
         flat = faiss.IndexFlat(self.assign_centroids.shape[1], self.metric.faiss_metric)
         flat.add(self.assign_centroids)
         _, a = flat.search(rotate(index, x), 1)
@@ -88,7 +91,10 @@ class Pretrained:
 
 
 def train_once(vectors: np.ndarray, params: BuildParams, trainer: Any = None) -> Pretrained:
-    """Train the codebooks on a sample of all ``vectors``, as :func:`write_index` would."""
+    """Train the codebooks on a sample of all ``vectors``, as :func:`write_index` would
+    (a :class:`Pretrained` is returned as it is: it is trained already)."""
+    if isinstance(trainer, Pretrained):
+        return trainer
     check_vectors(vectors, name="vectors")
     params.spec.check_dim(vectors.shape[1])
     trainer = trainer or make_trainer(params.codebooks, niter=params.kmeans_niter)

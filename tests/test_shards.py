@@ -200,6 +200,7 @@ def test_sharded_distill_keeps_lists_and_query_map(ds_ip, tmp_path):
                                         val_k=20), niter=5)
     pre = train_once(ds_ip.xb, PARAMS, tr)
     assert pre.assign_centroids is not None and pre.query_map is not None
+    assert train_once(ds_ip.xb, PARAMS, pre) is pre  # shards get the k-means lists too
     write_index(tmp_path / "single", ds_ip.xb, PARAMS, trainer=pre)
     build_sharded(tmp_path / "sharded", ds_ip.xb, PARAMS, 2, trainer=pre)
     si = open_sharded(tmp_path / "sharded")
