@@ -7,7 +7,9 @@ Builds (once) a synthetic 200k x 128 index, IVF1024,PQ16, then runs for --second
   2. HTTP POST /search: --clients concurrent connections against `python -m service` started
      as a subprocess (--workers uvicorn processes sharing the mapped index, faiss 1 thread
      each); the load comes from wrk (C, 2 threads) when installed, else from httpx (Python)
-  3. HTTP POST /search/batch: the same with 16 searches per request
+  3. HTTP POST /search/batch: the same with 16 searches per request (one batched search)
+  4. HTTP POST /search again with micro-batching (--micro-batch-ms: concurrent requests with
+     equal parameters share one batched search after waiting at most that long)
 Reports QPS, p50/p99 latency and errors; the HTTP/in-process QPS ratio is the HTTP overhead.
 The load generator shares the 2 cores with the server: that cost is part of the figure.
 Writes load.json and load.md.
@@ -139,6 +141,41 @@ def _wrk(url: str, bodies: list[dict], path: str, clients: int, seconds: float,
             "p50_ms": ms("50"), "p99_ms": ms("99"), "client": "wrk"}
 
 
+def _against_server(env: dict[str, str], args: argparse.Namespace,
+                    runs: list[tuple[str, list[dict], int]], work: Path, mb: float
+                    ) -> list[dict]:
+    """Start `python -m service` with ``env``, run each (path, bodies, queries per request)."""
+    rows = []
+    server = subprocess.Popen([sys.executable, "-m", "service", "--workers", str(args.workers)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{args.port}"
+    try:
+        import httpx
+
+        for _ in range(120):
+            try:
+                if httpx.get(url + "/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        else:
+            raise SystemExit("server did not become ready")
+        for path, bodies, per in runs:
+            name = f"HTTP POST {path}" + (f" ({per}/request)" if per > 1 else "") + (
+                f", micro-batch {mb:g} ms" if mb else "")
+            if shutil.which("wrk"):
+                rows.append(_wrk(url, bodies, path, args.clients, args.seconds, per, name, work))
+            else:
+                rows.append(asyncio.run(_http(url, bodies, args.clients, args.seconds, per,
+                                              name + " [httpx client]")))
+            print(rows[-1], flush=True)
+    finally:
+        server.terminate()
+        server.wait(10)
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -150,6 +187,8 @@ def main() -> int:
                     help="uvicorn worker processes (they share the page cache of the index)")
     ap.add_argument("--work", default=str(ROOT / "runs" / "bench_load"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--micro-batch-ms", type=float, nargs="+", default=[0.0, 1.0, 3.0],
+                    help="EBR_MICRO_BATCH_WAIT_MS values for the /search runs (0: off)")
     args = ap.parse_args()
     from ebr.data.synthetic import SyntheticConfig, generate
     from ebr.index.writer import write_index
@@ -164,38 +203,16 @@ def main() -> int:
     rows = [in_process(index_dir, ds.xq, args.clients, args.seconds)]
     print(rows[-1], flush=True)
 
-    env = {**os.environ, "EBR_INDEX_DIR": str(index_dir), "EBR_PORT": str(args.port),
-           "EBR_FAISS_THREADS": "1", "EBR_LOG_FORMAT": "text", "PYTHONPATH": str(ROOT)}
-    server = subprocess.Popen([sys.executable, "-m", "service", "--workers", str(args.workers)],
-                              env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{args.port}"
-    try:
-        import httpx
-
-        for _ in range(120):
-            try:
-                if httpx.get(url + "/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            raise SystemExit("server did not become ready")
-        params = {"nprobe": NPROBE, "candidates": C}
-        single = [{"vector": q.tolist(), "k": K, "params": params} for q in ds.xq]
-        batch = [{"searches": single[i:i + BATCH]} for i in range(0, len(single), BATCH)]
-        for path, bodies, per in (("/search", single[:256], 1), ("/search/batch", batch, BATCH)):
-            name = f"HTTP POST {path}" + (f" ({per}/request)" if per > 1 else "")
-            if shutil.which("wrk"):
-                rows.append(_wrk(url, bodies, path, args.clients, args.seconds, per, name, work))
-            else:
-                rows.append(asyncio.run(_http(url, bodies, args.clients, args.seconds, per,
-                                              name + " [httpx client]")))
-            print(rows[-1], flush=True)
-    finally:
-        server.terminate()
-        server.wait(10)
+    params = {"nprobe": NPROBE, "candidates": C}
+    single = [{"vector": q.tolist(), "k": K, "params": params} for q in ds.xq]
+    batch = [{"searches": single[i:i + BATCH]} for i in range(0, len(single), BATCH)]
+    for mb in args.micro_batch_ms:
+        env = {**os.environ, "EBR_INDEX_DIR": str(index_dir), "EBR_PORT": str(args.port),
+               "EBR_FAISS_THREADS": "1", "EBR_LOG_FORMAT": "text", "PYTHONPATH": str(ROOT),
+               "EBR_MICRO_BATCH_WAIT_MS": str(mb)}
+        runs = [("/search", single[:256], 1)] + ([("/search/batch", batch, BATCH)] if mb == 0
+                                                 else [])
+        rows += _against_server(env, args, runs, work, mb)
     base = rows[0]["qps"]
     for r in rows:
         r["qps_vs_in_process"] = round(float(r["qps"]) / float(base), 3)

@@ -390,7 +390,8 @@ class ShardedSearcher:
                             candidates=n_cand, reranked=n_cand, dense_rows_read=n_cand,
                             dense_bytes_read=n_cand * self.index.dim
                             * self.index.shards[0].dense.dtype.itemsize,
-                            coarse_seconds=time.perf_counter() - t0, rerank_seconds=0.0)
+                            coarse_seconds=time.perf_counter() - t0, rerank_seconds=0.0,
+                            per_query_candidates=sum((p[0] >= 0).sum(axis=1) for p in parts))
         return res, stats
 
     def exact(self, xq: np.ndarray, k: int) -> SearchResult:

@@ -34,6 +34,7 @@ class SearchStats:
     dense_bytes_read: int
     coarse_seconds: float
     rerank_seconds: float
+    per_query_candidates: np.ndarray | None = None  # int [nq]: valid candidates of each query
 
     @property
     def seconds(self) -> float:

@@ -39,6 +39,7 @@ class ServiceState:
     metrics: Metrics = field(default_factory=Metrics)
     reload_lock: threading.Lock = field(default_factory=threading.Lock)
     shard_backends: Any = None  # sharded indexes: index -> backend per shard (None: local)
+    batcher: Any = None  # service.batcher.MicroBatcher when micro-batching is on
 
     @property
     def generation(self) -> int:

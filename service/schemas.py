@@ -74,6 +74,7 @@ class Stats(BaseModel):
     dense_bytes_read: int
     coarse_ms: float
     rerank_ms: float
+    batch: int | None = Field(None, description="queries of the batched search this one ran in")
     index_version: str
 
 

@@ -173,3 +173,42 @@ def test_service_does_not_import_torch():
     code = ("import sys, service.app, ebr, ebr.search.searcher, index_build.__main__; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _same(a: list[dict], b: list[dict]) -> bool:
+    """Same ids in the same order, scores equal to float32 rounding (a batched re-rank is one
+    gemm, a single query's a gemv: the last bits may differ)."""
+    return [h["id"] for h in a] == [h["id"] for h in b] and np.allclose(
+        [h["score"] for h in a], [h["score"] for h in b], atol=1e-5)
+
+
+def test_batch_groups_equal_params_and_matches_singles(client, ds_ip):
+    """A batch with two parameter sets runs two batched searches; every answer equals the
+    same search sent alone."""
+    searches = [{"vector": _v(ds_ip.xq[i]), "k": 5,
+                 "params": {"nprobe": 4 if i % 2 else 8, "candidates": 50}} for i in range(6)]
+    res = client.post("/search/batch", json={"searches": searches}).json()["result"]
+    assert [r["stats"]["batch"] for r in res] == [3] * 6
+    for s, r in zip(searches, res, strict=True):
+        alone = client.post("/search", json=s).json()["result"]
+        assert alone["stats"]["batch"] == 1 and _same(alone["hits"], r["hits"])
+        assert alone["stats"]["candidates"] == r["stats"]["candidates"] == 50
+
+
+def test_micro_batching_shares_searches(index_ip, ds_ip):
+    """Concurrent /search requests ride one batched search and get their own answers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bodies = [{"vector": _v(ds_ip.xq[i]), "k": 5, "params": {"nprobe": 8, "candidates": 60}}
+              for i in range(24)]
+    with TestClient(create_app(Settings(index_dir=str(index_ip)))) as c:
+        expect = [c.post("/search", json=b).json()["result"]["hits"] for b in bodies]
+    with TestClient(create_app(Settings(index_dir=str(index_ip), micro_batch_wait_ms=50,
+                                        micro_batch_max=8))) as c:
+        with ThreadPoolExecutor(12) as pool:
+            replies = list(pool.map(lambda b: c.post("/search", json=b).json(), bodies))
+        batcher = c.app.state.ebr.batcher
+    assert all(_same(r["result"]["hits"], e) for r, e in zip(replies, expect, strict=True))
+    sizes = [r["result"]["stats"]["batch"] for r in replies]
+    assert max(sizes) > 1 and batcher.queries == 24 and batcher.batches < 24
+    assert all(1 <= s <= 8 for s in sizes)

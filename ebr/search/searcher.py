@@ -79,6 +79,7 @@ class Searcher:
             reranked=n_cand if params.rerank else 0, dense_rows_read=rows,
             dense_bytes_read=rows * self.index.dim * self.index.dense.dtype.itemsize,
             coarse_seconds=t1 - t0, rerank_seconds=t2 - t1,
+            per_query_candidates=(cand >= 0).sum(axis=1),
         )
         return SearchResult(ids, scores), stats
 
