@@ -8,8 +8,9 @@ Builds (once) a synthetic 200k x 128 index, IVF1024,PQ16, then runs for --second
      as a subprocess (--workers uvicorn processes sharing the mapped index, faiss 1 thread
      each); the load comes from wrk (C, 2 threads) when installed, else from httpx (Python)
   3. HTTP POST /search/batch: the same with 16 searches per request (one batched search)
-  4. HTTP POST /search again with micro-batching (--micro-batch-ms: concurrent requests with
-     equal parameters share one batched search after waiting at most that long)
+  4. HTTP POST /search with adaptive micro-batching (--micro-batch: at most that many batched
+     searches in flight per worker; concurrent requests with equal parameters queue meanwhile
+     and share the next one). 0 is off: runs 1-3 are without it.
 Reports QPS, p50/p99 latency and errors; the HTTP/in-process QPS ratio is the HTTP overhead.
 The load generator shares the 2 cores with the server: that cost is part of the figure.
 Writes load.json and load.md.
@@ -142,7 +143,7 @@ def _wrk(url: str, bodies: list[dict], path: str, clients: int, seconds: float,
 
 
 def _against_server(env: dict[str, str], args: argparse.Namespace,
-                    runs: list[tuple[str, list[dict], int]], work: Path, mb: float
+                    runs: list[tuple[str, list[dict], int]], work: Path, mb: int
                     ) -> list[dict]:
     """Start `python -m service` with ``env``, run each (path, bodies, queries per request)."""
     rows = []
@@ -163,7 +164,7 @@ def _against_server(env: dict[str, str], args: argparse.Namespace,
             raise SystemExit("server did not become ready")
         for path, bodies, per in runs:
             name = f"HTTP POST {path}" + (f" ({per}/request)" if per > 1 else "") + (
-                f", micro-batch {mb:g} ms" if mb else "")
+                f", micro-batching ({mb} in flight)" if mb else "")
             if shutil.which("wrk"):
                 rows.append(_wrk(url, bodies, path, args.clients, args.seconds, per, name, work))
             else:
@@ -187,8 +188,8 @@ def main() -> int:
                     help="uvicorn worker processes (they share the page cache of the index)")
     ap.add_argument("--work", default=str(ROOT / "runs" / "bench_load"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
-    ap.add_argument("--micro-batch-ms", type=float, nargs="+", default=[0.0, 1.0, 3.0],
-                    help="EBR_MICRO_BATCH_WAIT_MS values for the /search runs (0: off)")
+    ap.add_argument("--micro-batch", type=int, nargs="+", default=[0, 1, 2],
+                    help="EBR_MICRO_BATCH_INFLIGHT values for the /search runs (0: off)")
     args = ap.parse_args()
     from ebr.data.synthetic import SyntheticConfig, generate
     from ebr.index.writer import write_index
@@ -206,10 +207,10 @@ def main() -> int:
     params = {"nprobe": NPROBE, "candidates": C}
     single = [{"vector": q.tolist(), "k": K, "params": params} for q in ds.xq]
     batch = [{"searches": single[i:i + BATCH]} for i in range(0, len(single), BATCH)]
-    for mb in args.micro_batch_ms:
+    for mb in args.micro_batch:
         env = {**os.environ, "EBR_INDEX_DIR": str(index_dir), "EBR_PORT": str(args.port),
                "EBR_FAISS_THREADS": "1", "EBR_LOG_FORMAT": "text", "PYTHONPATH": str(ROOT),
-               "EBR_MICRO_BATCH_WAIT_MS": str(mb)}
+               "EBR_MICRO_BATCH_INFLIGHT": str(mb)}
         runs = [("/search", single[:256], 1)] + ([("/search/batch", batch, BATCH)] if mb == 0
                                                  else [])
         rows += _against_server(env, args, runs, work, mb)

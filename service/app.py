@@ -138,10 +138,10 @@ def create_app(settings: Settings | None = None, shard_backends: Any = None) -> 
     settings = settings or Settings.from_env()
     faiss.omp_set_num_threads(settings.faiss_threads)
     state = ServiceState(settings=settings, shard_backends=shard_backends)
-    if settings.micro_batch_wait_ms > 0:
+    if settings.micro_batch_inflight > 0:
         from service.batcher import MicroBatcher
 
-        state.batcher = MicroBatcher(settings.micro_batch_max, settings.micro_batch_wait_ms / 1e3)
+        state.batcher = MicroBatcher(settings.micro_batch_max, settings.micro_batch_inflight)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -32,9 +32,10 @@ class Settings(BaseModel):
     max_k_coarse: int = Field(10_000, ge=1, description="largest candidate count (bounds the "
                               "disk reads one request can cause)")
     max_batch: int = Field(256, ge=1, description="largest number of searches in one batch")
-    micro_batch_wait_ms: float = Field(0.0, ge=0.0, le=50.0, description="/search requests "
-                                       "wait up to this long to share one batched search with "
-                                       "concurrent ones (0: off)")
+    micro_batch_inflight: int = Field(2, ge=0, le=64, description="adaptive micro-batching "
+                                      "of /search: at most this many batched searches per "
+                                      "parameter set run at once per worker; requests arriving "
+                                      "meanwhile queue and run together (0: off)")
     micro_batch_max: int = Field(32, ge=1, le=1024, description="most /search requests in one "
                                  "micro-batch")
     faiss_threads: int = Field(1, ge=1, description="OpenMP threads per faiss call; 1 lets the "

@@ -201,9 +201,11 @@ def test_micro_batching_shares_searches(index_ip, ds_ip):
 
     bodies = [{"vector": _v(ds_ip.xq[i]), "k": 5, "params": {"nprobe": 8, "candidates": 60}}
               for i in range(24)]
-    with TestClient(create_app(Settings(index_dir=str(index_ip)))) as c:
+    with TestClient(create_app(Settings(index_dir=str(index_ip),
+                                        micro_batch_inflight=0))) as c:
+        assert c.app.state.ebr.batcher is None
         expect = [c.post("/search", json=b).json()["result"]["hits"] for b in bodies]
-    with TestClient(create_app(Settings(index_dir=str(index_ip), micro_batch_wait_ms=50,
+    with TestClient(create_app(Settings(index_dir=str(index_ip), micro_batch_inflight=1,
                                         micro_batch_max=8))) as c:
         with ThreadPoolExecutor(12) as pool:
             replies = list(pool.map(lambda b: c.post("/search", json=b).json(), bodies))

@@ -2,7 +2,7 @@
 
 Searches run in the thread pool (faiss and numpy release the GIL). A batch request's searches
 with equal parameters run as one batched search; ``/search`` requests arriving together can
-share one too (``service.batcher``, ``micro_batch_wait_ms``)."""
+share one too (``service.batcher``, ``micro_batch_inflight``)."""
 
 from __future__ import annotations
 
@@ -164,9 +164,9 @@ def _many(reqs: list[SearchRequest], state: ServiceState, gen: Generation,
 @router.post("/search", response_model=SearchResponse, response_model_exclude_none=True,
              responses=_ERRORS)
 async def search(req: SearchRequest, gen: GenerationDep, state: StateDep) -> Response:
-    """With micro-batching on (``micro_batch_wait_ms`` > 0), concurrent vector searches with
-    the same parameters share one batched search; text, exact and ``with_vector`` requests,
-    and everything when it is off, run alone in the thread pool."""
+    """With micro-batching on (``micro_batch_inflight`` > 0, the default), concurrent vector
+    searches with the same parameters share one batched search; text, exact and
+    ``with_vector`` requests, and everything when it is off, run alone in the thread pool."""
     t0 = time.perf_counter()
     batcher = state.batcher
     if batcher is None or req.text is not None or req.params.exact or req.with_vector:
