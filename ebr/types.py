@@ -30,7 +30,7 @@ class SearchStats:
     k_coarse: int
     candidates: int  # valid coarse candidates over the batch (after -1 padding is dropped)
     reranked: int  # candidate rows scored exactly (0 when rerank is off)
-    dense_rows_read: int  # distinct dense rows read from disk
+    dense_rows_read: int  # rows read: per query (float32, compiled) or distinct (numpy path)
     dense_bytes_read: int
     coarse_seconds: float
     rerank_seconds: float

@@ -1,11 +1,15 @@
 """Exact re-rank: gather candidate rows from the on-disk dense store, score, keep the top k.
 
-Candidate rows of the whole batch are de-duplicated and sorted before the gather, so the
-memmap is read forward, each row once, however many queries share it.
+float32 stores: one faiss call scores every query's candidates straight from the mapped rows
+and keeps the top k (compiled; ties in arbitrary order). float16 stores, and any input faiss
+cannot take: the numpy path, where candidate rows of the whole batch are de-duplicated and
+sorted before the gather (the memmap is read forward, each row once) and ties go to the
+smaller id.
 """
 
 from __future__ import annotations
 
+import faiss
 import numpy as np
 
 from ebr.metric import Metric
@@ -32,13 +36,50 @@ def topk(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
     return out_ids.astype(np.int64), out_scores
 
 
+def _rerank_compiled(xq: np.ndarray, cand: np.ndarray, dense: np.ndarray, metric: Metric,
+                     k: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """float32 stores: gather, score and top-k in one faiss call per batch
+    (``knn_inner_products_by_idx`` / ``knn_L2sqr_by_idx``), reading the mapped rows in place.
+    About 3 µs for 100 candidates where the numpy path takes ~125 µs (bench_peers)."""
+    nq, c = cand.shape
+    n, d = dense.shape
+    kk = min(k, c)
+    scores = np.empty((nq, kk), dtype=np.float32)
+    ids = np.empty((nq, kk), dtype=np.int64)
+    fn = faiss.knn_inner_products_by_idx if metric is Metric.IP else faiss.knn_L2sqr_by_idx
+    # faiss stops a row at its first -1: coarse results pad at the end, which is what we pass
+    fn(faiss.swig_ptr(xq), faiss.swig_ptr(dense), faiss.swig_ptr(cand), d, nq, n, c, kk,
+       faiss.swig_ptr(scores), faiss.swig_ptr(ids), c)  # ld_ids must be given: -1 misreads
+    valid = ids >= 0
+    if metric is Metric.L2:
+        scores = -scores
+    scores = np.where(valid, scores, -np.inf).astype(np.float32)
+    ids = np.where(valid, ids, -1)
+    if kk < k:
+        ids = np.pad(ids, ((0, 0), (0, k - kk)), constant_values=-1)
+        scores = np.pad(scores, ((0, 0), (0, k - kk)), constant_values=-np.inf)
+    return ids, scores, int((cand >= 0).sum())
+
+
+def _compiled_ok(xq: np.ndarray, cand: np.ndarray, dense: np.ndarray) -> bool:
+    if not (dense.dtype == np.float32 and dense.flags.c_contiguous and xq.flags.c_contiguous
+            and xq.dtype == np.float32 and cand.dtype == np.int64 and cand.flags.c_contiguous):
+        return False
+    valid = cand >= 0  # every row's -1 padding must be trailing (faiss stops at the first -1)
+    return bool((valid[:, :-1] | ~valid[:, 1:]).all()) if cand.shape[1] > 1 else True
+
+
 def rerank(xq: np.ndarray, cand: np.ndarray, dense: np.ndarray, metric: Metric,
            k: int) -> tuple[np.ndarray, np.ndarray, int]:
     """Exact scores of each query's candidates, top-k.
 
     xq: float32 [nq, d]; cand: int64 [nq, c] row ids (``-1`` padding); dense: [n, d] memmap.
-    Returns (ids [nq, k], scores [nq, k], distinct rows read).
+    Returns (ids [nq, k], scores [nq, k], rows read). float32 stores go through faiss'
+    compiled by-index kernels (rows read = valid candidates); others (float16) through numpy
+    (distinct rows of the batch, read once, sorted).
     """
+    if _compiled_ok(xq, cand, dense):
+        return _rerank_compiled(xq, cand, dense, metric, k)
     nq, c = cand.shape
     valid = cand >= 0
     rows = np.unique(cand[valid])  # sorted: forward reads
