@@ -188,6 +188,7 @@ def main() -> int:
                     default=["floor", "ebr", "faiss-refine", "faiss-hnsw", "usearch", "lancedb"])
     ap.add_argument("--work", default=str(ROOT / "runs" / "bench_peers"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--name", default="peers", help="file stem of the outputs")
     args = ap.parse_args()
     import faiss
 
@@ -208,7 +209,7 @@ def main() -> int:
                 except Exception as e:  # a peer that fails to install/run is reported, not hidden
                     rows.append({"system": t["name"], "error": f"{type(e).__name__}: {e}"})
     out = Path(args.out)
-    (out / "peers.json").write_text(json.dumps({"n": args.n, "target": args.target,
+    (out / f"{args.name}.json").write_text(json.dumps({"n": args.n, "target": args.target,
                                                 "rows": rows}, indent=2))
     from ebr.eval.report import markdown_table
 
@@ -217,7 +218,7 @@ def main() -> int:
     md = [f"# Peers at recall@10 >= {args.target} (n = {args.n} x 128, one query at a time)", "",
           markdown_table(rows, cols), "", "Sweeps (knob, recall@10):", ""]
     md += [f"- {r['system']}: {r.get('sweep', r.get('error'))}" for r in rows]
-    (out / "peers.md").write_text("\n".join(md) + "\n")
+    (out / f"{args.name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0
 

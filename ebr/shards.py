@@ -328,7 +328,8 @@ def shard_answer(oi: OpenIndex, start: int, xq: np.ndarray, params: SearchParams
     s = Searcher(oi)
     kc = min(params.k_coarse, oi.ntotal)
     cand, cscores = s.coarse(xq, kc, params.nprobe)
-    res_ids, res_sc, _ = rerank(s.dense_queries(xq), cand, oi.dense, oi.metric, kc)
+    res_ids, res_sc, _ = rerank(s.dense_queries(xq), cand, oi.dense, oi.metric, kc,
+                                padded_at_end=True)
     res = SearchResult(res_ids, res_sc)  # every candidate, with its exact score
     order = np.argsort(np.where(res.ids >= 0, res.ids, np.iinfo(np.int64).max), axis=1)
     r_ids = np.take_along_axis(res.ids, order, 1)

@@ -189,6 +189,11 @@ def check_vectors(x: np.ndarray, d: int | None = None, name: str = "vectors",
         raise InputError(f"{name}: expected a numeric array, got dtype {x.dtype}")
     if d is not None and x.shape[1] != d:
         raise InputError(f"{name}: dimension {x.shape[1]} does not match the index dimension {d}")
+    if x.dtype == np.float32 and x.shape[0] <= chunk_rows:
+        if not np.isfinite(x).all():  # one chunk (every query batch): one pass (hot path)
+            bad = int(np.argwhere(~np.isfinite(x))[0, 0])
+            raise InputError(f"{name}: row {bad} contains NaN or inf")
+        return
     for i0 in range(0, x.shape[0], chunk_rows):
         block = np.asarray(x[i0:i0 + chunk_rows])
         if np.issubdtype(block.dtype, np.floating) and not np.isfinite(block).all():

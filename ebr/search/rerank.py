@@ -50,35 +50,40 @@ def _rerank_compiled(xq: np.ndarray, cand: np.ndarray, dense: np.ndarray, metric
     # faiss stops a row at its first -1: coarse results pad at the end, which is what we pass
     fn(faiss.swig_ptr(xq), faiss.swig_ptr(dense), faiss.swig_ptr(cand), d, nq, n, c, kk,
        faiss.swig_ptr(scores), faiss.swig_ptr(ids), c)  # ld_ids must be given: -1 misreads
-    valid = ids >= 0
     if metric is Metric.L2:
         scores = -scores
-    scores = np.where(valid, scores, -np.inf).astype(np.float32)
-    ids = np.where(valid, ids, -1)
+    valid = ids >= 0
+    if not valid.all():
+        scores = np.where(valid, scores, -np.inf).astype(np.float32)
+        ids = np.where(valid, ids, -1)
     if kk < k:
         ids = np.pad(ids, ((0, 0), (0, k - kk)), constant_values=-1)
         scores = np.pad(scores, ((0, 0), (0, k - kk)), constant_values=-np.inf)
-    return ids, scores, int((cand >= 0).sum())
+    return ids, scores, int(np.count_nonzero(cand >= 0))
 
 
-def _compiled_ok(xq: np.ndarray, cand: np.ndarray, dense: np.ndarray) -> bool:
+def _compiled_ok(xq: np.ndarray, cand: np.ndarray, dense: np.ndarray,
+                 padded_at_end: bool = False) -> bool:
     if not (dense.dtype == np.float32 and dense.flags.c_contiguous and xq.flags.c_contiguous
             and xq.dtype == np.float32 and cand.dtype == np.int64 and cand.flags.c_contiguous):
         return False
+    if padded_at_end:
+        return True
     valid = cand >= 0  # every row's -1 padding must be trailing (faiss stops at the first -1)
     return bool((valid[:, :-1] | ~valid[:, 1:]).all()) if cand.shape[1] > 1 else True
 
 
 def rerank(xq: np.ndarray, cand: np.ndarray, dense: np.ndarray, metric: Metric,
-           k: int) -> tuple[np.ndarray, np.ndarray, int]:
+           k: int, padded_at_end: bool = False) -> tuple[np.ndarray, np.ndarray, int]:
     """Exact scores of each query's candidates, top-k.
 
     xq: float32 [nq, d]; cand: int64 [nq, c] row ids (``-1`` padding); dense: [n, d] memmap.
     Returns (ids [nq, k], scores [nq, k], rows read). float32 stores go through faiss'
     compiled by-index kernels (rows read = valid candidates); others (float16) through numpy
-    (distinct rows of the batch, read once, sorted).
+    (distinct rows of the batch, read once, sorted). ``padded_at_end``: the caller guarantees
+    every row's ``-1`` padding is trailing (faiss results), which skips that check.
     """
-    if _compiled_ok(xq, cand, dense):
+    if _compiled_ok(xq, cand, dense, padded_at_end):
         return _rerank_compiled(xq, cand, dense, metric, k)
     nq, c = cand.shape
     valid = cand >= 0

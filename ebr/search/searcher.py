@@ -51,10 +51,15 @@ class Searcher:
 
         A learned query map (Distill-VQ) applies here only; the re-rank uses the original query.
         """
+        ids, D = self._coarse(xq, k_coarse, nprobe)
+        return ids, faiss_scores_to_ebr(D, self.index.metric)
+
+    def _coarse(self, xq: np.ndarray, k_coarse: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, raw faiss distances): the re-rank needs no coarse scores."""
         if self.index.query_map is not None:
             xq = np.ascontiguousarray(xq @ self.index.query_map.T, dtype=np.float32)
         D, ids = self.index.coarse.search(xq, k_coarse, params=ivf_params(self.index.coarse, nprobe))
-        return ids.astype(np.int64), faiss_scores_to_ebr(D, self.index.metric)
+        return ids, D
 
     def dense_queries(self, xq: np.ndarray) -> np.ndarray:
         """The queries scored against the dense store: f_q(q) with a BiDR query tower."""
@@ -65,21 +70,23 @@ class Searcher:
         params.validate(self.index.nlist, self.index.ntotal)
         xq = self.prepare_queries(xq)
         t0 = time.perf_counter()
-        cand, cscores = self.coarse(xq, params.k_coarse, params.nprobe)
+        cand, D = self._coarse(xq, params.k_coarse, params.nprobe)
         t1 = time.perf_counter()
-        n_cand = int((cand >= 0).sum())
-        if params.rerank:
+        per_query = (cand >= 0).sum(axis=1)
+        n_cand = int(per_query.sum())
+        if params.rerank:  # faiss pads results with -1 at the end of each row
             ids, scores, rows = rerank(self.dense_queries(xq), cand, self.index.dense,
-                                       self.index.metric, params.k)
+                                       self.index.metric, params.k, padded_at_end=True)
         else:
-            ids, scores, rows = cand[:, :params.k], cscores[:, :params.k], 0
+            ids = cand[:, :params.k]
+            scores, rows = faiss_scores_to_ebr(D[:, :params.k], self.index.metric), 0
         t2 = time.perf_counter()
         stats = SearchStats(
             nq=xq.shape[0], nprobe=params.nprobe, k_coarse=params.k_coarse, candidates=n_cand,
             reranked=n_cand if params.rerank else 0, dense_rows_read=rows,
             dense_bytes_read=rows * self.index.dim * self.index.dense.dtype.itemsize,
             coarse_seconds=t1 - t0, rerank_seconds=t2 - t1,
-            per_query_candidates=(cand >= 0).sum(axis=1),
+            per_query_candidates=per_query,
         )
         return SearchResult(ids, scores), stats
 
