@@ -12,6 +12,7 @@ Every public input is validated here with an explicit exception naming the param
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 
@@ -34,6 +35,7 @@ class Searcher:
 
     def __init__(self, index: OpenIndex) -> None:
         self.index = index
+        self._ivf_params: dict[int, Any] = {}
 
     def prepare_queries(self, xq: np.ndarray) -> np.ndarray:
         """Validate ``xq`` ([nq, d] or [d]) and return float32 [nq, d], normalised if the index is."""
@@ -58,7 +60,10 @@ class Searcher:
         """(ids, raw faiss distances): the re-rank needs no coarse scores."""
         if self.index.query_map is not None:
             xq = np.ascontiguousarray(xq @ self.index.query_map.T, dtype=np.float32)
-        D, ids = self.index.coarse.search(xq, k_coarse, params=ivf_params(self.index.coarse, nprobe))
+        sp = self._ivf_params.get(nprobe)
+        if sp is None:  # read-only during a search: one object per nprobe, shared by threads
+            sp = self._ivf_params.setdefault(nprobe, ivf_params(self.index.coarse, nprobe))
+        D, ids = self.index.coarse.search(xq, k_coarse, params=sp)
         return ids, D
 
     def dense_queries(self, xq: np.ndarray) -> np.ndarray:
