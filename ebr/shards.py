@@ -317,8 +317,12 @@ def merge(parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], k: int, k_
     ids = np.concatenate([p[0] for p in parts], axis=1)
     coarse = np.concatenate([p[1] for p in parts], axis=1)
     exact = np.concatenate([p[2] for p in parts], axis=1)
-    keep_ids, _ = topk(np.where(ids >= 0, coarse, -np.inf), ids, k_coarse)
-    in_top = (ids[:, :, None] == keep_ids[:, None, :]).any(-1) & (ids >= 0)
+    coarse = np.where(ids >= 0, coarse, -np.inf)
+    # positions of the global top-k_coarse by (coarse score desc, id asc), as topk orders them
+    order = np.lexsort((np.where(ids < 0, np.iinfo(np.int64).max, ids), -coarse), axis=1)
+    in_top = np.zeros(ids.shape, dtype=bool)
+    np.put_along_axis(in_top, order[:, :k_coarse], True, axis=1)
+    in_top &= ids >= 0
     return SearchResult(*topk(np.where(in_top, exact, -np.inf), np.where(in_top, ids, -1), k))
 
 

@@ -258,20 +258,22 @@ class DistillVQTrainer:
         self._assigner = faiss.IndexFlat(centroids.shape[1], metric.faiss_metric)
         self._assigner.add(centroids)  # the k-means lists stay the documents' lists
         xt = np.ascontiguousarray(xt, dtype=np.float32)
-        labelled, val_pairs, xt = self._split_pairs(xt, metric, rng)
+        labelled, val_pairs, xt = self._split_pairs(xt, rng)
         n = len(xt)
         assign_np = self._assign_rotated(rotate(index, xt))
 
         xq, kind = self._training_queries(xt, rng, labelled)
-        if val_pairs is not None:  # labels: validate on held-out pairs, train on the rest
-            val_q, train_q, nval = val_pairs[0], xq, len(val_pairs[0])
+        if labelled is not None:  # labels: validate on held-out pairs, train on the rest;
+            train_q = xq  # unpermuted: the labelled queries are its first rows
+            val_q = val_pairs[0] if val_pairs is not None else xq[:0]
+            nval = len(val_q)
         else:
             nval = min(int(len(xq) * cfg.val_fraction), cfg.max_val_queries) if len(xq) >= 20 \
                 else 0
             perm = rng.permutation(len(xq))
             val_q, train_q = xq[perm[:nval]], xq[perm[nval:]]
         t0 = time.perf_counter()
-        top = teacher_topk(train_q, xt, cfg.top_k, metric)
+        top = teacher_topk(train_q, xt, cfg.top_k, metric)  # labelled queries are its first rows
         val_truth = teacher_topk(val_q, xt, min(cfg.val_k, n), metric) if nval else None
         t_teacher = time.perf_counter() - t0
 
@@ -328,7 +330,7 @@ class DistillVQTrainer:
                     lab_pos += cfg.batch_size
                     picked = np.array([p[rng.integers(len(p))] for p in
                                        (labelled[1][i] for i in lq)], dtype=np.int64)
-                    doc_parts += [picked, labelled[2][lq].ravel()]
+                    doc_parts += [picked, top[lq].ravel()]  # teacher top-K of labelled lq
                 docs = np.unique(np.concatenate(doc_parts))
                 d_idx = torch.from_numpy(docs)
                 q = torch.from_numpy(train_q[bq])
@@ -409,12 +411,12 @@ class DistillVQTrainer:
         _, a = self._assigner.search(np.ascontiguousarray(xr, dtype=np.float32), 1)
         return a.ravel().astype(np.int64)
 
-    def _split_pairs(self, xt: np.ndarray, metric: Metric, rng: np.random.Generator) -> tuple[
-            tuple[np.ndarray, list[np.ndarray], np.ndarray] | None,
+    def _split_pairs(self, xt: np.ndarray, rng: np.random.Generator) -> tuple[
+            tuple[np.ndarray, list[np.ndarray]] | None,
             tuple[np.ndarray, list[np.ndarray]] | None, np.ndarray]:
         """Labelled pairs in training-sample coordinates: (train queries, positives as rows
-        of the returned sample, teacher top-K), (val queries, val positives), and the sample
-        with the positives it lacked appended (training only: nothing of it is exported)."""
+        of the returned sample), (val queries, val positives), and the sample with the
+        positives it lacked appended (training only: nothing of it is exported)."""
         if self.pairs is None:
             return None, None, xt
         cfg = self.config
@@ -437,13 +439,11 @@ class DistillVQTrainer:
         tr, va = split_pairs(pairs.positives, cfg.val_fraction, cfg.val_split, rng)
         va = va[:cfg.max_val_queries]
         nval = len(va)
-        q_tr = queries[tr]
-        top = teacher_topk(q_tr, xt, cfg.top_k, metric)
         val = (queries[va], [pos[i] for i in va]) if nval else None
-        return (q_tr, [pos[i] for i in tr], top), val, xt
+        return (queries[tr], [pos[i] for i in tr]), val, xt
 
     def _training_queries(self, xt: np.ndarray, rng: np.random.Generator,
-                          labelled: tuple[np.ndarray, list[np.ndarray], np.ndarray] | None = None
+                          labelled: tuple[np.ndarray, list[np.ndarray]] | None = None
                           ) -> tuple[np.ndarray, str]:
         cfg = self.config
         parts, kinds = [], []
