@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ebr.errors import InputError
+from ebr.index.writer import _staging_dir
 from ebr.io.manifest import Manifest
 from ebr.io.vecs import load_vectors
 from ebr.shards import commit_shards, shard_ranges, train_once, write_shard
@@ -60,36 +57,29 @@ def build_on_ray(directory: str | os.PathLike[str], vectors_path: str | os.PathL
     pre = train_once(x, params, trainer)
     t_train = time.perf_counter() - t0
     ranges = shard_ranges(len(x), n_shards)
-    dim = int(x.shape[1])
     del x
     started = not ray.is_initialized()
     if started:
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING)
-    stage = target.parent / f".{target.name}.building-{uuid.uuid4().hex[:8]}"
-    stage.mkdir(parents=True)
     try:
-        pre_ref = ray.put(pre)  # the codebooks, broadcast once
-        ids_ref = ray.put(ids)
+        with _staging_dir(target) as stage:  # removed again if anything below fails
+            pre_ref = ray.put(pre)  # the codebooks, broadcast once
+            ids_ref = ray.put(ids)
 
-        def write(row: dict[str, Any]) -> dict[str, Any]:
-            vec = load_vectors(vectors_path)  # each task maps the input itself
-            out = write_shard(stage, int(row["shard"]), int(row["start"]), int(row["stop"]),
-                              vec, params, ray.get(pre_ref), ray.get(ids_ref))
-            out["node"] = ray.get_runtime_context().get_node_id()
-            return out
+            def write(row: dict[str, Any]) -> dict[str, Any]:
+                vec = load_vectors(vectors_path)  # each task maps the input itself
+                out = write_shard(stage, int(row["shard"]), int(row["start"]),
+                                  int(row["stop"]), vec, params, ray.get(pre_ref),
+                                  ray.get(ids_ref))
+                out["node"] = ray.get_runtime_context().get_node_id()
+                return out
 
-        items = [{"shard": i, "start": a, "stop": b} for i, (a, b) in enumerate(ranges)]
-        ds = ray.data.from_items(items, override_num_blocks=len(items))
-        shards = ds.map(write, concurrency=concurrency or min(len(items),
-                                                              int(ray.cluster_resources()
-                                                                  .get("CPU", 1)))).take_all()
-        id_kind = "int" if ids is None or np.issubdtype(np.asarray(ids).dtype, np.integer) \
-            else "str"
-        m = commit_shards(stage, target, shards, params, pre, dim, id_kind, "ray", overwrite)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+            items = [{"shard": i, "start": a, "stop": b} for i, (a, b) in enumerate(ranges)]
+            ds = ray.data.from_items(items, override_num_blocks=len(items))
+            cpus = int(ray.cluster_resources().get("CPU", 1))
+            shards = ds.map(write, concurrency=concurrency or min(len(items), cpus)).take_all()
+            m = commit_shards(stage, target, shards, params, pre, "ray", overwrite)
     finally:
         if started:
             ray.shutdown()

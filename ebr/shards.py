@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -31,7 +29,14 @@ import numpy as np
 
 from ebr.errors import IndexFormatError, InputError, SearchParamError
 from ebr.index.reader import OpenIndex, open_index
-from ebr.index.writer import _gather, normalize_rows, sample_rows, write_index
+from ebr.index.writer import (
+    _gather,
+    _publish,
+    _staging_dir,
+    normalize_rows,
+    sample_rows,
+    write_index,
+)
 from ebr.io import layout
 from ebr.io.manifest import (
     FORMAT_VERSION_2,
@@ -135,18 +140,19 @@ def write_shard(stage: str | os.PathLike[str], i: int, start: int, stop: int,
 
 
 def commit_shards(stage: Path, target: Path, shards: list[dict[str, Any]], params: BuildParams,
-                  pre: Pretrained, dim: int, id_kind: str, executor: str,
-                  overwrite: bool) -> Manifest:
-    """Write the top manifest (last) and move the staged directory into place."""
+                  pre: Pretrained, executor: str, overwrite: bool) -> Manifest:
+    """Write the top manifest (last) and move the staged directory into place (the writer's
+    ``_publish``); dimension and id kind come from the shards' own manifests."""
     shards = sorted(shards, key=lambda s: s["shard"])
     files = {}
     for s in shards:
         p = stage / s["dir"] / layout.MANIFEST
         files[f"{s['dir']}/{layout.MANIFEST}"] = FileEntry(p.stat().st_size, sha256_file(p))
     n = int(sum(s["ntotal"] for s in shards))
+    first = read_manifest(stage / shards[0]["dir"])
     manifest = Manifest(
-        spec=str(params.spec), metric=params.metric.value, dim=dim, ntotal=n,
-        dense_dtype=params.dense_dtype, id_kind=id_kind, files=files,
+        spec=str(params.spec), metric=params.metric.value, dim=first.dim, ntotal=n,
+        dense_dtype=params.dense_dtype, id_kind=first.id_kind, files=files,
         codebooks=pre.describe(),
         build={"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "executor": executor, "params": {"spec": str(params.spec),
@@ -155,15 +161,7 @@ def commit_shards(stage: Path, target: Path, shards: list[dict[str, Any]], param
         shards=[{k: s[k] for k in ("dir", "start", "stop", "ntotal")} for s in shards],
         format_version=FORMAT_VERSION_2)
     write_manifest(stage, manifest)
-    if target.exists():
-        if not overwrite:
-            raise InputError(f"{target} exists; pass overwrite=True to replace it")
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(target, old)
-        os.rename(stage, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(stage, target)
+    _publish(stage, target, overwrite)
     return manifest
 
 
@@ -179,19 +177,11 @@ def build_sharded(directory: str | os.PathLike[str], vectors: np.ndarray, params
     if target.exists() and not overwrite:
         raise InputError(f"{target} exists; pass overwrite=True to replace it")
     pre = train_once(vectors, params, trainer)
-    stage = target.parent / f".{target.name}.building-{uuid.uuid4().hex[:8]}"
-    stage.mkdir(parents=True)
-    try:
+    with _staging_dir(target) as stage:
         jobs = [lambda i=i, a=a, b=b: write_shard(stage, i, a, b, vectors, params, pre, ids)
                 for i, (a, b) in enumerate(shard_ranges(len(vectors), n_shards))]
         shards = (run or (lambda js: [j() for j in js]))(jobs)
-        id_kind = "int" if ids is None or np.issubdtype(np.asarray(ids).dtype, np.integer) \
-            else "str"
-        m = commit_shards(stage, target, shards, params, pre, vectors.shape[1], id_kind,
-                          "local", overwrite)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+        m = commit_shards(stage, target, shards, params, pre, "local", overwrite)
     logger.info("wrote %s: %d shards, %d vectors, %.1f s", target, n_shards, m.ntotal,
                 time.perf_counter() - t0)
     return m
