@@ -30,9 +30,9 @@ import numpy as np
 from ebr.errors import IndexFormatError, InputError, SearchParamError
 from ebr.index.reader import OpenIndex, open_index
 from ebr.index.writer import (
-    _gather,
     _publish,
     _staging_dir,
+    gather_rows,
     normalize_rows,
     sample_rows,
     write_index,
@@ -104,7 +104,7 @@ def train_once(vectors: np.ndarray, params: BuildParams, trainer: Any = None) ->
     params.spec.check_dim(vectors.shape[1])
     trainer = trainer or make_trainer(params.codebooks, niter=params.kmeans_niter)
     rows = sample_rows(len(vectors), params.train_size, params.seed)
-    xt = _gather(vectors, rows)
+    xt = gather_rows(vectors, rows)
     if params.normalize:
         xt = normalize_rows(xt)
     index = trainer.train(xt, params.spec, params.metric, params.seed)

@@ -259,6 +259,7 @@ def _finetune_encoder(args: argparse.Namespace, x: Any, ids: Any, pairs: Any,
     """
     import numpy as np
 
+    from ebr.index.writer import gather_rows, sample_rows
     from ebr.io.beir import load_corpus, load_queries
     from ebr.io.encoder import MINILM, TextEncoder
     from ebr.quant.faiss_bridge import KMeansTrainer, ivf_params
@@ -270,11 +271,10 @@ def _finetune_encoder(args: argparse.Namespace, x: Any, ids: Any, pairs: Any,
     qtext = load_queries(args.beir)
     query_texts = [qtext[q] for q in pairs.ids]
     # the shortlists a plain k-means index over the base embeddings hands the re-rank
-    x = np.asarray(x, dtype=np.float32)
-    sample = x[np.random.default_rng(params.seed).permutation(len(x))[:params.train_size]]
+    sample = gather_rows(x, sample_rows(len(x), params.train_size, params.seed))  # as write_index
     index = KMeansTrainer(niter=params.kmeans_niter).train(sample, params.spec, params.metric,
                                                            params.seed)
-    index.add(x)
+    index.add(np.ascontiguousarray(x, dtype=np.float32))
     nprobe = args.shortlist_nprobe or max(1, params.spec.nlist // 4)
     _, sl = index.search(pairs.queries, min(args.shortlist, len(x)),
                          params=ivf_params(index, min(nprobe, params.spec.nlist)))

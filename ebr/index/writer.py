@@ -47,7 +47,7 @@ from ebr.quant.faiss_bridge import (
 from ebr.spec import BuildParams
 from ebr.towers import Tower
 
-__all__ = ["write_index", "normalize_rows", "sample_rows"]
+__all__ = ["write_index", "normalize_rows", "sample_rows", "gather_rows"]
 
 logger = logging.getLogger(__name__)
 CHUNK = 65536
@@ -75,7 +75,7 @@ def _chunks(x: np.ndarray, normalize: bool) -> Iterator[tuple[int, np.ndarray]]:
         yield i0, normalize_rows(block) if normalize else block
 
 
-def _gather(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+def gather_rows(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """x[rows] (rows sorted) as float32, one chunk of the input at a time: a spread sample
     touches most pages of a mapped file, and each chunk's pages leave RSS once copied."""
     out = np.empty((len(rows), x.shape[1]), dtype=np.float32)
@@ -183,7 +183,7 @@ def write_index(
 
     t0 = time.perf_counter()
     rows = sample_rows(n, params.train_size, params.seed)
-    xt = _gather(vectors, rows)
+    xt = gather_rows(vectors, rows)
     if params.normalize:
         xt = normalize_rows(xt)
     index = trainer.train(xt, params.spec, metric, params.seed)
