@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> None:
     s = Settings.from_env()
     configure_logging(s.log_format, logging.INFO)
     uvicorn.run("service.app:create_app", factory=True, host=s.host, port=s.port,
-                workers=args.workers, log_level="info", log_config=None)
+                workers=args.workers, log_level="info", log_config=None,
+                access_log=s.access_log)
 
 
 if __name__ == "__main__":

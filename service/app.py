@@ -23,30 +23,20 @@ import faiss
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
-from ebr.errors import (
-    EbrError,
-    IndexFormatError,
-    IndexNotReadyError,
-    InputError,
-    SearchParamError,
-    SpecError,
-)
+from ebr.errors import EbrError
 from ebr.search.searcher import Searcher
+from service.body import BodyLimit
 from service.deps import Generation, ServiceState
+from service.errors import reply_for, validation_message
 from service.observability import RequestMiddleware
 from service.routes import admin, health, search
 from service.settings import Settings
 
 logger = logging.getLogger("service")
-
-_STATUS: list[tuple[type[EbrError], int]] = [
-    (SearchParamError, 422), (InputError, 422), (SpecError, 422),
-    (IndexNotReadyError, 503), (IndexFormatError, 500),
-]
-
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(status_code=status, content={"status": {"error": message}},
@@ -103,38 +93,28 @@ def install(state: ServiceState, searcher: Searcher, encoder: Any, version: str)
                 state.generation)
 
 
-class BodyLimit:
-    """Refuse request bodies over ``limit`` bytes with 413, before they are read into memory."""
+class EbrApp(FastAPI):
+    """The FastAPI app, except that ``POST /search`` and ``POST /search/batch`` are answered by
+    ``fast`` (``service.routes.search.SearchEndpoints``: same replies, a fraction of the CPU)
+    before FastAPI's middleware stack and router."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    fast: Any = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        length = dict(scope.get("headers") or {}).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            await _error(413, f"body of {int(length)} bytes exceeds {self.limit}")(
-                scope, receive, send)
-            return
-        seen = 0
-
-        async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise HTTPException(413, f"body exceeds {self.limit} bytes")
-            return message
-
-        await self.app(scope, counted, send)
+        fast = self.fast
+        if fast is not None and fast.handles(scope):
+            await fast(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
 
 
-def create_app(settings: Settings | None = None, shard_backends: Any = None) -> FastAPI:
+def create_app(settings: Settings | None = None, shard_backends: Any = None,
+               fast_search: bool = True) -> FastAPI:
     """Build the app; ``settings`` default to ``Settings.from_env()``. ``shard_backends``:
     for sharded indexes, how shards are reached (default: in this process); the Ray Serve
-    router passes deployment handles (``ebr.serve_ray``)."""
+    router passes deployment handles (``ebr.serve_ray``). ``fast_search=False`` serves the
+    search endpoints through FastAPI's own routes instead (the reference the tests compare
+    against)."""
     settings = settings or Settings.from_env()
     faiss.omp_set_num_threads(settings.faiss_threads)
     state = ServiceState(settings=settings, shard_backends=shard_backends)
@@ -155,42 +135,28 @@ def create_app(settings: Settings | None = None, shard_backends: Any = None) -> 
         yield
         state.current = None
 
-    app = FastAPI(title="ebr", version="0.1.0", lifespan=lifespan,
+    app = EbrApp(title="ebr", version="0.1.0", lifespan=lifespan,
                   description="Embedding-based retrieval: IVF-PQ codes in RAM, exact re-rank "
                   "from dense vectors on disk.")
     app.state.ebr = state
+    if fast_search:
+        app.fast = search.SearchEndpoints(state, {
+            r.path: r for r in search.router.routes if isinstance(r, APIRoute)})
     app.include_router(search.router)
     app.include_router(health.router)
     app.include_router(admin.router)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(RequestMiddleware, metrics=state.metrics)  # outermost: sees every reply
 
-    @app.exception_handler(EbrError)
-    async def _ebr_error(request: Request, exc: EbrError) -> JSONResponse:
-        state.metrics.errors.labels(type(exc).__name__).inc()
-        for cls, status in _STATUS:
-            if isinstance(exc, cls):
-                return _error(status, str(exc))
-        return _error(500, str(exc))
+    def _reply(request: Request, exc: Exception) -> JSONResponse:
+        status, message, headers = reply_for(exc, state.metrics, request.url.path)
+        return _error(status, message, headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         state.metrics.errors.labels("RequestValidationError").inc()
-        parts = []
-        for err in exc.errors():
-            loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
-            parts.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
-        return _error(422, "; ".join(parts))
+        return _error(422, validation_message(exc.errors()))
 
-    @app.exception_handler(HTTPException)
-    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
-        state.metrics.errors.labels(f"http_{exc.status_code}").inc()
-        return _error(exc.status_code, str(exc.detail), exc.headers)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        state.metrics.errors.labels(type(exc).__name__).inc()
-        logger.exception("unhandled error on %s", request.url.path)
-        return _error(500, f"internal error: {type(exc).__name__}")
-
+    for kind in (EbrError, HTTPException, Exception):
+        app.add_exception_handler(kind, _reply)  # type: ignore[arg-type]
     return app

@@ -51,21 +51,24 @@ async def get_state(request: Request) -> ServiceState:
     return state
 
 
-async def get_generation(request: Request) -> Generation:
-    state: ServiceState = request.app.state.ebr
-    current = state.current  # read once: a reload may swap it meanwhile
+def current_generation(state: ServiceState) -> Generation:
+    """The generation to serve a request with, read once (a reload may swap it meanwhile)."""
+    current = state.current
     if current is None:
         raise IndexNotReadyError("no index is open: " + ("; ".join(state.problems) or "starting"))
     return current
+
+
+async def get_generation(request: Request) -> Generation:
+    return current_generation(request.app.state.ebr)
 
 
 StateDep = Annotated[ServiceState, Depends(get_state)]
 GenerationDep = Annotated[Generation, Depends(get_generation)]
 
 
-def _bearer(request: Request) -> str | None:
-    auth = request.headers.get("authorization", "")
-    scheme, _, token = auth.partition(" ")
+def _bearer(authorization: str) -> str | None:
+    scheme, _, token = authorization.partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
@@ -76,16 +79,20 @@ def _matches(token: str, keys: tuple[str, ...]) -> bool:
     return found
 
 
-async def require_read(request: Request) -> None:
-    """Read endpoints: open when no API keys are set, else any read or admin key."""
-    s = request.app.state.ebr.settings
-    if not s.api_keys:
+def check_read(settings: Settings, authorization: str) -> None:
+    """Read endpoints: open when no API keys are set, else any read or admin key.
+    ``authorization``: the request's Authorization header ("" when absent)."""
+    if not settings.api_keys:
         return
-    token = _bearer(request)
+    token = _bearer(authorization)
     if token is None:
         raise HTTPException(401, "missing bearer token", {"WWW-Authenticate": "Bearer"})
-    if not _matches(token, s.api_keys + s.admin_keys):
+    if not _matches(token, settings.api_keys + settings.admin_keys):
         raise HTTPException(403, "invalid API key")
+
+
+async def require_read(request: Request) -> None:
+    check_read(request.app.state.ebr.settings, request.headers.get("authorization", ""))
 
 
 async def require_admin(request: Request) -> None:
@@ -93,7 +100,7 @@ async def require_admin(request: Request) -> None:
     s = request.app.state.ebr.settings
     if not s.admin_keys:
         raise HTTPException(403, "admin endpoints are disabled: set EBR_ADMIN_KEYS")
-    token = _bearer(request)
+    token = _bearer(request.headers.get("authorization", ""))
     if token is None:
         raise HTTPException(401, "missing bearer token", {"WWW-Authenticate": "Bearer"})
     if not _matches(token, s.admin_keys):

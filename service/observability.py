@@ -10,8 +10,8 @@ import contextvars
 import json
 import logging
 import re
+import secrets
 import time
-import uuid
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -42,6 +42,25 @@ class Metrics:
                                 "Index generation served (1 = first open, +1 per reload)",
                                 registry=r)
         self.ready = Gauge("ebr_index_ready", "1 when an index is open", registry=r)
+        self._children: dict[Any, Any] = {}  # labelled series, looked up once
+
+    def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
+        c = self._children
+        key = (endpoint, status)
+        if key not in c:
+            c[key] = (self.latency.labels(endpoint), self.requests.labels(endpoint, str(status)))
+        latency, requests = c[key]
+        latency.observe(seconds)
+        requests.inc()
+
+
+def new_request_id(sent: bytes | None) -> str:
+    """The client's ``X-Request-ID`` if it is sane (1-128 of ``[A-Za-z0-9._:-]``), else a new one."""
+    if sent:
+        raw = sent.decode("latin-1")
+        if _SANE_ID.match(raw):
+            return raw
+    return secrets.token_hex(16)
 
 
 class RequestMiddleware:
@@ -56,8 +75,7 @@ class RequestMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        raw = dict(scope.get("headers") or {}).get(b"x-request-id", b"").decode("latin-1")
-        rid = raw if _SANE_ID.match(raw) else uuid.uuid4().hex
+        rid = new_request_id(dict(scope.get("headers") or {}).get(b"x-request-id"))
         token = request_id.set(rid)
         status = 500
         t0 = time.perf_counter()
@@ -74,10 +92,8 @@ class RequestMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             request_id.reset(token)
-            route = scope.get("route")
-            endpoint = getattr(route, "path", "unmatched")
-            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
-            self.metrics.requests.labels(endpoint, str(status)).inc()
+            self.metrics.observe_request(getattr(scope.get("route"), "path", "unmatched"), status,
+                                         time.perf_counter() - t0)
 
 
 class RequestIdFilter(logging.Filter):

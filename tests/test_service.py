@@ -214,3 +214,78 @@ def test_micro_batching_shares_searches(index_ip, ds_ip):
     sizes = [r["result"]["stats"]["batch"] for r in replies]
     assert max(sizes) > 1 and batcher.queries == 24 and batcher.batches < 24
     assert all(1 <= s <= 8 for s in sizes)
+
+
+def _comparable(body):
+    """A reply without what differs between two runs: timings and the server's time."""
+    if isinstance(body, dict):
+        return {k: _comparable(v) for k, v in body.items()
+                if k not in ("time", "coarse_ms", "rerank_ms")}
+    if isinstance(body, list):
+        return [_comparable(v) for v in body]
+    return body
+
+
+def test_fast_search_path_answers_as_the_fastapi_routes(index_ip, ds_ip):
+    """``SearchEndpoints`` (the default) and FastAPI's own routes (``fast_search=False``) give
+    the same status, body and headers for good and bad requests, with keys and limits on."""
+    read = "r" * 16
+    settings = Settings(index_dir=str(index_ip), max_batch=8, max_k=50, max_k_coarse=500,
+                        max_body_bytes=4096, api_keys=(read,), admin_keys=("a" * 16,))
+    q, auth = _v(ds_ip.xq[3]), {"authorization": f"Bearer {read}"}
+    cases = [
+        ("/search", {"vector": q, "k": 5, "params": {"nprobe": 4, "k_coarse": 50}}, auth),
+        ("/search", {"vector": q, "k": 3, "params": {"rerank": False}}, auth),
+        ("/search", {"vector": q, "k": 3, "params": {"exact": True}, "with_vector": True}, auth),
+        ("/search", {"vector": q, "k": 2, "params": {"oversampling": 2.5}}, auth),
+        ("/search/batch", {"searches": [{"vector": q, "k": 2},
+                                        {"vector": q, "k": 4, "params": {"nprobe": 2}}]}, auth),
+        ("/search", {"vector": q[:5]}, auth),
+        ("/search", {"vector": q, "k": 51}, auth),
+        ("/search", {"vector": q, "params": {"nprobe": 10_000}}, auth),
+        ("/search", {"vector": [1e39] + q[1:]}, auth),
+        ("/search", {"text": "no encoder"}, auth),
+        ("/search", {"vector": q, "surprise": 1}, auth),
+        ("/search/batch", {"searches": [{"vector": q}] * 9}, auth),
+        ("/search/batch", {"searches": [{"vector": q}, {"vector": [0.0]}]}, auth),
+        ("/search", {"vector": q}, {}),
+        ("/search", {"vector": q}, {"authorization": "Bearer " + "x" * 16}),
+        ("/search/batch", {"searches": [{"vector": q}] * 8}, auth),  # > 4096 bytes: 413
+    ]
+    fast_app = create_app(settings)
+    used = []
+
+    class Counting:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def handles(self, scope):
+            return self.inner.handles(scope)
+
+        async def __call__(self, scope, receive, send):
+            used.append(scope["path"])
+            await self.inner(scope, receive, send)
+
+    fast_app.fast = Counting(fast_app.fast)
+    with TestClient(fast_app) as fast, \
+            TestClient(create_app(settings, fast_search=False)) as ref:
+        for path, body, headers in cases:
+            a = fast.post(path, json=body, headers=headers)
+            b = ref.post(path, json=body, headers=headers)
+            assert a.status_code == b.status_code, (path, body, a.text, b.text)
+            assert _comparable(a.json()) == _comparable(b.json()), (path, a.text, b.text)
+            assert a.headers.get("www-authenticate") == b.headers.get("www-authenticate")
+            assert a.headers["x-request-id"] and a.headers["content-type"] == "application/json"
+        for raw in (b'{"vector": [0.1, ', b"\xff\xfe{}", b'{"vector": [NaN]}', b"[1, 2]", b""):
+            a = fast.post("/search", content=raw, headers={**auth, "content-type":
+                                                           "application/json"})
+            b = ref.post("/search", content=raw, headers={**auth, "content-type":
+                                                          "application/json"})
+            assert a.status_code == b.status_code == 422, (raw, a.text, b.text)
+            assert a.json()["status"]["error"]
+        a = fast.post("/search", json={"vector": q}, headers={**auth, "x-request-id": "abc-1"})
+        assert a.headers["x-request-id"] == "abc-1"
+        metrics = fast.get("/metrics").text
+        assert 'ebr_requests_total{endpoint="/search",status="422"}' in metrics
+        assert 'ebr_requests_total{endpoint="/search/batch",status="413"}' in metrics
+    assert len(used) == len(cases) + 6  # every search request took the fast path

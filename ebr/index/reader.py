@@ -61,11 +61,12 @@ class OpenIndex:
 
     def external_ids(self, rows: np.ndarray) -> list[Any]:
         """External ids of internal rows (``None`` for ``-1`` padding)."""
-        out: list[Any] = []
-        for r in np.asarray(rows).ravel().tolist():
-            out.append(None if r < 0 else (self.ids[r].item() if isinstance(self.ids, np.ndarray)
-                                           else self.ids[r]))
-        return out
+        r = np.asarray(rows).ravel()
+        if isinstance(self.ids, np.ndarray):
+            if r.size and r.min() >= 0:  # the usual case: no padding, one vectorised lookup
+                return self.ids[r].tolist()  # type: ignore[no-any-return]
+            return [None if i < 0 else self.ids[i].item() for i in r.tolist()]
+        return [None if i < 0 else self.ids[i] for i in r.tolist()]
 
     def memory(self) -> dict[str, int | float]:
         """Bytes the coarse stage keeps in RAM vs bytes of dense vectors left on disk."""

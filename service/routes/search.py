@@ -11,33 +11,39 @@ from typing import Any, cast
 
 import numpy as np
 from fastapi import APIRouter, Depends, Response
-from pydantic import BaseModel
+from pydantic import ValidationError
+from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive, Scope, Send
 
 from ebr.errors import InputError, SearchParamError
 from ebr.search.searcher import Searcher
 from ebr.spec import SearchParams
 from ebr.types import SearchStats
-from service.deps import Generation, GenerationDep, ServiceState, StateDep, require_read
+from service.body import read_body
+from service.deps import (
+    Generation,
+    GenerationDep,
+    ServiceState,
+    StateDep,
+    check_read,
+    current_generation,
+    require_read,
+)
+from service.errors import error_body, reply_for, validation_message
+from service.observability import new_request_id, request_id
 from service.schemas import (
     BatchRequest,
     BatchResponse,
     ErrorResponse,
-    Hit,
     SearchRequest,
     SearchResponse,
-    SearchResult,
-    Stats,
 )
 
 router = APIRouter(tags=["search"], dependencies=[Depends(require_read)])
 
 
-def _json(model: BaseModel) -> Response:
-    """Serialise once with pydantic-core. Returning the model would make FastAPI validate it
-    again against ``response_model`` (which still documents the schema), a measurable share of
-    a /search request."""
-    return Response(model.model_dump_json(exclude_none=True), media_type="application/json")
 _ERRORS = {401: {"model": ErrorResponse}, 403: {"model": ErrorResponse},
            413: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
            503: {"model": ErrorResponse}}
@@ -49,13 +55,14 @@ def _query_vector(req: SearchRequest, gen: Generation, where: str) -> np.ndarray
         if gen.encoder is None:
             raise InputError(f"{where}text: this index has no text encoder loaded; send 'vector'")
         return gen.encoder.encode([req.text])
-    v = np.asarray(req.vector, dtype=np.float64)
-    if np.abs(v).max() > np.finfo(np.float32).max:
-        raise InputError(f"{where}vector: values must be within float32 range (|x| <= 3.4e38)")
-    x = v.astype(np.float32)[None, :]
-    if x.shape[1] != searcher.index.dim:
-        raise InputError(f"{where}vector: dimension {x.shape[1]} does not match the index "
+    vec = req.vector if req.vector is not None else []
+    if len(vec) != searcher.index.dim:
+        raise InputError(f"{where}vector: dimension {len(vec)} does not match the index "
                          f"dimension {searcher.index.dim}")
+    with np.errstate(over="ignore"):
+        x = np.array(vec, dtype=np.float32)[None, :]
+    if not np.isfinite(x).all():  # finite on input (pydantic), so only a float32 overflow
+        raise InputError(f"{where}vector: values must be within float32 range (|x| <= 3.4e38)")
     return x
 
 
@@ -113,18 +120,23 @@ def _two_stage_stats(res_st: SearchStats, row: int, batch: int, params: SearchPa
 
 
 def _result(req: SearchRequest, gen: Generation, ids: np.ndarray, scores: np.ndarray,
-            stats: dict[str, Any]) -> SearchResult:
+            stats: dict[str, Any]) -> dict[str, Any]:
+    """One search's reply as plain JSON-ready data, fields that are None left out (the shape of
+    ``schemas.SearchResult``, serialised by pydantic-core without building models)."""
     oi = gen.searcher.index
     keep = ids >= 0
-    vecs = np.asarray(oi.dense[ids[keep]], dtype=np.float32) if req.with_vector else None
-    hits = [Hit(id=e, score=float(s), vector=None if vecs is None else vecs[i].tolist())
-            for i, (e, s) in enumerate(zip(oi.external_ids(ids[keep]), scores[keep],
-                                           strict=True))]
-    return SearchResult(hits=hits, stats=Stats(**stats, returned=len(hits),
-                                               index_version=gen.version))
+    kept = ids[keep]
+    hits: list[dict[str, Any]] = [{"id": e, "score": s} for e, s in
+                                  zip(oi.external_ids(kept), scores[keep].tolist(), strict=True)]
+    if req.with_vector:
+        for h, v in zip(hits, np.asarray(oi.dense[kept], dtype=np.float32).tolist(), strict=True):
+            h["vector"] = v
+    out = {k: v for k, v in stats.items() if v is not None}
+    out["returned"], out["index_version"] = len(hits), gen.version
+    return {"hits": hits, "stats": out}
 
 
-def _exact(req: SearchRequest, gen: Generation, x: np.ndarray) -> SearchResult:
+def _exact(req: SearchRequest, gen: Generation, x: np.ndarray) -> dict[str, Any]:
     oi = gen.searcher.index
     t0 = time.perf_counter()
     res = gen.searcher.exact(x, req.k)
@@ -140,11 +152,11 @@ def _row_bytes(gen: Generation) -> int:
 
 
 def _many(reqs: list[SearchRequest], state: ServiceState, gen: Generation,
-          prefix: str = "searches") -> list[SearchResult]:
+          prefix: str = "searches") -> list[dict[str, Any]]:
     """Validate all, then one batched search per distinct parameter set (exact ones alone)."""
     prepared = [_prepare(r, state, gen, f"{prefix}[{i}]." if prefix else "")
                 for i, r in enumerate(reqs)]
-    out: list[SearchResult | None] = [None] * len(reqs)
+    out: list[dict[str, Any] | None] = [None] * len(reqs)
     groups: dict[SearchParams, list[int]] = {}
     for i, (x, params) in enumerate(prepared):
         if params is None:
@@ -161,12 +173,10 @@ def _many(reqs: list[SearchRequest], state: ServiceState, gen: Generation,
     return out  # type: ignore[return-value]
 
 
-@router.post("/search", response_model=SearchResponse, response_model_exclude_none=True,
-             responses=_ERRORS)
-async def search(req: SearchRequest, gen: GenerationDep, state: StateDep) -> Response:
-    """With micro-batching on (``micro_batch_inflight`` > 0, the default), concurrent vector
-    searches with the same parameters share one batched search; text, exact and
-    ``with_vector`` requests, and everything when it is off, run alone in the thread pool."""
+async def run_search(req: SearchRequest, state: ServiceState, gen: Generation) -> bytes:
+    """``POST /search``. With micro-batching on (``micro_batch_inflight`` > 0, the default),
+    concurrent vector searches with the same parameters share one batched search; text, exact
+    and ``with_vector`` requests, and everything when it is off, run alone in the thread pool."""
     t0 = time.perf_counter()
     batcher = state.batcher
     if batcher is None or req.text is not None or req.params.exact or req.with_vector:
@@ -179,15 +189,99 @@ async def search(req: SearchRequest, gen: GenerationDep, state: StateDep) -> Res
             state.metrics.dense_bytes.inc(st.dense_bytes_read)
         result = _result(req, gen, res.ids[row], res.scores[row],
                          _two_stage_stats(st, row, n, params, state, _row_bytes(gen)))
-    return _json(SearchResponse(result=result, time=time.perf_counter() - t0))
+    return to_json({"result": result, "status": "ok", "time": time.perf_counter() - t0})
 
 
-@router.post("/search/batch", response_model=BatchResponse, response_model_exclude_none=True,
-             responses=_ERRORS)
-def search_batch(req: BatchRequest, gen: GenerationDep, state: StateDep) -> Response:
+def run_batch(req: BatchRequest, state: ServiceState, gen: Generation) -> bytes:
+    """``POST /search/batch`` (blocking: run it in the thread pool)."""
     t0 = time.perf_counter()
     if len(req.searches) > state.settings.max_batch:
         raise InputError(f"searches: batch of {len(req.searches)} exceeds the limit of "
                          f"{state.settings.max_batch}")
     results = _many(list(req.searches), state, gen)
-    return _json(BatchResponse(result=results, time=time.perf_counter() - t0))
+    return to_json({"result": results, "status": "ok", "time": time.perf_counter() - t0})
+
+
+# The FastAPI routes document the endpoints (OpenAPI, /docs) and serve them when the app runs
+# without ``SearchEndpoints`` (``create_app(fast_search=False)``); that answers the same
+# requests with the same code and replies, minus FastAPI's per-request machinery.
+
+@router.post("/search", response_model=SearchResponse, response_model_exclude_none=True,
+             responses=_ERRORS)
+async def search(req: SearchRequest, gen: GenerationDep, state: StateDep) -> Response:
+    return Response(await run_search(req, state, gen), media_type="application/json")
+
+
+@router.post("/search/batch", response_model=BatchResponse, response_model_exclude_none=True,
+             responses=_ERRORS)
+async def search_batch(req: BatchRequest, gen: GenerationDep, state: StateDep) -> Response:
+    body = await run_in_threadpool(run_batch, req, state, gen)
+    return Response(body, media_type="application/json")
+
+
+class SearchEndpoints:
+    """Pure-ASGI ``POST /search`` and ``POST /search/batch``, answered before the FastAPI app.
+
+    Same auth, parsing, limits, errors, request ids, metrics and replies as the FastAPI routes,
+    without FastAPI's dependency solving, request object and its six middleware layers: the
+    body is parsed and validated in one pass by pydantic-core (``model_validate_json``) and the
+    reply serialised by it from plain data. At 2 cores that per-request CPU is what bounds HTTP
+    throughput (``bench/bench_load.py``). ``service.app.EbrApp`` calls it for the requests
+    :meth:`handles`; everything else goes through FastAPI as usual.
+    """
+
+    def __init__(self, state: ServiceState, routes: dict[str, Any]) -> None:
+        self.state, self.routes = state, routes
+
+    def handles(self, scope: Scope) -> bool:
+        return scope["type"] == "http" and scope["method"] == "POST" and \
+            _route_path(scope) in self.routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = _route_path(scope)
+        scope["route"] = self.routes[path]
+        state = self.state
+        headers = dict(scope["headers"])
+        rid = new_request_id(headers.get(b"x-request-id"))
+        token = request_id.set(rid)
+        status, t0 = 500, time.perf_counter()
+        try:
+            try:
+                check_read(state.settings, headers.get(b"authorization", b"").decode("latin-1"))
+                ctype = headers.get(b"content-type", b"application/json").split(b";")[0].strip()
+                if not (ctype.endswith(b"/json") or ctype.endswith(b"+json")):
+                    raise InputError(f"body: Content-Type must be application/json, got "
+                                     f"{ctype.decode('latin-1')[:100]!r}")
+                body = await read_body(receive, headers.get(b"content-length"),
+                                       state.settings.max_body_bytes)
+                gen = current_generation(state)
+                if path == "/search":
+                    reply = await run_search(SearchRequest.model_validate_json(body), state, gen)
+                else:
+                    reply = await run_in_threadpool(
+                        run_batch, BatchRequest.model_validate_json(body), state, gen)
+                status, extra = 200, {}
+            except ValidationError as e:
+                state.metrics.errors.labels("RequestValidationError").inc()
+                status, reply, extra = 422, error_body(validation_message(e.errors())), {}
+            except ClientDisconnect:
+                status = 499  # nobody to answer; counted, as nginx does
+                return
+            except Exception as e:  # every failure gets the app's reply for it, never a crash
+                status, message, extra = reply_for(e, state.metrics, path)
+                reply = error_body(message)
+            await send({"type": "http.response.start", "status": status, "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(reply)).encode()),
+                (b"x-request-id", rid.encode()),
+                *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items())]})
+            await send({"type": "http.response.body", "body": reply})
+        finally:
+            request_id.reset(token)
+            state.metrics.observe_request(path, status, time.perf_counter() - t0)
+
+
+def _route_path(scope: Scope) -> str:
+    path: str = scope.get("path", "")
+    root = scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
