@@ -2,12 +2,15 @@
 
     python bench/bench_load.py [--n 200000] [--clients 32] [--seconds 60] [--out bench/results]
 
-Builds (once) a synthetic 200k x 128 index, IVF1024,PQ16, then runs for --seconds each:
+Builds (once) a synthetic 200k x 128 index, IVF1024,PQ16, then runs each mode for --seconds,
+in --rounds turns (in-process, then each server configuration, then again), so that drift in
+this machine's speed hits every mode alike; the HTTP/in-process ratio is taken within each
+round and the median reported. The modes:
   1. in-process: --clients threads calling Searcher.search (k=10, C=200, nprobe=32)
   2. HTTP POST /search: --clients concurrent connections against `python -m service` started
      as a subprocess (--workers uvicorn processes sharing the mapped index, faiss 1 thread
      each); the load comes from wrk (C, 2 threads) when installed, else from httpx (Python)
-  3. HTTP POST /search/batch: the same with 16 searches per request (one batched search)
+  3. HTTP POST /search/batch: the same with 16 (and 4) searches per request (one batched search)
   4. HTTP POST /search with adaptive micro-batching (--micro-batch: at most that many batched
      searches in flight per worker; concurrent requests with equal parameters queue meanwhile
      and share the next one). 0 is off: runs 1-3 are without it.
@@ -177,19 +180,41 @@ def _against_server(env: dict[str, str], args: argparse.Namespace,
     return rows
 
 
+def _combine(per_round: list[dict], base_per_round: list[dict]) -> dict:
+    """One row from a mode's rounds: QPS summed over rounds, p50 the median of the rounds',
+    p99 the worst round's, and the QPS ratio to in-process taken round by round (median)."""
+    ratios = [float(r["qps"]) / float(b["qps"]) for r, b in zip(per_round, base_per_round,
+                                                                 strict=True)]
+    seconds = sum(float(r["seconds"]) for r in per_round)
+    queries = sum(int(r["queries"]) for r in per_round)
+    return {"mode": per_round[0]["mode"], "requests": sum(int(r["requests"]) for r in per_round),
+            "queries": queries, "errors": sum(int(r["errors"]) for r in per_round),
+            "seconds": round(seconds, 1), "qps": round(queries / seconds, 1),
+            "p50_ms": round(float(np.median([r["p50_ms"] for r in per_round])), 2),
+            "p99_ms": round(max(float(r["p99_ms"]) for r in per_round), 2),
+            "qps_vs_in_process": round(float(np.median(ratios)), 3),
+            "ratio_per_round": [round(x, 3) for x in ratios]}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=200_000)
     ap.add_argument("--clients", type=int, default=32)
-    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--seconds", type=float, default=60,
+                    help="seconds per mode, split over --rounds")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="the modes run in turn this many times (drift in machine speed "
+                    "hits every mode alike; ratios are taken within a round)")
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                     help="uvicorn worker processes (they share the page cache of the index)")
     ap.add_argument("--work", default=str(ROOT / "runs" / "bench_load"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
-    ap.add_argument("--micro-batch", type=int, nargs="+", default=[0, 1, 2],
+    ap.add_argument("--micro-batch", type=int, nargs="+", default=[0, 2],
                     help="EBR_MICRO_BATCH_INFLIGHT values for the /search runs (0: off)")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 4],
+                    help="searches per /search/batch request (runs with micro-batching off)")
     args = ap.parse_args()
     from ebr.data.synthetic import SyntheticConfig, generate
     from ebr.index.writer import write_index
@@ -201,25 +226,29 @@ def main() -> int:
     if not (index_dir / "manifest.json").exists():
         write_index(index_dir, ds.xb, BuildParams(spec=IndexSpec.parse("IVF1024,PQ16")),
                     overwrite=True)
-    rows = [in_process(index_dir, ds.xq, args.clients, args.seconds)]
-    print(rows[-1], flush=True)
-
     params = {"nprobe": NPROBE, "candidates": C}
     single = [{"vector": q.tolist(), "k": K, "params": params} for q in ds.xq]
-    batch = [{"searches": single[i:i + BATCH]} for i in range(0, len(single), BATCH)]
-    for mb in args.micro_batch:
-        env = {**os.environ, "EBR_INDEX_DIR": str(index_dir), "EBR_PORT": str(args.port),
-               "EBR_FAISS_THREADS": "1", "EBR_LOG_FORMAT": "text", "PYTHONPATH": str(ROOT),
-               "EBR_MICRO_BATCH_INFLIGHT": str(mb)}
-        runs = [("/search", single[:256], 1)] + ([("/search/batch", batch, BATCH)] if mb == 0
-                                                 else [])
-        rows += _against_server(env, args, runs, work, mb)
-    base = rows[0]["qps"]
-    for r in rows:
-        r["qps_vs_in_process"] = round(float(r["qps"]) / float(base), 3)
+    each = argparse.Namespace(**{**vars(args), "seconds": args.seconds / args.rounds})
+    rounds: list[list[dict]] = []
+    for r in range(args.rounds):
+        rows = [in_process(index_dir, ds.xq, args.clients, each.seconds)]
+        print(f"round {r + 1}:", rows[-1], flush=True)
+        for mb in args.micro_batch:
+            env = {**os.environ, "EBR_INDEX_DIR": str(index_dir), "EBR_PORT": str(args.port),
+                   "EBR_FAISS_THREADS": "1", "EBR_LOG_FORMAT": "text", "PYTHONPATH": str(ROOT),
+                   "EBR_MICRO_BATCH_INFLIGHT": str(mb)}
+            runs = [("/search", single[:256], 1)] + (
+                [("/search/batch", [{"searches": single[i:i + b]}
+                                    for i in range(0, len(single), b)], b)
+                 for b in args.batch_sizes] if mb == 0 else [])
+            rows += _against_server(env, each, runs, work, mb)
+        rounds.append(rows)
+    rows = [_combine([rnd[i] for rnd in rounds], [rnd[0] for rnd in rounds])
+            for i in range(len(rounds[0]))]
     meta = {"n": args.n, "d": 128, "spec": "IVF1024,PQ16", "k": K, "k_coarse": C,
             "nprobe": NPROBE, "clients": args.clients, "seconds_each": args.seconds,
-            "uvicorn_workers": args.workers, "cpu_count": os.cpu_count()}
+            "rounds": args.rounds, "uvicorn_workers": args.workers,
+            "cpu_count": os.cpu_count()}
     out = Path(args.out)
     from ebr.eval.report import write_report
 
