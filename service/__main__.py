@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
+import tempfile
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,9 +27,19 @@ def main(argv: list[str] | None = None) -> None:
 
     s = Settings.from_env()
     configure_logging(s.log_format, logging.INFO)
-    uvicorn.run("service.app:create_app", factory=True, host=s.host, port=s.port,
-                workers=args.workers, log_level="info", log_config=None,
-                access_log=s.access_log)
+    metrics_dir = None
+    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # each worker writes its metrics here and /metrics sums them (prometheus_client's
+        # multiprocess mode); the workers are spawned after this, so they see the variable
+        metrics_dir = tempfile.mkdtemp(prefix="ebr-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        uvicorn.run("service.app:create_app", factory=True, host=s.host, port=s.port,
+                    workers=args.workers, log_level="info", log_config=None,
+                    access_log=s.access_log)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -5,15 +5,19 @@ loads the offline MiniLM. If the index cannot be opened the process still starts
 answers, ``/readyz`` and the search routes return 503 with the reason. ``POST /admin/reload``
 opens the configured directory again (point it, e.g. a symlink, at a new build) and swaps the
 index atomically: requests in flight finish on the generation they started with, and an index
-that fails verification is refused while the old one keeps serving. Every ``EbrError`` family
-maps to one HTTP status here, and nothing a request sends can crash the worker.
+that fails verification is refused while the old one keeps serving. A watcher does the same by
+itself when the directory changes (``watch_seconds``), which is what switches every worker of
+a multi-worker server. Every ``EbrError`` family maps to one HTTP status (``service.errors``),
+and nothing a request sends can crash the worker.
 
 Run: ``uvicorn --factory service.app:create_app`` (settings from ``EBR_*``) or ``python -m service``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,6 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
@@ -93,6 +98,56 @@ def install(state: ServiceState, searcher: Searcher, encoder: Any, version: str)
                 state.generation)
 
 
+def index_identity(index_dir: str) -> tuple[Any, ...] | None:
+    """What changes when a new build is published at ``index_dir``: the directory it resolves to
+    and the inode, mtime and size of its manifest (written last, by rename). None if absent."""
+    real = os.path.realpath(index_dir)
+    try:
+        st = os.stat(os.path.join(real, "manifest.json"))
+    except OSError:
+        return None
+    return real, st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def load_generation(state: ServiceState) -> str:
+    """Open ``settings.index_dir``, verify it, and serve it from the next request on; returns its
+    version. Raises :class:`EbrError` when it is not a whole, readable index: then the old
+    generation (if any) keeps serving, and the watcher will not retry that same build."""
+    with state.reload_lock:
+        identity = index_identity(state.settings.index_dir)
+        try:
+            searcher, encoder, version = open_generation(state.settings, state,
+                                                         state.shard_backends)
+        except EbrError:
+            state.refused_identity = identity
+            raise
+        install(state, searcher, encoder, version)
+        state.served_identity = identity
+        return version
+
+
+async def watch_index(state: ServiceState) -> None:
+    """Every ``watch_seconds``, look whether ``index_dir`` now holds another build (a flipped
+    symlink, a renamed directory) and load it. This is how every worker process of a
+    multi-worker server switches: ``POST /admin/reload`` reaches only the one that receives it."""
+    while True:
+        await asyncio.sleep(state.settings.watch_seconds)
+        identity = index_identity(state.settings.index_dir)
+        if identity is None or identity in (state.served_identity, state.refused_identity):
+            continue
+        try:
+            version = await run_in_threadpool(load_generation, state)
+            logger.info("watcher: now serving %s", version)
+        except EbrError as e:
+            state.metrics.errors.labels("reload_refused").inc()
+            if state.current is None:
+                state.problems = [f"{type(e).__name__}: {e}"]
+            logger.error("watcher: new index at %s refused, generation %d keeps serving: %s",
+                         state.settings.index_dir, state.generation, e)
+        except Exception:  # never let the watcher die: it is how later builds get served
+            logger.exception("watcher: unexpected error")
+
+
 class EbrApp(FastAPI):
     """The FastAPI app, except that ``POST /search`` and ``POST /search/batch`` are answered by
     ``fast`` (``service.routes.search.SearchEndpoints``: same replies, a fraction of the CPU)
@@ -127,13 +182,18 @@ def create_app(settings: Settings | None = None, shard_backends: Any = None,
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.ebr = state
         try:
-            install(state, *open_generation(settings, shard_backends=shard_backends))
+            load_generation(state)
         except EbrError as e:
             state.problems = [f"{type(e).__name__}: {e}"]
             state.metrics.ready.set(0)
             logger.error("index not opened: %s", e)
+        watcher = (asyncio.create_task(watch_index(state)) if settings.watch_seconds > 0
+                   else None)
         yield
+        if watcher is not None:
+            watcher.cancel()
         state.current = None
+        state.metrics.process_exit()
 
     app = EbrApp(title="ebr", version="0.1.0", lifespan=lifespan,
                   description="Embedding-based retrieval: IVF-PQ codes in RAM, exact re-rank "

@@ -40,6 +40,8 @@ class ServiceState:
     reload_lock: threading.Lock = field(default_factory=threading.Lock)
     shard_backends: Any = None  # sharded indexes: index -> backend per shard (None: local)
     batcher: Any = None  # service.batcher.MicroBatcher when micro-batching is on
+    served_identity: Any = None  # service.app.index_identity of the build being served
+    refused_identity: Any = None  # ... of the last build refused (the watcher skips it)
 
     @property
     def generation(self) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import os
 import re
 import secrets
 import time
@@ -40,9 +41,32 @@ class Metrics:
                                    "Bytes of dense vectors read for re-ranking", registry=r)
         self.generation = Gauge("ebr_index_generation",
                                 "Index generation served (1 = first open, +1 per reload)",
-                                registry=r)
-        self.ready = Gauge("ebr_index_ready", "1 when an index is open", registry=r)
+                                registry=r, multiprocess_mode="liveall")
+        self.ready = Gauge("ebr_index_ready", "1 when an index is open", registry=r,
+                           multiprocess_mode="liveall")
         self._children: dict[Any, Any] = {}  # labelled series, looked up once
+
+    @staticmethod
+    def multiprocess() -> bool:
+        """True in a worker of a multi-worker server: values live in PROMETHEUS_MULTIPROC_DIR."""
+        return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+    def collect_registry(self) -> CollectorRegistry:
+        """What ``/metrics`` exposes: this registry, or every worker's values aggregated."""
+        if not self.multiprocess():
+            return self.registry
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return registry
+
+    def process_exit(self) -> None:
+        """Drop this worker's live gauges from the aggregate when it stops."""
+        if self.multiprocess():
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid())
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
         c = self._children

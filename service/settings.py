@@ -38,6 +38,10 @@ class Settings(BaseModel):
                                       "meanwhile queue and run together (0: off)")
     micro_batch_max: int = Field(32, ge=1, le=1024, description="most /search requests in one "
                                  "micro-batch")
+    watch_seconds: float = Field(2.0, ge=0, description="look this often whether index_dir "
+                                 "holds a new build (flipped symlink, renamed directory) and "
+                                 "load it, verified, as /admin/reload does; this is what "
+                                 "switches every worker of a multi-worker server (0: off)")
     faiss_threads: int = Field(1, ge=1, description="OpenMP threads per faiss call; 1 lets the "
                                "server's thread pool run requests in parallel instead")
     api_keys: tuple[str, ...] = Field((), description="bearer keys for the read endpoints "

@@ -3,6 +3,7 @@
 import os
 import shutil
 import threading
+import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -90,7 +91,7 @@ def test_body_limit(index_ip):
 
 def test_reload_refuses_broken_and_swaps_good(tmp_path, live_dir, ds_ip):
     h = {"Authorization": f"Bearer {ADMIN}"}
-    with _client(live_dir, admin_keys=(ADMIN,)) as c:
+    with _client(live_dir, admin_keys=(ADMIN,), watch_seconds=0) as c:
         before = c.post("/search", json=_q(ds_ip)).json()["result"]["hits"]
         # a half-written build (no manifest) and a corrupt one are both refused
         for kind in ("half", "corrupt"):
@@ -127,7 +128,7 @@ def test_no_failed_request_during_reloads(live_dir, ds_ip):
     h = {"Authorization": f"Bearer {ADMIN}"}
     failures: list[int] = []
     stop = threading.Event()
-    with _client(live_dir, admin_keys=(ADMIN,)) as c:
+    with _client(live_dir, admin_keys=(ADMIN,), watch_seconds=0) as c:
 
         def hammer(i: int) -> None:
             q = {"vector": ds_ip.xq[i % len(ds_ip.xq)].tolist(), "k": 10}
@@ -153,3 +154,101 @@ def test_no_failed_request_during_reloads(live_dir, ds_ip):
             t.join()
         assert c.get("/index").json()["generation"] == 4
     assert failures == []
+
+
+def _wait_for(predicate, seconds=10.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_watcher_switches_without_being_told(tmp_path, live_dir, ds_ip):
+    """What every worker of a multi-worker server relies on: a flipped symlink is picked up,
+    verified and served; a broken build is refused once and the old one keeps serving."""
+    with _client(live_dir, watch_seconds=0.1) as c:
+        assert c.get("/index").json()["generation"] == 1
+        broken = tmp_path / "broken"
+        shutil.copytree(os.path.realpath(live_dir), broken)
+        (broken / "coarse.index").write_bytes(b"not an index")
+        live_dir.unlink()
+        live_dir.symlink_to(broken)
+        refused = 'ebr_errors_total{kind="reload_refused"} 1.0'
+        assert _wait_for(lambda: refused in c.get("/metrics").text)
+        time.sleep(0.5)  # several more polls: the same broken build is not retried
+        assert refused in c.get("/metrics").text
+        r = c.post("/search", json=_q(ds_ip))
+        assert r.status_code == 200 and c.get("/index").json()["generation"] == 1
+        gen2 = tmp_path / "gen2"
+        write_index(gen2, ds_ip.xb[:1000], BuildParams(spec=IndexSpec.parse("IVF8,PQ8"),
+                                                        kmeans_niter=5))
+        live_dir.unlink()
+        live_dir.symlink_to(gen2)
+        assert _wait_for(lambda: c.get("/index").json()["count"] == 1000)
+        assert c.get("/index").json()["generation"] == 2
+        hits = c.post("/search", json=_q(ds_ip)).json()["result"]["hits"]
+        assert hits and all(hit["id"] < 1000 for hit in hits)
+
+
+def test_watcher_serves_an_index_published_after_startup(tmp_path, ds_ip):
+    target = tmp_path / "later"
+    with _client(target, watch_seconds=0.1) as c:
+        assert c.get("/readyz").status_code == 503
+        write_index(target, ds_ip.xb[:500], BuildParams(spec=IndexSpec.parse("IVF4,PQ8"),
+                                                         kmeans_niter=5))
+        assert _wait_for(lambda: c.get("/readyz").status_code == 200)
+        assert c.post("/search", json=_q(ds_ip)).status_code == 200
+
+
+@pytest.mark.slow
+def test_multi_worker_server_switches_every_worker_and_sums_metrics(tmp_path, live_dir, ds_ip):
+    """``python -m service --workers 2``: a flipped symlink reaches both workers (their
+    watchers), and /metrics counts the requests of both, whichever worker answers it."""
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "EBR_INDEX_DIR": str(live_dir), "EBR_PORT": str(port),
+           "EBR_WATCH_SECONDS": "0.2", "EBR_LOG_FORMAT": "text"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    server = subprocess.Popen([sys.executable, "-m", "service", "--workers", "2"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        def ready() -> bool:
+            try:
+                return httpx.get(url + "/readyz").status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        assert _wait_for(ready, 60)
+        n = 40
+        for _ in range(n):  # new connections: spread over both workers by the kernel
+            assert httpx.post(url + "/search", json=_q(ds_ip)).status_code == 200
+        text = httpx.get(url + "/metrics").text
+        assert f'ebr_requests_total{{endpoint="/search",status="200"}} {float(n)}' in text
+        assert text.count("ebr_index_ready{pid=") == 2  # one live series per worker
+        gen2 = tmp_path / "gen2"
+        write_index(gen2, ds_ip.xb[:1000], BuildParams(spec=IndexSpec.parse("IVF8,PQ8"),
+                                                        kmeans_niter=5))
+        live_dir.unlink()
+        live_dir.symlink_to(gen2)
+
+        def both_switched() -> bool:
+            lines = [line for line in httpx.get(url + "/metrics").text.splitlines()
+                     if line.startswith("ebr_index_generation{pid=")]
+            return len(lines) == 2 and all(line.endswith(" 2.0") for line in lines)
+
+        assert _wait_for(both_switched, 30)
+        for _ in range(20):
+            assert httpx.get(url + "/index").json()["count"] == 1000
+    finally:
+        server.terminate()
+        server.wait(20)

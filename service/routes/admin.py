@@ -22,21 +22,25 @@ def reload(state: StateDep) -> ReloadResponse | JSONResponse:
 
     The request names no path: the directory is the server's setting (point a symlink at a
     new build, then call this). A broken index is refused with 409 and the old one keeps serving.
+    This reloads the worker process that receives the request; with several workers, the others
+    switch through their watcher (``EBR_WATCH_SECONDS``).
     """
-    from service.app import install, open_generation
+    from service.app import load_generation
 
-    with state.reload_lock:
-        try:
-            searcher, encoder, version = open_generation(state.settings, state, state.shard_backends)
-        except EbrError as e:
-            state.metrics.errors.labels("reload_refused").inc()
-            return JSONResponse(status_code=409, content={"status": {
-                "error": f"reload refused, generation {state.generation} keeps serving: "
-                         f"{type(e).__name__}: {e}"}})
-        install(state, searcher, encoder, version)
-        return ReloadResponse(generation=state.generation, index_version=version)
+    try:
+        version = load_generation(state)
+    except EbrError as e:
+        state.metrics.errors.labels("reload_refused").inc()
+        return JSONResponse(status_code=409, content={"status": {
+            "error": f"reload refused, generation {state.generation} keeps serving: "
+                     f"{type(e).__name__}: {e}"}})
+    return ReloadResponse(generation=state.generation, index_version=version)
 
 
 @router.get("/metrics", tags=["health"], response_class=Response)
 def metrics(state: StateDep) -> Response:
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    """This process's metrics; with several workers (``PROMETHEUS_MULTIPROC_DIR``, set by
+    ``python -m service --workers N``), all workers' together: counters and histograms summed,
+    the gauges one series per live worker (label ``pid``)."""
+    return Response(generate_latest(state.metrics.collect_registry()),
+                    media_type=CONTENT_TYPE_LATEST)
