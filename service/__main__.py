@@ -14,8 +14,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--index", help="index directory (else $EBR_INDEX_DIR)")
     p.add_argument("--host", help="bind address (else $EBR_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (else $EBR_PORT, default 8000)")
-    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes "
-                   "(they share the page cache of the memory-mapped index)")
+    p.add_argument("--workers", type=int, default=int(os.environ.get("EBR_WORKERS", "1")),
+                   help="uvicorn worker processes (else $EBR_WORKERS, default 1); they share "
+                   "the page cache of the memory-mapped index. One per core measured best")
     args = p.parse_args(argv)
     for name, value in (("INDEX_DIR", args.index), ("HOST", args.host), ("PORT", args.port)):
         if value is not None:
