@@ -14,29 +14,31 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--index", help="index directory (else $EBR_INDEX_DIR)")
     p.add_argument("--host", help="bind address (else $EBR_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (else $EBR_PORT, default 8000)")
-    p.add_argument("--workers", type=int, default=int(os.environ.get("EBR_WORKERS", "1")),
-                   help="uvicorn worker processes (else $EBR_WORKERS, default 1); they share "
-                   "the page cache of the memory-mapped index. One per core measured best")
+    p.add_argument("--workers", type=int, help="uvicorn worker processes (else $EBR_WORKERS, "
+                   "default 1); they share the page cache of the memory-mapped index. One per "
+                   "core measured best")
     args = p.parse_args(argv)
-    for name, value in (("INDEX_DIR", args.index), ("HOST", args.host), ("PORT", args.port)):
+    for name, value in (("INDEX_DIR", args.index), ("HOST", args.host), ("PORT", args.port),
+                        ("WORKERS", args.workers)):
         if value is not None:
             os.environ[f"EBR_{name}"] = str(value)
     import uvicorn
 
-    from service.observability import configure_logging
+    from service.observability import configure_logging, logging_config
     from service.settings import Settings
 
     s = Settings.from_env()
     configure_logging(s.log_format, logging.INFO)
     metrics_dir = None
-    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if s.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # each worker writes its metrics here and /metrics sums them (prometheus_client's
         # multiprocess mode); the workers are spawned after this, so they see the variable
         metrics_dir = tempfile.mkdtemp(prefix="ebr-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
         uvicorn.run("service.app:create_app", factory=True, host=s.host, port=s.port,
-                    workers=args.workers, log_level="info", log_config=None,
+                    workers=s.workers, log_level="info",
+                    log_config=logging_config(s.log_format),
                     access_log=s.access_log)
     finally:
         if metrics_dir is not None:

@@ -19,10 +19,12 @@ import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 import faiss
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -181,6 +183,12 @@ def create_app(settings: Settings | None = None, shard_backends: Any = None,
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.ebr = state
+        threads = settings.resolved_search_threads()  # the sizes, set together in one place
+        anyio.to_thread.current_default_thread_limiter().total_tokens = threads
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(threads, thread_name_prefix="ebr-search"))
+        logger.info("%d search threads x %d faiss threads per worker, %d worker(s), %d cores",
+                    threads, settings.faiss_threads, settings.workers, os.cpu_count() or 1)
         try:
             load_generation(state)
         except EbrError as e:

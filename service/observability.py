@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import logging.config
 import os
 import re
 import secrets
@@ -127,7 +128,9 @@ class RequestIdFilter(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, request_id (+ exception)."""
+    """One JSON object per line: time (UTC), level, logger, message, request_id (+ exception)."""
+
+    converter = time.gmtime
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
@@ -140,17 +143,28 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out)
 
 
+def logging_config(fmt: str = "json", level: str = "INFO") -> dict[str, Any]:
+    """``logging.config.dictConfig`` for a server process: one handler on the root logger, with
+    the request id on every record. ``python -m service`` hands it to uvicorn, which applies it
+    in every worker process (configuring the parent alone would leave the workers silent)."""
+    formatter: dict[str, Any] = (
+        {"()": JsonFormatter} if fmt == "json" else
+        {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"})
+    return {
+        "version": 1, "disable_existing_loggers": False,
+        "filters": {"request_id": {"()": RequestIdFilter}},
+        "formatters": {"ebr": formatter},
+        "handlers": {"ebr": {"class": "logging.StreamHandler", "formatter": "ebr",
+                             "filters": ["request_id"]}},
+        "root": {"handlers": ["ebr"], "level": level},
+        "loggers": {"faiss.loader": {"level": "WARNING"},
+                    # uvicorn's own loggers propagate to the root handler, once
+                    "uvicorn": {"handlers": [], "propagate": True},
+                    "uvicorn.error": {"handlers": [], "propagate": True},
+                    "uvicorn.access": {"handlers": [], "propagate": True}},
+    }
+
+
 def configure_logging(fmt: str = "json", level: int = logging.INFO) -> None:
     """Root logging for the server process (library code never configures handlers)."""
-    handler = logging.StreamHandler()
-    handler.addFilter(RequestIdFilter())
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-        handler.formatter.converter = time.gmtime  # type: ignore[union-attr]
-    else:
-        handler.setFormatter(logging.Formatter(
-            "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    logging.config.dictConfig(logging_config(fmt, logging.getLevelName(level)))

@@ -44,6 +44,12 @@ class Settings(BaseModel):
                                  "switches every worker of a multi-worker server (0: off)")
     faiss_threads: int = Field(1, ge=1, description="OpenMP threads per faiss call; 1 lets the "
                                "server's thread pool run requests in parallel instead")
+    workers: int = Field(1, ge=1, le=256, description="worker processes of `python -m service` "
+                         "(each maps the same index; one per core measured best)")
+    search_threads: int = Field(0, ge=0, le=1024, description="threads per worker that run "
+                                "searches, batched searches and text encoding; 0: auto, "
+                                "max(4, 2 x cores / (workers x faiss_threads)); above the core "
+                                "count only helps while rows come from disk (cold page cache)")
     api_keys: tuple[str, ...] = Field((), description="bearer keys for the read endpoints "
                                       "(search, index); empty: read endpoints are open",
                                       repr=False)
@@ -70,6 +76,13 @@ class Settings(BaseModel):
         if any(len(k) < 16 for k in v):
             raise ValueError("keys must be at least 16 characters")
         return v
+
+    def resolved_search_threads(self, cores: int | None = None) -> int:
+        """``search_threads``, with 0 resolved from the core count and the other two sizes."""
+        if self.search_threads:
+            return self.search_threads
+        cores = cores or os.cpu_count() or 1
+        return max(4, 2 * cores // (self.workers * self.faiss_threads))
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:

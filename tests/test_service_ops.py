@@ -1,5 +1,6 @@
 """Operations: request ids, metrics, API keys, body limits, atomic reload under load."""
 
+import json
 import os
 import shutil
 import threading
@@ -216,10 +217,12 @@ def test_multi_worker_server_switches_every_worker_and_sums_metrics(tmp_path, li
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "EBR_INDEX_DIR": str(live_dir), "EBR_PORT": str(port),
-           "EBR_WATCH_SECONDS": "0.2", "EBR_LOG_FORMAT": "text"}
+           "EBR_WATCH_SECONDS": "0.2", "EBR_LOG_FORMAT": "json"}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    server = subprocess.Popen([sys.executable, "-m", "service", "--workers", "2"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "server.log"
+    with log.open("wb") as err:
+        server = subprocess.Popen([sys.executable, "-m", "service", "--workers", "2"], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=err)
     url = f"http://127.0.0.1:{port}"
     try:
         def ready() -> bool:
@@ -252,3 +255,25 @@ def test_multi_worker_server_switches_every_worker_and_sums_metrics(tmp_path, li
     finally:
         server.terminate()
         server.wait(20)
+    # both workers log, one JSON object per line (uvicorn applies the config in each)
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    serving = [r for r in records if r["message"].startswith("serving ")]
+    assert len(serving) == 4 and {"time", "level", "request_id"} <= set(serving[0])
+
+
+def test_thread_sizes_set_together_from_settings(index_ip):
+    auto = Settings(index_dir=str(index_ip), workers=2)
+    assert auto.resolved_search_threads(cores=2) == 4  # the floor
+    assert auto.resolved_search_threads(cores=16) == 16  # 2 x 16 / 2 workers
+    assert Settings(index_dir=str(index_ip), workers=2, faiss_threads=4
+                    ).resolved_search_threads(cores=32) == 8
+    with _client(index_ip, search_threads=3) as c:
+        import asyncio
+
+        import anyio.to_thread
+
+        tokens = c.portal.call(lambda: anyio.to_thread.current_default_thread_limiter()
+                               .total_tokens)
+        executor = c.portal.call(lambda: asyncio.get_running_loop()._default_executor)
+        assert tokens == 3 and executor._max_workers == 3
+        assert c.post("/search", json={"vector": [0.1] * 32, "k": 3}).status_code == 200
