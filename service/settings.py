@@ -58,8 +58,9 @@ class Settings(BaseModel):
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="largest request body")
     log_format: Literal["json", "text"] = "json"
     access_log: bool = Field(False, description="one log line per request (uvicorn's access "
-                             "log, with the request id): about 15% of a worker's CPU at full "
-                             "load; /metrics counts every request by endpoint and status anyway")
+                             "log, with the request id): 15% of a worker's event-loop time at "
+                             "full load in a profile; /metrics counts every request by "
+                             "endpoint and status anyway")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
 

@@ -283,9 +283,14 @@ def test_fast_search_path_answers_as_the_fastapi_routes(index_ip, ds_ip):
                                                           "application/json"})
             assert a.status_code == b.status_code == 422, (raw, a.text, b.text)
             assert a.json()["status"]["error"]
+        for ctype in ("text/plain", None):  # JSON only, as FastAPI's strict content type
+            h = {**auth, **({"content-type": ctype} if ctype else {})}
+            a = fast.post("/search", content=b'{"vector": [0.1]}', headers=h)
+            b = ref.post("/search", content=b'{"vector": [0.1]}', headers=h)
+            assert a.status_code == b.status_code == 422 and "Content-Type" in a.text
         a = fast.post("/search", json={"vector": q}, headers={**auth, "x-request-id": "abc-1"})
         assert a.headers["x-request-id"] == "abc-1"
         metrics = fast.get("/metrics").text
         assert 'ebr_requests_total{endpoint="/search",status="422"}' in metrics
         assert 'ebr_requests_total{endpoint="/search/batch",status="413"}' in metrics
-    assert len(used) == len(cases) + 6  # every search request took the fast path
+    assert len(used) == len(cases) + 8  # every search request took the fast path

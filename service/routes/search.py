@@ -2,7 +2,9 @@
 
 Searches run in the thread pool (faiss and numpy release the GIL). A batch request's searches
 with equal parameters run as one batched search; ``/search`` requests arriving together can
-share one too (``service.batcher``, ``micro_batch_inflight``)."""
+share one too (``service.batcher``, ``micro_batch_inflight``). ``SearchEndpoints`` answers both
+routes in front of FastAPI with the same code (``run_search``, ``run_batch``); the FastAPI routes
+below document them and are the reference it is tested against."""
 
 from __future__ import annotations
 
@@ -248,10 +250,10 @@ class SearchEndpoints:
         try:
             try:
                 check_read(state.settings, headers.get(b"authorization", b"").decode("latin-1"))
-                ctype = headers.get(b"content-type", b"application/json").split(b";")[0].strip()
+                ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
                 if not (ctype.endswith(b"/json") or ctype.endswith(b"+json")):
                     raise InputError(f"body: Content-Type must be application/json, got "
-                                     f"{ctype.decode('latin-1')[:100]!r}")
+                                     f"{ctype.decode('latin-1')[:100] or 'none'!r}")
                 body = await read_body(receive, headers.get(b"content-length"),
                                        state.settings.max_body_bytes)
                 gen = current_generation(state)
