@@ -91,7 +91,9 @@ def run(task: dict[str, Any]) -> dict[str, Any]:
             n_pseudo = 10_000
         cfg = DistillConfig(loss=task.get("loss", "mse"), top_k=task.get("top_k", 100),
                             n_pseudo=n_pseudo, time_budget_s=task["budget"],
-                            val_nprobe=nprobe)
+                            val_nprobe=nprobe,
+                            query_weighting=task.get("weighting", DistillConfig.query_weighting),
+                            train_query_map=task.get("train_query_map"))
         trainer = DistillVQTrainer(cfg, queries=q)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -138,7 +140,8 @@ def main() -> int:
     ap.add_argument("--sets", nargs="+", default=list(SETS))
     ap.add_argument("--bytes", type=int, nargs="+", default=[8, 16, 32])
     ap.add_argument("--methods", nargs="+", default=["kmeans", "opq", "distill", "distill+opq"])
-    ap.add_argument("--ablation", action="store_true", help="SciFact PQ16: loss, K, queries")
+    ap.add_argument("--ablation", action="store_true", help="SciFact distill+opq PQ16: query "
+                    "weighting, query map, loss, K, queries")
     ap.add_argument("--budget", type=float, default=300.0, help="distill time budget (s)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--name", default="distill")
@@ -147,8 +150,13 @@ def main() -> int:
              for s in args.sets for b in args.bytes for m in args.methods
              if s == "synthetic" or (Path(args.data) / s).exists()]
     if args.ablation:
-        base = {"set": "scifact", "bytes": 16, "method": "distill", "data": args.data,
+        base = {"set": "scifact", "bytes": 16, "method": "distill+opq", "data": args.data,
                 "budget": args.budget}
+        tasks += [{**base, "bytes": b, "weighting": None, "ablation": "weighting=off"}
+                  for b in (8, 16)]
+        tasks += [{**base, "bytes": b, "train_query_map": True, "ablation": "query_map=trained"}
+                  for b in (8, 16)]
+        tasks += [{**base, "weighting": w, "ablation": f"weighting={w}"} for w in (0.5, 0.9)]
         tasks += [{**base, "loss": x, "ablation": f"loss={x}"}
                   for x in ("listnet", "kl_div", "margin_mse", "mse+listnet")]
         tasks += [{**base, "top_k": k, "ablation": f"K={k}"} for k in (50, 200)]

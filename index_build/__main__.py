@@ -76,7 +76,15 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
                     "a held-out slice of the training queries)")
     dv.add_argument("--distill-time-budget", type=float, help="stop training after this many "
                     "seconds (the best epoch so far is kept)")
-    dv.add_argument("--no-query-map", action="store_true", help="do not learn the query map")
+    dv.add_argument("--query-map", choices=["auto", "train", "fixed"], default="auto",
+                    help="learn the query map, or keep it at its start (identity, or S^-1 under "
+                    "query weighting); auto: learn it only without query weighting")
+    dv.add_argument("--no-query-map", action="store_const", const="fixed", dest="query_map",
+                    help="same as --query-map fixed")
+    dv.add_argument("--query-weighting", type=float, default=0.75, metavar="SHRINKAGE",
+                    help="inner product: quantize where squared error is the squared score error "
+                    "over the training queries, shrunk toward plain k-means by this fraction "
+                    "in (0, 1]; 0 turns it off (default 0.75)")
     bd = p.add_argument_group("BiDR (labelled training pairs; needs the 'train' extra)")
     bd.add_argument("--train-qrels", help="qrels .tsv of the training queries (query-id, "
                     "corpus-id, score): turns on the labelled terms. Stage 1 (with --codebooks "
@@ -308,7 +316,10 @@ def _distill_trainer(args: argparse.Namespace, pairs: object = None, corpus: obj
         queries, _ = load_eval_queries(None, args.beir, args.train_split, None)
     cfg = DistillConfig(loss=args.distill_loss, top_k=args.distill_topk,
                         max_epochs=args.distill_epochs, time_budget_s=args.distill_time_budget,
-                        n_pseudo=args.pseudo_queries, train_query_map=not args.no_query_map,
+                        n_pseudo=args.pseudo_queries,
+                        train_query_map={"auto": None, "train": True,
+                                         "fixed": False}[args.query_map],
+                        query_weighting=args.query_weighting or None,
                         contrastive_weight=args.contrastive_weight,
                         val_split=args.val_split, seed=args.seed)
     return DistillVQTrainer(cfg, queries=queries, niter=args.niter, progress=args.progress,

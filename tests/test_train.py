@@ -15,7 +15,12 @@ from ebr.metric import Metric  # noqa: E402
 from ebr.quant.faiss_bridge import rotate  # noqa: E402
 from ebr.search.searcher import Searcher  # noqa: E402
 from ebr.spec import BuildParams, IndexSpec, SearchParams  # noqa: E402
-from ebr.train.distill_vq import DistillConfig, DistillVQTrainer, pseudo_queries  # noqa: E402
+from ebr.train.distill_vq import (  # noqa: E402
+    DistillConfig,
+    DistillVQTrainer,
+    pseudo_queries,
+    query_weighting,
+)
 from ebr.train.losses import kl_div, listnet, margin_mse, mse  # noqa: E402
 
 T = torch.tensor([[3.0, 1.0, 0.0], [0.5, 0.5, 2.0]])
@@ -155,3 +160,51 @@ def test_pseudo_queries():
     assert q.shape == (50, 8)
     np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1, rtol=1e-5)
     np.testing.assert_array_equal(q, pseudo_queries(xb, 50, 0.3, seed=1))
+
+
+def test_query_weighting_keeps_scores_and_weights_errors():
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((500, 16)) * np.linspace(3, 0.1, 16)  # anisotropic queries
+    half, inv = query_weighting(q, 0.5)
+    x, e = rng.standard_normal((20, 16)), rng.standard_normal((7, 16))
+    # the searcher maps q by S^-1, faiss' pre-transform S^1/2 applies to q and x alike:
+    # <S^1/2 S^-1 q, S^1/2 x> = <q, x>
+    qs, xs = (q[:5] @ inv.T) @ half.T, x @ half.T
+    np.testing.assert_allclose(qs @ xs.T, q[:5] @ x.T, rtol=1e-4, atol=1e-4)
+    s = half @ half
+    np.testing.assert_allclose(((e @ half.T) ** 2).sum(1), np.einsum("nd,de,ne->n", e, s, e),
+                               rtol=1e-4)
+    sigma = q.T @ q / len(q)
+    np.testing.assert_allclose(s, 0.5 * sigma / (np.trace(sigma) / 16) + 0.5 * np.eye(16),
+                               rtol=1e-4, atol=1e-5)
+    one, one_inv = query_weighting(q, 1.0)  # full shrinkage: plain k-means
+    np.testing.assert_allclose(one, np.eye(16), atol=1e-6)
+    np.testing.assert_allclose(one_inv, np.eye(16), atol=1e-6)
+
+
+def test_query_weighting_raises_recall_when_queries_are_anisotropic(tmp_path):
+    """Documents spread over 32 dimensions, queries over 4 of them: plain k-means spends its
+    codes on directions no query looks at; the weighted quantizer does not."""
+    rng = np.random.default_rng(3)
+    xb = rng.standard_normal((4000, 32)).astype(np.float32)
+    scale = np.r_[np.full(4, 3.0), np.full(28, 0.05)].astype(np.float32)
+    xq_train = (rng.standard_normal((600, 32)) * scale).astype(np.float32)
+    xq = (rng.standard_normal((100, 32)) * scale).astype(np.float32)
+    import faiss
+
+    truth = faiss.knn(xq, xb, 20, metric=faiss.METRIC_INNER_PRODUCT)[1]
+    recalls = {}
+    for name, weighting in (("plain", None), ("weighted", 0.5)):
+        cfg = DistillConfig(max_epochs=1, batch_size=128, n_random=256, top_k=20,
+                            query_weighting=weighting, seed=1)
+        out = tmp_path / name
+        write_index(out, xb, BuildParams(spec=IndexSpec.parse("IVF8,PQ4"), metric=Metric.IP,
+                                         kmeans_niter=10),
+                    trainer=DistillVQTrainer(cfg, queries=xq_train))
+        res, _ = Searcher(open_index(out)).search(xq, SearchParams(k=20, nprobe=8, k_coarse=20,
+                                                                   rerank=False))
+        recalls[name] = np.mean([len(set(a) & set(b)) / 20 for a, b in zip(res.ids, truth,
+                                                                           strict=True)])
+        info = json.loads((out / "manifest.json").read_text())["codebooks"]
+        assert (info["query_weighting"] is None) == (weighting is None)
+    assert recalls["weighted"] > recalls["plain"] + 0.15, recalls

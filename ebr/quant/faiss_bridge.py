@@ -19,7 +19,8 @@ from ebr.metric import Metric
 from ebr.spec import IndexSpec
 
 __all__ = ["CodebookTrainer", "KMeansTrainer", "extract_ivfpq", "make_trainer", "ivf_params",
-           "from_faiss", "to_faiss", "rotate", "add_with_assignment", "coarse_ram_bytes"]
+           "from_faiss", "to_faiss", "rotate", "prepend_transform", "add_with_assignment",
+           "coarse_ram_bytes"]
 
 logger = logging.getLogger(__name__)
 
@@ -151,11 +152,31 @@ def from_faiss(index: faiss.Index) -> tuple[np.ndarray, np.ndarray, np.ndarray |
 
 
 def rotate(index: faiss.Index, x: np.ndarray) -> np.ndarray:
-    """Apply the index's pre-transform (OPQ) if any: the space the IVF-PQ works in."""
+    """Apply the index's pre-transform (OPQ, query weighting) if any: the IVF-PQ's space."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     if isinstance(index, faiss.IndexPreTransform):
         return index.chain.at(0).apply(x)
     return x
+
+
+def prepend_transform(index: faiss.Index, w: np.ndarray) -> faiss.Index:
+    """An index trained on ``x @ w.T``, made to take ``x``: its pre-transform becomes
+    ``R @ w`` (after an OPQ rotation R) or ``w`` (wrapped in an IndexPreTransform)."""
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    if isinstance(index, faiss.IndexPreTransform):
+        lt = faiss.downcast_VectorTransform(index.chain.at(0))
+        r = faiss.vector_to_array(lt.A).reshape(lt.d_out, lt.d_in)
+        faiss.copy_array_to_vector(np.ascontiguousarray(r @ w).ravel(), lt.A)
+        lt.is_orthonormal = False
+        return index
+    lt = faiss.LinearTransform(w.shape[1], w.shape[0], False)
+    faiss.copy_array_to_vector(w.ravel(), lt.A)
+    lt.is_trained = True
+    out = faiss.IndexPreTransform(lt, index)
+    lt.this.disown()  # the pre-transform index owns both from here on
+    index.this.disown()
+    out.own_fields = True
+    return out
 
 
 def to_faiss(index: faiss.Index, centroids: np.ndarray, codebooks: np.ndarray) -> None:
