@@ -60,6 +60,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                     "sampler": "random_walk"},
     "ablation: stage 1 weight 1": {"codebooks": "distill", "labels": True,
                                    "contrastive_weight": 1.0},
+    "ablation: stage 1 with query weighting": {"codebooks": "distill", "labels": True,
+                                               "weight_with_labels": True},
+    "ablation: stage 1, weighting, query map trained": {"codebooks": "distill", "labels": True,
+                                                        "weight_with_labels": True,
+                                                        "train_query_map": True},
     "ablation: 1+2 val split by document": {"codebooks": "distill", "labels": True,
                                             "towers": "linear", "sampler": "random_walk",
                                             "val_split": "document"},
@@ -110,7 +115,10 @@ def run(task: dict[str, Any]) -> list[dict[str, Any]]:
 
         cfg = DistillConfig(val_nprobe=task["train_nprobe"],
                             contrastive_weight=v.get("contrastive_weight", 3.0),
-                            val_split=v.get("val_split", "query"))
+                            val_split=v.get("val_split", "query"),
+                            query_weighting=v.get("weighting", DistillConfig.query_weighting),
+                            train_query_map=v.get("train_query_map"),
+                            weight_with_labels=v.get("weight_with_labels", False))
         trainer = (DistillVQTrainer(cfg, pairs=pairs, corpus=ds["xb"]) if v.get("labels")
                    else DistillVQTrainer(cfg, queries=ds["xtrain"]))
     if v.get("towers"):

@@ -84,7 +84,8 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
     dv.add_argument("--query-weighting", type=float, default=0.75, metavar="SHRINKAGE",
                     help="inner product: quantize where squared error is the squared score error "
                     "over the training queries, shrunk toward plain k-means by this fraction "
-                    "in (0, 1]; 0 turns it off (default 0.75)")
+                    "in (0, 1]; 0 turns it off (default 0.75). Not applied with --train-qrels: "
+                    "the contrastive term did better from plain k-means")
     bd = p.add_argument_group("BiDR (labelled training pairs; needs the 'train' extra)")
     bd.add_argument("--train-qrels", help="qrels .tsv of the training queries (query-id, "
                     "corpus-id, score): turns on the labelled terms. Stage 1 (with --codebooks "

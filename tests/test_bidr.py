@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -282,6 +283,13 @@ def test_stage1_contrastive_term(task):
     assert all("val_positive_recall" in e for e in h)
     assert tr.info["best_val"] >= h[0]["val_positive_recall"]
     assert h[-1]["loss"] < h[1]["loss"] or len(h) <= 2
+    # labels: no query weighting unless asked for (the contrastive term does better without)
+    assert tr.info["query_weighting"] is None and tr.info["query_map"] == "trained"
+    both = DistillVQTrainer(replace(cfg, max_epochs=1, weight_with_labels=True), pairs=pairs,
+                            corpus=task["xb"], niter=8)
+    both.train(task["xb"], PARAMS.spec, Metric.IP, seed=0)
+    assert both.info["query_weighting"]["shrinkage"] == 0.75
+    assert both.info["query_map"] == "fixed (S^-1)"
     with pytest.raises(SpecError, match="corpus"):
         DistillVQTrainer(cfg, pairs=pairs)
 

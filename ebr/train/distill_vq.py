@@ -83,7 +83,7 @@ class DistillConfig:
     lr_query_map: float = 1e-4
     # None: auto, trained without query weighting and fixed at S^-1 with it (trained from
     # there, it overfit SciFact's 729 training queries: coarse recall@100 0.681 vs 0.691 at
-    # 16 bytes, 0.607 vs 0.617 at 8; bench/results/distill.md)
+    # 16 bytes, 0.607 vs 0.617 at 8; bench/results/distill_small.md)
     train_query_map: bool | None = None
     ivf_weight: float = 1.0  # weight of the IVF loss f(t, s^ivf); the PQ loss has weight 1
     n_pseudo: int | None = None  # pseudo-queries from the corpus; None: 10,000 if no queries given
@@ -102,9 +102,14 @@ class DistillConfig:
     # Query weighting (inner product only; None: off): quantize where squared error is the
     # squared score error over the training queries (module docstring), shrunk toward plain
     # k-means by this fraction. SciFact, IVF32 nprobe 8, coarse recall@100 vs exact, OPQ
-    # 0.557 / 0.635 at 8 / 16 bytes -> 0.605 / 0.676 (0.5), 0.607 / 0.679 (0.75), 0.608 /
+    # 0.557 / 0.635 at 8 / 16 bytes -> 0.605 / 0.678 (0.5), 0.607 / 0.679 (0.75), 0.608 /
     # 0.676 (0.9) before any fine-tuning; with pseudo-queries 0.594 / 0.668 (0.75).
     query_weighting: float | None = 0.75
+    # With labelled pairs (BiDR stage 1) the weighting is skipped unless this is set: from the
+    # weighted start the contrastive term never raised the held-out positive recall on SciFact
+    # (0.956 kept, against 0.981 reached from plain k-means; test Recall@100 at C = 100 0.878
+    # against 0.916; bench/results/bidr.md)
+    weight_with_labels: bool = False
 
     def __post_init__(self) -> None:
         if self.contrastive_weight < 0:
@@ -319,7 +324,8 @@ class DistillVQTrainer:
             perm = rng.permutation(len(xq))
             val_q, train_q = xq[perm[:nval]], xq[perm[nval:]]
         half = w0 = None
-        if cfg.query_weighting is not None and metric is Metric.IP:
+        if cfg.query_weighting is not None and metric is Metric.IP and (
+                labelled is None or cfg.weight_with_labels):
             half, w0 = query_weighting(train_q, cfg.query_weighting)
             x_init = x_init @ half.T
         index = KMeansTrainer(niter=self.niter).train(x_init, spec, metric, seed)
