@@ -88,6 +88,14 @@ def test_body_limit(index_ip):
     with _client(index_ip, max_body_bytes=4096) as c:
         r = c.post("/search", json={"vector": [0.1] * 2000})
         assert r.status_code == 413 and "exceeds" in r.json()["status"]["error"]
+        # streamed without a length (chunked): refused once the bytes pass the limit
+        for path in ("/search", "/search/batch"):
+            chunks = iter([b'{"vector": [', b"0.1, " * 1000, b"0.1]}"])
+            r = c.post(path, content=chunks, headers={"content-type": "application/json"})
+            assert r.status_code == 413 and "exceeds 4096 bytes" in r.json()["status"]["error"]
+        r = c.post("/search", content=iter([b'{"vector": [0.1', b"]}"]),
+                   headers={"content-type": "application/json"})
+        assert r.status_code == 422 and "dimension 1" in r.json()["status"]["error"]
 
 
 def test_reload_refuses_broken_and_swaps_good(tmp_path, live_dir, ds_ip):
