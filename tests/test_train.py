@@ -61,6 +61,8 @@ def test_config_validation():
         DistillConfig(loss="hinge")
     with pytest.raises(SpecError):
         DistillConfig(top_k=0)
+    with pytest.raises(SpecError):
+        DistillConfig(ivf_weight=-1.0)
     DistillConfig(loss="mse+listnet")
 
 
@@ -86,6 +88,7 @@ def test_training_lowers_loss_keeps_recall(trained):
     assert h[-1]["loss"] < h[1]["loss"]
     assert tr.info["best_val"] >= h[0]["val_recall"] and tr.info["validation_metric"] == "val_recall"
     assert "pseudo" in tr.info["training_queries"]  # ds_ip has only 10 training queries
+    assert tr.info["ivf_weight"] == 1.0  # inner product's default: IVF and PQ losses summed
 
 
 def test_manifest_records_training(trained):
@@ -150,6 +153,7 @@ def test_l2_and_opq_train(tmp_path, ds_l2):
         res, _ = s.search(ds_l2.xq, SearchParams(k=5, nprobe=8, k_coarse=s.index.ntotal))
         np.testing.assert_array_equal(res.ids, s.exact(ds_l2.xq, 5).ids)
         assert tr.history[-1]["loss"] <= tr.history[1]["loss"] * 1.05
+        assert tr.info["ivf_weight"] == 0.0  # L2's default: the PQ loss only
 
 
 def test_pseudo_queries():
