@@ -76,6 +76,9 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
                     "a held-out slice of the training queries)")
     dv.add_argument("--distill-time-budget", type=float, help="stop training after this many "
                     "seconds (the best epoch so far is kept)")
+    dv.add_argument("--ivf-loss-weight", type=float, metavar="W",
+                    help="weight of the IVF (list) loss next to the PQ loss (default: 1 for ip, "
+                    "0 for l2, whose list score lacks each document's residual terms)")
     dv.add_argument("--query-map", choices=["auto", "train", "fixed"], default="auto",
                     help="learn the query map, or keep it at its start (identity, or S^-1 under "
                     "query weighting); auto: learn it only without query weighting")
@@ -317,7 +320,7 @@ def _distill_trainer(args: argparse.Namespace, pairs: object = None, corpus: obj
         queries, _ = load_eval_queries(None, args.beir, args.train_split, None)
     cfg = DistillConfig(loss=args.distill_loss, top_k=args.distill_topk,
                         max_epochs=args.distill_epochs, time_budget_s=args.distill_time_budget,
-                        n_pseudo=args.pseudo_queries,
+                        n_pseudo=args.pseudo_queries, ivf_weight=args.ivf_loss_weight,
                         train_query_map={"auto": None, "train": True,
                                          "fixed": False}[args.query_map],
                         query_weighting=args.query_weighting or None,

@@ -68,10 +68,11 @@ def test_build_distill_cli(tmp_path):
     assert main(["--no-progress", "build", "--input", str(tmp_path / "x.npy"), "--out", str(out),
                  "--spec", "IVF8,PQ4", "--niter", "5", "--codebooks", "distill",
                  "--train-queries", str(tmp_path / "q.npy"), "--distill-epochs", "2",
-                 "--distill-loss", "mse+listnet"]) == 0
+                 "--distill-loss", "mse+listnet", "--ivf-loss-weight", "0.5"]) == 0
     oi = open_index(out)
     cb = oi.manifest.codebooks
     assert cb["method"] == "distill" and cb["training_queries"] == "real (200)"
+    assert cb["distill"]["ivf_weight"] == 0.5 and cb["ivf_weight"] == 0.5
     assert cb["distill"]["loss"] == "mse+listnet" and oi.query_map is not None
     main(["generate", "--out", str(tmp_path / "gen"), "--n", "500", "--dim", "8"])
     assert (tmp_path / "gen" / "corpus.npy").exists()

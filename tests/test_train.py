@@ -19,6 +19,7 @@ from ebr.train.distill_vq import (  # noqa: E402
     DistillConfig,
     DistillVQTrainer,
     pseudo_queries,
+    query_spectrum,
     query_weighting,
 )
 from ebr.train.losses import kl_div, listnet, margin_mse, mse  # noqa: E402
@@ -211,4 +212,16 @@ def test_query_weighting_raises_recall_when_queries_are_anisotropic(tmp_path):
                                                                            strict=True)])
         info = json.loads((out / "manifest.json").read_text())["codebooks"]
         assert (info["query_weighting"] is None) == (weighting is None)
+        # 4 of 32 directions hold (nearly) all of the queries' second moment
+        assert info["query_spectrum"]["top10_share"] > 0.99
+        assert info["query_spectrum"]["max_over_median"] > 1000
     assert recalls["weighted"] > recalls["plain"] + 0.15, recalls
+
+
+def test_query_spectrum_by_hand():
+    # second moment ~ diag(9, 4, 1 x 14): the top 10 hold (9 + 4 + 8) / 27; max / median = 9 / 1
+    q = np.zeros((32, 16), dtype=np.float32)
+    q[:16] = np.diag(np.r_[3.0, 2.0, np.ones(14)])
+    out = query_spectrum(q)
+    assert out["top10_share"] == pytest.approx(21 / 27, abs=1e-4)
+    assert out["max_over_median"] == pytest.approx(9.0, abs=0.05)
