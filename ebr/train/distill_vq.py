@@ -89,8 +89,9 @@ class DistillConfig:
     # weight of the IVF loss f(t, s^ivf) (the PQ loss has weight 1); None: 1 for inner product,
     # 0 for L2. An L2 list score -|q - o(d)|^2 lacks each document's residual terms, so matching
     # it to the teacher drags the centroids after per-document offsets: on siftsmall (pseudo-
-    # queries) the held-out recall fell after the first epoch with 1 and rose for 30 with 0
-    # (test coarse recall@100 0.6938 -> 0.7022 at 8 bytes, 0.7893 -> 0.7944 at 16)
+    # queries) the held-out recall fell after the first epoch with 1 and rises for 10-30 with 0
+    # (Distill-VQ+OPQ coarse recall@100 0.7081 -> 0.7120 at 8 bytes, 0.7945 -> 0.8035 at 16;
+    # bench/results/distill_small.md)
     ivf_weight: float | None = None
     n_pseudo: int | None = None  # pseudo-queries from the corpus; None: 10,000 if no queries given
     pseudo_noise: float = 0.5  # noise norm relative to the mean vector norm
