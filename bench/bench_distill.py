@@ -88,9 +88,8 @@ def run(task: dict[str, Any]) -> dict[str, Any]:
         # oracle: the test queries themselves (tiled to 10k rows, so that 100 queries still
         # make as many steps; the validation slice is then in-sample too): about the best that
         # codebooks trained for these very queries reach. A diagnostic, not a usable setting.
-        oracle = np.tile(ds["xq"], (max(1, 10_000 // len(ds["xq"])), 1))
-        q = {"real": ds["xtrain"], "real+pseudo": ds["xtrain"], "pseudo": None,
-             "oracle": oracle}[kind]
+        q = np.tile(ds["xq"], (max(1, 10_000 // len(ds["xq"])), 1)) if kind == "oracle" else \
+            {"real": ds["xtrain"], "real+pseudo": ds["xtrain"], "pseudo": None}[kind]
         n_pseudo = {"real": 0, "pseudo": 10_000, "real+pseudo": 10_000, "oracle": 0}[kind]
         if q is None:
             n_pseudo = 10_000
@@ -133,7 +132,7 @@ def run(task: dict[str, Any]) -> dict[str, Any]:
             # the re-ranked goal (within 0.005 of exact at C = 100) by nprobe: the smallest
             # nprobe that reaches it, not only the bench's nprobe and all lists
             by_nprobe = {}
-            for p in sorted({nprobe, *range(nprobe, nlist + 1, max(1, nlist // 8)), nlist}):
+            for p in sorted({*range(nprobe, nlist + 1, max(1, nlist // 8)), nlist}):
                 rr, _ = s.search(ds["xq"], SearchParams(k=10, nprobe=p, k_coarse=100))
                 by_nprobe[p] = labels(rr.ids)["ndcg@10"]
             out["rerank_nDCG@10_C100"] = by_nprobe[nprobe]
