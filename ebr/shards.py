@@ -49,7 +49,7 @@ from ebr.io.manifest import (
 )
 from ebr.io.vecs import check_vectors
 from ebr.metric import Metric
-from ebr.quant.faiss_bridge import make_trainer, rotate
+from ebr.quant.faiss_bridge import ivf_centroids, make_trainer, rotate
 from ebr.search.rerank import rerank, topk
 from ebr.search.searcher import Searcher
 from ebr.spec import BuildParams, SearchParams
@@ -289,8 +289,7 @@ def open_sharded(directory: str | os.PathLike[str], verify_checksums: bool = Tru
         if oi.ntotal != s["stop"] - s["start"]:
             raise IndexFormatError(f"{path / s['dir']}: {oi.ntotal} vectors, the top manifest "
                                    f"says {s['stop'] - s['start']}")
-        q = oi.ivfpq.quantizer
-        this = (q.reconstruct_n(0, q.ntotal).tobytes()
+        this = (ivf_centroids(oi.ivfpq).tobytes()
                 + faiss.vector_to_array(oi.ivfpq.pq.centroids).tobytes())
         if fp is not None and this != fp:
             raise IndexFormatError(f"{path / s['dir']}: codebooks differ from shard 0's")

@@ -1,7 +1,7 @@
 """Build-time and search-time parameters, as two separate frozen types.
 
 :class:`IndexSpec` is the user-facing, faiss-factory-style description of the coarse index
-(``"IVF256,PQ16"``, ``"OPQ16,IVF1024,PQ32x8"``); it is parsed once, round-trips through
+(``"IVF256,PQ16"``, ``"OPQ16,IVF1024,PQ32x8"``, ``"IVF256,RQ16"``); it is parsed once, round-trips through
 ``str()``, and is stored in the manifest. :class:`BuildParams` adds the other build knobs.
 :class:`SearchParams` is per request.
 """
@@ -21,14 +21,19 @@ _PART = {
     "opq": re.compile(r"^OPQ(\d+)$"),
     "ivf": re.compile(r"^IVF(\d+)$"),
     "pq": re.compile(r"^PQ(\d+)(?:x(\d+))?$"),
+    "rq": re.compile(r"^RQ(\d+)(?:x8)?$"),
 }
+QUANTIZERS = ("pq", "rq")
 DENSE_DTYPES = ("float32", "float16")
 CODEBOOK_METHODS = ("kmeans", "opq", "distill")
 
 
 @dataclass(frozen=True)
 class IndexSpec:
-    """Coarse index layout: optional OPQ rotation, ``nlist`` IVF lists, PQ with ``pq_m`` x ``pq_nbits``.
+    """Coarse index layout: optional OPQ rotation, ``nlist`` IVF lists, then ``pq_m`` codes of
+    ``pq_nbits`` per vector from a product quantizer (``PQ<M>``: M sub-spaces of d / M dims) or
+    a residual quantizer (``RQ<M>``, inner product only: M full-dimension codebooks of 256,
+    each coding what the previous ones left; more recall per byte, slower to train).
 
     ``pq_m`` bytes per vector at 8 bits: this is the RAM a document costs, besides its 8-byte id.
     """
@@ -37,6 +42,7 @@ class IndexSpec:
     pq_m: int
     pq_nbits: int = 8
     opq: bool = False
+    quantizer: str = "pq"
 
     def __post_init__(self) -> None:
         if self.nlist < 1:
@@ -45,10 +51,22 @@ class IndexSpec:
             raise SpecError(f"PQ M must be >= 1, got {self.pq_m}")
         if not 1 <= self.pq_nbits <= 16:
             raise SpecError(f"PQ nbits must be in [1, 16], got {self.pq_nbits}")
+        if self.quantizer not in QUANTIZERS:
+            raise SpecError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
+        if self.quantizer == "rq" and self.pq_nbits != 8:
+            raise SpecError(f"RQ codes are 8 bits each, got {self.pq_nbits}")
+        if self.quantizer == "rq" and self.opq:
+            raise SpecError("OPQ rotates for a product quantizer; a residual quantizer (RQ) "
+                            "codes whole vectors and has no use for it")
+
+    @property
+    def is_rq(self) -> bool:
+        return self.quantizer == "rq"
 
     @classmethod
     def parse(cls, s: str) -> IndexSpec:
-        """Parse ``[OPQ<M>,]IVF<nlist>,PQ<M>[x<nbits>]``; raise :class:`SpecError` otherwise."""
+        """Parse ``[OPQ<M>,]IVF<nlist>,PQ<M>[x<nbits>]`` or ``IVF<nlist>,RQ<M>``; raise
+        :class:`SpecError` otherwise."""
         if not isinstance(s, str) or not s.strip():
             raise SpecError(f"index spec must be a non-empty string, got {s!r}")
         parts = [p.strip() for p in s.split(",")]
@@ -56,11 +74,17 @@ class IndexSpec:
         if parts and _PART["opq"].match(parts[0]):
             opq_m = int(_PART["opq"].match(parts[0]).group(1))  # type: ignore[union-attr]
             parts = parts[1:]
+        expected = "expected '[OPQ<M>,]IVF<nlist>,PQ<M>[x<nbits>]' or 'IVF<nlist>,RQ<M>'"
         if len(parts) != 2:
-            raise SpecError(f"index spec {s!r}: expected '[OPQ<M>,]IVF<nlist>,PQ<M>[x<nbits>]'")
-        m_ivf, m_pq = _PART["ivf"].match(parts[0]), _PART["pq"].match(parts[1])
+            raise SpecError(f"index spec {s!r}: {expected}")
+        m_ivf, m_rq = _PART["ivf"].match(parts[0]), _PART["rq"].match(parts[1])
+        if m_ivf and m_rq:
+            if opq_m is not None:
+                raise SpecError(f"index spec {s!r}: OPQ applies to PQ, not RQ")
+            return cls(nlist=int(m_ivf.group(1)), pq_m=int(m_rq.group(1)), quantizer="rq")
+        m_pq = _PART["pq"].match(parts[1])
         if not m_ivf or not m_pq:
-            raise SpecError(f"index spec {s!r}: expected '[OPQ<M>,]IVF<nlist>,PQ<M>[x<nbits>]'")
+            raise SpecError(f"index spec {s!r}: {expected}")
         pq_m = int(m_pq.group(1))
         if opq_m is not None and opq_m != pq_m:
             raise SpecError(f"index spec {s!r}: OPQ M ({opq_m}) must equal PQ M ({pq_m})")
@@ -68,6 +92,8 @@ class IndexSpec:
         return cls(nlist=int(m_ivf.group(1)), pq_m=pq_m, pq_nbits=nbits, opq=opq_m is not None)
 
     def __str__(self) -> str:
+        if self.is_rq:
+            return f"IVF{self.nlist},RQ{self.pq_m}"
         pq = f"PQ{self.pq_m}" + (f"x{self.pq_nbits}" if self.pq_nbits != 8 else "")
         return (f"OPQ{self.pq_m}," if self.opq else "") + f"IVF{self.nlist},{pq}"
 
@@ -77,7 +103,7 @@ class IndexSpec:
         return (self.pq_m * self.pq_nbits + 7) // 8
 
     def check_dim(self, d: int) -> None:
-        if d % self.pq_m != 0:
+        if not self.is_rq and d % self.pq_m != 0:
             raise SpecError(f"dimension {d} is not divisible by PQ M={self.pq_m} (spec {self})")
 
 
@@ -112,7 +138,12 @@ class BuildParams:
         if self.kmeans_niter < 1:
             raise SpecError(f"kmeans_niter must be >= 1, got {self.kmeans_niter}")
         if self.codebooks == "opq" and not self.spec.opq:
+            if self.spec.is_rq:
+                raise SpecError("codebooks 'opq' needs a PQ spec; RQ has no rotation to learn")
             object.__setattr__(self, "spec", replace(self.spec, opq=True))
+        if self.spec.is_rq and self.metric is not Metric.IP:
+            raise SpecError(f"{self.spec}: RQ codes are served for inner product only (an L2 "
+                            "score needs each vector's norm, which costs code bytes); use PQ")
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ from ebr.quant.faiss_bridge import (
     CodebookTrainer,
     add_with_assignment,
     extract_ivfpq,
+    lift_rq,
     make_trainer,
 )
 from ebr.spec import BuildParams
@@ -214,6 +215,7 @@ def write_index(
             bar.close()
             timings["encode"] = time.perf_counter() - t0
             t0 = time.perf_counter()
+            index = lift_rq(index)  # stage 2 searches the served form
             towers = dense_trainer.fit(index, vectors, metric, params.normalize, query_map,
                                        params.spec.nlist)
             timings["train_towers"] = time.perf_counter() - t0
@@ -237,6 +239,7 @@ def write_index(
         t0 = time.perf_counter()
         if index.ntotal != n:
             raise InputError(f"internal: coarse index holds {index.ntotal} of {n} vectors")
+        index = lift_rq(index)  # RQ: the IVF-PQ form the searcher scans (faiss_bridge)
         faiss.write_index(index, str(tmp / layout.COARSE))
         with open(tmp / layout.COARSE, "rb+") as fc:
             os.fsync(fc.fileno())

@@ -18,9 +18,9 @@ from ebr.errors import SpecError
 from ebr.metric import Metric
 from ebr.spec import IndexSpec
 
-__all__ = ["CodebookTrainer", "KMeansTrainer", "extract_ivfpq", "make_trainer", "ivf_params",
-           "from_faiss", "to_faiss", "rotate", "prepend_transform", "add_with_assignment",
-           "coarse_ram_bytes"]
+__all__ = ["CodebookTrainer", "KMeansTrainer", "extract_ivfpq", "extract_ivf", "make_trainer",
+           "ivf_params", "from_faiss", "to_faiss", "rotate", "prepend_transform",
+           "add_with_assignment", "coarse_ram_bytes", "lift_rq", "ivf_centroids"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,24 @@ def extract_ivfpq(index: faiss.Index) -> faiss.IndexIVFPQ:
     if not isinstance(ivfpq, faiss.IndexIVFPQ):
         raise SpecError(f"coarse index is {type(ivfpq).__name__}, expected IndexIVFPQ")
     return ivfpq
+
+
+def extract_ivf(index: faiss.Index) -> faiss.IndexIVF:
+    """The IndexIVFPQ or, at build time of an RQ spec, IndexIVFResidualQuantizer in ``index``."""
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+    if not isinstance(ivf, (faiss.IndexIVFPQ, faiss.IndexIVFResidualQuantizer)):
+        raise SpecError(f"coarse index is {type(ivf).__name__}, expected IndexIVFPQ or "
+                        "IndexIVFResidualQuantizer")
+    return ivf
+
+
+def ivf_centroids(ivf: faiss.IndexIVF) -> np.ndarray:
+    """The IVF centroids [nlist, d] of an IVF index (a served RQ index keeps them behind a
+    dimension selection: its quantizer is an IndexPreTransform)."""
+    q = faiss.downcast_index(ivf.quantizer)
+    if isinstance(q, faiss.IndexPreTransform):
+        q = faiss.downcast_index(q.index)
+    return q.reconstruct_n(0, q.ntotal).astype(np.float32)
 
 
 def ivf_params(index: faiss.Index, nprobe: int) -> faiss.SearchParameters:
@@ -74,6 +92,8 @@ class KMeansTrainer:
         if n < spec.nlist:
             raise SpecError(f"{n} training vectors cannot train {spec.nlist} IVF lists; "
                             "lower nlist or give more vectors")
+        if spec.is_rq:
+            return self._train_rq(xt, spec, metric, seed)
         if n < 2 ** spec.pq_nbits:
             raise SpecError(f"{n} training vectors cannot train 2^{spec.pq_nbits} PQ centroids; "
                             "lower PQ nbits or give more vectors")
@@ -99,6 +119,26 @@ class KMeansTrainer:
         index.train(np.ascontiguousarray(xt, dtype=np.float32))
         return index
 
+    def _train_rq(self, xt: np.ndarray, spec: IndexSpec, metric: Metric, seed: int
+                  ) -> faiss.Index:
+        """faiss IVF + residual quantizer: k-means lists, then M greedy k-means stages on the
+        residuals, encoded by beam search (faiss defaults: beam 5, codebook refinement)."""
+        n, d = xt.shape
+        if n < 256:
+            raise SpecError(f"{n} training vectors cannot train RQ codebooks of 256; "
+                            "give more vectors")
+        index = faiss.index_factory(d, f"IVF{spec.nlist},RQ{spec.pq_m}x8", metric.faiss_metric)
+        ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+        ivf.cp.seed, ivf.cp.niter, ivf.cp.min_points_per_centroid = seed, self.niter, 1
+        ivf.rq.cp.seed, ivf.rq.cp.niter = seed + 1, self.niter
+        ivf.rq.cp.min_points_per_centroid = 1
+        if n < 39 * max(spec.nlist, 256):
+            logger.warning("%d training vectors is few for %s: faiss advises >= 39 per centroid "
+                           "(%d)", n, spec, 39 * max(spec.nlist, 256))
+        logger.info("training %s (%s) on %d x %d vectors", spec, metric.value, n, d)
+        index.train(np.ascontiguousarray(xt, dtype=np.float32))
+        return index
+
     def describe(self) -> dict[str, Any]:
         return {"method": self.method, "kmeans_niter": self.niter}
 
@@ -120,12 +160,18 @@ def make_trainer(method: str, niter: int = 20) -> CodebookTrainer:
 def coarse_ram_bytes(index: faiss.Index) -> dict[str, int]:
     """What a coarse IVF-PQ index keeps in RAM, by part (bytes), from the index itself."""
     ivfpq = extract_ivfpq(index)
+    linear = 0  # OPQ rotation / query weighting (the RQ tiling is an int map, not counted)
+    if isinstance(index, faiss.IndexPreTransform):
+        for i in range(index.chain.size()):
+            t = faiss.downcast_VectorTransform(index.chain.at(i))
+            if isinstance(t, faiss.LinearTransform):
+                linear += t.d_in * t.d_out * 4
     parts = {
         "codes_bytes": ivfpq.ntotal * ivfpq.code_size,
         "list_ids_bytes": ivfpq.ntotal * 8,  # one int64 id per entry in the inverted lists
-        "centroids_bytes": ivfpq.nlist * ivfpq.d * 4,
+        "centroids_bytes": int(ivf_centroids(ivfpq).size) * 4,
         "codebook_bytes": ivfpq.pq.M * ivfpq.pq.ksub * ivfpq.pq.dsub * 4,
-        "opq_bytes": index.d * index.d * 4 if isinstance(index, faiss.IndexPreTransform) else 0,
+        "opq_bytes": linear,
         "precomputed_table_bytes": int(ivfpq.precomputed_table.size()) * 4,
     }
     parts["coarse_ram_bytes"] = sum(parts.values())
@@ -138,12 +184,16 @@ def coarse_ram_bytes(index: faiss.Index) -> dict[str, int]:
 def from_faiss(index: faiss.Index) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(centroids float32 [nlist, d], codebooks float32 [M, ksub, dsub], rotation [d, d] or None).
 
-    ``rotation`` is the OPQ matrix R (x_rotated = x @ R.T) when the index has one.
+    ``rotation`` is the OPQ matrix R (x_rotated = x @ R.T) when the index has one. For an RQ
+    index (build time) the codebooks are [M, 256, d]: every stage spans all dimensions.
     """
-    ivfpq = extract_ivfpq(index)
-    centroids = ivfpq.quantizer.reconstruct_n(0, ivfpq.nlist)
-    pq = ivfpq.pq
-    codebooks = faiss.vector_to_array(pq.centroids).reshape(pq.M, pq.ksub, pq.dsub)
+    ivf = extract_ivf(index)
+    centroids = ivf_centroids(ivf)
+    if isinstance(ivf, faiss.IndexIVFResidualQuantizer):
+        codebooks = faiss.vector_to_array(ivf.rq.codebooks).reshape(ivf.rq.M, -1, ivf.d)
+    else:
+        pq = ivf.pq
+        codebooks = faiss.vector_to_array(pq.centroids).reshape(pq.M, pq.ksub, pq.dsub)
     rotation = None
     if isinstance(index, faiss.IndexPreTransform):
         lt = faiss.downcast_VectorTransform(index.chain.at(0))
@@ -181,7 +231,7 @@ def prepend_transform(index: faiss.Index, w: np.ndarray) -> faiss.Index:
 
 def to_faiss(index: faiss.Index, centroids: np.ndarray, codebooks: np.ndarray) -> None:
     """Write trained centroids and codebooks into an empty trained index (in place)."""
-    ivfpq = extract_ivfpq(index)
+    ivfpq = extract_ivf(index)
     if ivfpq.ntotal:
         raise SpecError("to_faiss expects an empty index: codes must be re-encoded after it")
     nlist, d = centroids.shape
@@ -190,6 +240,16 @@ def to_faiss(index: faiss.Index, centroids: np.ndarray, codebooks: np.ndarray) -
     q = faiss.downcast_index(ivfpq.quantizer)
     q.reset()
     q.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    if isinstance(ivfpq, faiss.IndexIVFResidualQuantizer):
+        rq = ivfpq.rq
+        if codebooks.shape != (rq.M, 2 ** rq.nbits.at(0), ivfpq.d):
+            raise SpecError(f"codebooks {codebooks.shape} do not fit RQ "
+                            f"({rq.M}, {2 ** rq.nbits.at(0)}, {ivfpq.d})")
+        faiss.copy_array_to_vector(np.ascontiguousarray(codebooks, dtype=np.float32).ravel(),
+                                   rq.codebooks)
+        if rq.codebook_cross_products.size():  # beam search's look-up table
+            rq.compute_codebook_tables()
+        return
     pq = ivfpq.pq
     if codebooks.shape != (pq.M, pq.ksub, pq.dsub):
         raise SpecError(f"codebooks {codebooks.shape} do not fit PQ ({pq.M}, {pq.ksub}, {pq.dsub})")
@@ -206,7 +266,7 @@ def add_with_assignment(index: faiss.Index, x: np.ndarray, assign: np.ndarray) -
 
     x is in the input space; the pre-transform (OPQ), if any, is applied here.
     """
-    ivfpq = extract_ivfpq(index)
+    ivfpq = extract_ivf(index)
     xr = rotate(index, x)
     n = xr.shape[0]
     a = np.ascontiguousarray(assign, dtype=np.int64).reshape(n)
@@ -214,3 +274,37 @@ def add_with_assignment(index: faiss.Index, x: np.ndarray, assign: np.ndarray) -
     ivfpq.add_core(n, faiss.swig_ptr(xr), faiss.swig_ptr(ids), faiss.swig_ptr(a))
     if index is not ivfpq:
         index.ntotal = ivfpq.ntotal
+
+
+def lift_rq(index: faiss.Index) -> faiss.Index:
+    """The servable form of a filled IVF-RQ index (module docstring): an IndexIVFPQ in d x M
+    dimensions holding the same codes, behind a pre-transform that tiles the query M times;
+    its quantizer reads the first d of them. Any pre-transform of ``index`` (query weighting)
+    stays in front. Scores equal faiss' IVF-RQ scores; an IVF-PQ index is returned as is."""
+    ivf = extract_ivf(index)
+    if not isinstance(ivf, faiss.IndexIVFResidualQuantizer):
+        return index
+    if ivf.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise SpecError("lift_rq: RQ is served for inner product only")
+    d, m, nlist = ivf.d, ivf.rq.M, ivf.nlist
+    keep: list[Any] = []  # python owns every part until the serialised copy is made
+    first = np.arange(d, dtype=np.int32)
+    tiled = (np.arange(d * m) % d).astype(np.int32)
+    select = faiss.RemapDimensionsTransform(d * m, d, faiss.swig_ptr(first))
+    flat = faiss.IndexFlat(d, ivf.metric_type)
+    flat.add(ivf_centroids(ivf))
+    quantizer = faiss.IndexPreTransform(select, flat)
+    lifted = faiss.IndexIVFPQ(quantizer, d * m, nlist, m, 8, ivf.metric_type)
+    faiss.copy_array_to_vector(faiss.vector_to_array(ivf.rq.codebooks), lifted.pq.centroids)
+    lifted.is_trained = True
+    lifted.replace_invlists(ivf.invlists, False)  # same codes, borrowed for the copy below
+    lifted.ntotal = ivf.ntotal
+    tile = faiss.RemapDimensionsTransform(d, d * m, faiss.swig_ptr(tiled))
+    top = faiss.IndexPreTransform(tile, lifted)
+    keep += [select, flat, quantizer, lifted, tile, first, tiled]
+    if isinstance(index, faiss.IndexPreTransform):
+        for i in reversed(range(index.chain.size())):
+            top.prepend_transform(index.chain.at(i))
+    out = faiss.deserialize_index(faiss.serialize_index(top))
+    del keep
+    return out
