@@ -31,7 +31,7 @@ def test_spec_round_trip_and_errors():
 
 
 def _recall(found, truth):
-    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found, truth)]))
+    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found, truth, strict=True)]))
 
 
 def test_served_form_scores_like_faiss_ivf_rq(ds_ip):

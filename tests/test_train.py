@@ -67,18 +67,17 @@ def test_config_validation():
     DistillConfig(loss="mse+listnet")
 
 
-SPEC = IndexSpec.parse("IVF16,PQ8")
 CFG = DistillConfig(max_epochs=4, patience=10, batch_size=64, n_random=256, top_k=50, n_pseudo=1500,
                     val_nprobe=4, val_k=20, seed=3)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, ds_ip):
+@pytest.fixture(scope="module", params=["IVF16,PQ8", "IVF16,RQ8"])
+def trained(request, tmp_path_factory, ds_ip):
     tr = DistillVQTrainer(CFG, queries=ds_ip.xq_train[:300] if len(ds_ip.xq_train) >= 300
                           else None)
     out = tmp_path_factory.mktemp("dvq") / "idx"
-    write_index(out, ds_ip.xb, BuildParams(spec=SPEC, codebooks="distill", kmeans_niter=10),
-                trainer=tr)
+    write_index(out, ds_ip.xb, BuildParams(spec=IndexSpec.parse(request.param),
+                                           codebooks="distill", kmeans_niter=10), trainer=tr)
     return tr, out
 
 
@@ -109,7 +108,17 @@ def test_export_reload_matches_torch_ranking(trained, ds_ip):
     xb = np.asarray(oi.dense)
     xr = torch.from_numpy(np.array(rotate(oi.coarse, xb)))
     assign = torch.from_numpy(tr.assign(oi.coarse, xb))
-    want = model.coarse_search(torch.from_numpy(ds_ip.xq), xr, assign, nprobe=4, k=20).numpy()
+    codes = None
+    if oi.spec.is_rq:  # RQ trains on faiss' beam-search codes (what the index stores)
+        import faiss
+
+        rq = faiss.ResidualQuantizer(32, model.M, 8)
+        faiss.copy_array_to_vector(model.codebooks.detach().numpy().ravel(), rq.codebooks)
+        rq.is_trained = True
+        res = xr.numpy() - model.centroids.detach().numpy()[assign.numpy()]
+        codes = torch.from_numpy(rq.compute_codes(np.ascontiguousarray(res)).astype(np.int64))
+    want = model.coarse_search(torch.from_numpy(ds_ip.xq), xr, assign, nprobe=4, k=20,
+                               codes=codes).numpy()
     got, _ = Searcher(oi).coarse(ds_ip.xq, 20, 4)
     same = np.mean([len(set(a) & set(b)) / 20 for a, b in zip(got, want, strict=True)])
     assert same >= 0.99
@@ -132,12 +141,14 @@ def test_reranked_search_still_exact_at_full_probe(trained, ds_ip):
     np.testing.assert_array_equal(res.ids, s.exact(ds_ip.xq, 10).ids)
 
 
-def test_same_seed_same_codebooks(tmp_path, ds_ip):
+@pytest.mark.parametrize("spec", ["IVF16,PQ8", "IVF16,RQ4"])
+def test_same_seed_same_codebooks(tmp_path, ds_ip, spec):
     cfg = DistillConfig(max_epochs=2, batch_size=64, n_random=128, top_k=20, n_pseudo=300,
                         seed=5)
     shas = []
     for name in ("a", "b"):
-        write_index(tmp_path / name, ds_ip.xb, BuildParams(spec=SPEC, kmeans_niter=5),
+        write_index(tmp_path / name, ds_ip.xb, BuildParams(spec=IndexSpec.parse(spec),
+                                                           kmeans_niter=5),
                     trainer=DistillVQTrainer(cfg))
         files = json.loads((tmp_path / name / "manifest.json").read_text())["files"]
         shas.append((files["coarse.index"]["sha256"], files["query_map.fbin"]["sha256"]))

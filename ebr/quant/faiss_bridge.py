@@ -202,10 +202,14 @@ def from_faiss(index: faiss.Index) -> tuple[np.ndarray, np.ndarray, np.ndarray |
 
 
 def rotate(index: faiss.Index, x: np.ndarray) -> np.ndarray:
-    """Apply the index's pre-transform (OPQ, query weighting) if any: the IVF-PQ's space."""
+    """Apply the index's pre-transform (OPQ, query weighting) if any: the IVF-PQ's space (for
+    a served RQ index, the space before the query is tiled)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     if isinstance(index, faiss.IndexPreTransform):
-        return index.chain.at(0).apply(x)
+        for i in range(index.chain.size()):
+            t = faiss.downcast_VectorTransform(index.chain.at(i))
+            if not isinstance(t, faiss.RemapDimensionsTransform):
+                x = t.apply(x)
     return x
 
 
