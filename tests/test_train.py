@@ -64,6 +64,8 @@ def test_config_validation():
         DistillConfig(top_k=0)
     with pytest.raises(SpecError):
         DistillConfig(ivf_weight=-1.0)
+    with pytest.raises(SpecError, match="lr_codebooks"):
+        DistillConfig(lr_codebooks=-1e-3)
     DistillConfig(loss="mse+listnet")
 
 
@@ -89,6 +91,9 @@ def test_training_lowers_loss_keeps_recall(trained):
     assert tr.info["best_val"] >= h[0]["val_recall"] and tr.info["validation_metric"] == "val_recall"
     assert "pseudo" in tr.info["training_queries"]  # ds_ip has only 10 training queries
     assert tr.info["ivf_weight"] == 1.0  # inner product's default: IVF and PQ losses summed
+    rq = tr.model.residual  # per-quantizer learning-rate defaults
+    assert tr.info["lr"] == ({"centroids": 1e-4, "codebooks": 3e-4} if rq else
+                             {"centroids": 1e-3, "codebooks": 1e-3})
 
 
 def test_manifest_records_training(trained):
