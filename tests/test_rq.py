@@ -1,6 +1,8 @@
 """Residual-quantizer codes (``IVF<n>,RQ<M>``): spec, build, the served IVF-PQ form of the same
 codes against faiss' own IVF-RQ scan, and search against brute force."""
 
+import json
+
 import faiss
 import numpy as np
 import pytest
@@ -76,3 +78,22 @@ def test_rq_index_end_to_end(tmp_path, ds_ip):
         np.testing.assert_array_equal(in_ram.ids, full.ids)
     # what RQ is for: more coarse recall from the same 8 bytes
     assert got["rq"] > got["pq"] + 0.05, got
+
+
+def test_pq_file_under_an_rq_manifest_is_refused(tmp_path, ds_ip):
+    from ebr.errors import CorruptFileError
+    from ebr.io import layout
+
+    for name, spec in (("rq", "IVF8,RQ4"), ("pq", "IVF8,PQ4")):
+        write_index(tmp_path / name, ds_ip.xb, BuildParams(spec=IndexSpec.parse(spec),
+                                                           kmeans_niter=4))
+    (tmp_path / "rq" / layout.COARSE).write_bytes((tmp_path / "pq" / layout.COARSE).read_bytes())
+    with pytest.raises(CorruptFileError):  # size and checksum
+        open_index(tmp_path / "rq")
+    # even with the manifest's file entry rewritten to match, the layout gives it away
+    m = json.loads((tmp_path / "rq" / "manifest.json").read_text())
+    pm = json.loads((tmp_path / "pq" / "manifest.json").read_text())
+    m["files"][layout.COARSE] = pm["files"][layout.COARSE]
+    (tmp_path / "rq" / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(CorruptFileError, match="code space dimension"):
+        open_index(tmp_path / "rq")

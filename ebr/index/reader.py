@@ -142,6 +142,9 @@ def open_index(
     _expect(path / layout.COARSE, "dimension", coarse.d, manifest.dim)
     _expect(path / layout.COARSE, "nlist", ivfpq.nlist, spec.nlist)
     _expect(path / layout.COARSE, "PQ M", ivfpq.pq.M, spec.pq_m)
+    # an RQ index is served as IVF-PQ over the query tiled M times (faiss_bridge.lift_rq)
+    _expect(path / layout.COARSE, "code space dimension", ivfpq.d,
+            manifest.dim * spec.pq_m if spec.is_rq else manifest.dim)
     _expect(path / layout.COARSE, "metric", coarse.metric_type, metric.faiss_metric)
 
     dense = read_bin(path / layout.DENSE[manifest.dense_dtype], mmap=True, random_access=True)

@@ -4,6 +4,14 @@ A *codebook trainer* turns a training sample into a trained, empty faiss index. 
 ``opq`` are faiss' own unsupervised training; learned trainers (Distill-VQ) plug in through the
 same :class:`CodebookTrainer` protocol and hand back an index of the same layout, so the writer,
 the reader and the search path never know which one ran.
+
+Residual quantizer (``IVF<n>,RQ<M>``, inner product). Built as faiss' IndexIVFResidualQuantizer
+(training, beam-search encoding), then *served* as an IndexIVFPQ over the query tiled M times
+(:func:`lift_rq`): PQ sub-space m of the tiled space holds RQ codebook m (full dimension), so
+the PQ scanner's table sum is sum_m <q, c_m[code_m]> = <q, RQ reconstruction>, the exact RQ
+score, with the same codes. faiss' own IVF-RQ scan gives the same ranking 13-25x slower (it
+decodes every code or fills a table per list; SciFact, 384-d, RQ16, nprobe 8: 2.8 or 5.3 ms per
+query, against 0.21 ms).
 """
 
 from __future__ import annotations
@@ -121,8 +129,9 @@ class KMeansTrainer:
 
     def _train_rq(self, xt: np.ndarray, spec: IndexSpec, metric: Metric, seed: int
                   ) -> faiss.Index:
-        """faiss IVF + residual quantizer: k-means lists, then M greedy k-means stages on the
-        residuals, encoded by beam search (faiss defaults: beam 5, codebook refinement)."""
+        """faiss IVF + residual quantizer: k-means lists, then M k-means stages on what the
+        previous stages left (faiss defaults: progressive-dimension k-means, beam search of
+        width 5 to encode)."""
         n, d = xt.shape
         if n < 256:
             raise SpecError(f"{n} training vectors cannot train RQ codebooks of 256; "
