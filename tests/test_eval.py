@@ -60,3 +60,18 @@ def test_evaluate_rows_and_report(index_ip, ds_ip, tmp_path):
     assert "| system |" in paths["md"].read_text()
     row = {"a": float("nan"), "b": 1.23456}
     assert markdown_table([row], ["a", "b"]).splitlines()[2] == "| – | 1.2346 |"
+
+
+def test_evaluate_rq_against_faiss_own_ivf_rq(ds_ip, tmp_path):
+    from ebr.index.writer import write_index
+    from ebr.spec import BuildParams, IndexSpec
+
+    write_index(tmp_path / "rq", ds_ip.xb, BuildParams(spec=IndexSpec.parse("IVF8,RQ4"),
+                                                       kmeans_niter=5))
+    rows, _ = evaluate_index(tmp_path / "rq", ds_ip.xq, nprobes=[2], k_coarses=[50],
+                             baseline=True)
+    peer = [r for r in rows if r["system"].startswith("faiss")]
+    assert peer and peer[0]["system"] == "faiss IVFRQ+RefineFlat"
+    ebr = [r for r in rows if r["system"] == "ebr"]
+    for a, b in zip(ebr, peer, strict=True):  # same training, same codes: faiss' own RQ scan
+        assert a["exact_recall@10"] == pytest.approx(b["exact_recall@10"], abs=0.02)

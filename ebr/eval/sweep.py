@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ebr.eval.metrics import label_metrics, recall_vs_exact, recall_vs_exact_tolerant
 from ebr.metric import Metric, exact_scores, faiss_scores_to_ebr
-from ebr.quant.faiss_bridge import KMeansTrainer, coarse_ram_bytes, ivf_params
+from ebr.quant.faiss_bridge import KMeansTrainer, coarse_ram_bytes, ivf_params, lift_rq
 from ebr.search.searcher import Searcher
 from ebr.spec import IndexSpec, SearchParams
 from ebr.types import SearchResult
@@ -51,7 +51,8 @@ class EbrSystem:
 
 
 class FaissRefineSystem:
-    """The peer: faiss IndexIVFPQ wrapped in IndexRefineFlat, every vector in RAM.
+    """The peer: faiss IndexIVFPQ (IVF-RQ for an RQ spec) wrapped in IndexRefineFlat, every
+    vector in RAM.
 
     Trained with the same spec, seed and k-means iterations as ebr's k-means codebooks;
     ``k_factor = k_coarse / k``.
@@ -71,9 +72,10 @@ class FaissRefineSystem:
         self.index = faiss.IndexRefineFlat(base)  # must wrap before adding (design notes)
         self.index.add(xb)
         self.base = base
-        self.name = "faiss IVFPQ+RefineFlat"
+        # RQ: faiss' own IVF-RQ scan (ebr serves the same codes through lift_rq)
+        self.name = "faiss IVFRQ+RefineFlat" if spec.is_rq else "faiss IVFPQ+RefineFlat"
         # the refine store holds every vector; the base index as ebr counts its own
-        self.ram_bytes = xb.nbytes + coarse_ram_bytes(base)["coarse_ram_bytes"]
+        self.ram_bytes = xb.nbytes + coarse_ram_bytes(lift_rq(base))["coarse_ram_bytes"]
 
     def search(self, xq: np.ndarray, k: int, nprobe: int, k_coarse: int,
                rerank: bool) -> SearchResult:
