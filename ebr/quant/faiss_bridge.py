@@ -300,7 +300,8 @@ def lift_rq(index: faiss.Index) -> faiss.Index:
     if ivf.metric_type != faiss.METRIC_INNER_PRODUCT:
         raise SpecError("lift_rq: RQ is served for inner product only")
     d, m, nlist = ivf.d, ivf.rq.M, ivf.nlist
-    keep: list[Any] = []  # python owns every part until the serialised copy is made
+    # the parts below are held by these locals (faiss' constructors keep raw pointers) until
+    # the serialised copy, which owns its own, is made
     first = np.arange(d, dtype=np.int32)
     tiled = (np.arange(d * m) % d).astype(np.int32)
     select = faiss.RemapDimensionsTransform(d * m, d, faiss.swig_ptr(first))
@@ -314,10 +315,7 @@ def lift_rq(index: faiss.Index) -> faiss.Index:
     lifted.ntotal = ivf.ntotal
     tile = faiss.RemapDimensionsTransform(d, d * m, faiss.swig_ptr(tiled))
     top = faiss.IndexPreTransform(tile, lifted)
-    keep += [select, flat, quantizer, lifted, tile, first, tiled]
     if isinstance(index, faiss.IndexPreTransform):
         for i in reversed(range(index.chain.size())):
             top.prepend_transform(index.chain.at(i))
-    out = faiss.deserialize_index(faiss.serialize_index(top))
-    del keep
-    return out
+    return faiss.deserialize_index(faiss.serialize_index(top))
