@@ -122,6 +122,8 @@ def test_export_reload_matches_torch_ranking(trained, ds_ip):
         rq.is_trained = True
         res = xr.numpy() - model.centroids.detach().numpy()[assign.numpy()]
         codes = torch.from_numpy(rq.compute_codes(np.ascontiguousarray(res)).astype(np.int64))
+        with pytest.raises(SpecError, match="beam search"):  # no silent greedy re-selection
+            model.coarse_search(torch.from_numpy(ds_ip.xq), xr, assign, nprobe=4, k=20)
     want = model.coarse_search(torch.from_numpy(ds_ip.xq), xr, assign, nprobe=4, k=20,
                                codes=codes).numpy()
     got, _ = Searcher(oi).coarse(ds_ip.xq, 20, 4)

@@ -14,7 +14,7 @@ products do. No labels: the dense scores are the teacher.
               o(d): the document's IVF centroid (assignment fixed, as in the paper);
               u^_d: its residual's PQ reconstruction, codewords re-selected every step by argmin
               and updated through the selected entries (straight-through); with an RQ spec
-              the sum of M full-dimension codewords, chosen greedily stage by stage
+              the sum of M full-dimension codewords (codes: see "RQ codes" below)
     loss      w f(t, s^ivf) + f(t, s^pq), f from :mod:`ebr.train.losses` (MSE by default),
               w = 1 for inner product, 0 for L2 (``DistillConfig.ivf_weight``)
     labels    optional (BiDR stage 1, contrastive quantization): with (query, positive) pairs,
@@ -86,9 +86,11 @@ class DistillConfig:
     max_epochs: int = 30
     # None: 1e-3 / 1e-3 for PQ (paper: 1e-4 over ~100x more steps, MS MARCO queries); 1e-4 /
     # 3e-4 for RQ. RQ's codes are redone once per epoch, so centroids that move 1e-3 per step
-    # leave every residual's codes stale (SciFact RQ16: held-out recall fell after the first
-    # epoch; 1e-4 for the centroids -> test coarse r@100 0.825 vs the init's 0.790), and its
-    # later stages code ever smaller remainders (RQ32: codebooks at 1e-3 fell, 3e-4 rose).
+    # leave every residual's codes stale (SciFact RQ16: the held-out recall fell after the
+    # first epoch; it rises for 20+ with 1e-4), and its later stages code ever smaller
+    # remainders (RQ32: with codebooks at 1e-3 it fell, at 3e-4 it rose). With these defaults
+    # SciFact RQ8 / RQ16 reach 0.740 / 0.823 coarse r@100 against plain RQ's 0.686 / 0.786
+    # (bench/results/distill_rq_scifact.md).
     lr_centroids: float | None = None
     lr_codebooks: float | None = None
     lr_query_map: float = 1e-4
@@ -232,18 +234,11 @@ class DistillVQ(nn.Module):
 
     @torch.no_grad()
     def encode(self, xr: torch.Tensor, assign: torch.Tensor) -> torch.Tensor:
-        """PQ codes [n, M] of the residuals xr - o(assign) (nearest codeword per sub-space);
-        RQ: greedy, stage m codes what stages < m left (faiss' beam search with width 1)."""
+        """PQ codes [n, M] of the residuals xr - o(assign) (nearest codeword per sub-space)."""
+        if self.residual:  # a greedy re-selection here would not be the codes the export writes
+            raise SpecError("RQ codes come from faiss' beam search: pass codes= (the trainer "
+                            "refreshes them every epoch)")
         n = xr.shape[0]
-        if self.residual:
-            r = xr - self.centroids[assign]
-            codes = torch.empty((n, self.M), dtype=torch.long)
-            for m in range(self.M):
-                cb_m = self.codebooks[m]  # [ksub, d]
-                c = ((cb_m * cb_m).sum(-1)[None] - 2 * r @ cb_m.T).argmin(-1)
-                codes[:, m] = c
-                r = r - cb_m[c]
-            return codes
         r = (xr - self.centroids[assign]).view(n, self.M, self.dsub)  # [n, M, dsub]
         cb = self.codebooks  # [M, ksub, dsub]
         dist = (cb * cb).sum(-1)[None] - 2 * torch.einsum("nmd,mkd->nmk", r, cb)  # [n, M, ksub]
