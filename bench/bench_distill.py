@@ -165,7 +165,7 @@ def main() -> int:
     ap.add_argument("--methods", nargs="*",
                     default=["kmeans", "opq", "distill", "distill+opq", "rq", "distill+rq"],
                     help="rq / distill+rq: residual-quantizer codes (faiss IVF-RQ, served as "
-                    "IVF-PQ over the tiled query; inner-product sets only)")
+                    "IVF-PQ over the tiled query; under L2 one of the bytes codes the norm)")
     ap.add_argument("--ablation", nargs="*", metavar="SET", default=None,
                     help="distill+opq ablation rows on these sets (no SET: scifact). SciFact: "
                     "query weighting, query map, loss, K, queries; others: loss, K, queries, "
@@ -176,8 +176,7 @@ def main() -> int:
     args = ap.parse_args()
     tasks = [{"set": s, "bytes": b, "method": m, "data": args.data, "budget": args.budget}
              for s in args.sets for b in args.bytes for m in args.methods
-             if (s == "synthetic" or (Path(args.data) / s).exists())
-             and not (m.endswith("rq") and SETS[s][2] != "ip")]  # RQ: inner product only
+             if (s == "synthetic" or (Path(args.data) / s).exists())]
     ablation = ["scifact"] if args.ablation == [] else (args.ablation or [])
     for name in ablation:
         if name != "scifact" and (name == "synthetic" or (Path(args.data) / name).exists()):

@@ -32,8 +32,10 @@ CODEBOOK_METHODS = ("kmeans", "opq", "distill")
 class IndexSpec:
     """Coarse index layout: optional OPQ rotation, ``nlist`` IVF lists, then ``pq_m`` codes of
     ``pq_nbits`` per vector from a product quantizer (``PQ<M>``: M sub-spaces of d / M dims) or
-    a residual quantizer (``RQ<M>``, inner product only: M full-dimension codebooks of 256,
-    each coding what the previous ones left; more recall per byte, slower to train).
+    a residual quantizer (``RQ<M>``: full-dimension codebooks of 256, each coding what the
+    previous ones left; more recall per byte, slower to train). Under inner product RQ<M> is M
+    codebooks; under L2 it is M - 1 codebooks and one byte for each vector's norm term, which an
+    L2 score needs (:func:`ebr.quant.faiss_bridge.rq_stages`).
 
     ``pq_m`` bytes per vector at 8 bits: this is the RAM a document costs, besides its 8-byte id.
     """
@@ -141,9 +143,9 @@ class BuildParams:
             if self.spec.is_rq:
                 raise SpecError("codebooks 'opq' needs a PQ spec; RQ has no rotation to learn")
             object.__setattr__(self, "spec", replace(self.spec, opq=True))
-        if self.spec.is_rq and self.metric is not Metric.IP:
-            raise SpecError(f"{self.spec}: RQ codes are served for inner product only (an L2 "
-                            "score needs each vector's norm, which costs code bytes); use PQ")
+        if self.spec.is_rq and self.metric is Metric.L2 and self.spec.pq_m < 2:
+            raise SpecError(f"{self.spec}: under L2 one RQ byte codes each vector's norm term; "
+                            "RQ<M> needs M >= 2 (M - 1 codebooks + the norm byte)")
 
 
 @dataclass(frozen=True)

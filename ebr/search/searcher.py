@@ -20,7 +20,7 @@ from ebr.errors import InputError, SearchParamError
 from ebr.index.reader import OpenIndex
 from ebr.index.writer import normalize_rows
 from ebr.io.vecs import check_vectors
-from ebr.metric import faiss_scores_to_ebr
+from ebr.metric import Metric, faiss_scores_to_ebr
 from ebr.quant.faiss_bridge import ivf_params
 from ebr.search.exact import exact_search
 from ebr.search.rerank import rerank
@@ -53,18 +53,28 @@ class Searcher:
 
         A learned query map (Distill-VQ) applies here only; the re-rank uses the original query.
         """
-        ids, D = self._coarse(xq, k_coarse, nprobe)
-        return ids, faiss_scores_to_ebr(D, self.index.metric)
+        ids, D, xm = self._coarse(xq, k_coarse, nprobe)
+        return ids, self._coarse_scores(D, xm)
 
-    def _coarse(self, xq: np.ndarray, k_coarse: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, raw faiss distances): the re-rank needs no coarse scores."""
+    def _coarse(self, xq: np.ndarray, k_coarse: int, nprobe: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, raw faiss distances, the queries as the coarse stage saw them): the re-rank
+        needs no coarse scores."""
         if self.index.query_map is not None:
             xq = np.ascontiguousarray(xq @ self.index.query_map.T, dtype=np.float32)
         sp = self._ivf_params.get(nprobe)
         if sp is None:  # read-only during a search: one object per nprobe, shared by threads
             sp = self._ivf_params.setdefault(nprobe, ivf_params(self.index.coarse, nprobe))
         D, ids = self.index.coarse.search(xq, k_coarse, params=sp)
-        return ids, D
+        return ids, D, xq
+
+    def _coarse_scores(self, D: np.ndarray, xm: np.ndarray) -> np.ndarray:
+        """Raw coarse scores -> ebr scores. L2 RQ serves s = <q, x^> - |x^|^2 / 2, so the
+        score -|q - x^|^2 is 2 s - |q|^2 (faiss_bridge.lift_rq)."""
+        if not self.index.l2_as_ip:
+            return faiss_scores_to_ebr(D, self.index.metric)
+        s = faiss_scores_to_ebr(D, Metric.IP)
+        return 2.0 * s - np.einsum("ij,ij->i", xm, xm)[:, None]
 
     def dense_queries(self, xq: np.ndarray) -> np.ndarray:
         """The queries scored against the dense store: f_q(q) with a BiDR query tower."""
@@ -75,7 +85,7 @@ class Searcher:
         params.validate(self.index.nlist, self.index.ntotal)
         xq = self.prepare_queries(xq)
         t0 = time.perf_counter()
-        cand, D = self._coarse(xq, params.k_coarse, params.nprobe)
+        cand, D, xm = self._coarse(xq, params.k_coarse, params.nprobe)
         t1 = time.perf_counter()
         per_query = (cand >= 0).sum(axis=1)
         n_cand = int(per_query.sum())
@@ -84,7 +94,7 @@ class Searcher:
                                        self.index.metric, params.k, padded_at_end=True)
         else:
             ids = cand[:, :params.k]
-            scores, rows = faiss_scores_to_ebr(D[:, :params.k], self.index.metric), 0
+            scores, rows = self._coarse_scores(D[:, :params.k], xm), 0
         t2 = time.perf_counter()
         stats = SearchStats(
             nq=xq.shape[0], nprobe=params.nprobe, k_coarse=params.k_coarse, candidates=n_cand,

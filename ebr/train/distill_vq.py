@@ -25,7 +25,9 @@ products do. No labels: the dense scores are the teacher.
     export    centroids -> quantizer, codebooks -> pq.centroids (RQ: rq.codebooks), documents
               re-encoded in their fixed lists (RQ: by faiss' beam search); W is stored in the
               index directory and applied by the searcher to queries before the coarse search
-              (the exact re-rank keeps the original query).
+              (the exact re-rank keeps the original query). L2 RQ: the student scores
+              -|W q - x^|^2 with x^'s exact norm; the export codes its norm term in one byte
+              whose range is refit on the trained codebooks (faiss_bridge.lift_rq).
     RQ codes  the documents' RQ codes in training are faiss' beam-search codes, redone after
               each epoch (not re-selected every step): what the export writes is what trained
 """
@@ -49,6 +51,7 @@ from ebr.metric import Metric
 from ebr.quant.faiss_bridge import (
     KMeansTrainer,
     extract_ivf,
+    fit_norm_range,
     from_faiss,
     prepend_transform,
     rotate,
@@ -514,6 +517,8 @@ class DistillVQTrainer:
         bar.close()
         model.load_state_dict(best_state)
         to_faiss(index, model.centroids.detach().numpy(), model.codebooks.detach().numpy())
+        if spec.is_rq and metric is Metric.L2:  # the norm byte's range, for these codebooks
+            fit_norm_range(index, xt, assign_np)
         self.query_map = model.query_map.detach().numpy().copy()
         self.model = model
         self.info = {
