@@ -62,13 +62,17 @@ def test_evaluate_rows_and_report(index_ip, ds_ip, tmp_path):
     assert markdown_table([row], ["a", "b"]).splitlines()[2] == "| – | 1.2346 |"
 
 
-def test_evaluate_rq_against_faiss_own_ivf_rq(ds_ip, tmp_path):
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_evaluate_rq_against_faiss_own_ivf_rq(ds_ip, ds_l2, tmp_path, metric):
+    """L2: faiss' scan decodes each vector (exact norm); ebr reads the norm byte."""
     from ebr.index.writer import write_index
+    from ebr.metric import Metric
     from ebr.spec import BuildParams, IndexSpec
 
-    write_index(tmp_path / "rq", ds_ip.xb, BuildParams(spec=IndexSpec.parse("IVF8,RQ4"),
-                                                       kmeans_niter=5))
-    rows, _ = evaluate_index(tmp_path / "rq", ds_ip.xq, nprobes=[2], k_coarses=[50],
+    ds = ds_ip if metric == "ip" else ds_l2
+    write_index(tmp_path / "rq", ds.xb, BuildParams(spec=IndexSpec.parse("IVF8,RQ4"),
+                                                    metric=Metric.parse(metric), kmeans_niter=5))
+    rows, _ = evaluate_index(tmp_path / "rq", ds.xq, nprobes=[2], k_coarses=[50],
                              baseline=True)
     peer = [r for r in rows if r["system"].startswith("faiss")]
     assert peer and peer[0]["system"] == "faiss IVFRQ+RefineFlat"

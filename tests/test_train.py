@@ -163,7 +163,7 @@ def test_same_seed_same_codebooks(tmp_path, ds_ip, spec):
 
 
 def test_l2_and_opq_train(tmp_path, ds_l2):
-    for spec in ("IVF8,PQ6", "OPQ6,IVF8,PQ6"):
+    for spec in ("IVF8,PQ6", "OPQ6,IVF8,PQ6", "IVF8,RQ6"):
         tr = DistillVQTrainer(DistillConfig(max_epochs=2, n_pseudo=500, top_k=20, val_k=10))
         write_index(tmp_path / spec, ds_l2.xb, BuildParams(spec=IndexSpec.parse(spec),
                                                             metric=Metric.L2, kmeans_niter=5),
@@ -173,6 +173,39 @@ def test_l2_and_opq_train(tmp_path, ds_l2):
         np.testing.assert_array_equal(res.ids, s.exact(ds_l2.xq, 5).ids)
         assert tr.history[-1]["loss"] <= tr.history[1]["loss"] * 1.05
         assert tr.info["ivf_weight"] == 0.0  # L2's default: the PQ loss only
+
+
+def test_l2_rq_export_matches_torch_ranking(tmp_path, ds_l2):
+    """L2 RQ: the student scores with each reconstruction's exact norm; the served index reads
+    the norm byte, refit on the trained codebooks. The rankings agree up to that byte."""
+    import faiss
+
+    tr = DistillVQTrainer(DistillConfig(max_epochs=3, n_pseudo=800, top_k=20, val_k=10,
+                                        val_nprobe=4, seed=3))
+    write_index(tmp_path / "i", ds_l2.xb, BuildParams(spec=IndexSpec.parse("IVF8,RQ6"),
+                                                     metric=Metric.L2, kmeans_niter=5),
+                trainer=tr)
+    oi = open_index(tmp_path / "i")
+    model = tr.model
+    assert model.residual and model.M == 5  # 5 codebooks + the norm byte
+    xb = np.asarray(oi.dense)
+    xr = torch.from_numpy(np.array(rotate(oi.coarse, xb)))
+    assign = torch.from_numpy(tr.assign(oi.coarse, xb))
+    rq = faiss.ResidualQuantizer(xb.shape[1], model.M, 8)
+    faiss.copy_array_to_vector(model.codebooks.detach().numpy().ravel(), rq.codebooks)
+    rq.is_trained = True
+    res = xr.numpy() - model.centroids.detach().numpy()[assign.numpy()]
+    codes = torch.from_numpy(rq.compute_codes(np.ascontiguousarray(res)).astype(np.int64))
+    want = model.coarse_search(torch.from_numpy(ds_l2.xq), xr, assign, nprobe=4, k=20,
+                               codes=codes).numpy()
+    got, scores = Searcher(oi).coarse(ds_l2.xq, 20, 4)
+    same = np.mean([len(set(a) & set(b)) / 20 for a, b in zip(got, want, strict=True)])
+    assert same >= 0.95, same
+    # the coarse scores are the student's -|q - x^|^2, up to the norm byte
+    rec = model.reconstruct(assign[got[:, 0]], codes[got[:, 0]]).detach().numpy()
+    qm = model.map_queries(torch.from_numpy(ds_l2.xq)).detach().numpy()  # W q, as served
+    exact_norm = -((qm - rec) ** 2).sum(1)
+    np.testing.assert_allclose(scores[:, 0], exact_norm, rtol=0.02)
 
 
 def test_pseudo_queries():
