@@ -224,4 +224,9 @@ def test_sharded_rq_equals_single_node(ds_ip, ds_l2, tmp_path, metric):
     a, _ = Searcher(open_index(tmp_path / "single")).search(ds.xq, p)
     b, _ = ShardedSearcher(open_sharded(tmp_path / "sharded")).search(ds.xq, p)
     np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-5)
-    assert (a.ids == b.ids).mean() > 0.99  # equal scores may swap places
+    # ids differ only among equal scores (L2's quantized norm makes ties common): a position
+    # whose ids differ holds a score shared by another position of the row, or the last one
+    for ra, rb, sa in zip(a.ids, b.ids, a.scores, strict=True):
+        for i in np.flatnonzero(ra != rb):
+            tied = np.isclose(sa, sa[i], rtol=1e-5, atol=1e-5).sum() > 1
+            assert tied or i == len(sa) - 1 or ra[i] in rb, (ra, rb, sa)
