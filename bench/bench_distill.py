@@ -1,5 +1,5 @@
 """Distill-VQ vs faiss k-means IVFPQ vs faiss OPQ+IVFPQ at equal bytes and nprobe (issue 3),
-and the same for residual-quantizer codes (faiss IVF-RQ, and Distill-VQ on it).
+and the same for additive codes (faiss IVF-RQ or IVF-LSQ, and Distill-VQ on them).
 
     python bench/bench_distill.py [--sets scifact siftsmall synthetic] [--bytes 8 16 32]
                                   [--ablation [SET ...]] [--budget 300] [--out bench/results]
@@ -80,7 +80,8 @@ def run(task: dict[str, Any]) -> dict[str, Any]:
     nlist, nprobe, metric = SETS[task["set"]]
     m = task["bytes"]
     opq = task["method"] in ("opq", "distill+opq")
-    spec = IndexSpec.parse(f"IVF{nlist},RQ{m}" if task["method"].endswith("rq") else
+    additive = task["method"].split("+")[-1] if task["method"].endswith(("rq", "lsq")) else None
+    spec = IndexSpec.parse(f"IVF{nlist},{additive.upper()}{m}" if additive else
                            (f"OPQ{m}," if opq else "") + f"IVF{nlist},PQ{m}")
     trainer = None
     if task["method"].startswith("distill"):
@@ -165,7 +166,8 @@ def main() -> int:
     ap.add_argument("--methods", nargs="*",
                     default=["kmeans", "opq", "distill", "distill+opq", "rq", "distill+rq"],
                     help="rq / distill+rq: residual-quantizer codes (faiss IVF-RQ, served as "
-                    "IVF-PQ over the tiled query; under L2 one of the bytes codes the norm)")
+                    "IVF-PQ over the tiled query; under L2 one of the bytes codes the norm); "
+                    "lsq / distill+lsq: the same for faiss IVF-LSQ codes (not in the default)")
     ap.add_argument("--ablation", nargs="*", metavar="SET", default=None,
                     help="distill+opq ablation rows on these sets (no SET: scifact). SciFact: "
                     "query weighting, query map, loss, K, queries; others: loss, K, queries, "

@@ -22,8 +22,10 @@ _PART = {
     "ivf": re.compile(r"^IVF(\d+)$"),
     "pq": re.compile(r"^PQ(\d+)(?:x(\d+))?$"),
     "rq": re.compile(r"^RQ(\d+)(?:x8)?$"),
+    "lsq": re.compile(r"^LSQ(\d+)(?:x8)?$"),
 }
-QUANTIZERS = ("pq", "rq")
+QUANTIZERS = ("pq", "rq", "lsq")
+ADDITIVE = {"rq": "RQ", "lsq": "LSQ"}  # quantizer -> spec token: codes that sum full-d codewords
 DENSE_DTYPES = ("float32", "float16")
 CODEBOOK_METHODS = ("kmeans", "opq", "distill")
 
@@ -33,9 +35,11 @@ class IndexSpec:
     """Coarse index layout: optional OPQ rotation, ``nlist`` IVF lists, then ``pq_m`` codes of
     ``pq_nbits`` per vector from a product quantizer (``PQ<M>``: M sub-spaces of d / M dims) or
     a residual quantizer (``RQ<M>``: full-dimension codebooks of 256, each coding what the
-    previous ones left; more recall per byte, slower to train). Under inner product RQ<M> is M
-    codebooks; under L2 it is M - 1 codebooks and one byte for each vector's norm term, which an
-    L2 score needs (:func:`ebr.quant.faiss_bridge.rq_stages`).
+    previous ones left; more recall per byte, slower to train) or LSQ (``LSQ<M>``: the same
+    additive codes, encoded jointly by local search rather than stage by stage; slower still).
+    Under inner product an additive ``<M>`` is M codebooks; under L2 it is M - 1 codebooks and
+    one byte for each vector's norm term, which an L2 score needs
+    (:func:`ebr.quant.faiss_bridge.rq_stages`).
 
     ``pq_m`` bytes per vector at 8 bits: this is the RAM a document costs, besides its 8-byte id.
     """
@@ -55,19 +59,24 @@ class IndexSpec:
             raise SpecError(f"PQ nbits must be in [1, 16], got {self.pq_nbits}")
         if self.quantizer not in QUANTIZERS:
             raise SpecError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
-        if self.quantizer == "rq" and self.pq_nbits != 8:
-            raise SpecError(f"RQ codes are 8 bits each, got {self.pq_nbits}")
-        if self.quantizer == "rq" and self.opq:
-            raise SpecError("OPQ rotates for a product quantizer; a residual quantizer (RQ) "
+        if self.is_additive and self.pq_nbits != 8:
+            raise SpecError(f"{ADDITIVE[self.quantizer]} codes are 8 bits each, got {self.pq_nbits}")
+        if self.is_additive and self.opq:
+            raise SpecError(f"OPQ rotates for a product quantizer; {ADDITIVE[self.quantizer]} "
                             "codes whole vectors and has no use for it")
 
     @property
     def is_rq(self) -> bool:
         return self.quantizer == "rq"
 
+    @property
+    def is_additive(self) -> bool:
+        """RQ or LSQ: each code byte picks a full-dimension codeword, the vector is their sum."""
+        return self.quantizer in ADDITIVE
+
     @classmethod
     def parse(cls, s: str) -> IndexSpec:
-        """Parse ``[OPQ<M>,]IVF<nlist>,PQ<M>[x<nbits>]`` or ``IVF<nlist>,RQ<M>``; raise
+        """Parse ``[OPQ<M>,]IVF<nlist>,PQ<M>[x<nbits>]`` or ``IVF<nlist>,{RQ|LSQ}<M>``; raise
         :class:`SpecError` otherwise."""
         if not isinstance(s, str) or not s.strip():
             raise SpecError(f"index spec must be a non-empty string, got {s!r}")
@@ -76,14 +85,17 @@ class IndexSpec:
         if parts and _PART["opq"].match(parts[0]):
             opq_m = int(_PART["opq"].match(parts[0]).group(1))  # type: ignore[union-attr]
             parts = parts[1:]
-        expected = "expected '[OPQ<M>,]IVF<nlist>,PQ<M>[x<nbits>]' or 'IVF<nlist>,RQ<M>'"
+        expected = ("expected '[OPQ<M>,]IVF<nlist>,PQ<M>[x<nbits>]' or "
+                    "'IVF<nlist>,RQ<M>' or 'IVF<nlist>,LSQ<M>'")
         if len(parts) != 2:
             raise SpecError(f"index spec {s!r}: {expected}")
-        m_ivf, m_rq = _PART["ivf"].match(parts[0]), _PART["rq"].match(parts[1])
-        if m_ivf and m_rq:
-            if opq_m is not None:
-                raise SpecError(f"index spec {s!r}: OPQ applies to PQ, not RQ")
-            return cls(nlist=int(m_ivf.group(1)), pq_m=int(m_rq.group(1)), quantizer="rq")
+        m_ivf = _PART["ivf"].match(parts[0])
+        for q, token in ADDITIVE.items():
+            m_aq = _PART[q].match(parts[1])
+            if m_ivf and m_aq:
+                if opq_m is not None:
+                    raise SpecError(f"index spec {s!r}: OPQ applies to PQ, not {token}")
+                return cls(nlist=int(m_ivf.group(1)), pq_m=int(m_aq.group(1)), quantizer=q)
         m_pq = _PART["pq"].match(parts[1])
         if not m_ivf or not m_pq:
             raise SpecError(f"index spec {s!r}: {expected}")
@@ -94,8 +106,8 @@ class IndexSpec:
         return cls(nlist=int(m_ivf.group(1)), pq_m=pq_m, pq_nbits=nbits, opq=opq_m is not None)
 
     def __str__(self) -> str:
-        if self.is_rq:
-            return f"IVF{self.nlist},RQ{self.pq_m}"
+        if self.is_additive:
+            return f"IVF{self.nlist},{ADDITIVE[self.quantizer]}{self.pq_m}"
         pq = f"PQ{self.pq_m}" + (f"x{self.pq_nbits}" if self.pq_nbits != 8 else "")
         return (f"OPQ{self.pq_m}," if self.opq else "") + f"IVF{self.nlist},{pq}"
 
@@ -105,7 +117,7 @@ class IndexSpec:
         return (self.pq_m * self.pq_nbits + 7) // 8
 
     def check_dim(self, d: int) -> None:
-        if not self.is_rq and d % self.pq_m != 0:
+        if not self.is_additive and d % self.pq_m != 0:
             raise SpecError(f"dimension {d} is not divisible by PQ M={self.pq_m} (spec {self})")
 
 
@@ -140,12 +152,13 @@ class BuildParams:
         if self.kmeans_niter < 1:
             raise SpecError(f"kmeans_niter must be >= 1, got {self.kmeans_niter}")
         if self.codebooks == "opq" and not self.spec.opq:
-            if self.spec.is_rq:
-                raise SpecError("codebooks 'opq' needs a PQ spec; RQ has no rotation to learn")
+            if self.spec.is_additive:
+                raise SpecError(f"codebooks 'opq' needs a PQ spec; {self.spec} has no rotation "
+                                "to learn")
             object.__setattr__(self, "spec", replace(self.spec, opq=True))
-        if self.spec.is_rq and self.metric is Metric.L2 and self.spec.pq_m < 2:
-            raise SpecError(f"{self.spec}: under L2 one RQ byte codes each vector's norm term; "
-                            "RQ<M> needs M >= 2 (M - 1 codebooks + the norm byte)")
+        if self.spec.is_additive and self.metric is Metric.L2 and self.spec.pq_m < 2:
+            raise SpecError(f"{self.spec}: under L2 one code byte holds each vector's norm term; "
+                            "it needs M >= 2 (M - 1 codebooks + the norm byte)")
 
 
 @dataclass(frozen=True)

@@ -72,8 +72,9 @@ class FaissRefineSystem:
         self.index = faiss.IndexRefineFlat(base)  # must wrap before adding (design notes)
         self.index.add(xb)
         self.base = base
-        # RQ: faiss' own IVF-RQ scan (ebr serves the same codes through lift_rq)
-        self.name = "faiss IVFRQ+RefineFlat" if spec.is_rq else "faiss IVFPQ+RefineFlat"
+        # RQ / LSQ: faiss' own IVF-RQ / IVF-LSQ scan (ebr serves the same codes through lift_rq)
+        self.name = (f"faiss IVF{'RQ' if spec.is_rq else 'LSQ'}+RefineFlat" if spec.is_additive
+                     else "faiss IVFPQ+RefineFlat")
         # the refine store holds every vector; the base index as ebr counts its own
         self.ram_bytes = xb.nbytes + coarse_ram_bytes(lift_rq(base))["coarse_ram_bytes"]
 

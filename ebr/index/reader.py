@@ -62,7 +62,7 @@ class OpenIndex:
     @property
     def l2_as_ip(self) -> bool:
         """L2 RQ: the coarse index scores s = <q, x^> - |x^|^2 / 2 (faiss_bridge.lift_rq)."""
-        return self.spec.is_rq and self.metric is Metric.L2
+        return self.spec.is_additive and self.metric is Metric.L2
 
     def external_ids(self, rows: np.ndarray) -> list[Any]:
         """External ids of internal rows (``None`` for ``-1`` padding)."""
@@ -149,12 +149,12 @@ def open_index(
     _expect(path / layout.COARSE, "PQ M", ivfpq.pq.M, spec.pq_m)
     # an RQ index is served as IVF-PQ over the query tiled M times (faiss_bridge.lift_rq)
     _expect(path / layout.COARSE, "code space dimension", ivfpq.d,
-            manifest.dim * spec.pq_m if spec.is_rq else manifest.dim)
+            manifest.dim * spec.pq_m if spec.is_additive else manifest.dim)
     # L2 RQ is served as inner product, with [q, 1] against [c, -|c|^2/2] in the quantizer
-    l2_as_ip = spec.is_rq and metric is Metric.L2
+    l2_as_ip = spec.is_additive and metric is Metric.L2
     _expect(path / layout.COARSE, "metric", coarse.metric_type,
             faiss.METRIC_INNER_PRODUCT if l2_as_ip else metric.faiss_metric)
-    if spec.is_rq:
+    if spec.is_additive:
         _expect(path / layout.COARSE, "L2 norm byte", serves_l2_as_ip(coarse), l2_as_ip)
 
     dense = read_bin(path / layout.DENSE[manifest.dense_dtype], mmap=True, random_access=True)

@@ -62,11 +62,12 @@ def extract_ivfpq(index: faiss.Index) -> faiss.IndexIVFPQ:
 
 
 def extract_ivf(index: faiss.Index) -> faiss.IndexIVF:
-    """The IndexIVFPQ or, at build time of an RQ spec, IndexIVFResidualQuantizer in ``index``."""
+    """The IndexIVFPQ or, at build time of an RQ / LSQ spec, the IndexIVFResidualQuantizer /
+    IndexIVFLocalSearchQuantizer in ``index``."""
     ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
-    if not isinstance(ivf, (faiss.IndexIVFPQ, faiss.IndexIVFResidualQuantizer)):
-        raise SpecError(f"coarse index is {type(ivf).__name__}, expected IndexIVFPQ or "
-                        "IndexIVFResidualQuantizer")
+    if not isinstance(ivf, (faiss.IndexIVFPQ, faiss.IndexIVFAdditiveQuantizer)):
+        raise SpecError(f"coarse index is {type(ivf).__name__}, expected IndexIVFPQ or an "
+                        "IVF additive quantizer (RQ, LSQ)")
     return ivf
 
 
@@ -95,11 +96,11 @@ def serves_l2_as_ip(index: faiss.Index) -> bool:
             and q.index.d == ivf.d // ivf.pq.M + 1)
 
 
-def norm_terms(ivf: faiss.IndexIVFResidualQuantizer, codes: np.ndarray, lists: np.ndarray,
+def norm_terms(ivf: faiss.IndexIVFAdditiveQuantizer, codes: np.ndarray, lists: np.ndarray,
                centroids: np.ndarray) -> np.ndarray:
-    """v = -(2 <c, r^> + |r^|^2) / 2 of RQ codes [n, M'] in lists [n]: the part of -|x^|^2 / 2
-    that the list term leaves (module docstring)."""
-    r = ivf.rq.decode(np.ascontiguousarray(codes))
+    """v = -(2 <c, r^> + |r^|^2) / 2 of RQ / LSQ codes [n, M'] in lists [n]: the part of
+    -|x^|^2 / 2 that the list term leaves (module docstring)."""
+    r = ivf.aq.decode(np.ascontiguousarray(codes))
     c = centroids[lists]
     return (-(2.0 * np.einsum("ij,ij->i", r, c) + np.einsum("ij,ij->i", r, r)) / 2.0
             ).astype(np.float32)
@@ -111,17 +112,17 @@ def fit_norm_range(index: faiss.Index, x: np.ndarray, assign: np.ndarray | None 
     (default: the nearest centroid), with the current codebooks. Values outside the range are
     clipped to its ends when the index is served."""
     ivf = extract_ivf(index)
-    if not isinstance(ivf, faiss.IndexIVFResidualQuantizer) or ivf.metric_type != faiss.METRIC_L2:
-        raise SpecError("fit_norm_range: only an L2 IVF-RQ index has a norm byte")
+    if not isinstance(ivf, faiss.IndexIVFAdditiveQuantizer) or ivf.metric_type != faiss.METRIC_L2:
+        raise SpecError("fit_norm_range: only an L2 IVF-RQ / IVF-LSQ index has a norm byte")
     xr = rotate(index, x)
     centroids = ivf_centroids(ivf)
     if assign is None:
         _, a = ivf.quantizer.search(xr, 1)
         assign = a.ravel()
     assign = np.asarray(assign, dtype=np.int64).ravel()
-    codes = ivf.rq.compute_codes(np.ascontiguousarray(xr - centroids[assign]))
+    codes = ivf.aq.compute_codes(np.ascontiguousarray(xr - centroids[assign]))
     v = norm_terms(ivf, codes, assign, centroids)
-    ivf.rq.norm_min, ivf.rq.norm_max = float(v.min()), float(v.max())
+    ivf.aq.norm_min, ivf.aq.norm_max = float(v.min()), float(v.max())
 
 
 def ivf_params(index: faiss.Index, nprobe: int) -> faiss.SearchParameters:
@@ -143,9 +144,15 @@ class KMeansTrainer:
     ebr does not use, and it costs about 2.7x the training time (see the design notes).
     """
 
-    def __init__(self, niter: int = 20, opq_niter: int = 25) -> None:
+    def __init__(self, niter: int = 20, opq_niter: int = 25, lsq_train_iters: int = 10,
+                 lsq_encode_iters: int = 8) -> None:
         self.niter = niter
         self.opq_niter = opq_niter
+        # LSQ: faiss' defaults are 25 training and 16 encoding iterations. On 100k x 128
+        # (IVF1024,LSQ8) they took 327 s for coarse recall@100 0.6102; 10 and 8 took 87 s for
+        # 0.6002 (scratch runs, synthetic set).
+        self.lsq_train_iters = lsq_train_iters
+        self.lsq_encode_iters = lsq_encode_iters
         self.method = "kmeans"
 
     def train(self, xt: np.ndarray, spec: IndexSpec, metric: Metric, seed: int) -> faiss.Index:
@@ -154,8 +161,8 @@ class KMeansTrainer:
         if n < spec.nlist:
             raise SpecError(f"{n} training vectors cannot train {spec.nlist} IVF lists; "
                             "lower nlist or give more vectors")
-        if spec.is_rq:
-            return self._train_rq(xt, spec, metric, seed)
+        if spec.is_additive:
+            return self._train_additive(xt, spec, metric, seed)
         if n < 2 ** spec.pq_nbits:
             raise SpecError(f"{n} training vectors cannot train 2^{spec.pq_nbits} PQ centroids; "
                             "lower PQ nbits or give more vectors")
@@ -181,21 +188,28 @@ class KMeansTrainer:
         index.train(np.ascontiguousarray(xt, dtype=np.float32))
         return index
 
-    def _train_rq(self, xt: np.ndarray, spec: IndexSpec, metric: Metric, seed: int
-                  ) -> faiss.Index:
-        """faiss IVF + residual quantizer: k-means lists, then k-means stages (:func:`rq_stages`)
-        on what the previous stages left (faiss defaults: progressive-dimension k-means, beam
-        search of width 5 to encode); under L2, the norm byte's range from the same sample."""
+    def _train_additive(self, xt: np.ndarray, spec: IndexSpec, metric: Metric, seed: int
+                        ) -> faiss.Index:
+        """faiss IVF + an additive quantizer (:func:`rq_stages` codebooks), under L2 with the
+        norm byte's range from the same sample. RQ: k-means stages on what the previous stages
+        left (faiss defaults: progressive-dimension k-means, beam search of width 5 to encode).
+        LSQ: codebooks by least squares and codes by iterated local search, all jointly."""
         n, d = xt.shape
         if n < 256:
-            raise SpecError(f"{n} training vectors cannot train RQ codebooks of 256; "
+            raise SpecError(f"{n} training vectors cannot train codebooks of 256 ({spec}); "
                             "give more vectors")
         stages = rq_stages(spec, metric)
-        index = faiss.index_factory(d, f"IVF{spec.nlist},RQ{stages}x8", metric.faiss_metric)
+        token = "RQ" if spec.is_rq else "LSQ"
+        index = faiss.index_factory(d, f"IVF{spec.nlist},{token}{stages}x8", metric.faiss_metric)
         ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
         ivf.cp.seed, ivf.cp.niter, ivf.cp.min_points_per_centroid = seed, self.niter, 1
-        ivf.rq.cp.seed, ivf.rq.cp.niter = seed + 1, self.niter
-        ivf.rq.cp.min_points_per_centroid = 1
+        if spec.is_rq:
+            ivf.rq.cp.seed, ivf.rq.cp.niter = seed + 1, self.niter
+            ivf.rq.cp.min_points_per_centroid = 1
+        else:
+            ivf.lsq.random_seed = seed + 1
+            ivf.lsq.train_iters = self.lsq_train_iters
+            ivf.lsq.encode_ils_iters = self.lsq_encode_iters
         if n < 39 * max(spec.nlist, 256):
             logger.warning("%d training vectors is few for %s: faiss advises >= 39 per centroid "
                            "(%d)", n, spec, 39 * max(spec.nlist, 256))
@@ -206,7 +220,8 @@ class KMeansTrainer:
         return index
 
     def describe(self) -> dict[str, Any]:
-        return {"method": self.method, "kmeans_niter": self.niter}
+        return {"method": self.method, "kmeans_niter": self.niter,
+                "lsq_iters": {"train": self.lsq_train_iters, "encode": self.lsq_encode_iters}}
 
 
 def make_trainer(method: str, niter: int = 20) -> CodebookTrainer:
@@ -255,8 +270,8 @@ def from_faiss(index: faiss.Index) -> tuple[np.ndarray, np.ndarray, np.ndarray |
     """
     ivf = extract_ivf(index)
     centroids = ivf_centroids(ivf)
-    if isinstance(ivf, faiss.IndexIVFResidualQuantizer):
-        codebooks = faiss.vector_to_array(ivf.rq.codebooks).reshape(ivf.rq.M, -1, ivf.d)
+    if isinstance(ivf, faiss.IndexIVFAdditiveQuantizer):
+        codebooks = faiss.vector_to_array(ivf.aq.codebooks).reshape(ivf.aq.M, -1, ivf.d)
     else:
         pq = ivf.pq
         codebooks = faiss.vector_to_array(pq.centroids).reshape(pq.M, pq.ksub, pq.dsub)
@@ -316,15 +331,16 @@ def to_faiss(index: faiss.Index, centroids: np.ndarray, codebooks: np.ndarray) -
     q = faiss.downcast_index(ivfpq.quantizer)
     q.reset()
     q.add(np.ascontiguousarray(centroids, dtype=np.float32))
-    if isinstance(ivfpq, faiss.IndexIVFResidualQuantizer):
-        rq = ivfpq.rq
-        if codebooks.shape != (rq.M, 2 ** rq.nbits.at(0), ivfpq.d):
-            raise SpecError(f"codebooks {codebooks.shape} do not fit RQ "
-                            f"({rq.M}, {2 ** rq.nbits.at(0)}, {ivfpq.d})")
+    if isinstance(ivfpq, faiss.IndexIVFAdditiveQuantizer):
+        aq = ivfpq.aq
+        if codebooks.shape != (aq.M, 2 ** aq.nbits.at(0), ivfpq.d):
+            raise SpecError(f"codebooks {codebooks.shape} do not fit the additive quantizer "
+                            f"({aq.M}, {2 ** aq.nbits.at(0)}, {ivfpq.d})")
         faiss.copy_array_to_vector(np.ascontiguousarray(codebooks, dtype=np.float32).ravel(),
-                                   rq.codebooks)
-        if rq.codebook_cross_products.size():  # beam search's look-up table
-            rq.compute_codebook_tables()
+                                   aq.codebooks)
+        if isinstance(ivfpq, faiss.IndexIVFResidualQuantizer) and \
+                ivfpq.rq.codebook_cross_products.size():  # beam search's look-up table
+            ivfpq.rq.compute_codebook_tables()
         return
     pq = ivfpq.pq
     if codebooks.shape != (pq.M, pq.ksub, pq.dsub):
@@ -360,17 +376,17 @@ def lift_rq(index: faiss.Index) -> faiss.Index:
     pre-transform of ``index`` (query weighting) stays in front. Inner-product scores equal
     faiss' IVF-RQ scores; an IVF-PQ index is returned as is."""
     ivf = extract_ivf(index)
-    if not isinstance(ivf, faiss.IndexIVFResidualQuantizer):
+    if not isinstance(ivf, faiss.IndexIVFAdditiveQuantizer):
         return index
     l2 = ivf.metric_type == faiss.METRIC_L2
     if not l2 and ivf.metric_type != faiss.METRIC_INNER_PRODUCT:
         raise SpecError("lift_rq: RQ is served for inner product and L2 only")
-    d, stages, nlist = ivf.d, ivf.rq.M, ivf.nlist
+    d, stages, nlist = ivf.d, ivf.aq.M, ivf.nlist
     m = stages + 1 if l2 else stages  # PQ sub-spaces of the served form, = bytes per vector
     dq = d + 1 if l2 else d  # the query before tiling: q, or [q, 1] under L2
     centroids = ivf_centroids(ivf)
     codebooks = np.zeros((m, 256, d), dtype=np.float32)
-    codebooks[:stages] = faiss.vector_to_array(ivf.rq.codebooks).reshape(stages, 256, d)
+    codebooks[:stages] = faiss.vector_to_array(ivf.aq.codebooks).reshape(stages, 256, d)
     # the parts below are held by these locals (faiss' constructors keep raw pointers) until
     # the serialised copy, which owns its own, is made
     tiled = np.full(d * m, -1, dtype=np.int32)  # -1: a zero coordinate
@@ -382,7 +398,7 @@ def lift_rq(index: faiss.Index) -> faiss.Index:
         select = np.append(select, d * stages).astype(np.int32)
         cents = centroids
         centroids = np.hstack([centroids, -0.5 * (centroids ** 2).sum(1, keepdims=True)])
-        lo, hi = float(ivf.rq.norm_min), float(ivf.rq.norm_max)
+        lo, hi = float(ivf.aq.norm_min), float(ivf.aq.norm_max)
         step = (hi - lo) / 255 if hi > lo else 1.0
         codebooks[stages, :, 0] = lo + step * np.arange(256)
         invlists = faiss.ArrayInvertedLists(nlist, m)

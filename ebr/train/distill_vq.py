@@ -391,7 +391,7 @@ class DistillVQTrainer:
 
         learn_map = cfg.train_query_map if cfg.train_query_map is not None else half is None
         model = DistillVQ(centroids, codebooks, rotation, metric, learn_map, w0,
-                          residual=spec.is_rq)
+                          residual=spec.is_additive)
         xb = torch.from_numpy(np.array(xt))  # writable copies: torch refuses read-only memory
         xr = torch.from_numpy(np.array(rotate(index, xt)))
         assign = torch.from_numpy(assign_np)
@@ -404,9 +404,9 @@ class DistillVQTrainer:
         def loss_fn(t: torch.Tensor, s: torch.Tensor, tau: float) -> torch.Tensor:
             return sum((f(t, s, tau) for f in parts), torch.zeros(()))
         lr_c = cfg.lr_centroids if cfg.lr_centroids is not None else (
-            1e-4 if spec.is_rq else 1e-3)
+            1e-4 if spec.is_additive else 1e-3)
         lr_cb = cfg.lr_codebooks if cfg.lr_codebooks is not None else (
-            3e-4 if spec.is_rq else 1e-3)
+            3e-4 if spec.is_additive else 1e-3)
         groups = [{"params": [model.centroids], "lr": lr_c},
                   {"params": [model.codebooks], "lr": lr_cb}]
         if learn_map:
@@ -417,15 +417,15 @@ class DistillVQTrainer:
         # redone after every epoch with the current codebooks and held in between (greedy
         # re-selection every step trained codebooks that lost to the init once beam-encoded:
         # SciFact RQ16 0.760 vs 0.786). PQ re-selects every step: its argmin is exact.
-        native = extract_ivf(index) if spec.is_rq else None
+        native = extract_ivf(index) if spec.is_additive else None
 
         def refresh_codes() -> torch.Tensor | None:
             if native is None:
                 return None
             faiss.copy_array_to_vector(model.codebooks.detach().numpy().ravel(),
-                                       native.rq.codebooks)
+                                       native.aq.codebooks)
             r = xr.numpy() - model.centroids.detach().numpy()[assign_np]
-            return torch.from_numpy(native.rq.compute_codes(np.ascontiguousarray(r))
+            return torch.from_numpy(native.aq.compute_codes(np.ascontiguousarray(r))
                                     .astype(np.int64))
 
         codes = refresh_codes()
@@ -517,7 +517,7 @@ class DistillVQTrainer:
         bar.close()
         model.load_state_dict(best_state)
         to_faiss(index, model.centroids.detach().numpy(), model.codebooks.detach().numpy())
-        if spec.is_rq and metric is Metric.L2:  # the norm byte's range, for these codebooks
+        if spec.is_additive and metric is Metric.L2:  # the norm byte's range, these codebooks
             fit_norm_range(index, xt, assign_np)
         self.query_map = model.query_map.detach().numpy().copy()
         self.model = model
