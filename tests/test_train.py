@@ -208,6 +208,29 @@ def test_l2_rq_export_matches_torch_ranking(tmp_path, ds_l2):
     np.testing.assert_allclose(scores[:, 0], exact_norm, rtol=0.02)
 
 
+def test_lsq_distill_trains_exports_and_reranks_exactly(tmp_path, ds_ip):
+    """LSQ codes take the additive path of RQ: codes from faiss' LSQ encoder, redone after each
+    epoch; same seed, same files (its local search is seeded)."""
+    cfg = DistillConfig(max_epochs=3, patience=10, batch_size=64, n_random=256, top_k=30,
+                        n_pseudo=800, val_nprobe=4, val_k=20, seed=3)
+    shas = []
+    for name in ("a", "b"):
+        tr = DistillVQTrainer(cfg)
+        write_index(tmp_path / name, ds_ip.xb, BuildParams(spec=IndexSpec.parse("IVF16,LSQ6"),
+                                                           codebooks="distill", kmeans_niter=5),
+                    trainer=tr)
+        files = json.loads((tmp_path / name / "manifest.json").read_text())["files"]
+        shas.append((files["coarse.index"]["sha256"], files["query_map.fbin"]["sha256"]))
+    assert shas[0] == shas[1]
+    h = tr.history
+    assert h[-1]["loss"] < h[1]["loss"] and tr.info["best_val"] >= h[0]["val_recall"]
+    assert tr.model.residual and tr.model.M == 6
+    assert tr.info["lr"] == {"centroids": 1e-4, "codebooks": 3e-4}
+    s = Searcher(open_index(tmp_path / "a"))
+    res, _ = s.search(ds_ip.xq, SearchParams(k=10, nprobe=16, k_coarse=s.index.ntotal))
+    np.testing.assert_array_equal(res.ids, s.exact(ds_ip.xq, 10).ids)
+
+
 def test_pseudo_queries():
     rng = np.random.default_rng(0)
     xb = rng.standard_normal((100, 8)).astype(np.float32)
