@@ -8,9 +8,9 @@ Build
     ebr.io.beir            BEIR corpus/queries/qrels, cached corpus embeddings         [test_text]
     ebr.io.encoder         offline MiniLM text encoder (extra 'text'; lazy torch)      [test_text]
     ebr.spec               IndexSpec / BuildParams (build) and SearchParams (search)   [test_spec]
-    ebr.quant.faiss_bridge codebook trainers (k-means, OPQ, RQ) -> trained faiss index; [test_index]
+    ebr.quant.faiss_bridge codebook trainers (k-means, OPQ, RQ, LSQ) -> trained index;  [test_index]
                            from_faiss / to_faiss / add_with_assignment for learned ones;
-                           lift_rq: RQ codes served by faiss' IVF-PQ scanner            [test_rq]
+                           lift_rq: RQ / LSQ codes served by faiss' IVF-PQ scanner      [test_rq]
     ebr.train.losses       ListNet, KL-div, MSE, Margin-MSE (torch; extra 'train')     [test_train]
     ebr.train.distill_vq   Distill-VQ: centroids + codebooks + query map, distilled    [test_train]
                            from the dense scores (DistillVQTrainer plugs into write_index);

@@ -13,11 +13,15 @@ score, with the same codes. faiss' own IVF-RQ scan gives the same ranking 13-25x
 decodes every code or fills a table per list; SciFact, 384-d, RQ16, nprobe 8: 2.8 or 5.3 ms per
 query, against 0.21 ms).
 
+LSQ (``IVF<n>,LSQ<M>``, faiss' IndexIVFLocalSearchQuantizer) codes are the same sum of
+full-dimension codewords, encoded jointly by iterated local search instead of stage by stage;
+everything below applies to them unchanged (``ivf.aq`` is either quantizer).
+
 L2 is served as inner product. With x^ = c + r^ (list centroid + RQ reconstruction),
 -|q - x^|^2 / 2 + |q|^2 / 2 = (<q, c> - |c|^2 / 2) + <q, r^> + v, v = -(2 <c, r^> + |r^|^2) / 2.
 The first term comes from an inner-product quantizer over [c, -|c|^2 / 2] against [q, 1] (it
 probes the same lists as L2), the second from M - 1 tiled RQ stages, and v from the M-th byte:
-256 uniform levels over the training set's range of v (``rq.norm_min`` / ``rq.norm_max``, fixed
+256 uniform levels over the training set's range of v (``aq.norm_min`` / ``aq.norm_max``, fixed
 at training so every shard shares them), read against the constant 1 in the query. The
 searcher turns the served score s back into -|q - x^|^2 = 2 s - |q|^2.
 """
