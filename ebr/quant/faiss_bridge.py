@@ -111,7 +111,7 @@ def norm_terms(ivf: faiss.IndexIVFAdditiveQuantizer, codes: np.ndarray, lists: n
 
 
 def fit_norm_range(index: faiss.Index, x: np.ndarray, assign: np.ndarray | None = None) -> None:
-    """Fix the range of the L2 norm byte (``rq.norm_min``/``norm_max``, saved with the index)
+    """Fix the range of the L2 norm byte (``aq.norm_min``/``norm_max``, saved with the index)
     from training vectors ``x`` (input space), encoded as they will be: in ``assign``'s lists
     (default: the nearest centroid), with the current codebooks. Values outside the range are
     clipped to its ends when the index is served."""
@@ -389,6 +389,7 @@ def lift_rq(index: faiss.Index) -> faiss.Index:
     m = stages + 1 if l2 else stages  # PQ sub-spaces of the served form, = bytes per vector
     dq = d + 1 if l2 else d  # the query before tiling: q, or [q, 1] under L2
     centroids = ivf_centroids(ivf)
+    probe = centroids  # what the quantizer scores the query against
     codebooks = np.zeros((m, 256, d), dtype=np.float32)
     codebooks[:stages] = faiss.vector_to_array(ivf.aq.codebooks).reshape(stages, 256, d)
     # the parts below are held by these locals (faiss' constructors keep raw pointers) until
@@ -400,8 +401,7 @@ def lift_rq(index: faiss.Index) -> faiss.Index:
     if l2:
         tiled[d * stages] = d  # the constant 1, read against the levels of v
         select = np.append(select, d * stages).astype(np.int32)
-        cents = centroids
-        centroids = np.hstack([centroids, -0.5 * (centroids ** 2).sum(1, keepdims=True)])
+        probe = np.hstack([centroids, -0.5 * (centroids ** 2).sum(1, keepdims=True)])
         lo, hi = float(ivf.aq.norm_min), float(ivf.aq.norm_max)
         step = (hi - lo) / 255 if hi > lo else 1.0
         codebooks[stages, :, 0] = lo + step * np.arange(256)
@@ -413,13 +413,13 @@ def lift_rq(index: faiss.Index) -> faiss.Index:
                 continue
             codes = faiss.rev_swig_ptr(ivf.invlists.get_codes(li), n * cs).reshape(n, cs)
             ids = faiss.rev_swig_ptr(ivf.invlists.get_ids(li), n).copy()
-            v = norm_terms(ivf, codes, np.full(n, li), cents)
+            v = norm_terms(ivf, codes, np.full(n, li), centroids)
             vb = np.clip(np.rint((v - lo) / step), 0, 255).astype(np.uint8)
             full = np.ascontiguousarray(np.hstack([codes, vb[:, None]]))
             invlists.add_entries(li, n, faiss.swig_ptr(ids), faiss.swig_ptr(full))
     sel = faiss.RemapDimensionsTransform(d * m, dq, faiss.swig_ptr(select))
     flat = faiss.IndexFlat(dq, faiss.METRIC_INNER_PRODUCT)
-    flat.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    flat.add(np.ascontiguousarray(probe, dtype=np.float32))
     quantizer = faiss.IndexPreTransform(sel, flat)
     lifted = faiss.IndexIVFPQ(quantizer, d * m, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
     faiss.copy_array_to_vector(codebooks.ravel(), lifted.pq.centroids)
