@@ -51,7 +51,7 @@ class EbrSystem:
 
 
 class FaissRefineSystem:
-    """The peer: faiss IndexIVFPQ (IVF-RQ for an RQ spec) wrapped in IndexRefineFlat, every
+    """The peer: faiss IndexIVFPQ (IVF-RQ / IVF-LSQ for those specs) in IndexRefineFlat, every
     vector in RAM.
 
     Trained with the same spec, seed and k-means iterations as ebr's k-means codebooks;
