@@ -132,6 +132,9 @@ def run(task: dict[str, Any]) -> dict[str, Any]:
             out["stopped"] = trainer.info["stopped"]
             out["epochs"] = len(trainer.history) - 1
             out["val_recall"] = [round(h["val_recall"], 4) for h in trainer.history]
+            aware = trainer.info.get("score_aware", {})
+            out["eta"] = None if aware.get("off") else aware.get("eta")
+            out["eta_candidates"] = aware.get("candidates")
         if ds["qrels"] is not None:
             rel = [ds["qrels"].get(q, {}) for q in ds["qids"]]
 
@@ -153,7 +156,8 @@ def run(task: dict[str, Any]) -> dict[str, Any]:
             out["nprobe_within_0.005"] = next(
                 (p for p, v in by_nprobe.items() if v >= out["exact_nDCG@10"] - 0.005), None)
     print(json.dumps({k: v for k, v in out.items()
-                      if k not in ("val_recall", "rerank_nDCG@10_C100_by_nprobe")}), flush=True)
+                      if k not in ("val_recall", "rerank_nDCG@10_C100_by_nprobe",
+                                   "eta_candidates")}), flush=True)
     return out
 
 
@@ -216,7 +220,7 @@ def main() -> int:
     cols = ["set", "bytes", "method", "ablation", "spec", "nprobe", "coarse_r@10", "coarse_r@100",
             "coarse_R@100", "coarse_nDCG@10", "rerank_nDCG@10_C100", "rerank_nDCG@10_C100_allprobe",
             "exact_nDCG@10", "nprobe_within_0.005", "coarse_ms",
-            "build_s", "train_s", "epochs", "stopped", "peak_rss_mb"]
+            "build_s", "train_s", "epochs", "stopped", "eta", "peak_rss_mb"]
     md = ["# Distill-VQ vs k-means vs OPQ (coarse only, equal bytes and nprobe)", "",
           markdown_table(rows, cols), ""]
     (out / f"{args.name}.md").write_text("\n".join(md))

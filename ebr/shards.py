@@ -49,7 +49,7 @@ from ebr.io.manifest import (
 )
 from ebr.io.vecs import check_vectors
 from ebr.metric import Metric
-from ebr.quant.faiss_bridge import ivf_centroids, make_trainer, rotate
+from ebr.quant.faiss_bridge import ScoreAware, ivf_centroids, make_trainer, rotate
 from ebr.search.rerank import rerank, topk
 from ebr.search.searcher import Searcher
 from ebr.spec import BuildParams, SearchParams
@@ -69,13 +69,15 @@ class Pretrained:
 
     def __init__(self, index_bytes: np.ndarray, describe: dict[str, Any], metric: Metric,
                  assign_centroids: np.ndarray | None = None,
-                 query_map: np.ndarray | None = None) -> None:
+                 query_map: np.ndarray | None = None,
+                 score_aware: ScoreAware | None = None) -> None:
         self.index_bytes = index_bytes
         self._describe = describe
         self.method = str(describe.get("method", "pretrained"))
         self.metric = metric
         self.assign_centroids = assign_centroids
         self.query_map = query_map
+        self.score_aware = score_aware
 
     def train(self, xt: np.ndarray, spec: Any, metric: Metric, seed: int) -> faiss.Index:
         return faiss.deserialize_index(self.index_bytes)
@@ -114,7 +116,8 @@ def train_once(vectors: np.ndarray, params: BuildParams, trainer: Any = None) ->
         centroids = assigner.reconstruct_n(0, assigner.ntotal)
     return Pretrained(faiss.serialize_index(index), {**trainer.describe(),
                                                      "train_size": int(len(rows))},
-                      params.metric, centroids, getattr(trainer, "query_map", None))
+                      params.metric, centroids, getattr(trainer, "query_map", None),
+                      getattr(trainer, "score_aware", None))
 
 
 def shard_ranges(n: int, n_shards: int) -> list[tuple[int, int]]:

@@ -190,25 +190,35 @@ def test_ray_serve_router_equals_single_node(ds_ip, built):
         ray.shutdown()
 
 
-def test_sharded_distill_keeps_lists_and_query_map(ds_ip, tmp_path):
-    """Learned codebooks: every shard keeps the k-means lists and the query map training
-    used, so the sharded index still answers exactly like the single one."""
+@pytest.mark.parametrize("spec", [None, "IVF8,RQ4"])
+def test_sharded_distill_keeps_lists_and_query_map(ds_ip, tmp_path, spec):
+    """Learned codebooks: every shard keeps the k-means lists, the query map and (RQ) the
+    score-aware code choice training used, so the sharded index answers like the single one."""
     pytest.importorskip("torch", reason="extra 'train' not installed")
     from ebr.train.distill_vq import DistillConfig, DistillVQTrainer
 
+    params = PARAMS if spec is None else BuildParams(spec=IndexSpec.parse(spec),
+                                                     metric=Metric.IP, kmeans_niter=4)
     tr = DistillVQTrainer(DistillConfig(max_epochs=1, n_pseudo=300, top_k=20, n_random=64,
-                                        val_k=20), niter=5)
-    pre = train_once(ds_ip.xb, PARAMS, tr)
+                                        val_k=20, score_aware_eta=(4.0,)), niter=5)
+    pre = train_once(ds_ip.xb, params, tr)
     assert pre.assign_centroids is not None and pre.query_map is not None
-    assert train_once(ds_ip.xb, PARAMS, pre) is pre  # shards get the k-means lists too
-    write_index(tmp_path / "single", ds_ip.xb, PARAMS, trainer=pre)
-    build_sharded(tmp_path / "sharded", ds_ip.xb, PARAMS, 2, trainer=pre)
+    assert (pre.score_aware is None) == (spec is None)
+    assert train_once(ds_ip.xb, params, pre) is pre  # shards get the k-means lists too
+    # the single index trains again (same seed, same codebooks) and writes with the trainer
+    # itself, so the shards' codes are checked against the trainer's, not against Pretrained
+    write_index(tmp_path / "single", ds_ip.xb, params, trainer=tr)
+    build_sharded(tmp_path / "sharded", ds_ip.xb, params, 2, trainer=pre)
     si = open_sharded(tmp_path / "sharded")
     assert all(oi.query_map is not None for oi in si.shards)
     p = SearchParams(k=10, nprobe=4, k_coarse=100)
     a, _ = Searcher(open_index(tmp_path / "single")).search(ds_ip.xq, p)
     b, _ = ShardedSearcher(si).search(ds_ip.xq, p)
     np.testing.assert_array_equal(a.ids, b.ids)
+    p = SearchParams(k=10, nprobe=4, k_coarse=10, rerank=False)  # the coarse scores themselves
+    a, _ = Searcher(open_index(tmp_path / "single")).search(ds_ip.xq, p)
+    b, _ = ShardedSearcher(si).search(ds_ip.xq, p)
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("metric", ["ip", "l2"])

@@ -1,5 +1,6 @@
 """Distill-VQ: losses, a few steps of training, export -> reload congruence, determinism."""
 
+import dataclasses
 import json
 import math
 
@@ -12,6 +13,7 @@ from ebr.errors import SpecError  # noqa: E402
 from ebr.index.reader import open_index  # noqa: E402
 from ebr.index.writer import write_index  # noqa: E402
 from ebr.metric import Metric  # noqa: E402
+from ebr.quant.anisotropic import directions, refine_codes  # noqa: E402
 from ebr.quant.faiss_bridge import rotate  # noqa: E402
 from ebr.search.searcher import Searcher  # noqa: E402
 from ebr.spec import BuildParams, IndexSpec, SearchParams  # noqa: E402
@@ -73,12 +75,16 @@ CFG = DistillConfig(max_epochs=4, patience=10, batch_size=64, n_random=256, top_
                     val_nprobe=4, val_k=20, seed=3)
 
 
-@pytest.fixture(scope="module", params=["IVF16,PQ8", "IVF16,RQ8"])
+@pytest.fixture(scope="module", params=[("IVF16,PQ8", None), ("IVF16,RQ8", None),
+                                        ("IVF16,RQ8", (4.0,))],
+                ids=["pq", "rq", "rq-eta4"])
 def trained(request, tmp_path_factory, ds_ip):
-    tr = DistillVQTrainer(CFG, queries=ds_ip.xq_train[:300] if len(ds_ip.xq_train) >= 300
+    spec, etas = request.param  # etas: score-aware candidates (None: the default ones)
+    cfg = CFG if etas is None else dataclasses.replace(CFG, score_aware_eta=etas)
+    tr = DistillVQTrainer(cfg, queries=ds_ip.xq_train[:300] if len(ds_ip.xq_train) >= 300
                           else None)
     out = tmp_path_factory.mktemp("dvq") / "idx"
-    write_index(out, ds_ip.xb, BuildParams(spec=IndexSpec.parse(request.param),
+    write_index(out, ds_ip.xb, BuildParams(spec=IndexSpec.parse(spec),
                                            codebooks="distill", kmeans_niter=10), trainer=tr)
     return tr, out
 
@@ -97,12 +103,25 @@ def test_training_lowers_loss_keeps_recall(trained):
 
 
 def test_manifest_records_training(trained):
-    _, out = trained
+    tr, out = trained
     m = json.loads((out / "manifest.json").read_text())
     cb = m["codebooks"]
     assert cb["method"] == "distill" and cb["distill"]["loss"] == "mse"
     assert len(cb["history"]) == CFG.max_epochs + 1 and "val_recall" in cb["history"][0]
     assert m["query_map"] == "query_map.fbin" and "query_map.fbin" in m["files"]
+    aware, cfg = cb["score_aware"], tr.config
+    if not tr.model.residual:
+        assert aware["off"] == "inner-product RQ / LSQ only" and tr.score_aware is None
+        return
+    # eta: the candidate with the best held-out recall on the initial codebooks (ties: the
+    # one nearest 1), as the trainer and the manifest say
+    tried = aware["candidates"]
+    assert set(tried) == {f"{e:g}" for e in cfg.score_aware_eta}
+    assert tried[f"{aware['eta']:g}"] == max(tried.values())
+    assert tr.history[0]["val_recall"] == pytest.approx(max(tried.values()))
+    assert (tr.score_aware is None) == (aware["eta"] == 1.0)
+    if cfg.score_aware_eta == (4.0,):
+        assert tr.score_aware.eta == 4.0 and tr.score_aware.passes == cfg.score_aware_passes
 
 
 def test_export_reload_matches_torch_ranking(trained, ds_ip):
@@ -121,7 +140,13 @@ def test_export_reload_matches_torch_ranking(trained, ds_ip):
         faiss.copy_array_to_vector(model.codebooks.detach().numpy().ravel(), rq.codebooks)
         rq.is_trained = True
         res = xr.numpy() - model.centroids.detach().numpy()[assign.numpy()]
-        codes = torch.from_numpy(rq.compute_codes(np.ascontiguousarray(res)).astype(np.int64))
+        codes = rq.compute_codes(np.ascontiguousarray(res)).astype(np.int64)
+        if tr.score_aware is not None:  # refined for the documents' served directions W x
+            with torch.no_grad():
+                u = directions(model.map_queries(torch.from_numpy(np.array(xb))).numpy())
+            codes = refine_codes(res, u, model.codebooks.detach().numpy(), codes,
+                                 tr.score_aware.eta, tr.score_aware.passes)
+        codes = torch.from_numpy(codes)
         with pytest.raises(SpecError, match="beam search"):  # no silent greedy re-selection
             model.coarse_search(torch.from_numpy(ds_ip.xq), xr, assign, nprobe=4, k=20)
     want = model.coarse_search(torch.from_numpy(ds_ip.xq), xr, assign, nprobe=4, k=20,

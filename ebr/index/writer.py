@@ -200,11 +200,12 @@ def write_index(
         bar = tqdm(total=n, desc="encode+write", unit="vec", disable=not progress)
         assign = getattr(trainer, "assign", None)  # learned trainers keep their training lists
         query_map = getattr(trainer, "query_map", None)
+        score_aware = getattr(trainer, "score_aware", None)  # Distill-VQ's code choice
         towers: tuple[Tower, Tower] | None = None  # (query tower, document tower)
 
         def add(block: np.ndarray) -> None:
             if assign is not None:
-                add_with_assignment(index, block, assign(index, block))
+                add_with_assignment(index, block, assign(index, block), score_aware)
             else:
                 index.add(block)
 

@@ -29,6 +29,7 @@ searcher turns the served score s back into -|q - x^|^2 = 2 s - |q|^2.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import faiss
@@ -36,12 +37,14 @@ import numpy as np
 
 from ebr.errors import SpecError
 from ebr.metric import Metric
+from ebr.quant.anisotropic import directions, refine_codes
 from ebr.spec import IndexSpec
 
 __all__ = ["CodebookTrainer", "KMeansTrainer", "extract_ivfpq", "extract_ivf", "make_trainer",
            "ivf_params", "from_faiss", "to_faiss", "rotate", "prepend_transform",
-           "add_with_assignment", "coarse_ram_bytes", "lift_rq", "ivf_centroids", "rq_stages",
-           "fit_norm_range", "norm_terms", "serves_l2_as_ip"]
+           "add_with_assignment", "add_codes", "score_aware_codes", "ScoreAware",
+           "coarse_ram_bytes", "lift_rq", "ivf_centroids", "rq_stages", "fit_norm_range",
+           "norm_terms", "serves_l2_as_ip"]
 
 logger = logging.getLogger(__name__)
 
@@ -357,19 +360,77 @@ def to_faiss(index: faiss.Index, centroids: np.ndarray, codebooks: np.ndarray) -
     ivfpq.use_precomputed_table = 0
 
 
-def add_with_assignment(index: faiss.Index, x: np.ndarray, assign: np.ndarray) -> None:
+@dataclass(frozen=True)
+class ScoreAware:
+    """Score-aware encoding of additive codes (:mod:`ebr.quant.anisotropic`): ``eta`` weighs
+    the error along each document's direction, taken as the served query of the document
+    itself (the query map W, then the index's pre-transform), so that it is the direction of
+    the queries that score it high. Inner-product RQ / LSQ only."""
+
+    eta: float
+    query_map: np.ndarray | None = None  # W [d, d], as the searcher applies it
+    passes: int = 2
+
+    def describe(self) -> dict[str, Any]:
+        return {"eta": self.eta, "passes": self.passes}
+
+
+def add_with_assignment(index: faiss.Index, x: np.ndarray, assign: np.ndarray,
+                        score_aware: ScoreAware | None = None) -> None:
     """Add vectors to their given IVF lists (learned indexes keep the training assignment).
 
-    x is in the input space; the pre-transform (OPQ), if any, is applied here.
+    x is in the input space; the pre-transform (OPQ, query weighting), if any, is applied here.
+    ``score_aware``: additive codes start from faiss' encoding and are refined for it.
     """
     ivfpq = extract_ivf(index)
     xr = rotate(index, x)
     n = xr.shape[0]
     a = np.ascontiguousarray(assign, dtype=np.int64).reshape(n)
     ids = np.arange(ivfpq.ntotal, ivfpq.ntotal + n, dtype=np.int64)
-    ivfpq.add_core(n, faiss.swig_ptr(xr), faiss.swig_ptr(ids), faiss.swig_ptr(a))
+    if score_aware is None:
+        ivfpq.add_core(n, faiss.swig_ptr(xr), faiss.swig_ptr(ids), faiss.swig_ptr(a))
+    else:
+        codes = score_aware_codes(index, x, a, score_aware)
+        add_codes(ivfpq, codes.astype(np.uint8), ids, a)
     if index is not ivfpq:
         index.ntotal = ivfpq.ntotal
+
+
+def score_aware_codes(index: faiss.Index, x: np.ndarray, assign: np.ndarray,
+                      score_aware: ScoreAware) -> np.ndarray:
+    """The codes [n, M] (int64) that :func:`add_with_assignment` stores for ``x`` (input space)
+    in lists ``assign`` of an inner-product IVF-RQ / IVF-LSQ index under ``score_aware``."""
+    ivf = extract_ivf(index)
+    if not isinstance(ivf, faiss.IndexIVFAdditiveQuantizer) or \
+            ivf.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise SpecError("score-aware encoding is for inner-product RQ / LSQ indexes")
+    aq = ivf.aq
+    if aq.code_size != aq.M or ivf.code_size != aq.code_size:
+        raise SpecError(f"score-aware encoding needs one byte per codebook, got code size "
+                        f"{ivf.code_size} for {aq.M} codebooks")
+    r = rotate(index, x) - ivf_centroids(ivf)[assign]
+    codes = aq.compute_codes(np.ascontiguousarray(r)).astype(np.int64)
+    q = np.asarray(x, dtype=np.float32)
+    if score_aware.query_map is not None:
+        q = q @ score_aware.query_map.T
+    codebooks = faiss.vector_to_array(aq.codebooks).reshape(aq.M, -1, ivf.d)
+    return refine_codes(r, directions(rotate(index, q)), codebooks, codes, score_aware.eta,
+                        score_aware.passes)
+
+
+def add_codes(ivf: faiss.IndexIVF, codes: np.ndarray, ids: np.ndarray,
+              assign: np.ndarray) -> None:
+    """Append ready codes [n, code_size] (uint8) with ``ids`` to lists ``assign``."""
+    order = np.argsort(assign, kind="stable")
+    a, ids = assign[order], np.ascontiguousarray(ids[order], dtype=np.int64)
+    codes = np.ascontiguousarray(codes[order], dtype=np.uint8)
+    if codes.shape[1] != ivf.code_size:
+        raise SpecError(f"codes are {codes.shape[1]} bytes, the index stores {ivf.code_size}")
+    lists, starts = np.unique(a, return_index=True)
+    ends = np.append(starts[1:], len(a))
+    for li, s, e in zip(lists.tolist(), starts.tolist(), ends.tolist(), strict=True):
+        ivf.invlists.add_entries(li, e - s, faiss.swig_ptr(ids[s:e]), faiss.swig_ptr(codes[s:e]))
+    ivf.ntotal += len(a)
 
 
 def lift_rq(index: faiss.Index) -> faiss.Index:
