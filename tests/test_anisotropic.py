@@ -9,7 +9,7 @@ import pytest
 
 from ebr.errors import SpecError
 from ebr.metric import Metric
-from ebr.quant.anisotropic import anisotropic_loss, directions, refine_codes
+from ebr.quant.anisotropic import anisotropic_loss, directions, fit_codebooks, refine_codes
 from ebr.quant.faiss_bridge import (
     KMeansTrainer,
     ScoreAware,
@@ -86,6 +86,25 @@ def test_eta_trades_orthogonal_for_parallel_error():
     assert sq1 <= base_sq
     sq8, par8 = errors(refine_codes(x, u, cb, codes, 8.0))
     assert par8 < 0.7 * base_par and sq8 > sq1
+
+
+def test_codebook_fit_solves_each_codebooks_weighted_least_squares():
+    r, u, cb, codes = _toy(seed=3, n=200, k=8)
+    codes[:, 1] = np.where(codes[:, 1] == 7, 0, codes[:, 1])  # codeword 7 of book 1 unused
+    eta = 4.0
+    out = fit_codebooks(r, u, cb, codes, eta)
+    np.testing.assert_array_equal(out[1, 7], cb[1, 7])  # unused: kept
+    assert anisotropic_loss(r, u, out, codes, eta).sum() < anisotropic_loss(r, u, cb, codes,
+                                                                            eta).sum()
+    # the last codebook fitted (M - 1) is exactly optimal given the others: the gradient of
+    # the loss in each of its used codewords is zero, sum_i A_i (t_i - c_k) = 0
+    m = cb.shape[0] - 1
+    t = r - out[np.arange(m)[None], codes[:, :m]].sum(1)
+    for k in np.unique(codes[:, m]):
+        rows = codes[:, m] == k
+        diff = t[rows] - out[m, k]
+        grad = diff.sum(0) + (eta - 1) * (u[rows] * (u[rows] * diff).sum(1, keepdims=True)).sum(0)
+        np.testing.assert_allclose(grad, 0.0, atol=1e-3)
 
 
 def test_argument_errors():

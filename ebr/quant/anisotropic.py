@@ -8,13 +8,16 @@ encoder here picks codes that minimise
 
     loss(e) = |e_perp|^2 + eta |e_par|^2 = |e|^2 + (eta - 1) <e, u>^2
 
-instead of |e|^2 (eta = 1: plain reconstruction error). Codebooks stay as they are; only the
-code choice changes, so the index format, the serving path and the scan cost do not change.
+instead of |e|^2 (eta = 1: plain reconstruction error). The codes are ordinary RQ / LSQ codes,
+so the index format, the serving path and the scan cost do not change.
 
-The minimisation is iterated conditional modes over an additive code (RQ or LSQ: the
-reconstruction is the sum of one codeword per codebook): each codebook in turn picks its best
-codeword with the others fixed, starting from faiss' own codes, so the loss never rises. One
-sweep costs two [n, d] x [d, K] products per codebook.
+    codes      :func:`refine_codes`: iterated conditional modes over an additive code (RQ or
+               LSQ: the reconstruction is the sum of one codeword per codebook). Each codebook
+               in turn picks its best codeword with the others fixed, starting from faiss' own
+               codes, so the loss never rises. One sweep costs two [n, d] x [d, K] products
+               per codebook.
+    codebooks  :func:`fit_codebooks`: for fixed codes, each codebook in turn by weighted least
+               squares (a d x d solve per codeword), as ScaNN trains its codebooks.
 
 ``eta`` is a data choice: Distill-VQ picks it on its held-out training queries
 (:class:`ebr.train.distill_vq.DistillConfig`), and records it in the manifest.
@@ -28,7 +31,7 @@ import numpy as np
 
 from ebr.errors import SpecError
 
-__all__ = ["anisotropic_loss", "directions", "refine_codes"]
+__all__ = ["anisotropic_loss", "directions", "fit_codebooks", "refine_codes"]
 
 logger = logging.getLogger(__name__)
 
@@ -98,3 +101,37 @@ def refine_codes(residuals: np.ndarray, u: np.ndarray, codebooks: np.ndarray,
                 c[:, m] = k
                 e = t - codebooks[m, k]
     return codes
+
+
+def fit_codebooks(residuals: np.ndarray, u: np.ndarray, codebooks: np.ndarray,
+                  codes: np.ndarray, eta: float) -> np.ndarray:
+    """Codebooks [M, K, d] that lower the anisotropic loss for fixed ``codes``: one sweep of
+    block coordinate descent, each codebook in turn by weighted least squares with the
+    others fixed. With t_i what row i leaves for codebook m and A_i = I + (eta - 1) u_i u_i',
+    codeword k becomes (sum_i A_i)^-1 sum_i A_i t_i over its rows (ScaNN's codebook update);
+    unused codewords stay. Returns a new array; the total loss never rises.
+    """
+    residuals = np.asarray(residuals, dtype=np.float32)
+    u = np.asarray(u, dtype=np.float32)
+    codes = np.asarray(codes, dtype=np.int64)
+    _check(residuals, u, codebooks, codes, eta)
+    cb = np.array(codebooks, dtype=np.float32)
+    m_books, k_words, d = cb.shape
+    w = eta - 1.0
+    e = residuals - cb[np.arange(m_books)[None], codes].sum(1)
+    eye = np.eye(d)
+    for m in range(m_books):
+        t = e + cb[m, codes[:, m]]
+        order = np.argsort(codes[:, m], kind="stable")
+        words, starts, counts = np.unique(codes[order, m], return_index=True,
+                                          return_counts=True)
+        a = np.empty((len(words), d, d))
+        b = np.empty((len(words), d))
+        for j, (s0, c) in enumerate(zip(starts.tolist(), counts.tolist(), strict=True)):
+            rows = order[s0:s0 + c]
+            uk, tk = u[rows].astype(np.float64), t[rows].astype(np.float64)
+            a[j] = c * eye + w * (uk.T @ uk)
+            b[j] = tk.sum(0) + w * (uk * (uk * tk).sum(1, keepdims=True)).sum(0)
+        cb[m, words] = np.linalg.solve(a, b[..., None])[..., 0].astype(np.float32)
+        e = t - cb[m, codes[:, m]]
+    return cb

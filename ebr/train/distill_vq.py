@@ -30,6 +30,11 @@ products do. No labels: the dense scores are the teacher.
               whose range is refit on the trained codebooks (faiss_bridge.lift_rq).
     RQ codes  the documents' RQ codes in training are faiss' beam-search codes, redone after
               each epoch (not re-selected every step): what the export writes is what trained
+    score-aware  (inner-product RQ / LSQ) codes refined to weigh the error along each
+              document's served direction W x eta times (ScaNN's anisotropic loss,
+              :mod:`ebr.quant.anisotropic`); eta is chosen among ``score_aware_eta`` on the
+              held-out queries, then the codebooks are refit for it by weighted least squares
+              (kept only if the held-out recall rises); the writer encodes every document so
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ from tqdm.auto import tqdm
 
 from ebr.errors import SpecError
 from ebr.metric import Metric
-from ebr.quant.anisotropic import directions, refine_codes
+from ebr.quant.anisotropic import directions, fit_codebooks, refine_codes
 from ebr.quant.faiss_bridge import (
     KMeansTrainer,
     ScoreAware,
@@ -141,6 +146,10 @@ class DistillConfig:
     # recall@100: eta 1 0.7029, 2 0.7131, 3 0.7191, 4 0.7190, 10 0.7027, 30 0.6702 (scratch).
     score_aware_eta: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
     score_aware_passes: int = 2  # sweeps over the codebooks per encoding
+    # then, before fine-tuning, rounds of codebooks refit to the chosen eta by weighted least
+    # squares and codes re-refined (ebr.quant.anisotropic.fit_codebooks). The same run, eta
+    # 3: 0.7185 -> 0.7280 (2 rounds), 0.7290 (6 rounds) (scratch).
+    score_aware_rounds: int = 2
 
     def __post_init__(self) -> None:
         if self.contrastive_weight < 0:
@@ -163,6 +172,8 @@ class DistillConfig:
             raise SpecError(f"score_aware_eta values must be > 0, got {self.score_aware_eta}")
         if self.score_aware_passes < 1:
             raise SpecError(f"score_aware_passes must be >= 1, got {self.score_aware_passes}")
+        if self.score_aware_rounds < 0:
+            raise SpecError(f"score_aware_rounds must be >= 0, got {self.score_aware_rounds}")
         if self.query_weighting is not None and not 0.0 < self.query_weighting <= 1.0:
             raise SpecError(f"query_weighting must be in (0, 1] or None, got "
                             f"{self.query_weighting}")
@@ -480,6 +491,27 @@ class DistillVQTrainer:
             aware.update(eta=eta, candidates=tried, passes=cfg.score_aware_passes)
             logger.info("distill: score-aware codes, eta %g (held-out %s %s)", eta, watch,
                         ", ".join(f"{k}: {v:.4f}" for k, v in tried.items()))
+            if eta != 1.0 and cfg.score_aware_rounds:  # codebooks refit for eta, codes kept
+                with torch.no_grad():  # in step (refined from the last ones, not redone)
+                    u = directions(model.map_queries(xb).numpy())
+                r = xr.numpy() - model.centroids.detach().numpy()[assign_np]
+                c, cb0 = codes.numpy(), model.codebooks.detach().clone()
+                for _ in range(cfg.score_aware_rounds):
+                    cb = fit_codebooks(r, u, model.codebooks.detach().numpy(), c, eta)
+                    c = refine_codes(r, u, cb, c, eta, cfg.score_aware_passes)
+                    with torch.no_grad():
+                        model.codebooks.copy_(torch.from_numpy(cb))
+                kept, codes = codes, refresh_codes()  # as the export encodes: faiss', refined
+                after = validate()[watch]
+                if after < tried[f"{eta:g}"]:  # keep the codebooks that validated better
+                    with torch.no_grad():
+                        model.codebooks.copy_(cb0)
+                    codes = kept
+                aware.update(rounds=cfg.score_aware_rounds, after_rounds=after,
+                             refit_kept=bool(after >= tried[f"{eta:g}"]))
+                logger.info("distill: codebooks refit for eta %g (%d rounds): held-out %s "
+                            "%.4f (%s)", eta, cfg.score_aware_rounds, watch, after,
+                            "kept" if aware["refit_kept"] else "dropped")
         v0 = validate()
         best = v0[watch]
         self.history = [{"epoch": 0, "loss": float("nan"), **v0}]
