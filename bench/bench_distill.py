@@ -129,6 +129,7 @@ def run(task: dict[str, Any]) -> dict[str, Any]:
                "coarse_r@100": recall_vs_exact(coarse.ids, ex.ids, 100)}
         if trainer is not None:
             out["train_s"] = trainer.info["seconds"]["total"]
+            out["score_aware_s"] = trainer.info["seconds"].get("score_aware")
             out["stopped"] = trainer.info["stopped"]
             out["epochs"] = len(trainer.history) - 1
             out["val_recall"] = [round(h["val_recall"], 4) for h in trainer.history]
@@ -176,6 +177,9 @@ def main() -> int:
                     help="distill+opq ablation rows on these sets (no SET: scifact). SciFact: "
                     "query weighting, query map, loss, K, queries; others: loss, K, queries, "
                     "and the oracle (trained on the test queries themselves) at 8 and 16 bytes")
+    ap.add_argument("--score-aware-off", action="store_true",
+                    help="beside each Distill-VQ row on RQ / LSQ codes, the same with the "
+                    "score-aware codes off (ablation 'score_aware=off')")
     ap.add_argument("--budget", type=float, default=300.0, help="distill time budget (s)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--name", default="distill")
@@ -183,6 +187,10 @@ def main() -> int:
     tasks = [{"set": s, "bytes": b, "method": m, "data": args.data, "budget": args.budget}
              for s in args.sets for b in args.bytes for m in args.methods
              if (s == "synthetic" or (Path(args.data) / s).exists())]
+    if args.score_aware_off:
+        tasks = [t2 for t in tasks for t2 in (
+            [t, {**t, "config": {"score_aware_eta": ()}, "ablation": "score_aware=off"}]
+            if t["method"].startswith("distill+") and t["method"] != "distill+opq" else [t])]
     ablation = ["scifact"] if args.ablation == [] else (args.ablation or [])
     for name in ablation:
         if name != "scifact" and (name == "synthetic" or (Path(args.data) / name).exists()):

@@ -11,6 +11,8 @@ Build
     ebr.quant.faiss_bridge codebook trainers (k-means, OPQ, RQ, LSQ) -> trained index;  [test_index]
                            from_faiss / to_faiss / add_with_assignment for learned ones;
                            lift_rq: RQ / LSQ codes served by faiss' IVF-PQ scanner      [test_rq]
+    ebr.quant.anisotropic  score-aware RQ / LSQ codes (ScaNN's loss): code refinement  [test_anisotropic]
+                           and codebook refit, numpy
     ebr.train.losses       ListNet, KL-div, MSE, Margin-MSE (torch; extra 'train')     [test_train]
     ebr.train.distill_vq   Distill-VQ: centroids + codebooks + query map, distilled    [test_train]
                            from the dense scores (DistillVQTrainer plugs into write_index);

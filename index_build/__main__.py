@@ -91,6 +91,11 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
                     "over the training queries, shrunk toward plain k-means by this fraction "
                     "in (0, 1]; 0 turns it off (default 0.75). Not applied with --train-qrels: "
                     "the contrastive term did better from plain k-means")
+    dv.add_argument("--score-aware", type=_etas, default=(1.0, 2.0, 4.0, 8.0), metavar="ETAS",
+                    help="inner-product RQ / LSQ: candidate weights of the error along each "
+                    "document's direction, comma-separated; the best on the held-out queries "
+                    "is kept (1: faiss' codes), then the codebooks are refit for it. 'off' "
+                    "turns it off (default 1,2,4,8)")
     bd = p.add_argument_group("BiDR (labelled training pairs; needs the 'train' extra)")
     bd.add_argument("--train-qrels", help="qrels .tsv of the training queries (query-id, "
                     "corpus-id, score): turns on the labelled terms. Stage 1 (with --codebooks "
@@ -305,6 +310,20 @@ def _finetune_encoder(args: argparse.Namespace, x: Any, ids: Any, pairs: Any,
     return x_new, pairs.with_queries(enc.encode(query_texts)), enc_info
 
 
+def _etas(text: str) -> tuple[float, ...]:
+    """--score-aware: 'off' or comma-separated positive weights."""
+    if text.strip().lower() == "off":
+        return ()
+    try:
+        etas = tuple(float(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'off' or numbers like 1,2,4, got {text!r}") from None
+    if any(not e > 0 for e in etas):
+        raise argparse.ArgumentTypeError(f"weights must be > 0, got {text!r}")
+    return etas
+
+
 def _distill_trainer(args: argparse.Namespace, pairs: object = None, corpus: object = None
                      ) -> object:
     try:
@@ -327,7 +346,8 @@ def _distill_trainer(args: argparse.Namespace, pairs: object = None, corpus: obj
                                          "fixed": False}[args.query_map],
                         query_weighting=args.query_weighting or None,
                         contrastive_weight=args.contrastive_weight,
-                        val_split=args.val_split, seed=args.seed)
+                        val_split=args.val_split, seed=args.seed,
+                        score_aware_eta=args.score_aware)
     return DistillVQTrainer(cfg, queries=queries, niter=args.niter, progress=args.progress,
                             pairs=pairs, corpus=corpus if pairs is not None else None)
 

@@ -74,6 +74,21 @@ def test_build_distill_cli(tmp_path):
     assert cb["method"] == "distill" and cb["training_queries"] == "real (200)"
     assert cb["distill"]["ivf_weight"] == 0.5 and cb["ivf_weight"] == 0.5
     assert cb["distill"]["loss"] == "mse+listnet" and oi.query_map is not None
+    # RQ: the score-aware candidates from the command line, and 'off'
+    for flag, want in (("3", {"3"}), ("off", None)):
+        rq = tmp_path / f"rq-{flag}"
+        assert main(["--no-progress", "build", "--input", str(tmp_path / "x.npy"), "--out",
+                     str(rq), "--spec", "IVF8,RQ4", "--niter", "5", "--codebooks", "distill",
+                     "--train-queries", str(tmp_path / "q.npy"), "--distill-epochs", "1",
+                     "--score-aware", flag]) == 0
+        aware = open_index(rq).manifest.codebooks["score_aware"]
+        if want is None:
+            assert aware["off"] == "no candidates" and aware["eta"] == 1.0
+        else:
+            assert set(aware["candidates"]) == want and aware["eta"] == 3.0
+    with pytest.raises(SystemExit):
+        main(["build", "--input", str(tmp_path / "x.npy"), "--out", str(tmp_path / "bad"),
+              "--spec", "IVF8,RQ4", "--codebooks", "distill", "--score-aware", "2,0"])
     main(["generate", "--out", str(tmp_path / "gen"), "--n", "500", "--dim", "8"])
     assert (tmp_path / "gen" / "corpus.npy").exists()
 

@@ -68,7 +68,14 @@ def test_config_validation():
         DistillConfig(ivf_weight=-1.0)
     with pytest.raises(SpecError, match="lr_codebooks"):
         DistillConfig(lr_codebooks=-1e-3)
+    with pytest.raises(SpecError, match="score_aware_eta"):
+        DistillConfig(score_aware_eta=(1.0, 0.0))
+    with pytest.raises(SpecError, match="score_aware_passes"):
+        DistillConfig(score_aware_passes=0)
+    with pytest.raises(SpecError, match="score_aware_rounds"):
+        DistillConfig(score_aware_rounds=-1)
     DistillConfig(loss="mse+listnet")
+    DistillConfig(score_aware_eta=())  # off
 
 
 CFG = DistillConfig(max_epochs=4, patience=10, batch_size=64, n_random=256, top_k=50, n_pseudo=1500,
@@ -118,7 +125,13 @@ def test_manifest_records_training(trained):
     tried = aware["candidates"]
     assert set(tried) == {f"{e:g}" for e in cfg.score_aware_eta}
     assert tried[f"{aware['eta']:g}"] == max(tried.values())
-    assert tr.history[0]["val_recall"] == pytest.approx(max(tried.values()))
+    # then the codebooks refit for eta (eta != 1): kept only if that validated better
+    refit = aware.get("after_rounds")
+    assert (refit is None) == (aware["eta"] == 1.0 or cfg.score_aware_rounds == 0)
+    start = max(tried.values()) if refit is None else max(refit, max(tried.values()))
+    assert tr.history[0]["val_recall"] == pytest.approx(start)
+    if refit is not None:
+        assert aware["refit_kept"] == (refit >= max(tried.values()))
     assert (tr.score_aware is None) == (aware["eta"] == 1.0)
     if cfg.score_aware_eta == (4.0,):
         assert tr.score_aware.eta == 4.0 and tr.score_aware.passes == cfg.score_aware_passes

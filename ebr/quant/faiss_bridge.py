@@ -371,9 +371,6 @@ class ScoreAware:
     query_map: np.ndarray | None = None  # W [d, d], as the searcher applies it
     passes: int = 2
 
-    def describe(self) -> dict[str, Any]:
-        return {"eta": self.eta, "passes": self.passes}
-
 
 def add_with_assignment(index: faiss.Index, x: np.ndarray, assign: np.ndarray,
                         score_aware: ScoreAware | None = None) -> None:
@@ -383,11 +380,11 @@ def add_with_assignment(index: faiss.Index, x: np.ndarray, assign: np.ndarray,
     ``score_aware``: additive codes start from faiss' encoding and are refined for it.
     """
     ivfpq = extract_ivf(index)
-    xr = rotate(index, x)
-    n = xr.shape[0]
+    n = len(x)
     a = np.ascontiguousarray(assign, dtype=np.int64).reshape(n)
     ids = np.arange(ivfpq.ntotal, ivfpq.ntotal + n, dtype=np.int64)
     if score_aware is None:
+        xr = rotate(index, x)
         ivfpq.add_core(n, faiss.swig_ptr(xr), faiss.swig_ptr(ids), faiss.swig_ptr(a))
     else:
         codes = score_aware_codes(index, x, a, score_aware)

@@ -475,6 +475,7 @@ class DistillVQTrainer:
 
         watch = "val_positive_recall" if val_pairs is not None else "val_recall"
         aware: dict[str, Any] = {"eta": 1.0, "off": None}
+        t0 = time.perf_counter()
         if native is None or metric is not Metric.IP:
             aware["off"] = "inner-product RQ / LSQ only"
         elif not cfg.score_aware_eta:
@@ -491,8 +492,8 @@ class DistillVQTrainer:
             aware.update(eta=eta, candidates=tried, passes=cfg.score_aware_passes)
             logger.info("distill: score-aware codes, eta %g (held-out %s %s)", eta, watch,
                         ", ".join(f"{k}: {v:.4f}" for k, v in tried.items()))
-            if eta != 1.0 and cfg.score_aware_rounds:  # codebooks refit for eta, codes kept
-                with torch.no_grad():  # in step (refined from the last ones, not redone)
+            if eta != 1.0 and cfg.score_aware_rounds:  # refit the codebooks for eta, the
+                with torch.no_grad():  # codes refined from the last ones in between
                     u = directions(model.map_queries(xb).numpy())
                 r = xr.numpy() - model.centroids.detach().numpy()[assign_np]
                 c, cb0 = codes.numpy(), model.codebooks.detach().clone()
@@ -512,6 +513,7 @@ class DistillVQTrainer:
                 logger.info("distill: codebooks refit for eta %g (%d rounds): held-out %s "
                             "%.4f (%s)", eta, cfg.score_aware_rounds, watch, after,
                             "kept" if aware["refit_kept"] else "dropped")
+        t_aware = time.perf_counter() - t0
         v0 = validate()
         best = v0[watch]
         self.history = [{"epoch": 0, "loss": float("nan"), **v0}]
@@ -607,6 +609,7 @@ class DistillVQTrainer:
             "val_k": int(cfg.val_k), "ivf_weight": ivf_w,
             "lr": {"centroids": lr_c, "codebooks": lr_cb},
             "seconds": {"kmeans_init": round(t_init, 2), "teacher": round(t_teacher, 2),
+                        "score_aware": round(t_aware, 2),
                         "total": round(time.perf_counter() - t_start, 2)},
         }
         if labelled is not None:
