@@ -116,7 +116,7 @@ def fit_codebooks(residuals: np.ndarray, u: np.ndarray, codebooks: np.ndarray,
     codes = np.asarray(codes, dtype=np.int64)
     _check(residuals, u, codebooks, codes, eta)
     cb = np.array(codebooks, dtype=np.float32)
-    m_books, k_words, d = cb.shape
+    m_books, _, d = cb.shape
     w = eta - 1.0
     e = residuals - cb[np.arange(m_books)[None], codes].sum(1)
     eye = np.eye(d)
