@@ -91,7 +91,7 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
                     "over the training queries, shrunk toward plain k-means by this fraction "
                     "in (0, 1]; 0 turns it off (default 0.75). Not applied with --train-qrels: "
                     "the contrastive term did better from plain k-means")
-    dv.add_argument("--score-aware", type=_etas, default=(1.0, 2.0, 4.0, 8.0), metavar="ETAS",
+    dv.add_argument("--score-aware", type=_etas, metavar="ETAS",
                     help="inner-product RQ / LSQ: candidate weights of the error along each "
                     "document's direction, comma-separated; the best on the held-out queries "
                     "is kept (1: faiss' codes), then the codebooks are refit for it. 'off' "
@@ -347,7 +347,8 @@ def _distill_trainer(args: argparse.Namespace, pairs: object = None, corpus: obj
                         query_weighting=args.query_weighting or None,
                         contrastive_weight=args.contrastive_weight,
                         val_split=args.val_split, seed=args.seed,
-                        score_aware_eta=args.score_aware)
+                        **({} if args.score_aware is None else
+                           {"score_aware_eta": args.score_aware}))
     return DistillVQTrainer(cfg, queries=queries, niter=args.niter, progress=args.progress,
                             pairs=pairs, corpus=corpus if pairs is not None else None)
 
