@@ -31,6 +31,11 @@ __all__ = ["OpenIndex", "open_index"]
 logger = logging.getLogger(__name__)
 
 
+def _l2_as_ip(spec: IndexSpec, metric: Metric) -> bool:
+    """Additive codes under L2 are served as inner product (faiss_bridge.lift_rq)."""
+    return spec.is_additive and metric is Metric.L2
+
+
 @dataclass(frozen=True)
 class OpenIndex:
     """A verified, opened index directory. Immutable; safe to share between threads."""
@@ -62,7 +67,7 @@ class OpenIndex:
     @property
     def l2_as_ip(self) -> bool:
         """L2 RQ: the coarse index scores s = <q, x^> - |x^|^2 / 2 (faiss_bridge.lift_rq)."""
-        return self.spec.is_additive and self.metric is Metric.L2
+        return _l2_as_ip(self.spec, self.metric)
 
     def external_ids(self, rows: np.ndarray) -> list[Any]:
         """External ids of internal rows (``None`` for ``-1`` padding)."""
@@ -151,7 +156,7 @@ def open_index(
     _expect(path / layout.COARSE, "code space dimension", ivfpq.d,
             manifest.dim * spec.pq_m if spec.is_additive else manifest.dim)
     # L2 RQ is served as inner product, with [q, 1] against [c, -|c|^2/2] in the quantizer
-    l2_as_ip = spec.is_additive and metric is Metric.L2
+    l2_as_ip = _l2_as_ip(spec, metric)
     _expect(path / layout.COARSE, "metric", coarse.metric_type,
             faiss.METRIC_INNER_PRODUCT if l2_as_ip else metric.faiss_metric)
     if spec.is_additive:

@@ -58,12 +58,17 @@ def _check(residuals: np.ndarray, u: np.ndarray, codebooks: np.ndarray, codes: n
         raise SpecError(f"eta must be > 0, got {eta}")
 
 
+def _reconstruct(codebooks: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Sum of each row's coded codewords: [n, d]."""
+    return codebooks[np.arange(codebooks.shape[0])[None], codes].sum(1)
+
+
 def anisotropic_loss(residuals: np.ndarray, u: np.ndarray, codebooks: np.ndarray,
                      codes: np.ndarray, eta: float) -> np.ndarray:
     """Per-row |e|^2 + (eta - 1) <e, u>^2 for e = residual - sum of the coded codewords."""
     residuals = np.asarray(residuals, dtype=np.float32)
     _check(residuals, u, codebooks, codes, eta)
-    e = residuals - codebooks[np.arange(codebooks.shape[0])[None], codes].sum(1)
+    e = residuals - _reconstruct(codebooks, codes)
     return (e * e).sum(1) + (eta - 1.0) * (e * u).sum(1) ** 2
 
 
@@ -89,7 +94,7 @@ def refine_codes(residuals: np.ndarray, u: np.ndarray, codebooks: np.ndarray,
     for s in range(0, len(codes), chunk):
         sl = slice(s, s + chunk)
         c = codes[sl]
-        e = residuals[sl] - codebooks[np.arange(m_books)[None], c].sum(1)  # current error
+        e = residuals[sl] - _reconstruct(codebooks, c)  # current error
         uu = u[sl]
         for _ in range(passes):
             for m in range(m_books):
@@ -118,7 +123,7 @@ def fit_codebooks(residuals: np.ndarray, u: np.ndarray, codebooks: np.ndarray,
     cb = np.array(codebooks, dtype=np.float32)
     m_books, _, d = cb.shape
     w = eta - 1.0
-    e = residuals - cb[np.arange(m_books)[None], codes].sum(1)
+    e = residuals - _reconstruct(cb, codes)
     eye = np.eye(d)
     for m in range(m_books):
         t = e + cb[m, codes[:, m]]

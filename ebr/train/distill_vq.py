@@ -446,19 +446,26 @@ class DistillVQTrainer:
 
         eta = 1.0  # score-aware weight of the codes (1: faiss' codes)
 
+        def residuals() -> np.ndarray:
+            """What the codes reconstruct: the documents less their current list centroids."""
+            return xr.numpy() - model.centroids.detach().numpy()[assign_np]
+
+        def served_directions() -> np.ndarray:
+            """Each document's score-aware direction: its own served query W x, unit norm."""
+            with torch.no_grad():
+                return directions(model.map_queries(xb).numpy())
+
         def refresh_codes(base: torch.Tensor | None = None) -> torch.Tensor | None:
             """faiss' codes with the current codebooks (or ``base``), refined for ``eta``."""
             if native is None:
                 return None
             cb = model.codebooks.detach().numpy()
             faiss.copy_array_to_vector(cb.ravel(), native.aq.codebooks)
-            r = xr.numpy() - model.centroids.detach().numpy()[assign_np]
+            r = residuals()
             c = native.aq.compute_codes(np.ascontiguousarray(r)).astype(np.int64) \
                 if base is None else base.numpy()
             if eta != 1.0:
-                with torch.no_grad():
-                    u = directions(model.map_queries(xb).numpy())
-                c = refine_codes(r, u, cb, c, eta, cfg.score_aware_passes)
+                c = refine_codes(r, served_directions(), cb, c, eta, cfg.score_aware_passes)
             return torch.from_numpy(c)
 
         codes = refresh_codes()
@@ -493,9 +500,7 @@ class DistillVQTrainer:
             logger.info("distill: score-aware codes, eta %g (held-out %s %s)", eta, watch,
                         ", ".join(f"{k}: {v:.4f}" for k, v in tried.items()))
             if eta != 1.0 and cfg.score_aware_rounds:  # refit the codebooks for eta, the
-                with torch.no_grad():  # codes refined from the last ones in between
-                    u = directions(model.map_queries(xb).numpy())
-                r = xr.numpy() - model.centroids.detach().numpy()[assign_np]
+                r, u = residuals(), served_directions()  # codes refined in between
                 c, cb0 = codes.numpy(), model.codebooks.detach().clone()
                 for _ in range(cfg.score_aware_rounds):
                     cb = fit_codebooks(r, u, model.codebooks.detach().numpy(), c, eta)
@@ -504,12 +509,13 @@ class DistillVQTrainer:
                         model.codebooks.copy_(torch.from_numpy(cb))
                 kept, codes = codes, refresh_codes()  # as the export encodes: faiss', refined
                 after = validate()[watch]
-                if after < tried[f"{eta:g}"]:  # keep the codebooks that validated better
+                refit_kept = after >= tried[f"{eta:g}"]
+                if not refit_kept:  # keep the codebooks that validated better
                     with torch.no_grad():
                         model.codebooks.copy_(cb0)
                     codes = kept
                 aware.update(rounds=cfg.score_aware_rounds, after_rounds=after,
-                             refit_kept=bool(after >= tried[f"{eta:g}"]))
+                             refit_kept=bool(refit_kept))
                 logger.info("distill: codebooks refit for eta %g (%d rounds): held-out %s "
                             "%.4f (%s)", eta, cfg.score_aware_rounds, watch, after,
                             "kept" if aware["refit_kept"] else "dropped")
