@@ -2,7 +2,8 @@
 and the same for additive codes (faiss IVF-RQ or IVF-LSQ, and Distill-VQ on them).
 
     python bench/bench_distill.py [--sets scifact siftsmall synthetic] [--bytes 8 16 32]
-                                  [--ablation [SET ...]] [--budget 300] [--out bench/results]
+                                  [--nbits 8 10] [--ablation [SET ...]] [--budget 300]
+                                  [--out bench/results]
 
 Coarse-only recall against exact search (recall@10, recall@100), plus Recall@100 / nDCG@10 against
 qrels on SciFact and the re-ranked nDCG@10 at C = 100. Each configuration is built in a fresh
@@ -81,8 +82,9 @@ def run(task: dict[str, Any]) -> dict[str, Any]:
     m = task["bytes"]
     opq = task["method"] in ("opq", "distill+opq")
     additive = task["method"].split("+")[-1] if task["method"].endswith(("rq", "lsq")) else None
-    spec = IndexSpec.parse(f"IVF{nlist},{additive.upper()}{m}" if additive else
-                           (f"OPQ{m}," if opq else "") + f"IVF{nlist},PQ{m}")
+    nbits = task.get("nbits", 8)  # additive codes: as many codebooks of nbits as fit m bytes
+    spec = IndexSpec.parse(f"IVF{nlist},{additive.upper()}{m * 8 // nbits}x{nbits}" if additive
+                           else (f"OPQ{m}," if opq else "") + f"IVF{nlist},PQ{m}")
     trainer = None
     if task["method"].startswith("distill"):
         from ebr.train.distill_vq import DistillConfig, DistillVQTrainer
@@ -177,6 +179,10 @@ def main() -> int:
                     help="distill+opq ablation rows on these sets (no SET: scifact). SciFact: "
                     "query weighting, query map, loss, K, queries; others: loss, K, queries, "
                     "and the oracle (trained on the test queries themselves) at 8 and 16 bytes")
+    ap.add_argument("--nbits", type=int, nargs="+", default=[8],
+                    help="bits per codebook of rq / lsq rows (each value its own row): "
+                    "<bytes> x 8 // nbits codebooks, so that the codes fit the bytes "
+                    "(16 bytes at 10 bits: RQ12x10, 15 bytes)")
     ap.add_argument("--score-aware-off", action="store_true",
                     help="beside each Distill-VQ row on RQ / LSQ codes, the same with the "
                     "score-aware codes off (ablation 'score_aware=off')")
@@ -184,8 +190,10 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--name", default="distill")
     args = ap.parse_args()
-    tasks = [{"set": s, "bytes": b, "method": m, "data": args.data, "budget": args.budget}
+    tasks = [{"set": s, "bytes": b, "method": m, "data": args.data, "budget": args.budget,
+              **({"nbits": nb} if nb != 8 else {})}
              for s in args.sets for b in args.bytes for m in args.methods
+             for nb in (args.nbits if m.endswith(("rq", "lsq")) else [8])
              if (s == "synthetic" or (Path(args.data) / s).exists())]
     if args.score_aware_off:
         tasks = [t2 for t in tasks for t2 in (

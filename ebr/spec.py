@@ -21,11 +21,12 @@ _PART = {
     "opq": re.compile(r"^OPQ(\d+)$"),
     "ivf": re.compile(r"^IVF(\d+)$"),
     "pq": re.compile(r"^PQ(\d+)(?:x(\d+))?$"),
-    "rq": re.compile(r"^RQ(\d+)(?:x8)?$"),
-    "lsq": re.compile(r"^LSQ(\d+)(?:x8)?$"),
+    "rq": re.compile(r"^RQ(\d+)(?:x(\d+))?$"),
+    "lsq": re.compile(r"^LSQ(\d+)(?:x(\d+))?$"),
 }
 QUANTIZERS = ("pq", "rq", "lsq")
 ADDITIVE = {"rq": "RQ", "lsq": "LSQ"}  # quantizer -> spec token: codes that sum full-d codewords
+ADDITIVE_NBITS = (6, 12)  # codebooks of 64 to 4096: beam search and k-means cost grow with them
 DENSE_DTYPES = ("float32", "float16")
 CODEBOOK_METHODS = ("kmeans", "opq", "distill")
 
@@ -34,14 +35,16 @@ CODEBOOK_METHODS = ("kmeans", "opq", "distill")
 class IndexSpec:
     """Coarse index layout: optional OPQ rotation, ``nlist`` IVF lists, then ``pq_m`` codes of
     ``pq_nbits`` per vector from a product quantizer (``PQ<M>``: M sub-spaces of d / M dims) or
-    a residual quantizer (``RQ<M>``: full-dimension codebooks of 256, each coding what the
-    previous ones left; more recall per byte, slower to train) or LSQ (``LSQ<M>``: the same
-    additive codes, encoded jointly by local search rather than stage by stage; slower still).
-    Under inner product an additive ``<M>`` is M codebooks; under L2 it is M - 1 codebooks and
-    one byte for each vector's norm term, which an L2 score needs
-    (:func:`ebr.quant.faiss_bridge.rq_stages`).
+    a residual quantizer (``RQ<M>[x<nbits>]``: M full-dimension codebooks of 2^nbits, default
+    256, each coding what the previous ones left; more recall per byte, slower to train) or LSQ
+    (``LSQ<M>[x<nbits>]``: the same additive codes, encoded jointly by local search rather than
+    stage by stage; slower still). Under inner product an additive ``<M>`` is M codebooks; under
+    L2 it is M - 1 codebooks and one code for each vector's norm term, which an L2 score needs
+    (:func:`ebr.quant.faiss_bridge.rq_stages`). Larger additive codebooks buy recall per byte
+    with build time: ``RQ12x10`` (15 bytes) beats ``RQ16`` on the synthetic set.
 
-    ``pq_m`` bytes per vector at 8 bits: this is the RAM a document costs, besides its 8-byte id.
+    :attr:`code_size` = ceil(``pq_m`` x ``pq_nbits`` / 8) bytes per vector: the RAM a document
+    costs, besides its 8-byte id.
     """
 
     nlist: int
@@ -59,8 +62,10 @@ class IndexSpec:
             raise SpecError(f"PQ nbits must be in [1, 16], got {self.pq_nbits}")
         if self.quantizer not in QUANTIZERS:
             raise SpecError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
-        if self.is_additive and self.pq_nbits != 8:
-            raise SpecError(f"{ADDITIVE[self.quantizer]} codes are 8 bits each, got {self.pq_nbits}")
+        lo, hi = ADDITIVE_NBITS
+        if self.is_additive and not lo <= self.pq_nbits <= hi:
+            raise SpecError(f"{ADDITIVE[self.quantizer]} codes must be {lo} to {hi} bits each, "
+                            f"got {self.pq_nbits}")
         if self.is_additive and self.opq:
             raise SpecError(f"OPQ rotates for a product quantizer; {ADDITIVE[self.quantizer]} "
                             "codes whole vectors and has no use for it")
@@ -76,7 +81,7 @@ class IndexSpec:
 
     @classmethod
     def parse(cls, s: str) -> IndexSpec:
-        """Parse ``[OPQ<M>,]IVF<nlist>,PQ<M>[x<nbits>]`` or ``IVF<nlist>,{RQ|LSQ}<M>``; raise
+        """Parse ``[OPQ<M>,]IVF<nlist>,PQ<M>[x<nbits>]`` or ``IVF<nlist>,{RQ|LSQ}<M>[x<nbits>]``; raise
         :class:`SpecError` otherwise."""
         if not isinstance(s, str) or not s.strip():
             raise SpecError(f"index spec must be a non-empty string, got {s!r}")
@@ -86,7 +91,7 @@ class IndexSpec:
             opq_m = int(_PART["opq"].match(parts[0]).group(1))  # type: ignore[union-attr]
             parts = parts[1:]
         expected = ("expected '[OPQ<M>,]IVF<nlist>,PQ<M>[x<nbits>]' or "
-                    "'IVF<nlist>,RQ<M>' or 'IVF<nlist>,LSQ<M>'")
+                    "'IVF<nlist>,RQ<M>[x<nbits>]' or 'IVF<nlist>,LSQ<M>[x<nbits>]'")
         if len(parts) != 2:
             raise SpecError(f"index spec {s!r}: {expected}")
         m_ivf = _PART["ivf"].match(parts[0])
@@ -95,7 +100,8 @@ class IndexSpec:
             if m_ivf and m_aq:
                 if opq_m is not None:
                     raise SpecError(f"index spec {s!r}: OPQ applies to PQ, not {token}")
-                return cls(nlist=int(m_ivf.group(1)), pq_m=int(m_aq.group(1)), quantizer=q)
+                return cls(nlist=int(m_ivf.group(1)), pq_m=int(m_aq.group(1)),
+                           pq_nbits=int(m_aq.group(2)) if m_aq.group(2) else 8, quantizer=q)
         m_pq = _PART["pq"].match(parts[1])
         if not m_ivf or not m_pq:
             raise SpecError(f"index spec {s!r}: {expected}")
@@ -106,9 +112,10 @@ class IndexSpec:
         return cls(nlist=int(m_ivf.group(1)), pq_m=pq_m, pq_nbits=nbits, opq=opq_m is not None)
 
     def __str__(self) -> str:
+        bits = f"x{self.pq_nbits}" if self.pq_nbits != 8 else ""
         if self.is_additive:
-            return f"IVF{self.nlist},{ADDITIVE[self.quantizer]}{self.pq_m}"
-        pq = f"PQ{self.pq_m}" + (f"x{self.pq_nbits}" if self.pq_nbits != 8 else "")
+            return f"IVF{self.nlist},{ADDITIVE[self.quantizer]}{self.pq_m}{bits}"
+        pq = f"PQ{self.pq_m}{bits}"
         return (f"OPQ{self.pq_m}," if self.opq else "") + f"IVF{self.nlist},{pq}"
 
     @property

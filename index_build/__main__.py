@@ -43,9 +43,10 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
     idx = p.add_argument_group("index")
     idx.add_argument("--out", required=True, help="index directory to write (atomically)")
     idx.add_argument("--spec", default="IVF256,PQ16",
-                     help="[OPQ<M>,]IVF<nlist>,PQ<M>[x<nbits>], IVF<nlist>,RQ<M> (residual "
-                     "codes) or IVF<nlist>,LSQ<M> (additive codes encoded jointly); under l2 "
-                     "RQ/LSQ use M - 1 codebooks + a norm byte; M = bytes of RAM per vector")
+                     help="[OPQ<M>,]IVF<nlist>,PQ<M>[x<nbits>], IVF<nlist>,RQ<M>[x<nbits>] "
+                     "(residual codes) or IVF<nlist>,LSQ<M>[x<nbits>] (additive codes encoded "
+                     "jointly); under l2 RQ/LSQ use M - 1 codebooks + a norm code; RAM per "
+                     "vector = ceil(M x nbits / 8) bytes (nbits 8 by default; 6-12 for RQ/LSQ)")
     idx.add_argument("--metric", default="ip", choices=["ip", "l2", "cosine"],
                      help="ip (inner product), cosine (= ip on normalised vectors), l2")
     idx.add_argument("--dense-dtype", default="float32", choices=DENSE_DTYPES,

@@ -19,6 +19,7 @@ from ebr.quant.faiss_bridge import (
     ivf_params,
     lift_rq,
     score_aware_codes,
+    unpack_codes,
 )
 from ebr.spec import IndexSpec
 
@@ -121,9 +122,9 @@ def test_argument_errors():
         refine_codes(r, u, cb, codes, 2.0, passes=-1)
 
 
-@pytest.mark.parametrize("quantizer", ["RQ", "LSQ"])
+@pytest.mark.parametrize("quantizer", ["RQ", "LSQ", "RQ4x10"])
 def test_writer_path_stores_the_refined_codes_and_serves_their_scores(ds_ip, quantizer):
-    spec = IndexSpec.parse(f"IVF8,{quantizer}4")
+    spec = IndexSpec.parse(f"IVF8,{quantizer}" if "x" in quantizer else f"IVF8,{quantizer}4")
     xb = ds_ip.xb[:1500]
     index = KMeansTrainer(niter=5).train(xb, spec, Metric.IP, 0)
     ivf = extract_ivf(index)
@@ -134,9 +135,9 @@ def test_writer_path_stores_the_refined_codes_and_serves_their_scores(ds_ip, qua
     aware = ScoreAware(6.0, w)
     add_with_assignment(index, xb, a, aware)
     want = score_aware_codes(index, xb, a, aware)
-    plain = ivf.aq.compute_codes(xb - ivf_centroids(ivf)[a]).astype(np.int64)
+    plain = unpack_codes(ivf.aq, ivf.aq.compute_codes(xb - ivf_centroids(ivf)[a]))
     assert (want != plain).any()  # the refinement changed something
-    cb = faiss.vector_to_array(ivf.aq.codebooks).reshape(4, 256, 32)
+    cb = faiss.vector_to_array(ivf.aq.codebooks).reshape(4, 2 ** spec.pq_nbits, 32)
     r = xb - ivf_centroids(ivf)[a]
     u = directions(xb @ w.T)
     assert anisotropic_loss(r, u, cb, want, 6.0).mean() < anisotropic_loss(r, u, cb, plain,
@@ -145,7 +146,8 @@ def test_writer_path_stores_the_refined_codes_and_serves_their_scores(ds_ip, qua
     for li in range(ivf.nlist):
         n = ivf.invlists.list_size(li)
         ids = faiss.rev_swig_ptr(ivf.invlists.get_ids(li), n)
-        stored[ids] = faiss.rev_swig_ptr(ivf.invlists.get_codes(li), n * 4).reshape(n, 4)
+        packed = faiss.rev_swig_ptr(ivf.invlists.get_codes(li), n * spec.code_size)
+        stored[ids] = unpack_codes(ivf.aq, packed.reshape(n, spec.code_size))
     np.testing.assert_array_equal(stored, want)
     # the served form scores <q, c + sum of the stored codewords>
     served = lift_rq(index)

@@ -18,7 +18,9 @@ from ebr.quant.faiss_bridge import (
     ivf_centroids,
     ivf_params,
     lift_rq,
+    pack_codes,
     serves_l2_as_ip,
+    unpack_codes,
 )
 from ebr.search.searcher import Searcher
 from ebr.spec import BuildParams, IndexSpec, SearchParams
@@ -31,9 +33,12 @@ def test_spec_round_trip_and_errors():
     s.check_dim(30)  # RQ codebooks span all dimensions: no divisibility rule
     with pytest.raises(SpecError, match="PQ M"):
         IndexSpec.parse("IVF64,PQ16").check_dim(30)
-    for bad in ("OPQ16,IVF64,RQ16", "IVF64,RQ16x4", "IVF64,RQ"):
+    for bad in ("OPQ16,IVF64,RQ16", "IVF64,RQ16x4", "IVF64,RQ16x13", "IVF64,RQ"):
         with pytest.raises(SpecError):
             IndexSpec.parse(bad)
+    wide = IndexSpec.parse("IVF64,RQ12x10")  # 12 codebooks of 1024: 120 bits, 15 bytes
+    assert (wide.pq_m, wide.pq_nbits, wide.code_size, str(wide)) == (12, 10, 15, "IVF64,RQ12x10")
+    assert str(IndexSpec.parse("IVF64,LSQ7x9")) == "IVF64,LSQ7x9"
     assert BuildParams(spec=s, metric=Metric.L2).spec == s  # 15 codebooks + the norm byte
     with pytest.raises(SpecError, match="M >= 2"):
         BuildParams(spec=IndexSpec.parse("IVF64,RQ1"), metric=Metric.L2)
@@ -53,13 +58,15 @@ def _recall(found, truth):
     return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found, truth, strict=True)]))
 
 
-@pytest.mark.parametrize("spec", ["IVF16,RQ6", "IVF16,LSQ6"])
+@pytest.mark.parametrize("spec", ["IVF16,RQ6", "IVF16,LSQ6", "IVF16,RQ5x10", "IVF16,LSQ3x9"])
 def test_served_form_scores_like_faiss_ivf_rq(ds_ip, spec):
     spec = IndexSpec.parse(spec)
     native = KMeansTrainer(niter=8).train(ds_ip.xb, spec, Metric.IP, 3)
     native.add(ds_ip.xb)
     served = lift_rq(native)
-    assert isinstance(faiss.downcast_index(faiss.extract_index_ivf(served)), faiss.IndexIVFPQ)
+    lifted = faiss.downcast_index(faiss.extract_index_ivf(served))
+    assert isinstance(lifted, faiss.IndexIVFPQ)
+    assert (lifted.pq.nbits, lifted.code_size) == (spec.pq_nbits, spec.code_size)
     assert served.ntotal == native.ntotal and served.d == native.d
     for nprobe in (1, 4, 16):
         d0, i0 = native.search(ds_ip.xq, 20, params=ivf_params(native, nprobe))
@@ -74,11 +81,11 @@ def test_served_form_scores_like_faiss_ivf_rq(ds_ip, spec):
     np.testing.assert_allclose(d0[0, :5], rec @ ds_ip.xq[0], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("spec", ["IVF16,RQ6", "IVF16,LSQ6"])
+@pytest.mark.parametrize("spec", ["IVF16,RQ6", "IVF16,LSQ6", "IVF16,RQ6x9"])
 def test_served_l2_form_scores_the_reconstruction(ds_l2, spec):
-    """L2: M - 1 codebooks + the norm byte. The served inner-product score s gives
-    2 s - |q|^2 = -|q - x^|^2 up to the norm byte's step, x^ = faiss' own reconstruction, and
-    the lists probed are L2's nearest centroids."""
+    """L2: M - 1 codebooks + the norm code (a byte at 8 bits; packed with the rest at 9).
+    The served inner-product score s gives 2 s - |q|^2 = -|q - x^|^2 up to the norm code's
+    step, x^ = faiss' own reconstruction, and the lists probed are L2's nearest centroids."""
     spec = IndexSpec.parse(spec)
     native = KMeansTrainer(niter=8).train(ds_l2.xb, spec, Metric.L2, 3)
     ivf = extract_ivf(native)
@@ -87,9 +94,10 @@ def test_served_l2_form_scores_the_reconstruction(ds_l2, spec):
     served = lift_rq(native)
     assert serves_l2_as_ip(served) and not serves_l2_as_ip(lift_rq(_ip_twin(ds_l2.xb)))
     lifted = faiss.downcast_index(faiss.extract_index_ivf(served))
-    assert lifted.metric_type == faiss.METRIC_INNER_PRODUCT and lifted.code_size == 6
+    assert lifted.metric_type == faiss.METRIC_INNER_PRODUCT
+    assert (lifted.pq.M, lifted.code_size) == (6, spec.code_size)
     np.testing.assert_array_equal(ivf_centroids(lifted), ivf_centroids(ivf))
-    step = (ivf.aq.norm_max - ivf.aq.norm_min) / 255
+    step = (ivf.aq.norm_max - ivf.aq.norm_min) / (2 ** spec.pq_nbits - 1)
     ivf.make_direct_map()
     home = faiss.downcast_index(ivf.quantizer).search(ds_l2.xb, 1)[1].ravel()  # each row's list
     xq = ds_l2.xq[:20]
@@ -169,18 +177,57 @@ def test_pq_file_under_an_rq_manifest_is_refused(tmp_path, ds_ip):
         open_index(tmp_path / "rq")
 
 
+def _swap_coarse(target, source):
+    """Put ``source``'s coarse file under ``target``'s manifest, its file entry rewritten to
+    match, so that only the layout checks can tell."""
+    from ebr.io import layout
+
+    (target / layout.COARSE).write_bytes((source / layout.COARSE).read_bytes())
+    m = json.loads((target / "manifest.json").read_text())
+    m["files"][layout.COARSE] = json.loads(
+        (source / "manifest.json").read_text())["files"][layout.COARSE]
+    (target / "manifest.json").write_text(json.dumps(m))
+
+
 def test_rq_file_of_the_other_metric_is_refused(tmp_path, ds_l2):
     """An L2 manifest over an inner-product RQ file (same sizes, no norm byte) is refused."""
     from ebr.errors import CorruptFileError
-    from ebr.io import layout
 
     for name, metric in (("l2", Metric.L2), ("ip", Metric.IP)):
         write_index(tmp_path / name, ds_l2.xb, BuildParams(spec=IndexSpec.parse("IVF8,RQ4"),
                                                            metric=metric, kmeans_niter=4))
-    (tmp_path / "l2" / layout.COARSE).write_bytes((tmp_path / "ip" / layout.COARSE).read_bytes())
-    m = json.loads((tmp_path / "l2" / "manifest.json").read_text())
-    m["files"][layout.COARSE] = json.loads(
-        (tmp_path / "ip" / "manifest.json").read_text())["files"][layout.COARSE]
-    (tmp_path / "l2" / "manifest.json").write_text(json.dumps(m))
+    _swap_coarse(tmp_path / "l2", tmp_path / "ip")
     with pytest.raises(CorruptFileError, match="L2 norm byte"):
         open_index(tmp_path / "l2")
+
+
+def test_rq_file_of_other_code_width_is_refused(tmp_path, ds_ip):
+    """An RQ4x10 manifest over an RQ4 (8-bit) file, entry rewritten to match, is refused."""
+    from ebr.errors import CorruptFileError
+
+    for name, spec in (("wide", "IVF8,RQ4x10"), ("byte", "IVF8,RQ4")):
+        write_index(tmp_path / name, ds_ip.xb, BuildParams(spec=IndexSpec.parse(spec),
+                                                           kmeans_niter=4))
+    oi = open_index(tmp_path / "wide")  # the wide one itself serves 10-bit codes
+    assert (oi.ivfpq.pq.nbits, oi.ivfpq.code_size, oi.memory()["codes_bytes"]) == \
+        (10, 5, len(ds_ip.xb) * 5)
+    _swap_coarse(tmp_path / "wide", tmp_path / "byte")
+    with pytest.raises(CorruptFileError, match="bits per code"):
+        open_index(tmp_path / "wide")
+
+
+@pytest.mark.parametrize("nbits", [8, 9, 10, 12])
+def test_codes_pack_as_faiss_packs_them(nbits):
+    """One integer per codebook <-> faiss' packed bytes, for faiss' own encoder's output."""
+    rng = np.random.default_rng(nbits)
+    rq = faiss.ResidualQuantizer(8, 5, nbits)
+    rq.train(rng.standard_normal((2 ** nbits + 50, 8)).astype(np.float32))
+    x = rng.standard_normal((40, 8)).astype(np.float32)
+    packed = rq.compute_codes(x)
+    codes = unpack_codes(rq, packed)
+    assert codes.shape == (40, 5) and codes.dtype == np.int64 and codes.max() < 2 ** nbits
+    np.testing.assert_array_equal(pack_codes(codes, nbits), packed)
+    cb = faiss.vector_to_array(rq.codebooks).reshape(5, 2 ** nbits, 8)
+    np.testing.assert_allclose(cb[np.arange(5)[None], codes].sum(1), rq.decode(packed), atol=1e-5)
+    with pytest.raises(SpecError, match="codes must lie"):
+        pack_codes(codes + 2 ** nbits, nbits)

@@ -14,7 +14,7 @@ from ebr.index.reader import open_index  # noqa: E402
 from ebr.index.writer import write_index  # noqa: E402
 from ebr.metric import Metric  # noqa: E402
 from ebr.quant.anisotropic import directions, refine_codes  # noqa: E402
-from ebr.quant.faiss_bridge import rotate  # noqa: E402
+from ebr.quant.faiss_bridge import rotate, unpack_codes  # noqa: E402
 from ebr.search.searcher import Searcher  # noqa: E402
 from ebr.spec import BuildParams, IndexSpec, SearchParams  # noqa: E402
 from ebr.train.distill_vq import (  # noqa: E402
@@ -83,8 +83,8 @@ CFG = DistillConfig(max_epochs=4, patience=10, batch_size=64, n_random=256, top_
 
 
 @pytest.fixture(scope="module", params=[("IVF16,PQ8", None), ("IVF16,RQ8", None),
-                                        ("IVF16,RQ8", (4.0,))],
-                ids=["pq", "rq", "rq-eta4"])
+                                        ("IVF16,RQ8", (4.0,)), ("IVF16,RQ6x10", (4.0,))],
+                ids=["pq", "rq", "rq-eta4", "rq6x10-eta4"])
 def trained(request, tmp_path_factory, ds_ip):
     spec, etas = request.param  # etas: score-aware candidates (None: the default ones)
     cfg = CFG if etas is None else dataclasses.replace(CFG, score_aware_eta=etas)
@@ -149,11 +149,12 @@ def test_export_reload_matches_torch_ranking(trained, ds_ip):
     if oi.spec.is_rq:  # RQ trains on faiss' beam-search codes (what the index stores)
         import faiss
 
-        rq = faiss.ResidualQuantizer(32, model.M, 8)
+        rq = faiss.ResidualQuantizer(32, model.M, oi.spec.pq_nbits)
+        assert model.ksub == 2 ** oi.spec.pq_nbits
         faiss.copy_array_to_vector(model.codebooks.detach().numpy().ravel(), rq.codebooks)
         rq.is_trained = True
         res = xr.numpy() - model.centroids.detach().numpy()[assign.numpy()]
-        codes = rq.compute_codes(np.ascontiguousarray(res)).astype(np.int64)
+        codes = unpack_codes(rq, rq.compute_codes(np.ascontiguousarray(res)))
         if tr.score_aware is not None:  # refined for the documents' served directions W x
             with torch.no_grad():
                 u = directions(model.map_queries(torch.from_numpy(np.array(xb))).numpy())
@@ -267,6 +268,21 @@ def test_lsq_distill_trains_exports_and_reranks_exactly(tmp_path, ds_ip):
     s = Searcher(open_index(tmp_path / "a"))
     res, _ = s.search(ds_ip.xq, SearchParams(k=10, nprobe=16, k_coarse=s.index.ntotal))
     np.testing.assert_array_equal(res.ids, s.exact(ds_ip.xq, 10).ids)
+
+
+def test_budget_spent_before_fine_tuning_trains_no_epoch(tmp_path, ds_ip):
+    """A time budget already spent by the start (k-means, score-aware step) stops before the
+    first epoch: no batch, the initial codebooks exported, the index served as usual."""
+    tr = DistillVQTrainer(DistillConfig(max_epochs=5, n_pseudo=500, top_k=20, val_k=10,
+                                        time_budget_s=1e-6))
+    write_index(tmp_path / "i", ds_ip.xb, BuildParams(spec=IndexSpec.parse("IVF8,RQ4"),
+                                                     codebooks="distill", kmeans_niter=3),
+                trainer=tr)
+    assert tr.info["stopped"] == "time_budget" and len(tr.history) == 1
+    assert tr.info["best_val"] == tr.history[0]["val_recall"]
+    s = Searcher(open_index(tmp_path / "i"))
+    res, _ = s.search(ds_ip.xq, SearchParams(k=5, nprobe=8, k_coarse=s.index.ntotal))
+    np.testing.assert_array_equal(res.ids, s.exact(ds_ip.xq, 5).ids)
 
 
 def test_pseudo_queries():

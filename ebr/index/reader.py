@@ -152,6 +152,7 @@ def open_index(
     _expect(path / layout.COARSE, "dimension", coarse.d, manifest.dim)
     _expect(path / layout.COARSE, "nlist", ivfpq.nlist, spec.nlist)
     _expect(path / layout.COARSE, "PQ M", ivfpq.pq.M, spec.pq_m)
+    _expect(path / layout.COARSE, "bits per code", ivfpq.pq.nbits, spec.pq_nbits)
     # an RQ index is served as IVF-PQ over the query tiled M times (faiss_bridge.lift_rq)
     _expect(path / layout.COARSE, "code space dimension", ivfpq.d,
             manifest.dim * spec.pq_m if spec.is_additive else manifest.dim)

@@ -63,6 +63,7 @@ from ebr.quant.faiss_bridge import (
     prepend_transform,
     rotate,
     to_faiss,
+    unpack_codes,
 )
 from ebr.spec import IndexSpec
 from ebr.train.losses import LOSSES, info_nce
@@ -462,7 +463,7 @@ class DistillVQTrainer:
             cb = model.codebooks.detach().numpy()
             faiss.copy_array_to_vector(cb.ravel(), native.aq.codebooks)
             r = residuals()
-            c = native.aq.compute_codes(np.ascontiguousarray(r)).astype(np.int64) \
+            c = unpack_codes(native.aq, native.aq.compute_codes(np.ascontiguousarray(r))) \
                 if base is None else base.numpy()
             if eta != 1.0:
                 c = refine_codes(r, served_directions(), cb, c, eta, cfg.score_aware_passes)
@@ -535,6 +536,9 @@ class DistillVQTrainer:
         bad, stopped = 0, "max_epochs"
         bar = tqdm(range(1, cfg.max_epochs + 1), desc="distill", disable=not self.progress)
         for epoch in bar:
+            if cfg.time_budget_s and time.perf_counter() - t_start > cfg.time_budget_s:
+                stopped = "time_budget"  # spent before this epoch (the start, the score-aware
+                break  # step): no batch, so no code refresh and validation for nothing
             order = rng.permutation(len(train_q))
             losses = []
             for b0 in range(0, len(order), cfg.batch_size):
