@@ -93,8 +93,9 @@ def ivf_centroids(ivf: faiss.IndexIVF) -> np.ndarray:
 
 
 def rq_stages(spec: IndexSpec, metric: Metric) -> int:
-    """RQ codebooks of a spec: ``RQ<M>`` is M bytes, all codebooks under inner product; under
-    L2 the last byte codes each vector's norm term (module docstring), so M - 1 codebooks."""
+    """RQ codebooks of a spec: ``RQ<M>[x<nbits>]`` is M codes, all codebooks under inner
+    product; under L2 the last code is each vector's norm term (module docstring), so M - 1
+    codebooks."""
     return spec.pq_m - (1 if metric is Metric.L2 else 0)
 
 
