@@ -381,6 +381,11 @@ class DistillVQTrainer:
     def _train(self, xt: np.ndarray, spec: IndexSpec, metric: Metric, seed: int) -> faiss.Index:
         cfg = self.config
         t_start = time.perf_counter()
+
+        def budget_spent() -> bool:
+            """Whether ``time_budget_s`` (counted from here: the start is in it) is used up."""
+            return bool(cfg.time_budget_s) and time.perf_counter() - t_start > cfg.time_budget_s
+
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
         x_init = np.ascontiguousarray(xt, dtype=np.float32)
@@ -536,7 +541,7 @@ class DistillVQTrainer:
         bad, stopped = 0, "max_epochs"
         bar = tqdm(range(1, cfg.max_epochs + 1), desc="distill", disable=not self.progress)
         for epoch in bar:
-            if cfg.time_budget_s and time.perf_counter() - t_start > cfg.time_budget_s:
+            if budget_spent():
                 stopped = "time_budget"  # spent before this epoch (the start, the score-aware
                 break  # step): no batch, so no code refresh and validation for nothing
             order = rng.permutation(len(train_q))
@@ -579,7 +584,7 @@ class DistillVQTrainer:
                 loss.backward()
                 opt.step()
                 losses.append(float(loss.detach()))
-                if cfg.time_budget_s and time.perf_counter() - t_start > cfg.time_budget_s:
+                if budget_spent():
                     break
             codes = refresh_codes()
             vals = validate()
@@ -594,7 +599,7 @@ class DistillVQTrainer:
                 if bad >= cfg.patience:
                     stopped = "early_stop"
                     break
-            if cfg.time_budget_s and time.perf_counter() - t_start > cfg.time_budget_s:
+            if budget_spent():
                 stopped = "time_budget"
                 break
         bar.close()
