@@ -236,7 +236,8 @@ def main() -> int:
         for mb in args.micro_batch:
             env = {**os.environ, "EBR_INDEX_DIR": str(index_dir), "EBR_PORT": str(args.port),
                    "EBR_FAISS_THREADS": "1", "EBR_LOG_FORMAT": "text", "PYTHONPATH": str(ROOT),
-                   "EBR_MICRO_BATCH_INFLIGHT": str(mb)}
+                   "EBR_MICRO_BATCH_INFLIGHT": str(mb),
+                   "EBR_MAX_INFLIGHT_PER_CLIENT": "0"}  # every connection is one client here
             runs = [("/search", single[:256], 1)] + (
                 [("/search/batch", [{"searches": single[i:i + b]}
                                     for i in range(0, len(single), b)], b)

@@ -21,8 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ebr.errors import InputError
-from ebr.index.writer import _staging_dir
+from ebr.index.publish import check_target, staging_dir
 from ebr.io.manifest import Manifest
 from ebr.io.vecs import load_vectors
 from ebr.shards import commit_shards, shard_ranges, train_once, write_shard
@@ -50,8 +49,7 @@ def build_on_ray(directory: str | os.PathLike[str], vectors_path: str | os.PathL
     ray = _ray()
     t0 = time.perf_counter()
     target = Path(directory).resolve()
-    if target.exists() and not overwrite:
-        raise InputError(f"{target} exists; pass overwrite=True to replace it")
+    check_target(target, overwrite)
     vectors_path = str(Path(vectors_path).resolve())
     x = load_vectors(vectors_path)
     pre = train_once(x, params, trainer)
@@ -63,7 +61,7 @@ def build_on_ray(directory: str | os.PathLike[str], vectors_path: str | os.PathL
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING)
     try:
-        with _staging_dir(target) as stage:  # removed again if anything below fails
+        with staging_dir(target) as stage:  # removed again if anything below fails
             pre_ref = ray.put(pre)  # the codebooks, broadcast once
             ids_ref = ray.put(ids)
 

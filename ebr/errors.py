@@ -8,6 +8,7 @@
     │   ├── ManifestVersionError   the manifest's format version is unknown to this reader
     │   └── CorruptFileError       a file is missing, truncated, too long or fails its checksum
     └── IndexNotReadyError     no index is open (the service is starting or has none)
+        └── IndexChangedError  a file of the open index is being changed on disk (ebr.index.guard)
 
 ``service.app`` maps each family to one HTTP status in one place.
 """
@@ -23,6 +24,7 @@ __all__ = [
     "ManifestVersionError",
     "CorruptFileError",
     "IndexNotReadyError",
+    "IndexChangedError",
 ]
 
 
@@ -56,3 +58,7 @@ class CorruptFileError(IndexFormatError):
 
 class IndexNotReadyError(EbrError):
     """No index is open yet."""
+
+
+class IndexChangedError(IndexNotReadyError):
+    """A file of the open index is being (or was) changed on disk: it is no longer served."""

@@ -28,10 +28,9 @@ import faiss
 import numpy as np
 
 from ebr.errors import IndexFormatError, InputError, SearchParamError
+from ebr.index.publish import check_target, publish, staging_dir
 from ebr.index.reader import OpenIndex, open_index
 from ebr.index.writer import (
-    _publish,
-    _staging_dir,
     gather_rows,
     normalize_rows,
     sample_rows,
@@ -145,7 +144,7 @@ def write_shard(stage: str | os.PathLike[str], i: int, start: int, stop: int,
 def commit_shards(stage: Path, target: Path, shards: list[dict[str, Any]], params: BuildParams,
                   pre: Pretrained, executor: str, overwrite: bool) -> Manifest:
     """Write the top manifest (last) and move the staged directory into place (the writer's
-    ``_publish``); dimension and id kind come from the shards' own manifests."""
+    ``publish``); dimension and id kind come from the shards' own manifests."""
     shards = sorted(shards, key=lambda s: s["shard"])
     files = {}
     for s in shards:
@@ -164,7 +163,7 @@ def commit_shards(stage: Path, target: Path, shards: list[dict[str, Any]], param
         shards=[{k: s[k] for k in ("dir", "start", "stop", "ntotal")} for s in shards],
         format_version=FORMAT_VERSION_2)
     write_manifest(stage, manifest)
-    _publish(stage, target, overwrite)
+    publish(stage, target, overwrite)
     return manifest
 
 
@@ -177,10 +176,9 @@ def build_sharded(directory: str | os.PathLike[str], vectors: np.ndarray, params
     one after another), then commit. A failure anywhere leaves no directory at the target."""
     t0 = time.perf_counter()
     target = Path(directory)
-    if target.exists() and not overwrite:
-        raise InputError(f"{target} exists; pass overwrite=True to replace it")
+    check_target(target, overwrite)
     pre = train_once(vectors, params, trainer)
-    with _staging_dir(target) as stage:
+    with staging_dir(target) as stage:
         jobs = [lambda i=i, a=a, b=b: write_shard(stage, i, a, b, vectors, params, pre, ids)
                 for i, (a, b) in enumerate(shard_ranges(len(vectors), n_shards))]
         shards = (run or (lambda js: [j() for j in js]))(jobs)
@@ -228,6 +226,10 @@ class ShardedIndex:
         """Row access across the shards' dense stores (global row numbers)."""
         return _Rows(self)
 
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        """Dense rows (float32) of global row ids, each read from its shard, guarded."""
+        return self.dense[rows]
+
     def memory(self) -> dict[str, int | float]:
         total: dict[str, float] = {}
         for oi in self.shards:
@@ -271,7 +273,7 @@ class _Rows:
         where = self.index.locate(rows)
         for s in np.unique(where).tolist():
             sel = where == s
-            out[sel] = self.index.shards[s].dense[rows[sel] - self.index.starts[s]]
+            out[sel] = self.index.shards[s].vectors(rows[sel] - self.index.starts[s])
         return out
 
 
@@ -323,9 +325,10 @@ def shard_answer(oi: OpenIndex, start: int, xq: np.ndarray, params: SearchParams
     """One shard's part: its coarse top-C (global ids), their coarse and exact scores."""
     s = Searcher(oi)
     kc = min(params.k_coarse, oi.ntotal)
-    cand, cscores = s.coarse(xq, kc, params.nprobe)
-    res_ids, res_sc, _ = rerank(s.dense_queries(xq), cand, oi.dense, oi.metric, kc,
-                                padded_at_end=True)
+    with oi.using():
+        cand, cscores = s.coarse(xq, kc, params.nprobe)
+        res_ids, res_sc, _ = rerank(s.dense_queries(xq), cand, oi.dense, oi.metric, kc,
+                                    padded_at_end=True)
     res = SearchResult(res_ids, res_sc)  # every candidate, with its exact score
     order = np.argsort(np.where(res.ids >= 0, res.ids, np.iinfo(np.int64).max), axis=1)
     r_ids = np.take_along_axis(res.ids, order, 1)

@@ -16,12 +16,12 @@ Run: ``uvicorn --factory service.app:create_app`` (settings from ``EBR_*``) or `
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
@@ -30,16 +30,17 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
 from ebr.errors import EbrError
-from ebr.search.searcher import Searcher
+from ebr.index.guard import enable_leases
 from service.body import BodyLimit
-from service.deps import Generation, ServiceState
+from service.deps import ServiceState
 from service.errors import reply_for, validation_message
+from service.generations import load_generation, public_reason, watch_index
 from service.observability import RequestMiddleware
+from service.openapi import install_openapi
 from service.routes import admin, health, search
 from service.settings import Settings
 
@@ -50,114 +51,54 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
                         headers=headers)
 
 
-def open_generation(settings: Settings, previous: ServiceState | None = None,
-                    shard_backends: Any = None) -> tuple[Searcher, Any, str]:
-    """Open and verify ``settings.index_dir``: (searcher, text encoder or None, version).
-
-    A sharded directory (``ebr.shards``) is served by fanning out to its shards, in this
-    process, or through ``shard_backends(index) -> [backend per shard]`` (the Ray router).
-
-    Raises :class:`EbrError` when the directory is not a whole, readable index.
-    """
-    from ebr.index.reader import open_index
-    from ebr.io.manifest import read_manifest
-
-    if read_manifest(Path(settings.index_dir)).shards:  # a sharded index: fan out, merge
-        from ebr.shards import ShardedSearcher, open_sharded
-
-        si = open_sharded(settings.index_dir, verify_checksums=settings.verify_checksums)
-        backends = shard_backends(si) if shard_backends is not None else None
-        first = next(iter(si.manifest.files.values())).sha256[:12]
-        version = f"{si.manifest.build.get('created', '?')}/{first}"
-        return ShardedSearcher(si, backends), None, version
-    oi = open_index(settings.index_dir, verify_checksums=settings.verify_checksums)
-    encoder = None
-    if oi.manifest.encoder and settings.text_encoder == "auto":
-        old = previous.current.encoder if previous is not None and previous.current else None
-        if old is not None and old.info == oi.manifest.encoder and \
-                not oi.manifest.encoder.get("path"):
-            encoder = old  # same packaged model: keep it loaded across reloads
-        else:  # another model, or a fine-tuned one that lives in the index directory
-            try:
-                from ebr.io.encoder import TextEncoder
-
-                encoder = TextEncoder(oi.manifest.encoder, base_dir=oi.path).load()
-            except (ImportError, ValueError, OSError) as e:
-                logger.warning("text queries disabled: %s", e)
-    version = f"{oi.manifest.build.get('created', '?')}/{oi.manifest.files['coarse.index'].sha256[:12]}"
-    return Searcher(oi), encoder, version
+_UNLIMITED = frozenset({"/healthz", "/readyz", "/metrics"})  # probes: never turned away
 
 
-def install(state: ServiceState, searcher: Searcher, encoder: Any, version: str) -> None:
-    """Swap in a new generation with one reference store: a request holds the generation it
-    started with (searcher, encoder and version together) until it ends."""
-    state.current = Generation(searcher, encoder, version, state.generation + 1)
-    state.problems = []
-    state.metrics.generation.set(state.generation)
-    state.metrics.ready.set(1)
-    logger.info("serving %s (%s, %d vectors, version %s, generation %d)",
-                state.settings.index_dir, searcher.index.spec, searcher.index.ntotal, version,
-                state.generation)
-
-
-def index_identity(index_dir: str) -> tuple[Any, ...] | None:
-    """What changes when a new build is published at ``index_dir``: the directory it resolves to
-    and the inode, mtime and size of its manifest (written last, by rename). None if absent."""
-    real = os.path.realpath(index_dir)
-    try:
-        st = os.stat(os.path.join(real, "manifest.json"))
-    except OSError:
-        return None
-    return real, st.st_ino, st.st_mtime_ns, st.st_size
-
-
-def load_generation(state: ServiceState) -> str:
-    """Open ``settings.index_dir``, verify it, and serve it from the next request on; returns its
-    version. Raises :class:`EbrError` when it is not a whole, readable index: then the old
-    generation (if any) keeps serving, and the watcher will not retry that same build."""
-    with state.reload_lock:
-        identity = index_identity(state.settings.index_dir)
-        try:
-            searcher, encoder, version = open_generation(state.settings, state,
-                                                         state.shard_backends)
-        except EbrError:
-            state.refused_identity = identity
-            raise
-        install(state, searcher, encoder, version)
-        state.served_identity = identity
-        return version
-
-
-async def watch_index(state: ServiceState) -> None:
-    """Every ``watch_seconds``, look whether ``index_dir`` now holds another build (a flipped
-    symlink, a renamed directory) and load it. This is how every worker process of a
-    multi-worker server switches: ``POST /admin/reload`` reaches only the one that receives it."""
-    while True:
-        await asyncio.sleep(state.settings.watch_seconds)
-        identity = index_identity(state.settings.index_dir)
-        if identity is None or identity in (state.served_identity, state.refused_identity):
-            continue
-        try:
-            version = await run_in_threadpool(load_generation, state)
-            logger.info("watcher: now serving %s", version)
-        except EbrError as e:
-            state.metrics.errors.labels("reload_refused").inc()
-            if state.current is None:
-                state.problems = [f"{type(e).__name__}: {e}"]
-            logger.error("watcher: new index at %s refused, generation %d keeps serving: %s",
-                         state.settings.index_dir, state.generation, e)
-        except Exception:  # never let the watcher die: it is how later builds get served
-            logger.exception("watcher: unexpected error")
+def _client_key(scope: Scope) -> str:
+    """Whom a request counts against: its API key (hashed) if it sends one, else its address."""
+    for name, value in scope.get("headers") or ():
+        if name == b"authorization":
+            return "key:" + hashlib.sha256(value).hexdigest()[:16]
+    client = scope.get("client")
+    return f"addr:{client[0] if client else '?'}"
 
 
 class EbrApp(FastAPI):
     """The FastAPI app, except that ``POST /search`` and ``POST /search/batch`` are answered by
     ``fast`` (``service.routes.search.SearchEndpoints``: same replies, a fraction of the CPU)
-    before FastAPI's middleware stack and router."""
+    before FastAPI's middleware stack and router; in front of both, a client with more than
+    ``max_inflight_per_client`` requests in flight in this worker is answered 429."""
 
     fast: Any = None
+    inflight_limit: int = 0
+    _inflight: dict[str, int]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.inflight_limit or scope["path"] in _UNLIMITED:
+            await self._dispatch(scope, receive, send)
+            return
+        key = _client_key(scope)
+        held = self._inflight.get(key, 0)
+        if held >= self.inflight_limit:
+            state = self.state.ebr
+            state.metrics.errors.labels("http_429").inc()
+            state.metrics.observe_request(scope["path"] if self.fast and self.fast.handles(scope)
+                                          else "unmatched", 429, 0.0)
+            await _error(429, f"too many requests in flight from this client: the limit is "
+                         f"{self.inflight_limit} per worker (EBR_MAX_INFLIGHT_PER_CLIENT)",
+                         {"Retry-After": "1"})(scope, receive, send)
+            return
+        self._inflight[key] = held + 1
+        try:
+            await self._dispatch(scope, receive, send)
+        finally:
+            left = self._inflight[key] - 1
+            if left:
+                self._inflight[key] = left
+            else:
+                del self._inflight[key]
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         fast = self.fast
         if fast is not None and fast.handles(scope):
             await fast(scope, receive, send)
@@ -189,10 +130,12 @@ def create_app(settings: Settings | None = None, shard_backends: Any = None,
             ThreadPoolExecutor(threads, thread_name_prefix="ebr-search"))
         logger.info("%d search threads x %d faiss threads per worker, %d worker(s), %d cores",
                     threads, settings.faiss_threads, settings.workers, os.cpu_count() or 1)
+        if settings.file_leases:
+            enable_leases()  # from the main thread, where uvicorn runs the app
         try:
             load_generation(state)
         except EbrError as e:
-            state.problems = [f"{type(e).__name__}: {e}"]
+            state.problems = [public_reason(f"{type(e).__name__}: {e}")]
             state.metrics.ready.set(0)
             logger.error("index not opened: %s", e)
         watcher = (asyncio.create_task(watch_index(state)) if settings.watch_seconds > 0
@@ -203,16 +146,18 @@ def create_app(settings: Settings | None = None, shard_backends: Any = None,
         state.current = None
         state.metrics.process_exit()
 
-    app = EbrApp(title="ebr", version="0.1.0", lifespan=lifespan,
+    app = EbrApp(title="ebr", version="0.1.0", lifespan=lifespan, docs_url=None,
                   description="Embedding-based retrieval: IVF-PQ codes in RAM, exact re-rank "
                   "from dense vectors on disk.")
     app.state.ebr = state
+    app.inflight_limit, app._inflight = settings.max_inflight_per_client, {}
     if fast_search:
         app.fast = search.SearchEndpoints(state, {
             r.path: r for r in search.router.routes if isinstance(r, APIRoute)})
     app.include_router(search.router)
     app.include_router(health.router)
     app.include_router(admin.router)
+    install_openapi(app, state)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(RequestMiddleware, metrics=state.metrics)  # outermost: sees every reply
 

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 
-from ebr.errors import IndexNotReadyError
+from ebr.errors import IndexChangedError, IndexNotReadyError
 from ebr.search.searcher import Searcher
 from service.observability import Metrics
 from service.settings import Settings
@@ -30,6 +30,26 @@ class Generation:
     version: str
     number: int  # 1 after the first successful open, +1 per reload
 
+    def broken(self) -> str | None:
+        """Why this generation may no longer be read (a file of it changed on disk), or None."""
+        index = self.searcher.index
+        for oi in getattr(index, "shards", (index,)):
+            guard = getattr(oi, "guard", None)
+            if guard is not None and guard.broken is not None:
+                return str(guard.broken)
+        return None
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The last build at ``index_dir`` that failed verification (the watcher skips it until
+    its files change)."""
+
+    identity: Any  # service.generations.index_identity of the refused build
+    version: str | None  # its version when its manifest could be read
+    reason: str  # without absolute paths (service.generations.public_reason)
+    at: str  # UTC time of the refusal
+
 
 @dataclass
 class ServiceState:
@@ -40,8 +60,8 @@ class ServiceState:
     reload_lock: threading.Lock = field(default_factory=threading.Lock)
     shard_backends: Any = None  # sharded indexes: index -> backend per shard (None: local)
     batcher: Any = None  # service.batcher.MicroBatcher when micro-batching is on
-    served_identity: Any = None  # service.app.index_identity of the build being served
-    refused_identity: Any = None  # ... of the last build refused (the watcher skips it)
+    served_identity: Any = None  # service.generations.index_identity of the served build
+    refused: Refusal | None = None  # the last build refused since the served one was loaded
 
     @property
     def generation(self) -> int:
@@ -58,6 +78,9 @@ def current_generation(state: ServiceState) -> Generation:
     current = state.current
     if current is None:
         raise IndexNotReadyError("no index is open: " + ("; ".join(state.problems) or "starting"))
+    broken = current.broken()
+    if broken is not None:
+        raise IndexChangedError(broken)
     return current
 
 

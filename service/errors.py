@@ -22,8 +22,14 @@ from ebr.errors import (
 
 logger = logging.getLogger("service")
 
+
+class RequestTooLargeError(InputError):
+    """One request asks for more work or a larger reply than the server's per-request limits
+    (the message names the limit and its ``EBR_*`` setting): 413."""
+
+
 _STATUS: list[tuple[type[EbrError], int]] = [
-    (SearchParamError, 422), (InputError, 422), (SpecError, 422),
+    (RequestTooLargeError, 413), (SearchParamError, 422), (InputError, 422), (SpecError, 422),
     (IndexNotReadyError, 503), (IndexFormatError, 500),
 ]
 

@@ -9,48 +9,111 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    """Request models: unknown fields refused, and no coercion (``"k": "3"``, ``"k": true`` and
+    vectors of numeric strings are 422, as the schema says)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def _at_most_one(*names: str) -> dict[str, Any]:
+    """JSON Schema: no two of ``names`` together."""
+    return {"not": {"anyOf": [{"required": [a, b]} for i, a in enumerate(names)
+                              for b in names[i + 1:]]}}
+
+
+def _no_null(v: Any) -> Any:
+    if v is None:
+        raise ValueError("must not be null (leave the field out)")
+    return v
+
+
+def _drop_null(schema: dict[str, Any]) -> None:
+    """Field schema: an optional field that may be left out but not sent as null."""
+    branches = [b for b in schema.pop("anyOf", []) if b.get("type") != "null"]
+    if len(branches) == 1:
+        schema.update(branches[0])
+    elif branches:
+        schema["anyOf"] = branches
+    schema.pop("default", None)
+
+
+def _opt(**kw: Any) -> Any:
+    """An optional field: may be left out (None), not sent as null."""
+    return Field(None, json_schema_extra=_drop_null, **kw)
+
+
+CANDIDATE_KNOBS = ("k_coarse", "candidates", "oversampling", "refine_factor")
 
 
 class SearchParamsIn(_Strict):
-    nprobe: int | None = Field(None, ge=1, description="IVF lists to scan (default: server "
+    """Per-search knobs. The candidate count is given at most one way: ``k_coarse`` (alias
+    ``candidates``) as a count, or ``oversampling`` (alias ``refine_factor``, LanceDB) as a
+    factor of k. The count must be >= k (a rule JSON Schema cannot state)."""
+
+    model_config = ConfigDict(json_schema_extra=_at_most_one(*CANDIDATE_KNOBS))
+
+    nprobe: int | None = _opt(ge=1, description="IVF lists to scan (default: server "
                                "setting, clamped to nlist)")
-    k_coarse: int | None = Field(None, ge=1, alias="candidates",
-                                 description="candidates handed to the exact re-rank")
-    oversampling: float | None = Field(None, ge=1.0, le=1000.0, allow_inf_nan=False,
-                                       alias="refine_factor",
+    k_coarse: int | None = _opt(ge=1, description="candidates handed to the exact "
+                                 "re-rank (>= k)")
+    candidates: int | None = _opt(ge=1, description="alias of k_coarse")
+    oversampling: float | None = _opt(ge=1.0, le=1000.0, allow_inf_nan=False,
                                        description="candidates = ceil(k x oversampling)")
+    refine_factor: float | None = _opt(ge=1.0, le=1000.0, allow_inf_nan=False,
+                                        description="alias of oversampling (LanceDB)")
     rerank: bool = Field(True, description="false: return the coarse PQ ranking")
     exact: bool = Field(False, description="brute force over every dense vector (reference)")
 
+    _not_null = field_validator("nprobe", *CANDIDATE_KNOBS, mode="before")(_no_null)
+
     @model_validator(mode="after")
     def _one_candidate_knob(self) -> SearchParamsIn:
-        if self.k_coarse is not None and self.oversampling is not None:
-            raise ValueError("give either k_coarse (candidates) or oversampling "
-                             "(refine_factor), not both")
+        given = [n for n in CANDIDATE_KNOBS if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of k_coarse (candidates) or oversampling "
+                             f"(refine_factor), not both: got {', '.join(given)}")
+        if self.candidates is not None:
+            self.k_coarse = self.candidates
+        if self.refine_factor is not None:
+            self.oversampling = self.refine_factor
         return self
 
 
 class SearchRequest(_Strict):
-    vector: list[FiniteFloat] | None = Field(None, min_length=1, max_length=65536,
-                                             description="query vector (index dimension)")
-    text: str | None = Field(None, min_length=1, max_length=10_000,
-                             description="query text (indexes that record their encoder)")
+    """One search: exactly one of ``vector`` or ``text``."""
+
+    model_config = ConfigDict(json_schema_extra={
+        "oneOf": [{"required": ["vector"]}, {"required": ["text"]}],
+        **_at_most_one("with_vector", "return_vectors")})
+
+    vector: list[FiniteFloat] | None = _opt(
+        min_length=1, max_length=65536, description="query vector (index dimension)")
+    text: str | None = _opt(
+        min_length=1, max_length=10_000,
+        description="query text (indexes that record their encoder)")
     k: int = Field(10, ge=1, description="results to return")
     params: SearchParamsIn = Field(default_factory=SearchParamsIn)
-    with_vector: bool = Field(False, alias="return_vectors",
-                              description="include each hit's dense vector")
+    with_vector: bool | None = _opt(
+        description="include each hit's dense vector (default false)")
+    return_vectors: bool | None = _opt(description="alias of with_vector")
+
+    _not_null = field_validator("vector", "text", "with_vector", "return_vectors",
+                                mode="before")(_no_null)
 
     @model_validator(mode="after")
     def _vector_xor_text(self) -> SearchRequest:
         if (self.vector is None) == (self.text is None):
             raise ValueError("give exactly one of 'vector' or 'text'")
+        if self.with_vector is not None and self.return_vectors is not None:
+            raise ValueError("give with_vector or its alias return_vectors, not both")
+        if self.return_vectors is not None:
+            self.with_vector = self.return_vectors
         return self
 
 
@@ -119,11 +182,25 @@ class IndexInfo(BaseModel):
         None, description="BiDR stage 2: how the towers were trained, whether they are applied")
     memory: dict[str, float]
     build: dict[str, Any]
+    refused: RefusedBuild | None = Field(None, description="a newer build at the index "
+                                         "directory that failed verification")
+
+
+class RefusedBuild(BaseModel):
+    index_version: str | None = Field(None, description="its version, when its manifest was "
+                                      "readable")
+    reason: str
+    at: str = Field(description="UTC time of the refusal")
 
 
 class Health(BaseModel):
     status: str
     reasons: list[str] = []
+    generation: int | None = Field(None, description="generation served (1 = first open)")
+    index_version: str | None = Field(None, description="version of the build served")
+    refused: RefusedBuild | None = Field(None, description="a newer build at the index "
+                                         "directory that failed verification (the served one "
+                                         "stays)")
 
 
 class ReloadResponse(BaseModel):

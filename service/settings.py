@@ -32,6 +32,21 @@ class Settings(BaseModel):
     max_k_coarse: int = Field(10_000, ge=1, description="largest candidate count (bounds the "
                               "disk reads one request can cause)")
     max_batch: int = Field(256, ge=1, description="largest number of searches in one batch")
+    max_hits_per_request: int = Field(
+        10_000, ge=1, description="most hits one request may ask for: the sum of k over its "
+        "searches (k x batch); bounds the reply. Over it: 413")
+    max_candidates_per_request: int = Field(
+        100_000, ge=1, description="most coarse candidates one request may ask to re-rank: the "
+        "sum over its searches (each is one dense row read). Over it: 413")
+    max_vectors_per_request: int = Field(
+        1_000, ge=0, description="most dense vectors one reply may carry (the sum of k over "
+        "searches with with_vector); a 384-d vector is ~8 KB of JSON. Over it: 413")
+    max_exact_per_request: int = Field(
+        4, ge=0, description="most exact (brute-force) searches in one request; each reads the "
+        "whole dense store. Over it: 413")
+    max_inflight_per_client: int = Field(
+        32, ge=0, description="requests one client (its API key, else its address) may have "
+        "in flight per worker; more are answered 429 with Retry-After (0: no limit)")
     micro_batch_inflight: int = Field(2, ge=0, le=64, description="adaptive micro-batching "
                                       "of /search: at most this many batched searches per "
                                       "parameter set run at once per worker; requests arriving "
@@ -42,6 +57,11 @@ class Settings(BaseModel):
                                  "holds a new build (flipped symlink, renamed directory) and "
                                  "load it, verified, as /admin/reload does; this is what "
                                  "switches every worker of a multi-worker server (0: off)")
+    file_leases: bool = Field(True, description="hold a read lease (Linux) on the mapped index "
+                              "files: a process that opens one for writing or truncates it is "
+                              "held back until searches in flight finish, and the index answers "
+                              "503 until a whole build is published (ebr.index.guard); off: a "
+                              "stat check before each search instead")
     faiss_threads: int = Field(1, ge=1, description="OpenMP threads per faiss call; 1 lets the "
                                "server's thread pool run requests in parallel instead")
     workers: int = Field(1, ge=1, le=256, description="worker processes of `python -m service` "

@@ -18,6 +18,7 @@ torch = pytest.importorskip("torch")
 from ebr.errors import CorruptFileError, InputError, SpecError  # noqa: E402
 from ebr.index.reader import open_index  # noqa: E402
 from ebr.index.writer import write_index  # noqa: E402
+from ebr.io.manifest import seal  # noqa: E402
 from ebr.metric import Metric  # noqa: E402
 from ebr.search.exact import exact_search  # noqa: E402
 from ebr.search.searcher import Searcher  # noqa: E402
@@ -252,7 +253,7 @@ def test_trained_index_round_trips(task, trained, tmp_path):
     m["towers"]["query"] = "elsewhere.npz"
     shutil.rmtree(bad)
     shutil.copytree(out, bad)
-    (bad / "manifest.json").write_text(json.dumps(m))
+    (bad / "manifest.json").write_text(json.dumps(seal(m)))
     with pytest.raises(Exception, match="not listed"):
         open_index(bad)
 

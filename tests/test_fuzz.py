@@ -7,7 +7,8 @@ import pytest
 schemathesis = pytest.importorskip("schemathesis", reason="schemathesis not installed")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 
-from service.app import create_app, install, open_generation  # noqa: E402
+from service.app import create_app  # noqa: E402
+from service.generations import install, open_generation  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
 pytestmark = pytest.mark.slow

@@ -17,6 +17,7 @@ from ebr.errors import (
 from ebr.index.reader import open_index
 from ebr.index.writer import write_index
 from ebr.io import layout
+from ebr.io.manifest import seal
 from ebr.metric import Metric
 from ebr.search.searcher import Searcher
 from ebr.spec import BuildParams, IndexSpec, SearchParams
@@ -138,13 +139,13 @@ def test_malformed_manifest(index_ip, tmp_path):
         open_index(d)
     m = json.loads((index_ip / "manifest.json").read_text())
     del m["spec"]
-    (d / "manifest.json").write_text(json.dumps(m))
+    (d / "manifest.json").write_text(json.dumps(seal(m)))
     with pytest.raises(IndexFormatError, match="malformed"):
         open_index(d)
     for bad in ("../etc", "/etc/passwd", "encoder/../../x", ".hidden", "a\\..\\b"):
         m = json.loads((index_ip / "manifest.json").read_text())
         m["files"][bad] = {"bytes": 1, "sha256": "0"}
-        (d / "manifest.json").write_text(json.dumps(m))
+        (d / "manifest.json").write_text(json.dumps(seal(m)))
         with pytest.raises(IndexFormatError, match="escapes"):
             open_index(d)
 
@@ -153,7 +154,7 @@ def test_manifest_disagrees_with_coarse(index_ip, tmp_path):
     d = _copy(index_ip, tmp_path)
     m = json.loads((d / "manifest.json").read_text())
     m["spec"] = "IVF32,PQ8"
-    (d / "manifest.json").write_text(json.dumps(m))
+    (d / "manifest.json").write_text(json.dumps(seal(m)))
     with pytest.raises(CorruptFileError, match="nlist"):
         open_index(d)
 

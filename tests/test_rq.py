@@ -11,6 +11,7 @@ import pytest
 from ebr.errors import SpecError
 from ebr.index.reader import open_index
 from ebr.index.writer import write_index
+from ebr.io.manifest import seal
 from ebr.metric import Metric
 from ebr.quant.faiss_bridge import (
     KMeansTrainer,
@@ -172,7 +173,7 @@ def test_pq_file_under_an_rq_manifest_is_refused(tmp_path, ds_ip):
     m = json.loads((tmp_path / "rq" / "manifest.json").read_text())
     pm = json.loads((tmp_path / "pq" / "manifest.json").read_text())
     m["files"][layout.COARSE] = pm["files"][layout.COARSE]
-    (tmp_path / "rq" / "manifest.json").write_text(json.dumps(m))
+    (tmp_path / "rq" / "manifest.json").write_text(json.dumps(seal(m)))
     with pytest.raises(CorruptFileError, match="code space dimension"):
         open_index(tmp_path / "rq")
 
@@ -186,7 +187,7 @@ def _swap_coarse(target, source):
     m = json.loads((target / "manifest.json").read_text())
     m["files"][layout.COARSE] = json.loads(
         (source / "manifest.json").read_text())["files"][layout.COARSE]
-    (target / "manifest.json").write_text(json.dumps(m))
+    (target / "manifest.json").write_text(json.dumps(seal(m)))
 
 
 def test_rq_file_of_the_other_metric_is_refused(tmp_path, ds_l2):

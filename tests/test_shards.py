@@ -10,6 +10,7 @@ import pytest
 from ebr.errors import CorruptFileError, IndexFormatError, InputError
 from ebr.index.reader import open_index
 from ebr.index.writer import write_index
+from ebr.io.manifest import seal
 from ebr.metric import Metric
 from ebr.search.searcher import Searcher
 from ebr.shards import ShardedSearcher, build_sharded, open_sharded, shard_ranges, train_once
@@ -76,7 +77,7 @@ def test_sharded_directory_is_guarded(built, tmp_path, ds_ip):
     entry = m["files"]["shard-002/manifest.json"]
     entry["sha256"] = sha256_file(bad / "shard-002" / "manifest.json")
     entry["bytes"] = (bad / "shard-002" / "manifest.json").stat().st_size
-    (bad / "manifest.json").write_text(json.dumps(m))
+    (bad / "manifest.json").write_text(json.dumps(seal(m)))
     with pytest.raises(IndexFormatError, match="codebooks differ"):
         open_sharded(bad)
 

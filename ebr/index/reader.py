@@ -8,6 +8,7 @@ the recorded size (and, by default, the recorded sha256).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import faiss
 import numpy as np
 
 from ebr.errors import CorruptFileError, IndexFormatError
+from ebr.index.guard import FileGuard
 from ebr.io import layout
 from ebr.io.manifest import Manifest, read_manifest, verify_files
 from ebr.io.vecs import read_bin
@@ -51,6 +53,17 @@ class OpenIndex:
     normalize: bool
     query_map: np.ndarray | None = None  # [d, d]: coarse-stage queries are W q
     query_tower: Tower | None = None  # BiDR: re-rank queries are f_q(q); the store holds f_d(v)
+    guard: FileGuard | None = None  # keeps the mapped files from changing under a search
+
+    def using(self) -> Any:
+        """``with index.using():`` around every read of the mapped coarse or dense bytes:
+        raises :class:`ebr.errors.IndexChangedError` once a file is being changed on disk."""
+        return self.guard.use() if self.guard is not None else contextlib.nullcontext()
+
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        """Dense rows (float32 [len(rows), dim]) of internal row ids, guarded."""
+        with self.using():
+            return np.asarray(self.dense[rows], dtype=np.float32)
 
     @property
     def dim(self) -> int:
@@ -104,6 +117,7 @@ def open_index(
     verify_checksums: bool = True,
     mmap: bool = True,
     precompute_tables: bool = False,
+    guard: bool = True,
 ) -> OpenIndex:
     """Open an index directory read-only.
 
@@ -113,20 +127,23 @@ def open_index(
     precompute_tables: for L2 indexes, keep faiss' nlist x M x ksub float table in RAM (faster
         list scans, but it can outweigh the codes themselves on small corpora); off by default
         so the RAM figure is the codes'.
+    guard: hold the mapped files (coarse index, dense store) with an :class:`FileGuard`
+        (taken before they are verified), so a change on disk is refused, not a crash.
     """
     path = Path(directory)
     manifest = read_manifest(path)
     if manifest.shards:
         raise IndexFormatError(f"{path}: a sharded index ({len(manifest.shards)} shards): open "
                                "it with ebr.shards.open_sharded")
+    if manifest.dense_dtype not in layout.DENSE:
+        raise IndexFormatError(f"{path}: unknown dense dtype {manifest.dense_dtype!r}")
+    file_guard = _guard(path, manifest) if guard else None
     verify_files(path, manifest, checksums=verify_checksums)
     try:
         spec = IndexSpec.parse(manifest.spec)
         metric = Metric.parse(manifest.metric)
     except Exception as e:
         raise IndexFormatError(f"{path}/manifest.json: {e}") from None
-    if manifest.dense_dtype not in layout.DENSE:
-        raise IndexFormatError(f"{path}: unknown dense dtype {manifest.dense_dtype!r}")
 
     flags = 0 if precompute_tables else faiss.IO_FLAG_SKIP_PRECOMPUTE_TABLE
     if mmap:
@@ -195,7 +212,16 @@ def open_index(
                 metric.value, ", with BiDR towers" if query_tower is not None else "")
     return OpenIndex(path=path, manifest=manifest, spec=spec, metric=metric, coarse=coarse,
                      ivfpq=ivfpq, dense=dense, ids=ids, normalize=normalize,
-                     query_map=query_map, query_tower=query_tower)
+                     query_map=query_map, query_tower=query_tower, guard=file_guard)
+
+
+def _guard(path: Path, manifest: Manifest) -> FileGuard:
+    """The guard over the files that stay mapped: the coarse index and the dense store."""
+    names = [layout.COARSE, layout.DENSE[manifest.dense_dtype]]
+    try:
+        return FileGuard([path / n for n in names])
+    except FileNotFoundError as e:
+        raise CorruptFileError(f"{e.filename}: listed in the manifest but missing") from None
 
 
 def _expect(where: Path, what: str, got: Any, want: Any) -> None:

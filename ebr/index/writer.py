@@ -11,13 +11,11 @@ then the dense store is written with the document tower applied.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import platform
 import shutil
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,6 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ebr.errors import InputError
+from ebr.index.publish import check_target, publish, staging_dir
 from ebr.io import layout
 from ebr.io.manifest import (
     FORMAT_VERSION,
@@ -107,36 +106,6 @@ def _check_ids(ids: Sequence[Any] | np.ndarray | None, n: int) -> tuple[str, Any
     return kind, out
 
 
-@contextlib.contextmanager
-def _staging_dir(target: Path) -> Iterator[Path]:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.building-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _publish(tmp: Path, target: Path, overwrite: bool) -> None:
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if target.exists():
-        if not overwrite:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise InputError(f"{target} exists; pass overwrite=True (--overwrite) to replace it")
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(target, old)
-        os.rename(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, target)
-
-
 def write_index(
     directory: str | os.PathLike[str],
     vectors: np.ndarray,
@@ -191,9 +160,8 @@ def write_index(
     timings["train"] = time.perf_counter() - t0
     del xt
 
-    if target.exists() and not overwrite:
-        raise InputError(f"{target} exists; pass overwrite=True (--overwrite) to replace it")
-    with _staging_dir(target) as tmp:
+    check_target(target, overwrite)
+    with staging_dir(target) as tmp:
         t0 = time.perf_counter()
         dense_name = layout.DENSE[params.dense_dtype]
         dense_dtype = np.dtype(params.dense_dtype)
@@ -306,7 +274,7 @@ def write_index(
             format_version=FORMAT_VERSION if towers is None else FORMAT_VERSION_2,
         )
         write_manifest(tmp, manifest)
-        _publish(tmp, target, overwrite)
+        publish(tmp, target, overwrite)
     logger.info("wrote %s: %d x %d, %s, %.1f s", target, n, d, params.spec,
                 time.perf_counter() - t_start)
     return manifest

@@ -3,6 +3,12 @@
 It holds the format version, the spec, metric, dimensions, counts, ``{bytes, sha256}`` of every
 file and the build's provenance. The reader refuses an unknown major version and any file whose
 size or checksum disagrees.
+
+The manifest also carries a checksum of its own content (``manifest_sha256``: sha256 of the
+canonical JSON of every other field), so a damaged manifest is refused as a whole, not read
+into an index that silently differs (a flipped bit in ``encoder`` once turned text queries off).
+Manifests written before it was added have none and are still read (with a warning); unknown
+top-level fields are refused, so a flipped bit in the checksum's own name cannot pass either.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +26,7 @@ from ebr.errors import CorruptFileError, IndexFormatError, ManifestVersionError
 from ebr.io.layout import MANIFEST
 
 __all__ = ["FORMAT_VERSION", "FORMAT_VERSION_2", "READABLE_MAJORS", "Manifest", "FileEntry",
-           "sha256_file", "write_manifest", "read_manifest", "verify_files"]
+           "sha256_file", "seal", "write_manifest", "read_manifest", "verify_files"]
 
 # major.minor; a reader accepts every minor of the majors it knows and refuses the rest.
 # 1.1 added the optional query_map (coarse stage only: a 1.0 reader still ranks correctly).
@@ -31,6 +37,7 @@ __all__ = ["FORMAT_VERSION", "FORMAT_VERSION_2", "READABLE_MAJORS", "Manifest", 
 FORMAT_VERSION = "1.1"
 FORMAT_VERSION_2 = "2.0"
 READABLE_MAJORS = ("1", "2")
+SEAL = "manifest_sha256"
 logger = logging.getLogger(__name__)
 
 
@@ -59,7 +66,8 @@ class Manifest:
     format_version: str = FORMAT_VERSION
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        """The manifest as written: its fields and their checksum (``manifest_sha256``)."""
+        return json.dumps(seal(asdict(self)), indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = MANIFEST) -> Manifest:
@@ -70,6 +78,7 @@ class Manifest:
                 f"{where}: format_version {version!r} is not readable by this ebr "
                 f"(reads {', '.join(m + '.x' for m in READABLE_MAJORS)})"
             )
+        check_seal(d, where)
         try:
             files = {k: FileEntry(**v) for k, v in d["files"].items()}
             return cls(
@@ -84,6 +93,32 @@ class Manifest:
             )
         except (KeyError, TypeError, ValueError) as e:
             raise IndexFormatError(f"{where}: malformed manifest ({type(e).__name__}: {e})") from None
+
+
+def _content_digest(d: dict[str, Any]) -> str:
+    body = {k: v for k, v in d.items() if k != SEAL}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"),
+                                     ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def seal(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` (a manifest as a JSON object) with ``manifest_sha256`` set to its content's
+    checksum. Whoever edits a manifest on purpose must seal it again."""
+    return {**d, SEAL: _content_digest(d)}
+
+
+def check_seal(d: dict[str, Any], where: str) -> None:
+    """Refuse a manifest with fields this reader does not know, or whose own checksum does not
+    match its content. One written before manifests were sealed is read, with a warning."""
+    unknown = set(d) - {f.name for f in fields(Manifest)} - {SEAL}
+    if unknown:
+        raise CorruptFileError(f"{where}: unknown fields {sorted(unknown)} (damaged?)")
+    if SEAL not in d:
+        logger.warning("%s: manifest has no checksum of its own (written by an older ebr); "
+                       "rebuild to get one", where)
+    elif d[SEAL] != _content_digest(d):
+        raise CorruptFileError(f"{where}: content does not match its {SEAL} (damaged, or "
+                               "edited without sealing it again)")
 
 
 def sha256_file(path: Path, block: int = 1 << 22) -> str:

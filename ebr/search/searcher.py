@@ -53,7 +53,8 @@ class Searcher:
 
         A learned query map (Distill-VQ) applies here only; the re-rank uses the original query.
         """
-        ids, D, xm = self._coarse(xq, k_coarse, nprobe)
+        with self.index.using():
+            ids, D, xm = self._coarse(xq, k_coarse, nprobe)
         return ids, self._coarse_scores(D, xm)
 
     def _coarse(self, xq: np.ndarray, k_coarse: int, nprobe: int
@@ -84,18 +85,19 @@ class Searcher:
         """Two-stage search. xq: [nq, d] or [d]. Returns (SearchResult, SearchStats)."""
         params.validate(self.index.nlist, self.index.ntotal)
         xq = self.prepare_queries(xq)
-        t0 = time.perf_counter()
-        cand, D, xm = self._coarse(xq, params.k_coarse, params.nprobe)
-        t1 = time.perf_counter()
-        per_query = (cand >= 0).sum(axis=1)
-        n_cand = int(per_query.sum())
-        if params.rerank:  # faiss pads results with -1 at the end of each row
-            ids, scores, rows = rerank(self.dense_queries(xq), cand, self.index.dense,
-                                       self.index.metric, params.k, padded_at_end=True)
-        else:
-            ids = cand[:, :params.k]
-            scores, rows = self._coarse_scores(D[:, :params.k], xm), 0
-        t2 = time.perf_counter()
+        with self.index.using():  # the mapped files stay whole until both stages are done
+            t0 = time.perf_counter()
+            cand, D, xm = self._coarse(xq, params.k_coarse, params.nprobe)
+            t1 = time.perf_counter()
+            per_query = (cand >= 0).sum(axis=1)
+            n_cand = int(per_query.sum())
+            if params.rerank:  # faiss pads results with -1 at the end of each row
+                ids, scores, rows = rerank(self.dense_queries(xq), cand, self.index.dense,
+                                           self.index.metric, params.k, padded_at_end=True)
+            else:
+                ids = cand[:, :params.k]
+                scores, rows = self._coarse_scores(D[:, :params.k], xm), 0
+            t2 = time.perf_counter()
         stats = SearchStats(
             nq=xq.shape[0], nprobe=params.nprobe, k_coarse=params.k_coarse, candidates=n_cand,
             reranked=n_cand if params.rerank else 0, dense_rows_read=rows,
@@ -109,5 +111,6 @@ class Searcher:
         """Brute force over the whole dense store (the reference; reads every row)."""
         if not isinstance(k, int) or not 1 <= k <= self.index.ntotal:
             raise SearchParamError(f"k must be in [1, {self.index.ntotal}], got {k!r}")
-        return exact_search(self.dense_queries(self.prepare_queries(xq)), self.index.dense, k,
-                            self.index.metric)
+        xq = self.dense_queries(self.prepare_queries(xq))
+        with self.index.using():
+            return exact_search(xq, self.index.dense, k, self.index.metric)

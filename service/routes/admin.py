@@ -8,6 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ebr.errors import EbrError
 from service.deps import StateDep, require_admin
+from service.generations import load_generation, public_reason
 from service.schemas import ErrorResponse, ReloadResponse
 
 router = APIRouter()
@@ -25,15 +26,13 @@ def reload(state: StateDep) -> ReloadResponse | JSONResponse:
     This reloads the worker process that receives the request; with several workers, the others
     switch through their watcher (``EBR_WATCH_SECONDS``).
     """
-    from service.app import load_generation
-
     try:
         version = load_generation(state)
     except EbrError as e:
         state.metrics.errors.labels("reload_refused").inc()
         return JSONResponse(status_code=409, content={"status": {
             "error": f"reload refused, generation {state.generation} keeps serving: "
-                     f"{type(e).__name__}: {e}"}})
+                     + public_reason(f"{type(e).__name__}: {e}")}})
     return ReloadResponse(generation=state.generation, index_version=version)
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
-from service.deps import GenerationDep, StateDep, require_read
-from service.schemas import ErrorResponse, Health, IndexInfo
+from service.deps import GenerationDep, ServiceState, StateDep, require_read
+from service.generations import public_reason
+from service.schemas import ErrorResponse, Health, IndexInfo, RefusedBuild
 
 router = APIRouter(tags=["health"])
 
@@ -16,18 +17,32 @@ def healthz() -> Health:
     return Health(status="ok")
 
 
+def _refused(state: ServiceState) -> RefusedBuild | None:
+    r = state.refused
+    return None if r is None else RefusedBuild(index_version=r.version, reason=r.reason, at=r.at)
+
+
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
 def readyz(state: StateDep) -> Health | JSONResponse:
-    if state.current is None:
-        body = Health(status="not ready", reasons=state.problems or ["starting"])
+    """Ready when an index is open and whole. Says which build is served and whether a newer
+    one was refused; reasons carry no absolute paths (this probe is open)."""
+    gen = state.current
+    broken = gen.broken() if gen is not None else None
+    if gen is None or broken is not None:
+        reasons = [public_reason(broken)] if broken is not None else (state.problems
+                                                                       or ["starting"])
+        body = Health(status="not ready", reasons=reasons, refused=_refused(state),
+                      generation=gen.number if gen is not None else None,
+                      index_version=gen.version if gen is not None else None)
         return JSONResponse(status_code=503, content=body.model_dump())
-    return Health(status="ready")
+    return Health(status="ready", generation=gen.number, index_version=gen.version,
+                  refused=_refused(state))
 
 
 @router.get("/index", response_model=IndexInfo, dependencies=[Depends(require_read)],
             responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse},
                        503: {"model": ErrorResponse}})
-def index_info(gen: GenerationDep) -> IndexInfo:
+def index_info(gen: GenerationDep, state: StateDep) -> IndexInfo:
     oi = gen.searcher.index
     m = oi.manifest
     return IndexInfo(
@@ -40,4 +55,5 @@ def index_info(gen: GenerationDep) -> IndexInfo:
         {k: v for k, v in m.build["towers"].items() if k != "history"},
         memory={k: float(v) for k, v in oi.memory().items()},
         build={k: m.build[k] for k in ("created", "seconds", "params") if k in m.build},
+        refused=_refused(state),
     )

@@ -33,7 +33,7 @@ from service.deps import (
     current_generation,
     require_read,
 )
-from service.errors import error_body, reply_for, validation_message
+from service.errors import RequestTooLargeError, error_body, reply_for, validation_message
 from service.observability import new_request_id, request_id
 from service.schemas import (
     BatchRequest,
@@ -48,7 +48,7 @@ router = APIRouter(tags=["search"], dependencies=[Depends(require_read)])
 
 _ERRORS = {401: {"model": ErrorResponse}, 403: {"model": ErrorResponse},
            413: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
-           503: {"model": ErrorResponse}}
+           429: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
 
 
 def _query_vector(req: SearchRequest, gen: Generation, where: str) -> np.ndarray:
@@ -131,7 +131,7 @@ def _result(req: SearchRequest, gen: Generation, ids: np.ndarray, scores: np.nda
     hits: list[dict[str, Any]] = [{"id": e, "score": s} for e, s in
                                   zip(oi.external_ids(kept), scores[keep].tolist(), strict=True)]
     if req.with_vector:
-        for h, v in zip(hits, np.asarray(oi.dense[kept], dtype=np.float32).tolist(), strict=True):
+        for h, v in zip(hits, oi.vectors(kept).tolist(), strict=True):
             h["vector"] = v
     out = {k: v for k, v in stats.items() if v is not None}
     out["returned"], out["index_version"] = len(hits), gen.version
@@ -153,11 +153,34 @@ def _row_bytes(gen: Generation) -> int:
     return int(oi.dim * oi.dense.dtype.itemsize)
 
 
+def _check_budget(reqs: list[SearchRequest], params: list[SearchParams | None],
+                  state: ServiceState) -> None:
+    """The per-request limits on work and reply size (settings ``max_*_per_request``)."""
+    s = state.settings
+    totals = {
+        "hits (sum of k)": (sum(r.k for r in reqs), s.max_hits_per_request,
+                            "EBR_MAX_HITS_PER_REQUEST"),
+        "candidates (sum of k_coarse)": (sum(p.k_coarse for p in params if p is not None),
+                                         s.max_candidates_per_request,
+                                         "EBR_MAX_CANDIDATES_PER_REQUEST"),
+        "returned vectors (sum of k with with_vector)": (
+            sum(r.k for r in reqs if r.with_vector), s.max_vectors_per_request,
+            "EBR_MAX_VECTORS_PER_REQUEST"),
+        "exact searches": (sum(p is None for p in params), s.max_exact_per_request,
+                           "EBR_MAX_EXACT_PER_REQUEST"),
+    }
+    for what, (asked, limit, name) in totals.items():
+        if asked > limit:
+            raise RequestTooLargeError(f"request asks for {asked} {what}; the limit per "
+                                       f"request is {limit} ({name}): split it")
+
+
 def _many(reqs: list[SearchRequest], state: ServiceState, gen: Generation,
           prefix: str = "searches") -> list[dict[str, Any]]:
     """Validate all, then one batched search per distinct parameter set (exact ones alone)."""
     prepared = [_prepare(r, state, gen, f"{prefix}[{i}]." if prefix else "")
                 for i, r in enumerate(reqs)]
+    _check_budget(reqs, [p for _, p in prepared], state)
     out: list[dict[str, Any] | None] = [None] * len(reqs)
     groups: dict[SearchParams, list[int]] = {}
     for i, (x, params) in enumerate(prepared):
@@ -186,6 +209,7 @@ async def run_search(req: SearchRequest, state: ServiceState, gen: Generation) -
     else:
         x, maybe = _prepare(req, state, gen)  # validation only: cheap, on the event loop
         params = cast(SearchParams, maybe)  # not exact mode, so never None
+        _check_budget([req], [params], state)
         res, st, row, n = await batcher.search(gen.searcher, x, params)
         if row == 0:
             state.metrics.dense_bytes.inc(st.dense_bytes_read)
