@@ -3,7 +3,8 @@
 FastAPI's schema is built from the pydantic models; this adds what only the running server
 knows, so generated clients and schema-driven fuzzers get it right: the bearer scheme (required
 on the read endpoints when API keys are set, on ``/admin/*`` always), and, once an index is
-open, its dimension (``vector`` has exactly ``dim`` items) and the ranges of ``k``, ``nprobe``,
+open, its dimension (``vector`` has exactly ``dim`` items), whether it takes text, the
+ranges of ``k``, ``nprobe``,
 the candidate count and the batch size. Two rules remain outside JSON Schema and are stated in
 the operation descriptions: the candidate count must be >= k, and the per-request sums
 (``EBR_MAX_*_PER_REQUEST``: 413). Swagger UI's files come from the ``fastapi-offline`` package,
@@ -23,6 +24,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from service.deps import ServiceState
+from service.routes.search import k_limit
 
 __all__ = ["install_openapi"]
 
@@ -58,9 +60,13 @@ def _patch(schema: dict[str, Any], state: ServiceState) -> dict[str, Any]:
     if gen is None:
         return out
     index = gen.searcher.index
-    req = schemas["SearchRequest"]["properties"]
+    req = schemas["SearchRequest"]["properties"]  # ...and its dimension
     req["vector"]["minItems"] = req["vector"]["maxItems"] = int(index.dim)
-    req["k"]["maximum"] = int(min(s.max_k, index.ntotal))
+    req["k"]["maximum"] = k_limit(s, int(index.ntotal))
+    if gen.encoder is None:  # no text queries on this index: "text" is not a field at all
+        del req["text"]
+        schemas["SearchRequest"].pop("oneOf", None)
+        schemas["SearchRequest"]["required"] = ["vector"]
     params = schemas["SearchParamsIn"]["properties"]
     params["nprobe"]["maximum"] = int(index.nlist)
     for name in ("k_coarse", "candidates"):

@@ -9,9 +9,20 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+def _integral(v: Any) -> Any:
+    """JSON Schema's integer includes 3.0: take it as 3 (never "3" or true)."""
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+Int = Annotated[int, BeforeValidator(_integral)]  # an integer as JSON Schema counts them
+PosInt = Annotated[int, Field(ge=1), BeforeValidator(_integral)]
+Factor = Annotated[float, Field(ge=1.0, le=1000.0, allow_inf_nan=False)]
+MAX_COMPONENT = 1e15  # |query component|: float32 scores of products stay finite
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False, json_schema_extra={
+    "minimum": -MAX_COMPONENT, "maximum": MAX_COMPONENT})]  # checked by service.routes.search
 
 
 class _Strict(BaseModel):
@@ -58,14 +69,14 @@ class SearchParamsIn(_Strict):
 
     model_config = ConfigDict(json_schema_extra=_at_most_one(*CANDIDATE_KNOBS))
 
-    nprobe: int | None = _opt(ge=1, description="IVF lists to scan (default: server "
+    nprobe: PosInt | None = _opt(description="IVF lists to scan (default: server "
                                "setting, clamped to nlist)")
-    k_coarse: int | None = _opt(ge=1, description="candidates handed to the exact "
+    k_coarse: PosInt | None = _opt(description="candidates handed to the exact "
                                  "re-rank (>= k)")
-    candidates: int | None = _opt(ge=1, description="alias of k_coarse")
-    oversampling: float | None = _opt(ge=1.0, le=1000.0, allow_inf_nan=False,
+    candidates: PosInt | None = _opt(description="alias of k_coarse")
+    oversampling: Factor | None = _opt(
                                        description="candidates = ceil(k x oversampling)")
-    refine_factor: float | None = _opt(ge=1.0, le=1000.0, allow_inf_nan=False,
+    refine_factor: Factor | None = _opt(
                                         description="alias of oversampling (LanceDB)")
     rerank: bool = Field(True, description="false: return the coarse PQ ranking")
     exact: bool = Field(False, description="brute force over every dense vector (reference)")
@@ -92,12 +103,11 @@ class SearchRequest(_Strict):
         "oneOf": [{"required": ["vector"]}, {"required": ["text"]}],
         **_at_most_one("with_vector", "return_vectors")})
 
-    vector: list[FiniteFloat] | None = _opt(
-        min_length=1, max_length=65536, description="query vector (index dimension)")
-    text: str | None = _opt(
-        min_length=1, max_length=10_000,
+    vector: Annotated[list[FiniteFloat], Field(min_length=1, max_length=65536)] | None = _opt(
+        description="query vector (index dimension)")
+    text: Annotated[str, Field(min_length=1, max_length=10_000)] | None = _opt(
         description="query text (indexes that record their encoder)")
-    k: int = Field(10, ge=1, description="results to return")
+    k: Int = Field(10, ge=1, description="results to return")
     params: SearchParamsIn = Field(default_factory=SearchParamsIn)
     with_vector: bool | None = _opt(
         description="include each hit's dense vector (default false)")
@@ -129,8 +139,8 @@ class Hit(BaseModel):
 
 class Stats(BaseModel):
     mode: Literal["two_stage", "coarse_only", "exact"]
-    nprobe: int | None
-    k_coarse: int | None
+    nprobe: Int | None = Field(None, description="absent in exact mode")
+    k_coarse: Int | None = Field(None, description="absent in exact mode")
     candidates: int
     reranked: int
     returned: int

@@ -292,7 +292,7 @@ def test_openapi_states_the_rules(index_ip):
     assert spec["paths"]["/admin/reload"]["post"]["security"] == [{"bearer": []}]
     assert "security" not in spec["paths"]["/healthz"]["get"]
     req = spec["components"]["schemas"]["SearchRequest"]
-    assert req["oneOf"] == [{"required": ["vector"]}, {"required": ["text"]}]
+    assert req["required"] == ["vector"] and "text" not in req["properties"]  # no encoder
     assert req["properties"]["vector"]["minItems"] == req["properties"]["vector"]["maxItems"] == 32
     assert "null" not in json.dumps(req["properties"]["vector"])
     params = spec["components"]["schemas"]["SearchParamsIn"]
@@ -305,7 +305,7 @@ def test_openapi_states_the_rules(index_ip):
 
 
 # 8. strict types at the HTTP edge ----------------------------------------------------------
-@pytest.mark.parametrize("body", [{"k": "3"}, {"k": True}, {"k": 3.0},
+@pytest.mark.parametrize("body", [{"k": "3"}, {"k": True}, {"k": 3.5},
                                   {"vector": ["0.1"] * 32},
                                   {"params": {"nprobe": "4"}}, {"params": {"rerank": 1}},
                                   {"with_vector": "yes"}, {"vector": None, "text": "x"},
@@ -319,6 +319,14 @@ def test_no_coercion(index_ip, ds_ip, body):
         for path, payload in (("/search", base), ("/search/batch", {"searches": [base]})):
             r = c.post(path, json=payload)
             assert r.status_code == 422, (path, payload, r.text)
+
+
+def test_integers_as_json_schema_counts_them(index_ip, ds_ip):
+    """3.0 is an integer to JSON Schema (and so to generated clients): taken as 3."""
+    with TestClient(create_app(Settings(index_dir=str(index_ip)))) as c:
+        r = c.post("/search", json={"vector": ds_ip.xq[0].tolist(), "k": 3.0,
+                                    "params": {"nprobe": 4.0}})
+        assert r.status_code == 200 and len(r.json()["result"]["hits"]) == 3
 
 
 # 9. the manifest is protected by its own checksum ------------------------------------------

@@ -36,12 +36,14 @@ from service.deps import (
 from service.errors import RequestTooLargeError, error_body, reply_for, validation_message
 from service.observability import new_request_id, request_id
 from service.schemas import (
+    MAX_COMPONENT,
     BatchRequest,
     BatchResponse,
     ErrorResponse,
     SearchRequest,
     SearchResponse,
 )
+from service.settings import Settings
 
 router = APIRouter(tags=["search"], dependencies=[Depends(require_read)])
 
@@ -61,11 +63,17 @@ def _query_vector(req: SearchRequest, gen: Generation, where: str) -> np.ndarray
     if len(vec) != searcher.index.dim:
         raise InputError(f"{where}vector: dimension {len(vec)} does not match the index "
                          f"dimension {searcher.index.dim}")
-    with np.errstate(over="ignore"):
-        x = np.array(vec, dtype=np.float32)[None, :]
-    if not np.isfinite(x).all():  # finite on input (pydantic), so only a float32 overflow
-        raise InputError(f"{where}vector: values must be within float32 range (|x| <= 3.4e38)")
-    return x
+    x = np.asarray(vec, dtype=np.float64)[None, :]  # finite on input (pydantic)
+    if np.abs(x).max() > MAX_COMPONENT:  # past this, float32 scores could overflow
+        raise InputError(f"{where}vector: values must be within float32 range and |x| <= "
+                         f"{MAX_COMPONENT:g}, so that scores stay finite")
+    return x.astype(np.float32)
+
+
+def k_limit(settings: Settings, ntotal: int) -> int:
+    """The largest k a search may ask: within max_k, and within the candidate count a
+    two-stage search can re-rank (max_k_coarse, the documents in the index)."""
+    return min(settings.max_k, settings.max_k_coarse, ntotal)
 
 
 def _params(req: SearchRequest, state: ServiceState, searcher: Searcher,
@@ -99,7 +107,7 @@ def _prepare(req: SearchRequest, state: ServiceState, gen: Generation, where: st
     searcher = gen.searcher
     x = _query_vector(req, gen, where)
     oi = searcher.index
-    k_max = min(state.settings.max_k, oi.ntotal)
+    k_max = k_limit(state.settings, oi.ntotal)
     if req.k > k_max:  # one bound for both modes
         raise SearchParamError(f"{where}k: must be <= {k_max}, got {req.k}")
     return x, None if req.params.exact else _params(req, state, searcher, where)
