@@ -62,7 +62,9 @@ def _recall(found, truth):
 @pytest.mark.parametrize("spec", ["IVF16,RQ6", "IVF16,LSQ6", "IVF16,RQ5x10", "IVF16,LSQ3x9"])
 def test_served_form_scores_like_faiss_ivf_rq(ds_ip, spec):
     spec = IndexSpec.parse(spec)
-    native = KMeansTrainer(niter=8).train(ds_ip.xb, spec, Metric.IP, 3)
+    # trained on a third of the rows (the forms compared, not the training, are the subject:
+    # 1024-word codebooks on all 3,000 took 30-40 s)
+    native = KMeansTrainer(niter=8).train(ds_ip.xb[:1100], spec, Metric.IP, 3)
     native.add(ds_ip.xb)
     served = lift_rq(native)
     lifted = faiss.downcast_index(faiss.extract_index_ivf(served))
@@ -151,12 +153,13 @@ def test_rq_index_end_to_end(tmp_path, ds_ip, ds_l2, metric, quantizer):
         in_ram, _ = Searcher(open_index(tmp_path / name, mmap=False)).search(
             ds.xq, SearchParams(k=10, nprobe=16, k_coarse=100))
         np.testing.assert_array_equal(in_ram.ids, full.ids)
-    # what RQ is for: more coarse recall from the same 8 bytes (under L2, one of them the
-    # norm: +1.3 to +3.3 points measured on this small set, k-means varying with the thread
-    # count; +12.5 on the inner-product one). LSQ is not compared here: on these 2,500 vectors
-    # it got 0.40 against PQ's 0.68; on the synthetic 200k set, trained on 100k, it beat RQ)
-    if quantizer == "RQ":
-        assert got["rq"] > got["pq"] + (0.05 if metric == "ip" else 0.0), got
+    # what RQ is for: more coarse recall from the same 8 bytes. Checked only where the outcome
+    # is certain: +12.5 points on the inner-product set against the 5 asked. Under L2 (one of
+    # the 8 bytes is the norm) it was +1.3 to +3.3 points on this small set, and 0.0 once on a
+    # busy CI machine: too close to call here; bench/bench_distill.py compares them on real
+    # data. LSQ neither: 0.40 against PQ's 0.68 on these 2,500 vectors, ahead of RQ at 200k.
+    if quantizer == "RQ" and metric == "ip":
+        assert got["rq"] > got["pq"] + 0.05, got
 
 
 def test_pq_file_under_an_rq_manifest_is_refused(tmp_path, ds_ip):
@@ -222,7 +225,12 @@ def test_codes_pack_as_faiss_packs_them(nbits):
     """One integer per codebook <-> faiss' packed bytes, for faiss' own encoder's output."""
     rng = np.random.default_rng(nbits)
     rq = faiss.ResidualQuantizer(8, 5, nbits)
-    rq.train(rng.standard_normal((2 ** nbits + 50, 8)).astype(np.float32))
+    # codebooks set, not trained (training 5 x 4096 centroids took minutes): the packing is
+    # the subject; each stage at half the scale of the last, as training would leave them
+    scale = np.repeat(0.5 ** np.arange(5), 2 ** nbits)[:, None]
+    cb = (rng.standard_normal((5 * 2 ** nbits, 8)) * scale).astype(np.float32)
+    faiss.copy_array_to_vector(cb.ravel(), rq.codebooks)
+    rq.is_trained = True
     x = rng.standard_normal((40, 8)).astype(np.float32)
     packed = rq.compute_codes(x)
     codes = unpack_codes(rq, packed)

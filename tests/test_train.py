@@ -343,7 +343,9 @@ def test_query_weighting_raises_recall_when_queries_are_anisotropic(tmp_path):
         # 4 of 32 directions hold (nearly) all of the queries' second moment
         assert info["query_spectrum"]["top10_share"] > 0.99
         assert info["query_spectrum"]["max_over_median"] > 1000
-    assert recalls["weighted"] > recalls["plain"] + 0.15, recalls
+    # measured 0.483 vs 0.312 (+0.171), the same at 1 and 2 threads; asked: a margin that
+    # noise cannot eat, half the measured one
+    assert recalls["weighted"] > recalls["plain"] + 0.08, recalls
 
 
 def test_query_spectrum_by_hand():
