@@ -140,7 +140,7 @@ def build_ray(task: dict[str, Any]) -> dict[str, Any]:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    from ebr.distributed import build_on_ray
+    from ebr.index.distributed import build_on_ray
     from ebr.metric import Metric
     from ebr.spec import BuildParams, IndexSpec
 
@@ -164,9 +164,10 @@ def serve_shards(task: dict[str, Any]) -> dict[str, Any]:
     logging.basicConfig(level=logging.WARNING)
     from ebr.eval.metrics import recall_vs_exact
     from ebr.index.reader import open_index
+    from ebr.index.sharded import open_sharded
     from ebr.search.exact import exact_search
     from ebr.search.searcher import Searcher
-    from ebr.shards import ShardedSearcher, open_sharded
+    from ebr.search.sharded import ShardedSearcher
     from ebr.spec import SearchParams
 
     n = task["n"]

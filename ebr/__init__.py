@@ -8,7 +8,7 @@ Build
     ebr.io.beir            BEIR corpus/queries/qrels, cached corpus embeddings         [test_text]
     ebr.io.encoder         offline MiniLM text encoder (extra 'text'; lazy torch)      [test_text]
     ebr.spec               IndexSpec / BuildParams (build) and SearchParams (search)   [test_spec]
-    ebr.quant.faiss_bridge codebook trainers (k-means, OPQ, RQ, LSQ) -> trained index;  [test_index]
+    ebr.quant.trainers codebook trainers (k-means, OPQ, RQ, LSQ) -> trained index;  [test_index]
                            from_faiss / to_faiss / add_with_assignment for learned ones;
                            lift_rq: RQ / LSQ codes served by faiss' IVF-PQ scanner      [test_rq]
     ebr.quant.anisotropic  score-aware RQ / LSQ codes (ScaNN's loss): code refinement  [test_anisotropic]

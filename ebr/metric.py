@@ -12,7 +12,7 @@ import enum
 import faiss
 import numpy as np
 
-__all__ = ["Metric", "exact_scores", "faiss_scores_to_ebr"]
+__all__ = ["Metric", "exact_scores", "faiss_scores_to_ebr", "normalize_rows"]
 
 
 class Metric(str, enum.Enum):
@@ -62,3 +62,10 @@ def faiss_scores_to_ebr(D: np.ndarray, metric: Metric) -> np.ndarray:
     if metric is Metric.IP:
         return np.where(np.isfinite(D) & (D > -3.0e38), D, -np.inf).astype(np.float32)
     return np.where(np.isfinite(D) & (D < 3.0e38), -D, -np.inf).astype(np.float32)
+
+
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm, as float32 (zero rows stay zero): the one place ebr
+    normalises (cosine indexes, their queries, unit directions)."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

@@ -40,7 +40,7 @@ class IndexSpec:
     (``LSQ<M>[x<nbits>]``: the same additive codes, encoded jointly by local search rather than
     stage by stage; slower still). Under inner product an additive ``<M>`` is M codebooks; under
     L2 it is M - 1 codebooks and one code for each vector's norm term, which an L2 score needs
-    (:func:`ebr.quant.faiss_bridge.rq_stages`). Larger additive codebooks buy recall per byte
+    (:func:`ebr.quant.additive.rq_stages`). Larger additive codebooks buy recall per byte
     with build time: ``RQ12x10`` (15 bytes) beats ``RQ16`` on the synthetic set.
 
     :attr:`code_size` = ceil(``pq_m`` x ``pq_nbits`` / 8) bytes per vector: the RAM a document
@@ -207,3 +207,9 @@ class SearchParams:
             raise SearchParamError(f"oversampling must be >= 1, got {oversampling!r}")
         kc = min(int(-(-k * oversampling // 1)), ntotal)
         return cls(k=k, nprobe=nprobe, k_coarse=max(kc, min(k, ntotal)), rerank=rerank)
+
+
+def build_nprobe(nprobe: int | None, nlist: int) -> int:
+    """The nprobe of build-time searches (training shortlists, held-out validation): the one
+    given, else a quarter of the lists; never more than nlist."""
+    return min(nprobe or max(1, nlist // 4), nlist)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ebr.errors import CorruptFileError, SpecError
+from ebr.metric import normalize_rows
 
 __all__ = ["TOWER_KINDS", "Tower"]
 
@@ -82,7 +83,7 @@ class Tower:
         else:
             y = x + np.maximum(x @ w["W1"].T + w["b1"], 0.0) @ w["W2"].T + w["b2"]
         if self.normalize:
-            y /= np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
+            y = normalize_rows(y)
         return np.ascontiguousarray(y, dtype=np.float32)
 
     # -- files ------------------------------------------------------------------------------

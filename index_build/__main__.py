@@ -22,7 +22,7 @@ import faiss
 from ebr.data.synthetic import SyntheticConfig
 from ebr.errors import EbrError
 from ebr.metric import Metric
-from ebr.spec import CODEBOOK_METHODS, DENSE_DTYPES, BuildParams, IndexSpec
+from ebr.spec import CODEBOOK_METHODS, DENSE_DTYPES, BuildParams, IndexSpec, build_nprobe
 
 logger = logging.getLogger("index_build")
 
@@ -221,12 +221,12 @@ def _write(args: argparse.Namespace, x: Any, ids: Any, params: BuildParams, pair
         if args.ray:
             if not args.input:
                 raise SystemExit("--ray reads the vectors from a file: give --input")
-            from ebr.distributed import build_on_ray
+            from ebr.index.distributed import build_on_ray
 
             return build_on_ray(args.out, args.input, params, args.shards, ids,
                                 trainer=trainer, address=args.ray_address,
                                 overwrite=args.overwrite)
-        from ebr.shards import build_sharded
+        from ebr.index.sharded import build_sharded
 
         return build_sharded(args.out, x, params, args.shards, ids, trainer=trainer,
                              overwrite=args.overwrite)
@@ -279,10 +279,11 @@ def _finetune_encoder(args: argparse.Namespace, x: Any, ids: Any, pairs: Any,
     """
     import numpy as np
 
-    from ebr.index.writer import gather_rows, sample_rows
     from ebr.io.beir import load_corpus, load_queries
     from ebr.io.encoder import MINILM, TextEncoder
-    from ebr.quant.faiss_bridge import KMeansTrainer, ivf_params
+    from ebr.io.vecs import gather_rows, sample_rows
+    from ebr.quant.faiss_index import ivf_params
+    from ebr.quant.trainers import KMeansTrainer
     from ebr.train.encoder_ft import EncoderFineTuneConfig, fine_tune_encoder
 
     doc_ids, doc_texts = load_corpus(args.beir)
@@ -292,12 +293,12 @@ def _finetune_encoder(args: argparse.Namespace, x: Any, ids: Any, pairs: Any,
     query_texts = [qtext[q] for q in pairs.ids]
     # the shortlists a plain k-means index over the base embeddings hands the re-rank
     sample = gather_rows(x, sample_rows(len(x), params.train_size, params.seed))  # as write_index
-    index = KMeansTrainer(niter=params.kmeans_niter).train(sample, params.spec, params.metric,
+    index = KMeansTrainer(niter=params.kmeans_niter).train_index(sample, params.spec, params.metric,
                                                            params.seed)
     index.add(np.ascontiguousarray(x, dtype=np.float32))
-    nprobe = args.shortlist_nprobe or max(1, params.spec.nlist // 4)
+    nprobe = build_nprobe(args.shortlist_nprobe, params.spec.nlist)
     _, sl = index.search(pairs.queries, min(args.shortlist, len(x)),
-                         params=ivf_params(index, min(nprobe, params.spec.nlist)))
+                         params=ivf_params(index, nprobe))
     enc = TextEncoder()
     info = fine_tune_encoder(enc.model, query_texts, doc_texts, pairs.positives, sl,
                              EncoderFineTuneConfig(epochs=args.finetune_epochs,
@@ -385,7 +386,7 @@ def _inspect(args: argparse.Namespace) -> None:
     from ebr.io.manifest import read_manifest
 
     if read_manifest(Path(args.index)).shards:
-        from ebr.shards import open_sharded
+        from ebr.index.sharded import open_sharded
 
         si = open_sharded(args.index, verify_checksums=not args.no_verify)
         m = si.manifest

@@ -53,7 +53,7 @@ def open_generation(settings: Settings, directory: Path | None = None,
     """Open and verify ``directory`` (default: ``settings.index_dir`` resolved now):
     (searcher, text encoder or None, version).
 
-    A sharded directory (``ebr.shards``) is served by fanning out to its shards, in this
+    A sharded directory (``ebr.index.sharded``) is served by fanning out to its shards, in this
     process, or through ``shard_backends(index) -> [backend per shard]`` (the Ray router).
 
     Raises :class:`EbrError` when the directory is not a whole, readable index.
@@ -62,7 +62,8 @@ def open_generation(settings: Settings, directory: Path | None = None,
 
     path = directory if directory is not None else Path(os.path.realpath(settings.index_dir))
     if read_manifest(path).shards:  # a sharded index: fan out, merge
-        from ebr.shards import ShardedSearcher, open_sharded
+        from ebr.index.sharded import open_sharded
+        from ebr.search.sharded import ShardedSearcher
 
         si = open_sharded(path, verify_checksums=settings.verify_checksums)
         backends = shard_backends(si) if shard_backends is not None else None

@@ -4,7 +4,7 @@
                   its node's disk), answers coarse top-C + exact scores of those C
     router        the ingress deployment: the same FastAPI app as ``python -m service`` (same
                   routes, auth, limits, metrics), whose sharded searcher reaches the shards
-                  through deployment handles and merges exactly (``ebr.shards.merge``)
+                  through deployment handles and merges exactly (``ebr.search.sharded.merge``)
 
     python -m service.ray_serve --index DIR [--address ray://head:10001] [--port 8000]
 
@@ -27,7 +27,7 @@ from ray import serve
 
 from ebr.index.reader import open_index
 from ebr.io.manifest import read_manifest
-from ebr.shards import LocalShard
+from ebr.search.sharded import LocalShard
 from ebr.spec import SearchParams
 
 __all__ = ["ShardServer", "build_application", "serve_sharded"]

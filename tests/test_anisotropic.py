@@ -9,18 +9,11 @@ import pytest
 
 from ebr.errors import SpecError
 from ebr.metric import Metric
+from ebr.quant.additive import lift_rq, unpack_codes
 from ebr.quant.anisotropic import anisotropic_loss, directions, fit_codebooks, refine_codes
-from ebr.quant.faiss_bridge import (
-    KMeansTrainer,
-    ScoreAware,
-    add_with_assignment,
-    extract_ivf,
-    ivf_centroids,
-    ivf_params,
-    lift_rq,
-    score_aware_codes,
-    unpack_codes,
-)
+from ebr.quant.encode import ScoreAware, add_with_assignment, score_aware_codes
+from ebr.quant.faiss_index import extract_ivf, ivf_centroids, ivf_params
+from ebr.quant.trainers import KMeansTrainer
 from ebr.spec import IndexSpec
 
 
@@ -126,7 +119,7 @@ def test_argument_errors():
 def test_writer_path_stores_the_refined_codes_and_serves_their_scores(ds_ip, quantizer):
     spec = IndexSpec.parse(f"IVF8,{quantizer}" if "x" in quantizer else f"IVF8,{quantizer}4")
     xb = ds_ip.xb[:1500]
-    index = KMeansTrainer(niter=5).train(xb, spec, Metric.IP, 0)
+    index = KMeansTrainer(niter=5).train_index(xb, spec, Metric.IP, 0)
     ivf = extract_ivf(index)
     _, a = ivf.quantizer.search(xb, 1)
     a = a.ravel()
@@ -158,9 +151,9 @@ def test_writer_path_stores_the_refined_codes_and_serves_their_scores(ds_ip, qua
 
 
 def test_score_aware_needs_an_inner_product_additive_index(ds_ip, ds_l2):
-    pq = KMeansTrainer(niter=3).train(ds_ip.xb, IndexSpec.parse("IVF8,PQ4"), Metric.IP, 0)
+    pq = KMeansTrainer(niter=3).train_index(ds_ip.xb, IndexSpec.parse("IVF8,PQ4"), Metric.IP, 0)
     with pytest.raises(SpecError, match="inner-product RQ"):
         score_aware_codes(pq, ds_ip.xb[:10], np.zeros(10, dtype=np.int64), ScoreAware(2.0))
-    l2 = KMeansTrainer(niter=3).train(ds_l2.xb, IndexSpec.parse("IVF8,RQ4"), Metric.L2, 0)
+    l2 = KMeansTrainer(niter=3).train_index(ds_l2.xb, IndexSpec.parse("IVF8,RQ4"), Metric.L2, 0)
     with pytest.raises(SpecError, match="inner-product RQ"):
         score_aware_codes(l2, ds_l2.xb[:10], np.zeros(10, dtype=np.int64), ScoreAware(2.0))

@@ -276,7 +276,7 @@ def test_stage1_contrastive_term(task):
     cfg = DistillConfig(max_epochs=3, batch_size=64, n_random=128, top_k=20, val_k=20,
                         val_nprobe=2, seed=0)
     tr = DistillVQTrainer(cfg, pairs=pairs, corpus=task["xb"], niter=8)
-    index = tr.train(task["xb"], PARAMS.spec, Metric.IP, seed=0)
+    index = tr.fit(task["xb"], PARAMS.spec, Metric.IP, seed=0).index
     assert index.is_trained and tr.info["validation_metric"] == "val_positive_recall"
     assert tr.info["labels"]["n_train_pairs"] + 2 * tr.info["labels"]["n_val_queries"] == \
         pairs.n_pairs
@@ -288,7 +288,7 @@ def test_stage1_contrastive_term(task):
     assert tr.info["query_weighting"] is None and tr.info["query_map"] == "trained"
     both = DistillVQTrainer(replace(cfg, max_epochs=1, weight_with_labels=True), pairs=pairs,
                             corpus=task["xb"], niter=8)
-    both.train(task["xb"], PARAMS.spec, Metric.IP, seed=0)
+    both.fit(task["xb"], PARAMS.spec, Metric.IP, seed=0)
     assert both.info["query_weighting"]["shrinkage"] == 0.75
     assert both.info["query_map"] == "fixed (S^-1)"
     with pytest.raises(SpecError, match="corpus"):

@@ -121,7 +121,8 @@ def test_build_bidr_cli(tmp_path):
 
 
 def test_build_shards_cli(tmp_path, capsys):
-    from ebr.shards import ShardedSearcher, open_sharded
+    from ebr.index.sharded import open_sharded
+    from ebr.search.sharded import ShardedSearcher
     from ebr.spec import SearchParams
 
     data = tmp_path / "gen"

@@ -67,9 +67,10 @@ def test_mmap_equals_in_ram(index_ip, ds_ip):
 
 def test_loaded_equals_before_save(tmp_path, ds_ip):
     """The coarse index on disk answers exactly like the trained index in memory."""
-    from ebr.quant.faiss_bridge import KMeansTrainer, ivf_params
+    from ebr.quant.faiss_index import ivf_params
+    from ebr.quant.trainers import KMeansTrainer
 
-    idx = KMeansTrainer(niter=5).train(ds_ip.xb, P.spec, Metric.IP, P.seed)
+    idx = KMeansTrainer(niter=5).train_index(ds_ip.xb, P.spec, Metric.IP, P.seed)
     idx.add(ds_ip.xb)
     write_index(tmp_path / "i", ds_ip.xb, BuildParams(spec=P.spec, kmeans_niter=5,
                                                       train_size=len(ds_ip.xb)))

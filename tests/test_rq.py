@@ -13,16 +13,9 @@ from ebr.index.reader import open_index
 from ebr.index.writer import write_index
 from ebr.io.manifest import seal
 from ebr.metric import Metric
-from ebr.quant.faiss_bridge import (
-    KMeansTrainer,
-    extract_ivf,
-    ivf_centroids,
-    ivf_params,
-    lift_rq,
-    pack_codes,
-    serves_l2_as_ip,
-    unpack_codes,
-)
+from ebr.quant.additive import lift_rq, pack_codes, unpack_codes
+from ebr.quant.faiss_index import extract_ivf, ivf_centroids, ivf_params, serves_l2_as_ip
+from ebr.quant.trainers import KMeansTrainer
 from ebr.search.searcher import Searcher
 from ebr.spec import BuildParams, IndexSpec, SearchParams
 
@@ -64,7 +57,7 @@ def test_served_form_scores_like_faiss_ivf_rq(ds_ip, spec):
     spec = IndexSpec.parse(spec)
     # trained on a third of the rows (the forms compared, not the training, are the subject:
     # 1024-word codebooks on all 3,000 took 30-40 s)
-    native = KMeansTrainer(niter=8).train(ds_ip.xb[:1100], spec, Metric.IP, 3)
+    native = KMeansTrainer(niter=8).train_index(ds_ip.xb[:1100], spec, Metric.IP, 3)
     native.add(ds_ip.xb)
     served = lift_rq(native)
     lifted = faiss.downcast_index(faiss.extract_index_ivf(served))
@@ -90,7 +83,7 @@ def test_served_l2_form_scores_the_reconstruction(ds_l2, spec):
     The served inner-product score s gives 2 s - |q|^2 = -|q - x^|^2 up to the norm code's
     step, x^ = faiss' own reconstruction, and the lists probed are L2's nearest centroids."""
     spec = IndexSpec.parse(spec)
-    native = KMeansTrainer(niter=8).train(ds_l2.xb, spec, Metric.L2, 3)
+    native = KMeansTrainer(niter=8).train_index(ds_l2.xb, spec, Metric.L2, 3)
     ivf = extract_ivf(native)
     assert ivf.aq.M == 5 and ivf.aq.norm_min < ivf.aq.norm_max
     native.add(ds_l2.xb)
@@ -121,7 +114,7 @@ def test_served_l2_form_scores_the_reconstruction(ds_l2, spec):
 
 
 def _ip_twin(xb):
-    index = KMeansTrainer(niter=4).train(xb, IndexSpec.parse("IVF8,RQ3"), Metric.IP, 3)
+    index = KMeansTrainer(niter=4).train_index(xb, IndexSpec.parse("IVF8,RQ3"), Metric.IP, 3)
     index.add(xb)
     return index
 

@@ -7,7 +7,7 @@ from ebr.errors import InputError, SearchParamError
 from ebr.eval.metrics import recall_vs_exact
 from ebr.index.reader import open_index
 from ebr.metric import Metric, exact_scores
-from ebr.quant.faiss_bridge import ivf_params
+from ebr.quant.faiss_index import ivf_params
 from ebr.search.exact import exact_search
 from ebr.search.rerank import topk
 from ebr.search.searcher import Searcher

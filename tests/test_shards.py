@@ -9,11 +9,12 @@ import pytest
 
 from ebr.errors import CorruptFileError, IndexFormatError, InputError
 from ebr.index.reader import open_index
+from ebr.index.sharded import build_sharded, open_sharded, shard_ranges, train_once
 from ebr.index.writer import write_index
 from ebr.io.manifest import seal
 from ebr.metric import Metric
 from ebr.search.searcher import Searcher
-from ebr.shards import ShardedSearcher, build_sharded, open_sharded, shard_ranges, train_once
+from ebr.search.sharded import ShardedSearcher
 from ebr.spec import BuildParams, IndexSpec, SearchParams
 
 PARAMS = BuildParams(spec=IndexSpec.parse("IVF16,PQ8"), metric=Metric.IP, kmeans_niter=8)
@@ -24,7 +25,7 @@ def built(ds_ip, tmp_path_factory):
     root = tmp_path_factory.mktemp("shards")
     pre = train_once(ds_ip.xb, PARAMS)
     ids = [f"doc{i}" for i in range(len(ds_ip.xb))]
-    write_index(root / "single", ds_ip.xb, PARAMS, ids, trainer=pre)
+    write_index(root / "single", ds_ip.xb, PARAMS, ids, codebooks=pre)
     m = build_sharded(root / "sharded", ds_ip.xb, PARAMS, 3, ids, trainer=pre)
     return root, m
 
@@ -102,7 +103,7 @@ def test_default_ids_are_global_rows(ds_ip, tmp_path):
 def test_ray_build_equals_single_node(ds_ip, built, tmp_path):
     """Ray Data writes the shards (local Ray instance); the result searches like one index."""
     pytest.importorskip("ray", reason="extra 'distributed' not installed")
-    from ebr.distributed import build_on_ray
+    from ebr.index.distributed import build_on_ray
     from ebr.io.vecs import write_bin
 
     root, _ = built
@@ -203,7 +204,7 @@ def test_sharded_distill_keeps_lists_and_query_map(ds_ip, tmp_path, spec):
     tr = DistillVQTrainer(DistillConfig(max_epochs=1, n_pseudo=300, top_k=20, n_random=64,
                                         val_k=20, score_aware_eta=(4.0,)), niter=5)
     pre = train_once(ds_ip.xb, params, tr)
-    assert pre.assign_centroids is not None and pre.query_map is not None
+    assert pre.list_centroids is not None and pre.query_map is not None
     assert (pre.score_aware is None) == (spec is None)
     assert train_once(ds_ip.xb, params, pre) is pre  # shards get the k-means lists too
     # the single index trains again (same seed, same codebooks) and writes with the trainer
@@ -229,7 +230,7 @@ def test_sharded_rq_equals_single_node(ds_ip, ds_l2, tmp_path, metric):
     params = BuildParams(spec=IndexSpec.parse("IVF8,RQ4"), metric=Metric.parse(metric),
                          kmeans_niter=4)
     pre = train_once(ds.xb, params)
-    write_index(tmp_path / "single", ds.xb, params, trainer=pre)
+    write_index(tmp_path / "single", ds.xb, params, codebooks=pre)
     build_sharded(tmp_path / "sharded", ds.xb, params, 2, trainer=pre)
     p = SearchParams(k=10, nprobe=4, k_coarse=10, rerank=False)  # the RQ scores themselves
     a, _ = Searcher(open_index(tmp_path / "single")).search(ds.xq, p)

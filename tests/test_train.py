@@ -13,17 +13,13 @@ from ebr.errors import SpecError  # noqa: E402
 from ebr.index.reader import open_index  # noqa: E402
 from ebr.index.writer import write_index  # noqa: E402
 from ebr.metric import Metric  # noqa: E402
+from ebr.quant.additive import unpack_codes  # noqa: E402
 from ebr.quant.anisotropic import directions, refine_codes  # noqa: E402
-from ebr.quant.faiss_bridge import rotate, unpack_codes  # noqa: E402
+from ebr.quant.faiss_index import rotate  # noqa: E402
 from ebr.search.searcher import Searcher  # noqa: E402
 from ebr.spec import BuildParams, IndexSpec, SearchParams  # noqa: E402
-from ebr.train.distill_vq import (  # noqa: E402
-    DistillConfig,
-    DistillVQTrainer,
-    pseudo_queries,
-    query_spectrum,
-    query_weighting,
-)
+from ebr.train.distill_model import pseudo_queries, query_spectrum, query_weighting  # noqa: E402
+from ebr.train.distill_vq import DistillConfig, DistillVQTrainer  # noqa: E402
 from ebr.train.losses import kl_div, listnet, margin_mse, mse  # noqa: E402
 
 T = torch.tensor([[3.0, 1.0, 0.0], [0.5, 0.5, 2.0]])
@@ -144,7 +140,7 @@ def test_export_reload_matches_torch_ranking(trained, ds_ip):
     model = tr.model
     xb = np.asarray(oi.dense)
     xr = torch.from_numpy(np.array(rotate(oi.coarse, xb)))
-    assign = torch.from_numpy(tr.assign(oi.coarse, xb))
+    assign = torch.from_numpy(tr.codebooks.assign(oi.coarse, xb))
     codes = None
     if oi.spec.is_rq:  # RQ trains on faiss' beam-search codes (what the index stores)
         import faiss
@@ -229,7 +225,7 @@ def test_l2_rq_export_matches_torch_ranking(tmp_path, ds_l2):
     assert model.residual and model.M == 5  # 5 codebooks + the norm byte
     xb = np.asarray(oi.dense)
     xr = torch.from_numpy(np.array(rotate(oi.coarse, xb)))
-    assign = torch.from_numpy(tr.assign(oi.coarse, xb))
+    assign = torch.from_numpy(tr.codebooks.assign(oi.coarse, xb))
     rq = faiss.ResidualQuantizer(xb.shape[1], model.M, 8)
     faiss.copy_array_to_vector(model.codebooks.detach().numpy().ravel(), rq.codebooks)
     rq.is_trained = True

@@ -18,8 +18,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ebr.eval.metrics import label_metrics, recall_vs_exact, recall_vs_exact_tolerant
-from ebr.metric import Metric, exact_scores, faiss_scores_to_ebr
-from ebr.quant.faiss_bridge import KMeansTrainer, coarse_ram_bytes, ivf_params, lift_rq
+from ebr.metric import Metric, exact_scores, faiss_scores_to_ebr, normalize_rows
+from ebr.quant.additive import lift_rq
+from ebr.quant.faiss_index import coarse_ram_bytes, ivf_params
+from ebr.quant.trainers import KMeansTrainer
 from ebr.search.searcher import Searcher
 from ebr.spec import IndexSpec, SearchParams
 from ebr.types import SearchResult
@@ -60,14 +62,14 @@ class FaissRefineSystem:
 
     def __init__(self, xb: np.ndarray, spec: IndexSpec, metric: Metric, seed: int = 1234,
                  niter: int = 20, train_size: int = 100_000, normalize: bool = False) -> None:
-        from ebr.index.writer import normalize_rows, sample_rows
+        from ebr.io.vecs import sample_rows
 
         xb = np.ascontiguousarray(xb, dtype=np.float32)
         if normalize:
             xb = normalize_rows(xb)
         self.normalize = normalize
         self.metric = metric
-        base = KMeansTrainer(niter=niter).train(xb[sample_rows(len(xb), train_size, seed)],
+        base = KMeansTrainer(niter=niter).train_index(xb[sample_rows(len(xb), train_size, seed)],
                                                 spec, metric, seed)
         self.index = faiss.IndexRefineFlat(base)  # must wrap before adding (design notes)
         self.index.add(xb)
@@ -80,7 +82,6 @@ class FaissRefineSystem:
 
     def search(self, xq: np.ndarray, k: int, nprobe: int, k_coarse: int,
                rerank: bool) -> SearchResult:
-        from ebr.index.writer import normalize_rows
 
         xq = np.ascontiguousarray(xq, dtype=np.float32)
         if self.normalize:

@@ -24,7 +24,7 @@ from ebr.io import layout
 from ebr.io.manifest import Manifest, read_manifest, verify_files
 from ebr.io.vecs import read_bin
 from ebr.metric import Metric
-from ebr.quant.faiss_bridge import coarse_ram_bytes, extract_ivfpq, serves_l2_as_ip
+from ebr.quant.faiss_index import coarse_ram_bytes, extract_ivfpq, serves_l2_as_ip
 from ebr.spec import IndexSpec
 from ebr.towers import Tower
 
@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 
 def _l2_as_ip(spec: IndexSpec, metric: Metric) -> bool:
-    """Additive codes under L2 are served as inner product (faiss_bridge.lift_rq)."""
+    """Additive codes under L2 are served as inner product (ebr.quant.additive.lift_rq)."""
     return spec.is_additive and metric is Metric.L2
 
 
@@ -79,7 +79,7 @@ class OpenIndex:
 
     @property
     def l2_as_ip(self) -> bool:
-        """L2 RQ: the coarse index scores s = <q, x^> - |x^|^2 / 2 (faiss_bridge.lift_rq)."""
+        """L2 RQ: the coarse index scores s = <q, x^> - |x^|^2 / 2 (ebr.quant.additive.lift_rq)."""
         return _l2_as_ip(self.spec, self.metric)
 
     def external_ids(self, rows: np.ndarray) -> list[Any]:
@@ -134,7 +134,7 @@ def open_index(
     manifest = read_manifest(path)
     if manifest.shards:
         raise IndexFormatError(f"{path}: a sharded index ({len(manifest.shards)} shards): open "
-                               "it with ebr.shards.open_sharded")
+                               "it with ebr.index.sharded.open_sharded")
     if manifest.dense_dtype not in layout.DENSE:
         raise IndexFormatError(f"{path}: unknown dense dtype {manifest.dense_dtype!r}")
     file_guard = _guard(path, manifest) if guard else None
@@ -170,7 +170,7 @@ def open_index(
     _expect(path / layout.COARSE, "nlist", ivfpq.nlist, spec.nlist)
     _expect(path / layout.COARSE, "PQ M", ivfpq.pq.M, spec.pq_m)
     _expect(path / layout.COARSE, "bits per code", ivfpq.pq.nbits, spec.pq_nbits)
-    # an RQ index is served as IVF-PQ over the query tiled M times (faiss_bridge.lift_rq)
+    # an RQ index is served as IVF-PQ over the query tiled M times (ebr.quant.additive.lift_rq)
     _expect(path / layout.COARSE, "code space dimension", ivfpq.d,
             manifest.dim * spec.pq_m if spec.is_additive else manifest.dim)
     # L2 RQ is served as inner product, with [q, 1] against [c, -|c|^2/2] in the quantizer

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import mmap as mmap_module
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +25,16 @@ __all__ = [
     "load_vectors",
     "check_vectors",
     "release_rows",
+    "CHUNK",
+    "chunks",
+    "gather_rows",
+    "sample_rows",
 ]
 
 BIN_DTYPES = {".fbin": np.float32, ".f16bin": np.float16, ".ibin": np.int32, ".i64bin": np.int64,
               ".u8bin": np.uint8}
 _HEADER = 8
+CHUNK = 65536  # rows per streamed chunk
 _F32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -203,3 +209,34 @@ def check_vectors(x: np.ndarray, d: int | None = None, name: str = "vectors",
             bad = i0 + int(np.argwhere(np.abs(block) > _F32_MAX)[0, 0])
             raise InputError(f"{name}: row {bad} has a value outside the float32 range")
         release_rows(x, i0, i0 + chunk_rows)
+
+
+def sample_rows(n: int, size: int, seed: int) -> np.ndarray:
+    """Sorted row numbers of a seeded sample (sorted so a memmap reads forward)."""
+    if size >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+
+
+def chunks(x: np.ndarray, transform: Callable[[np.ndarray], np.ndarray] | None = None
+           ) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, float32 copy of the rows) per chunk of :data:`CHUNK` rows, ``transform``
+    applied; a mapped input's pages leave RSS after each chunk, so peak memory does not grow
+    with the file (bench/bench_scale.py)."""
+    for i0 in range(0, x.shape[0], CHUNK):
+        block = np.array(x[i0:i0 + CHUNK], dtype=np.float32)
+        release_rows(x, i0, i0 + CHUNK)
+        yield i0, transform(block) if transform is not None else block
+
+
+def gather_rows(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """x[rows] (rows sorted) as float32, one chunk of the input at a time: a spread sample
+    touches most pages of a mapped file, and each chunk's pages leave RSS once copied."""
+    out = np.empty((len(rows), x.shape[1]), dtype=np.float32)
+    at = 0
+    for i0 in range(0, x.shape[0], CHUNK):
+        sel = rows[np.searchsorted(rows, i0):np.searchsorted(rows, i0 + CHUNK)]
+        out[at:at + len(sel)] = x[sel]
+        at += len(sel)
+        release_rows(x, i0, i0 + CHUNK)
+    return out

@@ -30,6 +30,7 @@ import logging
 import numpy as np
 
 from ebr.errors import SpecError
+from ebr.metric import normalize_rows
 
 __all__ = ["anisotropic_loss", "directions", "fit_codebooks", "refine_codes"]
 
@@ -38,9 +39,7 @@ logger = logging.getLogger(__name__)
 
 def directions(v: np.ndarray) -> np.ndarray:
     """Unit rows of ``v`` (zero rows stay zero): the parallel directions u."""
-    v = np.asarray(v, dtype=np.float32)
-    norms = np.linalg.norm(v, axis=1, keepdims=True)
-    return v / np.maximum(norms, 1e-12)
+    return normalize_rows(v)
 
 
 def _check(residuals: np.ndarray, u: np.ndarray, codebooks: np.ndarray, codes: np.ndarray,

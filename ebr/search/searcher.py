@@ -18,10 +18,9 @@ import numpy as np
 
 from ebr.errors import InputError, SearchParamError
 from ebr.index.reader import OpenIndex
-from ebr.index.writer import normalize_rows
 from ebr.io.vecs import check_vectors
-from ebr.metric import Metric, faiss_scores_to_ebr
-from ebr.quant.faiss_bridge import ivf_params
+from ebr.metric import Metric, faiss_scores_to_ebr, normalize_rows
+from ebr.quant.faiss_index import ivf_params
 from ebr.search.exact import exact_search
 from ebr.search.rerank import rerank
 from ebr.spec import SearchParams
@@ -71,7 +70,7 @@ class Searcher:
 
     def _coarse_scores(self, D: np.ndarray, xm: np.ndarray) -> np.ndarray:
         """Raw coarse scores -> ebr scores. L2 RQ serves s = <q, x^> - |x^|^2 / 2, so the
-        score -|q - x^|^2 is 2 s - |q|^2 (faiss_bridge.lift_rq)."""
+        score -|q - x^|^2 is 2 s - |q|^2 (ebr.quant.additive.lift_rq)."""
         if not self.index.l2_as_ip:
             return faiss_scores_to_ebr(D, self.index.metric)
         s = faiss_scores_to_ebr(D, Metric.IP)

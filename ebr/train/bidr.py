@@ -29,12 +29,13 @@ import faiss
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ebr.errors import SpecError
-from ebr.metric import Metric
-from ebr.quant.faiss_bridge import ivf_params
+from ebr.metric import Metric, normalize_rows
+from ebr.quant.faiss_index import ivf_params
+from ebr.spec import build_nprobe
 from ebr.towers import TOWER_KINDS, Tower
+from ebr.train.loop import run_epochs
 from ebr.train.losses import info_nce
 from ebr.train.sampling import (
     SAMPLERS,
@@ -179,139 +180,144 @@ class BiDRDenseTrainer:
         t_start = time.perf_counter()
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
-        pairs = self.pairs
-        d = vectors.shape[1]
+        queries = self._check(vectors, normalize)
+        nprobe = build_nprobe(cfg.nprobe, nlist)
+        sl = self.shortlists(index, queries, query_map, nprobe)
+        t_short = time.perf_counter() - t_start
+        tr, va = split_pairs(self.pairs.positives, cfg.val_fraction, cfg.val_split, rng)
+        run = _TowerRun(self, vectors, queries, sl, tr, va, metric, normalize, rng)
+        v0 = run.validate()
+        short_recall = float(np.mean([np.isin(self.pairs.positives[i], sl[i]).mean()
+                                      for i in range(len(self.pairs))]))
+        logger.info("bidr: %d train / %d val queries, shortlist N=%d at nprobe %d (holds %.1f%% "
+                    "of the positives), sampler %s, tau %.4g, start val nDCG@10 %.4f",
+                    len(tr), len(va), sl.shape[1], nprobe, 100 * short_recall, cfg.sampler,
+                    run.tau, v0["val_ndcg@10"])
+        nets = (run.qnet, run.dnet)
+        result = run_epochs(
+            name="bidr", max_epochs=cfg.max_epochs, patience=cfg.patience, start=v0,
+            watch="val_ndcg@10", train_epoch=run.epoch, validate=run.validate,
+            snapshot=lambda: tuple(copy.deepcopy(net.state_dict()) for net in nets),
+            restore=lambda state: [net.load_state_dict(s) for net, s in zip(nets, state,
+                                                                             strict=True)],
+            budget_spent=lambda: bool(cfg.time_budget_s) and
+            time.perf_counter() - t_start > cfg.time_budget_s,
+            progress=self.progress)
+        self.history = result.history
+        self.info = {
+            "n_train_queries": int(len(tr)), "n_val_queries": int(len(va)),
+            "n_pairs": self.pairs.n_pairs, "shortlist_nprobe": nprobe,
+            "shortlist_positive_recall": short_recall, "temperature": float(run.tau),
+            "stopped": result.stopped, "best_val_ndcg@10": result.best,
+            "best_epoch": result.best_epoch, "stored": result.best_epoch > 0,
+            "seconds": {"shortlists": round(t_short, 2),
+                        "total": round(time.perf_counter() - t_start, 2)},
+        }
+        logger.info("bidr: %s after %d epochs, val nDCG@10 %.4f -> %.4f (%.1f s)",
+                    result.stopped, len(self.history) - 1, self.history[0]["val_ndcg@10"],
+                    result.best, time.perf_counter() - t_start)
+        if result.best_epoch == 0:
+            logger.warning("bidr: the towers never beat the identity on the held-out pairs; "
+                           "the index is written without them")
+            return None
+        return run.qnet.export(), run.dnet.export()
+
+    def _check(self, vectors: np.ndarray, normalize: bool) -> np.ndarray:
+        """The pairs' queries (normalised like the index), after checking the pairs fit."""
+        pairs, d = self.pairs, vectors.shape[1]
         if pairs.queries.shape[1] != d:
             raise SpecError(f"training pairs are {pairs.queries.shape[1]}-d, vectors {d}-d")
         top_row = max(int(p.max()) for p in pairs.positives)
         if top_row >= len(vectors):
             raise SpecError(f"training pairs name row {top_row}; the corpus has {len(vectors)}")
-        queries = pairs.queries
-        if normalize:
-            queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
-        nprobe = min(cfg.nprobe or max(1, nlist // 4), nlist)
-        sl = self.shortlists(index, queries, query_map, nprobe)
-        t_short = time.perf_counter() - t_start
-
-        tr, va = split_pairs(pairs.positives, cfg.val_fraction, cfg.val_split, rng)
-        nval = len(va)
-        graph = ShortlistGraph.build(sl[tr])
-        pos_tr = [pairs.positives[i] for i in tr]
-
-        # every row training or validation touches, read once (sorted: forward reads)
-        rows = np.unique(np.concatenate([sl[sl >= 0], *pairs.positives]))
-        local = {r: i for i, r in enumerate(rows.tolist())}
-        xd = np.asarray(vectors[rows], dtype=np.float32)
-        if normalize:
-            xd /= np.maximum(np.linalg.norm(xd, axis=1, keepdims=True), 1e-12)
-        xd_t = torch.from_numpy(xd)
-        to_local = np.vectorize(lambda r: local.get(int(r), -1), otypes=[np.int64])
-        xq_t = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
-
-        qnet = TowerNet(Tower.identity(cfg.tower, d, normalize, cfg.hidden, cfg.seed),
-                        cfg.train_query_tower)
-        dnet = TowerNet(Tower.identity(cfg.tower, d, normalize, cfg.hidden, cfg.seed + 1),
-                        cfg.train_doc_tower)
-        params = [p for net in (qnet, dnet) for p in net.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        tau = cfg.temperature or self._calibrate_tau(queries, xd, sl, to_local, metric)
-
-        val_sl = sl[va]
-        val_pos = [pairs.positives[i] for i in va]
-
-        val_rows = np.unique(val_sl[val_sl >= 0]) if nval else np.zeros(0, np.int64)
-        val_loc_rows = torch.from_numpy(to_local(val_rows)) if nval else None
-        val_cols = np.searchsorted(val_rows, np.where(val_sl >= 0, val_sl, val_rows[:1]))\
-            if nval else None
-
-        @torch.no_grad()
-        def validate() -> dict[str, float]:
-            """Re-rank each held-out query's shortlist with the towers: nDCG@10, recall@10."""
-            if nval == 0:
-                return {"val_ndcg@10": float("nan")}
-            dv = dnet(xd_t[val_loc_rows])  # only the rows the shortlists hold
-            qv = qnet(xq_t[va])
-            s = np.empty(val_sl.shape, np.float32)
-            for i0 in range(0, nval, 256):  # [b, N] at a time, never [nval, rows]
-                sc = _scores(qv[i0:i0 + 256], dv, metric).numpy()
-                s[i0:i0 + 256] = np.take_along_axis(sc, val_cols[i0:i0 + 256], 1)
-            s[val_sl < 0] = -np.inf
-            ranked = np.take_along_axis(val_sl, np.argsort(-s, axis=1, kind="stable"), 1)
-            found = [np.isin(p, r[:10]).mean() for r, p in zip(ranked, val_pos, strict=True)]
-            return {"val_ndcg@10": _ndcg10(ranked, val_pos), "val_recall@10": float(np.mean(found))}
-
-        v0 = validate()
-        best = v0["val_ndcg@10"]
-        best_state = (copy.deepcopy(qnet.state_dict()), copy.deepcopy(dnet.state_dict()))
-        self.history = [{"epoch": 0, "loss": float("nan"), **v0}]
-        short_recall = float(np.mean([np.isin(pairs.positives[i], sl[i]).mean()
-                                      for i in range(len(pairs))]))
-        logger.info("bidr: %d train / %d val queries, shortlist N=%d at nprobe %d (holds %.1f%% "
-                    "of the positives), sampler %s, tau %.4g, start val nDCG@10 %.4f",
-                    len(tr), nval, sl.shape[1], nprobe, 100 * short_recall, cfg.sampler, tau, best)
-        bad, stopped, best_epoch = 0, "max_epochs", 0
-        bar = tqdm(range(1, cfg.max_epochs + 1), desc="bidr", disable=not self.progress)
-        for epoch in bar:
-            losses = []
-            for batch in batches(graph, cfg.batch_size, cfg.sampler, rng):
-                cand = candidates(batch, pos_tr, graph, cfg.hard_negatives, rng)
-                q = qnet(xq_t[tr[batch]])
-                dv = dnet(xd_t[torch.from_numpy(to_local(cand.docs))])
-                loss = info_nce(_scores(q, dv, metric), torch.from_numpy(cand.target), tau,
-                                torch.from_numpy(cand.valid))
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                losses.append(float(loss.detach()))
-            vals = validate()
-            self.history.append({"epoch": epoch, "loss": float(np.mean(losses)), **vals})
-            bar.set_postfix(loss=f"{np.mean(losses):.4f}", val=f"{vals['val_ndcg@10']:.4f}")
-            if nval == 0 or vals["val_ndcg@10"] > best:
-                best, bad, best_epoch = vals["val_ndcg@10"], 0, epoch
-                best_state = (copy.deepcopy(qnet.state_dict()), copy.deepcopy(dnet.state_dict()))
-            else:
-                bad += 1
-                if bad >= cfg.patience:
-                    stopped = "early_stop"
-                    break
-            if cfg.time_budget_s and time.perf_counter() - t_start > cfg.time_budget_s:
-                stopped = "time_budget"
-                break
-        bar.close()
-        qnet.load_state_dict(best_state[0])
-        dnet.load_state_dict(best_state[1])
-        self.info = {
-            "n_train_queries": int(len(tr)), "n_val_queries": int(nval),
-            "n_pairs": pairs.n_pairs, "shortlist_nprobe": nprobe,
-            "shortlist_positive_recall": short_recall, "temperature": float(tau),
-            "stopped": stopped, "best_val_ndcg@10": best, "best_epoch": best_epoch,
-            "stored": best_epoch > 0,
-            "seconds": {"shortlists": round(t_short, 2),
-                        "total": round(time.perf_counter() - t_start, 2)},
-        }
-        logger.info("bidr: %s after %d epochs, val nDCG@10 %.4f -> %.4f (%.1f s)", stopped,
-                    len(self.history) - 1, self.history[0]["val_ndcg@10"], best,
-                    time.perf_counter() - t_start)
-        if best_epoch == 0:
-            logger.warning("bidr: the towers never beat the identity on the held-out pairs; "
-                           "the index is written without them")
-            return None
-        return qnet.export(), dnet.export()
+        return normalize_rows(pairs.queries) if normalize else pairs.queries
 
     def describe(self) -> dict[str, Any]:
         return {"method": self.method, "config": asdict(self.config), **self.info,
                 "history": self.history}
 
-    @staticmethod
-    def _calibrate_tau(queries: np.ndarray, xd: np.ndarray, sl: np.ndarray, to_local: Any,
-                       metric: Metric) -> float:
-        """Mean std of the base scores over each query's shortlist (first 256 queries)."""
-        spreads = []
-        for q, row in zip(queries[:256], sl[:256], strict=False):
-            loc = to_local(row[row >= 0])
-            if loc.size < 2:
-                continue
-            s = _scores(torch.from_numpy(q[None].astype(np.float32)),
-                        torch.from_numpy(xd[loc]), metric).numpy()
-            spreads.append(float(s.std()))
-        return float(max(np.mean(spreads) if spreads else 1.0, 1e-6))
+
+class _TowerRun:
+    """One fit's state: the rows the shortlists and positives touch (read once), the two
+    towers, their optimizer; one epoch of locality-sampled batches, and validation by
+    re-ranking each held-out query's shortlist."""
+
+    def __init__(self, trainer: BiDRDenseTrainer, vectors: np.ndarray, queries: np.ndarray,
+                 sl: np.ndarray, tr: np.ndarray, va: np.ndarray, metric: Metric,
+                 normalize: bool, rng: np.random.Generator) -> None:
+        cfg, pairs = trainer.config, trainer.pairs
+        self.cfg, self.metric, self.rng, self.tr, self.va = cfg, metric, rng, tr, va
+        self.graph = ShortlistGraph.build(sl[tr])
+        self.pos_tr = [pairs.positives[i] for i in tr]
+        # every row training or validation touches, read once (sorted: forward reads)
+        rows = np.unique(np.concatenate([sl[sl >= 0], *pairs.positives]))
+        local = {r: i for i, r in enumerate(rows.tolist())}
+        xd = np.asarray(vectors[rows], dtype=np.float32)
+        if normalize:
+            xd = normalize_rows(xd)
+        self.xd_t = torch.from_numpy(xd)
+        self.to_local = np.vectorize(lambda r: local.get(int(r), -1), otypes=[np.int64])
+        self.xq_t = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+        d = vectors.shape[1]
+        self.qnet = TowerNet(Tower.identity(cfg.tower, d, normalize, cfg.hidden, cfg.seed),
+                             cfg.train_query_tower)
+        self.dnet = TowerNet(Tower.identity(cfg.tower, d, normalize, cfg.hidden, cfg.seed + 1),
+                             cfg.train_doc_tower)
+        params = [p for net in (self.qnet, self.dnet) for p in net.parameters()
+                  if p.requires_grad]
+        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.tau = cfg.temperature or _calibrate_tau(queries, xd, sl, self.to_local, metric)
+        self.val_sl = sl[va]
+        self.val_pos = [pairs.positives[i] for i in va]
+        nval = len(va)
+        val_rows = np.unique(self.val_sl[self.val_sl >= 0]) if nval else np.zeros(0, np.int64)
+        self.val_loc_rows = torch.from_numpy(self.to_local(val_rows)) if nval else None
+        self.val_cols = np.searchsorted(val_rows, np.where(self.val_sl >= 0, self.val_sl,
+                                                           val_rows[:1])) if nval else None
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Re-rank each held-out query's shortlist with the towers: nDCG@10, recall@10."""
+        nval = len(self.va)
+        if nval == 0 or self.val_cols is None:
+            return {"val_ndcg@10": float("nan")}
+        dv = self.dnet(self.xd_t[self.val_loc_rows])  # only the rows the shortlists hold
+        qv = self.qnet(self.xq_t[self.va])
+        s = np.empty(self.val_sl.shape, np.float32)
+        for i0 in range(0, nval, 256):  # [b, N] at a time, never [nval, rows]
+            sc = _scores(qv[i0:i0 + 256], dv, self.metric).numpy()
+            s[i0:i0 + 256] = np.take_along_axis(sc, self.val_cols[i0:i0 + 256], 1)
+        s[self.val_sl < 0] = -np.inf
+        ranked = np.take_along_axis(self.val_sl, np.argsort(-s, axis=1, kind="stable"), 1)
+        found = [np.isin(p, r[:10]).mean() for r, p in zip(ranked, self.val_pos, strict=True)]
+        return {"val_ndcg@10": _ndcg10(ranked, self.val_pos),
+                "val_recall@10": float(np.mean(found))}
+
+    def epoch(self, epoch: int) -> list[float]:
+        """One epoch of InfoNCE over locality-sampled batches; returns the batch losses."""
+        cfg, losses = self.cfg, []
+        for batch in batches(self.graph, cfg.batch_size, cfg.sampler, self.rng):
+            cand = candidates(batch, self.pos_tr, self.graph, cfg.hard_negatives, self.rng)
+            q = self.qnet(self.xq_t[self.tr[batch]])
+            dv = self.dnet(self.xd_t[torch.from_numpy(self.to_local(cand.docs))])
+            loss = info_nce(_scores(q, dv, self.metric), torch.from_numpy(cand.target),
+                            self.tau, torch.from_numpy(cand.valid))
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+            losses.append(float(loss.detach()))
+        return losses
+
+
+def _calibrate_tau(queries: np.ndarray, xd: np.ndarray, sl: np.ndarray, to_local: Any,
+                   metric: Metric) -> float:
+    """Mean std of the base scores over each query's shortlist (first 256 queries)."""
+    spreads = []
+    for q, row in zip(queries[:256], sl[:256], strict=False):
+        loc = to_local(row[row >= 0])
+        if loc.size < 2:
+            continue
+        s = _scores(torch.from_numpy(q[None].astype(np.float32)),
+                    torch.from_numpy(xd[loc]), metric).numpy()
+        spreads.append(float(s.std()))
+    return float(max(np.mean(spreads) if spreads else 1.0, 1e-6))

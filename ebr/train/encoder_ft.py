@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ebr.errors import SpecError
+from ebr.train.loop import run_epochs
 from ebr.train.losses import info_nce
 
 __all__ = ["EncoderFineTuneConfig", "fine_tune_encoder"]
@@ -65,57 +65,77 @@ def fine_tune_encoder(model: Any, query_texts: Sequence[str], doc_texts: Sequenc
     if not (len(query_texts) == len(positives) == len(shortlists)):
         raise SpecError("query_texts, positives and shortlists must have one entry per query")
     t_start = time.perf_counter()
-    rng = np.random.default_rng(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    model.max_seq_length = min(cfg.max_seq_length, model.max_seq_length or cfg.max_seq_length)
-    pairs = [(i, int(p)) for i, ps in enumerate(positives) for p in ps]
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    run = _EncoderRun(model, query_texts, doc_texts, positives, shortlists, cfg)
+    model.train()
+    result = run_epochs(name="fine-tune encoder", max_epochs=cfg.epochs, patience=cfg.epochs,
+                        start={}, watch="none", train_epoch=run.epoch, validate=dict,
+                        snapshot=lambda: None, restore=lambda _: None, progress=progress)
+    model.eval()
+    return {"config": asdict(cfg), "n_pairs": len(run.pairs), "steps": run.n_steps,
+            "loss_per_epoch": [h["loss"] for h in result.history[1:]],
+            "seconds": round(time.perf_counter() - t_start, 2)}
 
-    def embed(texts: list[str]) -> torch.Tensor:
+
+class _EncoderRun:
+    """The state of one fine-tuning: the (query, positive) pairs, the optimizer, the draws."""
+
+    def __init__(self, model: Any, query_texts: Sequence[str], doc_texts: Sequence[str],
+                 positives: Sequence[np.ndarray], shortlists: np.ndarray,
+                 cfg: EncoderFineTuneConfig) -> None:
+        self.model, self.query_texts, self.doc_texts = model, query_texts, doc_texts
+        self.positives, self.shortlists, self.cfg = positives, shortlists, cfg
+        self.rng = np.random.default_rng(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        model.max_seq_length = min(cfg.max_seq_length, model.max_seq_length or cfg.max_seq_length)
+        self.pairs = [(i, int(p)) for i, ps in enumerate(positives) for p in ps]
+        self.opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                     lr=cfg.lr)
+        self.n_steps = 0
+
+    def embed(self, texts: list[str]) -> torch.Tensor:
+        model = self.model
         prep = getattr(model, "preprocess", None) or model.tokenize  # ST >= 6 renamed it
         feats = {k: v.to(model.device) for k, v in prep(texts).items()
                  if isinstance(v, torch.Tensor)}
         return torch.nn.functional.normalize(model(feats)["sentence_embedding"], dim=-1)
 
-    model.train()
-    losses: list[float] = []
-    n_steps = 0
-    for epoch in range(cfg.epochs):
-        order = rng.permutation(len(pairs))
+    def epoch(self, epoch: int) -> list[float]:
+        cfg = self.cfg
+        order = self.rng.permutation(len(self.pairs))
         if cfg.max_pairs is not None:
             order = order[:cfg.max_pairs]
-        epoch_losses = []
-        bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"fine-tune encoder {epoch + 1}",
-                   disable=not progress)
-        for b0 in bar:
-            batch = [pairs[j] for j in order[b0:b0 + cfg.batch_size]]
+        losses = []
+        for b0 in range(0, len(order), cfg.batch_size):
+            batch = [self.pairs[j] for j in order[b0:b0 + cfg.batch_size]]
             if len(batch) < 2:
                 continue
-            docs = [p for _, p in batch]
-            for q, _ in batch:
-                sl = shortlists[q]
-                neg = sl[(sl >= 0) & ~np.isin(sl, positives[q])]
-                if neg.size and cfg.hard_negatives:
-                    docs += rng.choice(neg, size=min(cfg.hard_negatives, neg.size),
-                                       replace=False).tolist()
-            uniq, inv = np.unique(np.array(docs), return_inverse=True)
-            target = torch.from_numpy(inv[:len(batch)].astype(np.int64))
-            valid = np.ones((len(batch), len(uniq)), dtype=bool)
-            for i, (q, _) in enumerate(batch):
-                valid[i, np.isin(uniq, positives[q])] = False
-                valid[i, inv[i]] = True
-            qe = embed([query_texts[q] for q, _ in batch])
-            de = embed([doc_texts[d] for d in uniq.tolist()])
-            loss = info_nce(qe @ de.T, target, cfg.temperature, torch.from_numpy(valid))
-            opt.zero_grad()
+            loss = self.batch_loss(batch)
+            self.opt.zero_grad()
             loss.backward()
-            opt.step()
-            n_steps += 1
-            epoch_losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{np.mean(epoch_losses):.4f}")
-        bar.close()
-        losses.append(float(np.mean(epoch_losses)) if epoch_losses else float("nan"))
-        logger.info("encoder fine-tuning: epoch %d, loss %.4f", epoch + 1, losses[-1])
-    model.eval()
-    return {"config": asdict(cfg), "n_pairs": len(pairs), "steps": n_steps,
-            "loss_per_epoch": losses, "seconds": round(time.perf_counter() - t_start, 2)}
+            self.opt.step()
+            self.n_steps += 1
+            losses.append(float(loss.detach()))
+        logger.info("encoder fine-tuning: epoch %d, loss %.4f", epoch,
+                    float(np.mean(losses)) if losses else float("nan"))
+        return losses
+
+    def batch_loss(self, batch: list[tuple[int, int]]) -> torch.Tensor:
+        """InfoNCE of each query against its positive, the batch's other positives and up
+        to ``hard_negatives`` of its own shortlist (its other positives masked)."""
+        cfg, positives = self.cfg, self.positives
+        docs = [p for _, p in batch]
+        for q, _ in batch:
+            sl = self.shortlists[q]
+            neg = sl[(sl >= 0) & ~np.isin(sl, positives[q])]
+            if neg.size and cfg.hard_negatives:
+                docs += self.rng.choice(neg, size=min(cfg.hard_negatives, neg.size),
+                                        replace=False).tolist()
+        uniq, inv = np.unique(np.array(docs), return_inverse=True)
+        target = torch.from_numpy(inv[:len(batch)].astype(np.int64))
+        valid = np.ones((len(batch), len(uniq)), dtype=bool)
+        for i, (q, _) in enumerate(batch):
+            valid[i, np.isin(uniq, positives[q])] = False
+            valid[i, inv[i]] = True
+        qe = self.embed([self.query_texts[q] for q, _ in batch])
+        de = self.embed([self.doc_texts[d] for d in uniq.tolist()])
+        return info_nce(qe @ de.T, target, cfg.temperature, torch.from_numpy(valid))

@@ -4,8 +4,8 @@
                    driver), put them in the object store, encode and write the shards in
                    parallel with Ray Data (one task per shard, each reading its row range of the
                    memory-mapped input itself), then commit the top manifest listing the shards
-                   (:func:`ebr.shards.commit_shards`). The result is the directory
-                   :func:`ebr.shards.build_sharded` writes, so it opens with ``open_sharded`` and
+                   (:func:`ebr.index.sharded.commit_shards`). The result is the directory
+                   :func:`ebr.index.sharded.build_sharded` writes, so it opens with ``open_sharded`` and
                    serves exactly like the single-node index built from the same codebooks.
 
 Point it at a cluster with ``address="ray://head:10001"`` (or ``RAY_ADDRESS``); the input file
@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from ebr.index.publish import check_target, staging_dir
+from ebr.index.sharded import commit_shards, shard_ranges, train_once, write_shard
 from ebr.io.manifest import Manifest
 from ebr.io.vecs import load_vectors
-from ebr.shards import commit_shards, shard_ranges, train_once, write_shard
 from ebr.spec import BuildParams
 
 __all__ = ["build_on_ray"]
