@@ -31,13 +31,98 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+
+
+class _Load:
+    """Clients searching over kept-alive and fresh connections, replies counted by status."""
+
+    def __init__(self, bodies: list[dict[str, Any]]) -> None:
+        self.bodies = bodies
+        self.statuses: Counter[int | str] = Counter()
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+
+    def client(self, i: int, url: str) -> None:
+        import httpx
+
+        bodies = self.bodies
+        with httpx.Client(timeout=30) as keep:
+            j = i
+            while not self.stop.is_set():
+                j += 1
+                try:
+                    if j % 2:
+                        code: int | str = keep.post(url + "/search",
+                                                    json=bodies[j % len(bodies)]).status_code
+                    else:  # a fresh connection: the kernel spreads them over the workers
+                        code = httpx.post(url + "/search", json=bodies[j % len(bodies)],
+                                          timeout=30).status_code
+                except httpx.HTTPError as e:
+                    code = type(e).__name__
+                with self.lock:
+                    self.statuses[code] += 1
+
+    def snapshot(self) -> Counter[int | str]:
+        with self.lock:
+            return Counter(self.statuses)
+
+
+def _flip(link: Path, build: Path, work: Path) -> None:
+    """Point the served link at ``build`` atomically (a new symlink renamed over it)."""
+    tmp = work / "next"
+    tmp.symlink_to(build)
+    os.replace(tmp, link)
+
+
+def _faults(link: Path, flip: Callable[[], None]) -> list[tuple[str, Callable[[], None],
+                                                                Callable[[], None]]]:
+    """(name, fault, repair) in the order run."""
+    from ebr.io import layout
+
+    saved: dict[Path, bytes] = {}
+
+    def in_place(name: str, act: Callable[[Path], object]
+                 ) -> tuple[Callable[[], None], Callable[[], None]]:
+        def fault() -> None:
+            p = Path(os.path.realpath(link)) / name
+            saved[p] = p.read_bytes()
+            act(p)
+
+        def repair() -> None:
+            for p, raw in saved.items():
+                p.write_bytes(raw)
+            saved.clear()
+        return fault, repair
+
+    def rewrite(p: Path) -> None:
+        with open(p, "r+b") as f:
+            f.seek(8)
+            f.write(np.random.default_rng(0).bytes(65536))
+
+    def remove(name: str) -> Callable[[], None]:
+        return lambda: (Path(os.path.realpath(link)) / name).unlink()
+
+    dense, coarse = layout.DENSE["float32"], layout.COARSE
+    return [
+        ("truncate dense", *in_place(dense, lambda p: os.truncate(p, 1_000_000))),
+        ("truncate coarse", *in_place(coarse, lambda p: os.truncate(p, p.stat().st_size // 2))),
+        ("rewrite dense in place", *in_place(dense, rewrite)),
+        ("coreutils truncate -s 1000000 dense",
+         *in_place(dense, lambda p: subprocess.run(["truncate", "-s", "1000000", str(p)],
+                                                   check=False))),
+        ("remove dense", remove(dense), flip),
+        ("remove manifest", remove("manifest.json"), flip),
+        ("new build (control)", lambda: None, flip),
+    ]
 
 
 def main() -> None:
@@ -55,7 +140,6 @@ def main() -> None:
 
     from ebr.data.synthetic import SyntheticConfig, generate
     from ebr.index.writer import write_index
-    from ebr.io import layout
     from ebr.spec import BuildParams, IndexSpec
 
     ds = generate(SyntheticConfig(n=args.n, d=args.dim, nq=64, nq_train=8, seed=3))
@@ -72,83 +156,22 @@ def main() -> None:
     link.symlink_to(new_build())
     bodies = [{"vector": q.tolist(), "k": 10, "params": {"nprobe": 16, "candidates": 100}}
               for q in ds.xq]
-    statuses: Counter[int | str] = Counter()
-    stop = threading.Event()
-    lock = threading.Lock()
-
-    def client(i: int, url: str) -> None:
-        with httpx.Client(timeout=30) as keep:
-            j = i
-            while not stop.is_set():
-                j += 1
-                try:
-                    if j % 2:
-                        code: int | str = keep.post(url + "/search",
-                                                    json=bodies[j % len(bodies)]).status_code
-                    else:  # a fresh connection: the kernel spreads them over the workers
-                        code = httpx.post(url + "/search", json=bodies[j % len(bodies)],
-                                          timeout=30).status_code
-                except httpx.HTTPError as e:
-                    code = type(e).__name__
-                with lock:
-                    statuses[code] += 1
-
-    def snapshot() -> Counter[int | str]:
-        with lock:
-            return Counter(statuses)
-
+    load = _Load(bodies)
     rows = []
     with served(link, work / "server.log", workers=args.workers, watch_seconds="0.2",
                 max_inflight_per_client="0") as (url, server):
-        threads = [threading.Thread(target=client, args=(i, url), daemon=True)
+        threads = [threading.Thread(target=load.client, args=(i, url), daemon=True)
                    for i in range(args.clients)]
         for t in threads:
             t.start()
         time.sleep(args.hold)
 
-        def in_place(name: str, act) -> tuple[str, callable]:
-            def fault() -> None:
-                p = Path(os.path.realpath(link)) / name
-                saved[p] = p.read_bytes()
-                act(p)
-
-            def repair() -> None:
-                for p, raw in saved.items():
-                    p.write_bytes(raw)
-                saved.clear()
-            return fault, repair
-
-        saved: dict[Path, bytes] = {}
-
-        def flip() -> None:
-            d = new_build()
-            tmp = work / "next"
-            tmp.symlink_to(d)
-            os.replace(tmp, link)
-
-        def rewrite(p: Path) -> None:
-            with open(p, "r+b") as f:
-                f.seek(8)
-                f.write(np.random.default_rng(0).bytes(65536))
-
-        dense, coarse = layout.DENSE["float32"], layout.COARSE
-        faults = [
-            ("truncate dense", *in_place(dense, lambda p: os.truncate(p, 1_000_000))),
-            ("truncate coarse", *in_place(coarse, lambda p: os.truncate(p, p.stat().st_size // 2))),
-            ("rewrite dense in place", *in_place(dense, rewrite)),
-            ("coreutils truncate -s 1000000 dense",
-             *in_place(dense, lambda p: subprocess.run(["truncate", "-s", "1000000", str(p)],
-                                                       check=False))),
-            ("remove dense", lambda: (Path(os.path.realpath(link)) / dense).unlink(), flip),
-            ("remove manifest", lambda: (Path(os.path.realpath(link)) / "manifest.json").unlink(),
-             flip),
-            ("new build (control)", lambda: None, flip),
-        ]
+        faults = _faults(link, lambda: _flip(link, new_build(), work))
         for name, fault, repair in faults:
-            before = snapshot()
+            before = load.snapshot()
             fault()
             time.sleep(args.hold)
-            during = snapshot() - before
+            during = load.snapshot() - before
             repair()
             t0 = time.perf_counter()
 
@@ -165,13 +188,13 @@ def main() -> None:
                          "server_alive": server.poll() is None})
             print(rows[-1], flush=True)
             time.sleep(args.hold / 2)
-        stop.set()
+        load.stop.set()
         for t in threads:
             t.join(30)
         alive = server.poll() is None
     log = (work / "server.log").read_text()
     Path(tempfile.gettempdir(), "ebr_faults_server.log").write_text(log)
-    total = dict(statuses)
+    total = dict(load.statuses)
     other = {k: v for k, v in total.items() if k not in (200, 503)}
     result = {"n": args.n, "dim": args.dim, "workers": args.workers, "clients": args.clients,
               "replies": {str(k): v for k, v in total.items()}, "not_200_or_503": other,

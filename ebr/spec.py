@@ -79,6 +79,12 @@ class IndexSpec:
         """RQ or LSQ: each code byte picks a full-dimension codeword, the vector is their sum."""
         return self.quantizer in ADDITIVE
 
+    def l2_as_ip(self, metric: Metric) -> bool:
+        """The one rule of the served form: additive codes under L2 are served as inner product,
+        each vector's norm term its last code (:mod:`ebr.quant.additive`); the searcher turns
+        the served score s back into -|q - x^|^2 = 2 s - |q|^2."""
+        return self.is_additive and metric is Metric.L2
+
     @classmethod
     def parse(cls, s: str) -> IndexSpec:
         """Parse ``[OPQ<M>,]IVF<nlist>,PQ<M>[x<nbits>]`` or ``IVF<nlist>,{RQ|LSQ}<M>[x<nbits>]``; raise
@@ -163,7 +169,7 @@ class BuildParams:
                 raise SpecError(f"codebooks 'opq' needs a PQ spec; {self.spec} has no rotation "
                                 "to learn")
             object.__setattr__(self, "spec", replace(self.spec, opq=True))
-        if self.spec.is_additive and self.metric is Metric.L2 and self.spec.pq_m < 2:
+        if self.spec.l2_as_ip(self.metric) and self.spec.pq_m < 2:
             raise SpecError(f"{self.spec}: under L2 one code byte holds each vector's norm term; "
                             "it needs M >= 2 (M - 1 codebooks + the norm byte)")
 

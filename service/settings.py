@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ebr.spec import SearchParams
+
 __all__ = ["Settings"]
 
 
@@ -24,10 +26,12 @@ class Settings(BaseModel):
     text_encoder: Literal["auto", "off"] = Field(
         "auto", description="auto: load the offline MiniLM at startup when the index records "
         "it (about 8 s and torch in memory); off: vector queries only")
-    default_nprobe: int = Field(16, ge=1, description="IVF lists scanned when a request gives "
-                                "none (clamped to nlist); recall and latency grow with it")
-    default_k_coarse: int = Field(100, ge=1, description="candidates re-ranked when a request "
-                                  "gives neither k_coarse nor oversampling; each is one row read")
+    default_nprobe: int = Field(
+        SearchParams.nprobe, ge=1, description="IVF lists scanned when a request gives none "
+        "(at most nlist); recall and latency grow with it (default: ebr.spec.SearchParams')")
+    default_k_coarse: int = Field(
+        SearchParams.k_coarse, ge=1, description="candidates re-ranked when a request gives "
+        "neither k_coarse nor oversampling; each is one row read (default: SearchParams')")
     max_k: int = Field(1000, ge=1, description="largest k a request may ask")
     max_k_coarse: int = Field(10_000, ge=1, description="largest candidate count (bounds the "
                               "disk reads one request can cause)")

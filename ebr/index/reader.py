@@ -33,11 +33,6 @@ __all__ = ["OpenIndex", "open_index"]
 logger = logging.getLogger(__name__)
 
 
-def _l2_as_ip(spec: IndexSpec, metric: Metric) -> bool:
-    """Additive codes under L2 are served as inner product (ebr.quant.additive.lift_rq)."""
-    return spec.is_additive and metric is Metric.L2
-
-
 @dataclass(frozen=True)
 class OpenIndex:
     """A verified, opened index directory. Immutable; safe to share between threads."""
@@ -80,7 +75,7 @@ class OpenIndex:
     @property
     def l2_as_ip(self) -> bool:
         """L2 RQ: the coarse index scores s = <q, x^> - |x^|^2 / 2 (ebr.quant.additive.lift_rq)."""
-        return _l2_as_ip(self.spec, self.metric)
+        return self.spec.l2_as_ip(self.metric)
 
     def external_ids(self, rows: np.ndarray) -> list[Any]:
         """External ids of internal rows (``None`` for ``-1`` padding)."""
@@ -144,19 +139,35 @@ def open_index(
         metric = Metric.parse(manifest.metric)
     except Exception as e:
         raise IndexFormatError(f"{path}/manifest.json: {e}") from None
+    coarse, ivfpq = _open_coarse(path, manifest, spec, metric, mmap, precompute_tables)
+    dense = read_bin(path / layout.DENSE[manifest.dense_dtype], mmap=True, random_access=True)
+    _expect(path / layout.DENSE[manifest.dense_dtype], "shape", dense.shape,
+            (manifest.ntotal, manifest.dim))
+    query_map, query_tower = _query_side(path, manifest)
+    logger.info("opened %s: %s, %d x %d, %s%s", path, spec, manifest.ntotal, manifest.dim,
+                metric.value, ", with BiDR towers" if query_tower is not None else "")
+    return OpenIndex(path=path, manifest=manifest, spec=spec, metric=metric, coarse=coarse,
+                     ivfpq=ivfpq, dense=dense, ids=_read_ids(path, manifest),
+                     normalize=bool(manifest.build.get("params", {}).get("normalize", False)),
+                     query_map=query_map, query_tower=query_tower, guard=file_guard)
 
+
+def _open_coarse(path: Path, manifest: Manifest, spec: IndexSpec, metric: Metric, mmap: bool,
+                 precompute_tables: bool) -> tuple[faiss.Index, faiss.IndexIVFPQ]:
+    """Read the coarse index (mapped) and check it is the one the manifest describes."""
+    where = path / layout.COARSE
     flags = 0 if precompute_tables else faiss.IO_FLAG_SKIP_PRECOMPUTE_TABLE
     if mmap:
         flags |= faiss.IO_FLAG_MMAP
     try:
-        coarse = faiss.read_index(str(path / layout.COARSE), flags)
+        coarse = faiss.read_index(str(where), flags)
     except RuntimeError as e:
-        raise CorruptFileError(f"{path / layout.COARSE}: faiss cannot read it: "
+        raise CorruptFileError(f"{where}: faiss cannot read it: "
                                f"{str(e).splitlines()[0] if str(e) else e}") from None
     try:
         ivfpq = extract_ivfpq(coarse)
     except Exception as e:
-        raise CorruptFileError(f"{path / layout.COARSE}: {e}") from None
+        raise CorruptFileError(f"{where}: {e}") from None
     if not precompute_tables:
         ivfpq.use_precomputed_table = -1  # never build the table lazily behind our back
     invlists = faiss.downcast_InvertedLists(ivfpq.invlists)
@@ -165,24 +176,25 @@ def open_index(
         # for nothing once the lists are in the page cache (measured 1.09 -> 0.075 ms at
         # nprobe 32). Cold pages still fault in on first touch.
         invlists.prefetch_nthread = 0
-    _expect(path / layout.COARSE, "ntotal", coarse.ntotal, manifest.ntotal)
-    _expect(path / layout.COARSE, "dimension", coarse.d, manifest.dim)
-    _expect(path / layout.COARSE, "nlist", ivfpq.nlist, spec.nlist)
-    _expect(path / layout.COARSE, "PQ M", ivfpq.pq.M, spec.pq_m)
-    _expect(path / layout.COARSE, "bits per code", ivfpq.pq.nbits, spec.pq_nbits)
+    _expect(where, "ntotal", coarse.ntotal, manifest.ntotal)
+    _expect(where, "dimension", coarse.d, manifest.dim)
+    _expect(where, "nlist", ivfpq.nlist, spec.nlist)
+    _expect(where, "PQ M", ivfpq.pq.M, spec.pq_m)
+    _expect(where, "bits per code", ivfpq.pq.nbits, spec.pq_nbits)
     # an RQ index is served as IVF-PQ over the query tiled M times (ebr.quant.additive.lift_rq)
-    _expect(path / layout.COARSE, "code space dimension", ivfpq.d,
+    _expect(where, "code space dimension", ivfpq.d,
             manifest.dim * spec.pq_m if spec.is_additive else manifest.dim)
     # L2 RQ is served as inner product, with [q, 1] against [c, -|c|^2/2] in the quantizer
-    l2_as_ip = _l2_as_ip(spec, metric)
-    _expect(path / layout.COARSE, "metric", coarse.metric_type,
+    l2_as_ip = spec.l2_as_ip(metric)
+    _expect(where, "metric", coarse.metric_type,
             faiss.METRIC_INNER_PRODUCT if l2_as_ip else metric.faiss_metric)
     if spec.is_additive:
-        _expect(path / layout.COARSE, "L2 norm byte", serves_l2_as_ip(coarse), l2_as_ip)
+        _expect(where, "L2 norm byte", serves_l2_as_ip(coarse), l2_as_ip)
+    return coarse, ivfpq
 
-    dense = read_bin(path / layout.DENSE[manifest.dense_dtype], mmap=True, random_access=True)
-    _expect(path / layout.DENSE[manifest.dense_dtype], "shape", dense.shape,
-            (manifest.ntotal, manifest.dim))
+
+def _read_ids(path: Path, manifest: Manifest) -> Any:
+    """The external ids: int64 array or list of strings, one per row."""
     ids: Any
     if manifest.id_kind == "int":
         ids = np.array(read_bin(path / layout.IDS_INT, mmap=False)).ravel()
@@ -195,7 +207,11 @@ def open_index(
         raise IndexFormatError(f"{path}: unknown id_kind {manifest.id_kind!r}")
     if len(ids) != manifest.ntotal:
         raise CorruptFileError(f"{path}: {len(ids)} external ids for {manifest.ntotal} vectors")
-    normalize = bool(manifest.build.get("params", {}).get("normalize", False))
+    return ids
+
+
+def _query_side(path: Path, manifest: Manifest) -> tuple[np.ndarray | None, Tower | None]:
+    """The learned query map (coarse stage) and BiDR query tower (re-rank), when listed."""
     query_map = None
     if manifest.query_map is not None:
         if manifest.query_map not in manifest.files:
@@ -208,11 +224,7 @@ def open_index(
         if name not in manifest.files or manifest.towers.get("doc") not in manifest.files:
             raise IndexFormatError(f"{path}: towers {manifest.towers} are not listed files")
         query_tower = Tower.load(path / name, manifest.dim)
-    logger.info("opened %s: %s, %d x %d, %s%s", path, spec, manifest.ntotal, manifest.dim,
-                metric.value, ", with BiDR towers" if query_tower is not None else "")
-    return OpenIndex(path=path, manifest=manifest, spec=spec, metric=metric, coarse=coarse,
-                     ivfpq=ivfpq, dense=dense, ids=ids, normalize=normalize,
-                     query_map=query_map, query_tower=query_tower, guard=file_guard)
+    return query_map, query_tower
 
 
 def _guard(path: Path, manifest: Manifest) -> FileGuard:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import faiss
@@ -34,75 +34,21 @@ from ebr.errors import SpecError
 from ebr.metric import Metric, normalize_rows
 from ebr.quant.faiss_index import ivf_params
 from ebr.spec import build_nprobe
-from ebr.towers import TOWER_KINDS, Tower
+from ebr.towers import Tower
 from ebr.train.loop import run_epochs
 from ebr.train.losses import info_nce
 from ebr.train.sampling import (
-    SAMPLERS,
-    VAL_SPLITS,
     ShortlistGraph,
     TrainingPairs,
     batches,
     candidates,
     split_pairs,
 )
+from ebr.train_config import BiDRConfig
 
 __all__ = ["BiDRConfig", "BiDRDenseTrainer", "TowerNet"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class BiDRConfig:
-    """Stage-2 settings.
-
-    shortlist: N, candidates per training query from the coarse index (paper: 200).
-    nprobe: lists probed for the shortlists; None: nlist // 4 (set it to the serving nprobe).
-    hard_negatives: negatives drawn per query from its own shortlist, per step.
-    temperature: InfoNCE temperature in score units; None: the mean spread (std) of the
-        queries' shortlist scores (about 0.05 for cosine MiniLM).
-    weight_decay: AdamW decay pulls the residual weights back to 0, i.e. towards the identity.
-    train_doc_tower / lr: the defaults (query tower only, lr 1e-4) are the conservative choice
-        measured on SciFact (bench/results/bidr.md): both towers at lr 1e-3 reach a higher
-        nDCG@10 overall (0.777 vs 0.701) but lose 0.07 on queries whose relevant documents were
-        never labelled; the defaults lose 0.004 there and give the best Recall@100.
-    """
-
-    tower: str = "linear"
-    hidden: int = 256
-    train_query_tower: bool = True
-    train_doc_tower: bool = False
-    sampler: str = "random_walk"
-    shortlist: int = 200
-    nprobe: int | None = None
-    batch_size: int = 32
-    hard_negatives: int = 15
-    temperature: float | None = None
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    max_epochs: int = 20
-    patience: int = 3
-    val_fraction: float = 0.15
-    val_split: str = "query"  # query | document: see ebr.train.sampling.split_pairs
-    time_budget_s: float | None = None
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.tower not in TOWER_KINDS:
-            raise SpecError(f"tower must be one of {TOWER_KINDS}, got {self.tower!r}")
-        if self.sampler not in SAMPLERS:
-            raise SpecError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
-        for name in ("hidden", "shortlist", "max_epochs", "patience", "hard_negatives"):
-            if getattr(self, name) < 1:
-                raise SpecError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.batch_size < 2:
-            raise SpecError(f"batch_size must be >= 2, got {self.batch_size}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise SpecError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.val_split not in VAL_SPLITS:
-            raise SpecError(f"val_split must be one of {VAL_SPLITS}, got {self.val_split!r}")
-        if not (self.train_query_tower or self.train_doc_tower):
-            raise SpecError("train at least one of the query and document towers")
 
 
 class TowerNet(nn.Module):

@@ -295,7 +295,7 @@ class DistillRun:
         norm byte's range refit on these codebooks)."""
         model = self.model
         to_faiss(self.index, model.centroids.detach().numpy(), model.codebooks.detach().numpy())
-        if self.spec.is_additive and self.metric is Metric.L2:
+        if self.spec.l2_as_ip(self.metric):
             fit_norm_range(self.index, self.xt, self.assign_np)
         return self.index
 

@@ -42,7 +42,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import faiss
@@ -57,117 +57,12 @@ from ebr.spec import IndexSpec
 from ebr.train.distill_model import locate, pseudo_queries, query_spectrum
 from ebr.train.distill_run import DistillRun, Pairs
 from ebr.train.loop import LoopResult, run_epochs
-from ebr.train.losses import LOSSES
 from ebr.train.sampling import TrainingPairs, split_pairs
+from ebr.train_config import DistillConfig
 
 __all__ = ["DistillConfig", "DistillVQTrainer"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DistillConfig:
-    """Distill-VQ training settings (each default's trade-off in its comment).
-
-    loss: listnet | kl_div | mse | margin_mse, or a '+'-sum. The paper found ListNet best on
-        MS MARCO (MRR@10, a fine-tuned query encoder); with frozen embeddings and coarse
-        recall@100 as the target, MSE wins here (see bench/results/distill.md), so it is the default.
-    temperature: softmax temperature in score units; ``None`` calibrates it to the spread of
-        the teacher's top-K scores (cosine scores differ by hundredths, raw IP by tens).
-    top_k: teacher candidates per query (paper: 100-200); more = slower steps, flatter signal.
-    n_random: random corpus documents added to every batch (global negatives the student must
-        keep out of the top; without them nothing pushes down far documents).
-    """
-
-    loss: str = "mse"
-    temperature: float | None = None
-    top_k: int = 100
-    n_random: int = 1024
-    batch_size: int = 128
-    max_epochs: int = 30
-    # None: 1e-3 / 1e-3 for PQ (paper: 1e-4 over ~100x more steps, MS MARCO queries); 1e-4 /
-    # 3e-4 for RQ. RQ's codes are redone once per epoch, so centroids that move 1e-3 per step
-    # leave every residual's codes stale (SciFact RQ16: the held-out recall fell after the
-    # first epoch; it rises for 20+ with 1e-4), and its later stages code ever smaller
-    # remainders (RQ32: with codebooks at 1e-3 it fell, at 3e-4 it rose). With these defaults
-    # SciFact RQ8 / RQ16 reach 0.740 / 0.823 coarse r@100 against plain RQ's 0.686 / 0.786
-    # (bench/results/distill_rq_scifact.md).
-    lr_centroids: float | None = None
-    lr_codebooks: float | None = None
-    lr_query_map: float = 1e-4
-    # None: auto, trained without query weighting and fixed at S^-1 with it (trained from
-    # there, it overfit SciFact's 729 training queries: coarse recall@100 0.681 vs 0.691 at
-    # 16 bytes, 0.607 vs 0.617 at 8; bench/results/distill_small.md)
-    train_query_map: bool | None = None
-    # weight of the IVF loss f(t, s^ivf) (the PQ loss has weight 1); None: 1 for inner product,
-    # 0 for L2. An L2 list score -|q - o(d)|^2 lacks each document's residual terms, so matching
-    # it to the teacher drags the centroids after per-document offsets: on siftsmall (pseudo-
-    # queries) the held-out recall fell after the first epoch with 1 and rises for 10-30 with 0
-    # (Distill-VQ+OPQ coarse recall@100 0.7081 -> 0.7120 at 8 bytes, 0.7945 -> 0.8035 at 16;
-    # bench/results/distill_small.md)
-    ivf_weight: float | None = None
-    n_pseudo: int | None = None  # pseudo-queries from the corpus; None: 10,000 if no queries given
-    pseudo_noise: float = 0.5  # noise norm relative to the mean vector norm
-    val_fraction: float = 0.1
-    max_val_queries: int = 500
-    val_nprobe: int | None = None  # nprobe of the validation recall; None: nlist // 4
-    val_k: int = 100  # validation metric: coarse recall@val_k against exact top val_k
-    patience: int = 3
-    time_budget_s: float | None = None
-    seed: int = 0
-    contrastive_weight: float = 3.0  # labelled InfoNCE weight (only with pairs); SciFact: 1 -> 3
-    # raised held-out positive recall@100 from 0.869 to 0.919 (bench/results/bidr.md)
-    contrastive_temperature: float | None = None  # None: 4 x the distillation temperature
-    val_split: str = "query"  # labelled pairs: query | document (sampling.split_pairs)
-    # Query weighting (inner product only; None: off): quantize where squared error is the
-    # squared score error over the training queries (module docstring), shrunk toward plain
-    # k-means by this fraction. SciFact, IVF32 nprobe 8, coarse recall@100 vs exact, OPQ
-    # 0.557 / 0.635 at 8 / 16 bytes -> 0.605 / 0.678 (0.5), 0.607 / 0.679 (0.75), 0.608 /
-    # 0.676 (0.9) before any fine-tuning; with pseudo-queries 0.594 / 0.668 (0.75).
-    query_weighting: float | None = 0.75
-    # With labelled pairs (BiDR stage 1) the weighting is skipped unless this is set: from the
-    # weighted start the contrastive term never raised the held-out positive recall on SciFact
-    # (0.956 kept, against 0.981 reached from plain k-means; test Recall@100 at C = 100 0.878
-    # against 0.916; bench/results/bidr.md)
-    weight_with_labels: bool = False
-    # Score-aware codes (inner-product RQ / LSQ only; ebr.quant.anisotropic): candidate weights
-    # eta of the error along each document's direction. The one with the best held-out recall
-    # on the initial codebooks is kept for training and export (1.0: faiss' codes as they are;
-    # (): off). Synthetic 200k, IVF1024,RQ16, nprobe 32, faiss' RQ codebooks, coarse
-    # recall@100: eta 1 0.7029, 2 0.7131, 3 0.7191, 4 0.7190, 10 0.7027, 30 0.6702 (scratch).
-    score_aware_eta: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
-    score_aware_passes: int = 2  # sweeps over the codebooks per encoding
-    # then, before fine-tuning, rounds of codebooks refit to the chosen eta by weighted least
-    # squares and codes re-refined (ebr.quant.anisotropic.fit_codebooks). The same run, eta
-    # 3: 0.7185 -> 0.7280 (2 rounds), 0.7290 (6 rounds) (scratch).
-    score_aware_rounds: int = 2
-
-    def __post_init__(self) -> None:
-        if self.contrastive_weight < 0:
-            raise SpecError(f"contrastive_weight must be >= 0, got {self.contrastive_weight}")
-        for name in self.loss.split("+"):
-            if name not in LOSSES:
-                raise SpecError(f"loss must be one of {sorted(LOSSES)} or a '+'-sum of them, "
-                                f"got {self.loss!r}")
-        for name in ("lr_centroids", "lr_codebooks"):
-            if getattr(self, name) is not None and getattr(self, name) < 0:
-                raise SpecError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("top_k", "batch_size", "max_epochs", "patience", "val_k"):
-            if getattr(self, name) < 1:
-                raise SpecError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise SpecError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.ivf_weight is not None and self.ivf_weight < 0:
-            raise SpecError(f"ivf_weight must be >= 0, got {self.ivf_weight}")
-        if any(not e > 0 for e in self.score_aware_eta):
-            raise SpecError(f"score_aware_eta values must be > 0, got {self.score_aware_eta}")
-        if self.score_aware_passes < 1:
-            raise SpecError(f"score_aware_passes must be >= 1, got {self.score_aware_passes}")
-        if self.score_aware_rounds < 0:
-            raise SpecError(f"score_aware_rounds must be >= 0, got {self.score_aware_rounds}")
-        if self.query_weighting is not None and not 0.0 < self.query_weighting <= 1.0:
-            raise SpecError(f"query_weighting must be in (0, 1] or None, got "
-                            f"{self.query_weighting}")
 
 
 class DistillVQTrainer:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -26,29 +26,11 @@ import torch
 from ebr.errors import SpecError
 from ebr.train.loop import run_epochs
 from ebr.train.losses import info_nce
+from ebr.train_config import EncoderFineTuneConfig
 
 __all__ = ["EncoderFineTuneConfig", "fine_tune_encoder"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EncoderFineTuneConfig:
-    epochs: int = 1
-    batch_size: int = 16
-    hard_negatives: int = 1  # per query, from its shortlist
-    lr: float = 2e-5
-    temperature: float = 0.05  # cosine units (MiniLM embeddings are unit-norm)
-    max_pairs: int | None = 512  # pairs per epoch (sampled); None: all
-    max_seq_length: int = 256
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "max_seq_length"):
-            if getattr(self, name) < 1:
-                raise SpecError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.hard_negatives < 0:
-            raise SpecError(f"hard_negatives must be >= 0, got {self.hard_negatives}")
 
 
 def fine_tune_encoder(model: Any, query_texts: Sequence[str], doc_texts: Sequence[str],

@@ -13,6 +13,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from ebr.train_config import LOSS_NAMES
+
 __all__ = ["listnet", "kl_div", "mse", "margin_mse", "info_nce", "LOSSES", "DistillLoss"]
 
 DistillLoss = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
@@ -71,3 +73,6 @@ def info_nce(scores: torch.Tensor, target: torch.Tensor, tau: float = 1.0,
 
 LOSSES: dict[str, DistillLoss] = {"listnet": listnet, "kl_div": kl_div, "mse": mse,
                                   "margin_mse": margin_mse}
+
+if tuple(LOSSES) != LOSS_NAMES:  # pragma: no cover - the two lists are edited together
+    raise ImportError(f"ebr.train_config.LOSS_NAMES {LOSS_NAMES} != LOSSES {tuple(LOSSES)}")

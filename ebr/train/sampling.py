@@ -26,13 +26,13 @@ from typing import Any
 import numpy as np
 
 from ebr.errors import InputError, SpecError
+from ebr.train_config import SAMPLERS, VAL_SPLITS
 
 __all__ = ["SAMPLERS", "VAL_SPLITS", "TrainingPairs", "split_pairs", "ShortlistGraph",
            "BatchCandidates", "batches", "random_walk", "candidates"]
 
-SAMPLERS = ("random_walk", "snowball", "random")
+
 logger = logging.getLogger(__name__)
-VAL_SPLITS = ("query", "document")
 
 
 @dataclass(frozen=True)
