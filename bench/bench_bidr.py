@@ -178,7 +178,7 @@ def run(task: dict[str, Any]) -> list[dict[str, Any]]:
         for nprobe in task["nprobes"]:
             for c in task["Cs"]:
                 res, _ = s.search(ds["xq"], SearchParams(k=100, nprobe=min(nprobe, oi.nlist),
-                                                         k_coarse=c))
+                                                         candidates=c))
                 rows.append({**base, "nprobe": nprobe, "C": c, **metrics(s, res.ids)})
     print(json.dumps(rows[-1]), flush=True)
     return rows

@@ -115,7 +115,7 @@ def run(task: dict[str, Any]) -> dict[str, Any]:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         s = Searcher(open_index(Path(tmp) / "i"))
         ex = s.exact(ds["xq"], 100)
-        cp = SearchParams(k=100, nprobe=nprobe, k_coarse=100, rerank=False)
+        cp = SearchParams(k=100, nprobe=nprobe, candidates=100, rerank=False)
         coarse, _ = s.search(ds["xq"], cp)
         # coarse-stage cost, one query per call as the service sees them (best of 3 passes)
         passes = []
@@ -151,7 +151,7 @@ def run(task: dict[str, Any]) -> dict[str, Any]:
             # nprobe that reaches it, not only the bench's nprobe and all lists
             by_nprobe = {}
             for p in sorted({*range(nprobe, nlist + 1, max(1, nlist // 8)), nlist}):
-                rr, _ = s.search(ds["xq"], SearchParams(k=10, nprobe=p, k_coarse=100))
+                rr, _ = s.search(ds["xq"], SearchParams(k=10, nprobe=p, candidates=100))
                 by_nprobe[p] = labels(rr.ids)["ndcg@10"]
             out["rerank_nDCG@10_C100"] = by_nprobe[nprobe]
             out["rerank_nDCG@10_C100_allprobe"] = by_nprobe[nlist]

@@ -66,7 +66,7 @@ def _headline(rows: list[dict], summary: list[dict]) -> list[dict]:
 
         def get(system: str, stage: str, kc: int, key: str, sel: list = sel) -> float:
             return next(r[key] for r in sel if r["system"].startswith(system)
-                        and r["stage"] == stage and r["k_coarse"] == kc)
+                        and r["stage"] == stage and r["candidates"] == kc)
 
         line = {"dataset": sm["dataset"], "spec": sm["spec"],
                 "coarse r@10": get("ebr", "coarse", 100, "exact_recall@10"),
@@ -94,7 +94,7 @@ def main() -> int:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     rows, meta = [], {"title": "ebr end-to-end: exact vs ebr vs faiss IVFPQ+RefineFlat",
-                      "nprobe": str(NPROBES), "k_coarse": str(K_COARSES), "datasets": {}}
+                      "nprobe": str(NPROBES), "candidates": str(K_COARSES), "datasets": {}}
     summary = []
     for name, cfg in DATASETS.items():
         ds = load(name, Path(args.data))
@@ -110,7 +110,7 @@ def main() -> int:
                 build_s = time.perf_counter() - t0
                 oi = open_index(Path(tmp) / "idx")
                 r, m = evaluate_index(oi, ds["xq"], query_ids=ds["qids"], qrels=ds["qrels"],
-                                      nprobes=NPROBES, k_coarses=K_COARSES, baseline=True,
+                                      nprobes=NPROBES, candidate_counts=K_COARSES, baseline=True,
                                       label="ebr")
                 if "gt" in ds:  # our exact search against the published ground truth
                     from ebr.search.exact import exact_search
@@ -130,7 +130,7 @@ def main() -> int:
                         row["ram_B_per_vec"] = m["faiss_refine_ram_bytes_per_vector"]
                 rows.extend(r if spec == cfg["specs"][0] else r[1:])  # exact row once
                 best = [x for x in r if x["system"] == "ebr" and x["stage"] == "reranked"
-                        and x["k_coarse"] == 200]
+                        and x["candidates"] == 200]
                 summary.append({
                     "dataset": name, "spec": spec, "ntotal": oi.ntotal,
                     "dense_B_per_vec": mem["dense_bytes_per_vector"],
@@ -144,7 +144,7 @@ def main() -> int:
                 print(f"{name} {spec}: built in {build_s:.1f} s; "
                       f"recall@10 at C=200 {summary[-1]['best_recall@10_C200']:.4f}")
     meta["summary"] = summary
-    cols = ["dataset", "spec", "system", "stage", "nprobe", "k_coarse", "exact_recall@10",
+    cols = ["dataset", "spec", "system", "stage", "nprobe", "candidates", "exact_recall@10",
             "exact_recall@100", "ndcg@10", "recall@100", "mrr@10", "p50_ms", "p99_ms",
             "qps_batch", "ram_B_per_vec"]
     headline = _headline(rows, summary)

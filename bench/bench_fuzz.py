@@ -47,7 +47,7 @@ def main() -> None:
     st = shutil.which("schemathesis") or str(Path(sys.executable).parent / "schemathesis")
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "bench.fuzz_hooks", "PYTHONPATH": str(ROOT)}
     with served(work / "idx", work / "server.log", workers=args.workers, admin_keys=ADMIN,
-                max_k_coarse="500") as (url, server):
+                max_candidates="500") as (url, server):
         cmd = [st, "run", url + "/openapi.json", "--checks", "all", "-n", str(args.examples),
                "--generation-deterministic", "-H", f"Authorization: Bearer {ADMIN}"]
         run = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)

@@ -59,7 +59,7 @@ def in_process(index_dir: Path, xq: np.ndarray, clients: int, seconds: float) ->
 
     faiss.omp_set_num_threads(1)
     s = Searcher(open_index(index_dir))
-    p = SearchParams(k=K, nprobe=NPROBE, k_coarse=C)
+    p = SearchParams(k=K, nprobe=NPROBE, candidates=C)
     lat: list[float] = []
     stop = time.perf_counter() + seconds
     lock = threading.Lock()
@@ -246,7 +246,7 @@ def main() -> int:
         rounds.append(rows)
     rows = [_combine([rnd[i] for rnd in rounds], [rnd[0] for rnd in rounds])
             for i in range(len(rounds[0]))]
-    meta = {"n": args.n, "d": 128, "spec": "IVF1024,PQ16", "k": K, "k_coarse": C,
+    meta = {"n": args.n, "d": 128, "spec": "IVF1024,PQ16", "k": K, "candidates": C,
             "nprobe": NPROBE, "clients": args.clients, "seconds_each": args.seconds,
             "rounds": args.rounds, "uvicorn_workers": args.workers,
             "cpu_count": os.cpu_count()}

@@ -73,8 +73,8 @@ def _system(name: str, xb: np.ndarray, work: Path) -> tuple[Any, list[Any], str]
             write_index(d, xb, BuildParams(spec=IndexSpec.parse(f"IVF{NLIST},PQ{M}")),
                         overwrite=True)
         s = Searcher(open_index(d))
-        return (lambda q, c: s.search(q, SearchParams(k=K, nprobe=NPROBE, k_coarse=c))[0].ids,
-                [20, 50, 100, 200, 500, 1000], "k_coarse")
+        return (lambda q, c: s.search(q, SearchParams(k=K, nprobe=NPROBE, candidates=c))[0].ids,
+                [20, 50, 100, 200, 500, 1000], "candidates")
     if name == "faiss-refine":
         from ebr.eval.sweep import FaissRefineSystem
         from ebr.metric import Metric
@@ -82,7 +82,7 @@ def _system(name: str, xb: np.ndarray, work: Path) -> tuple[Any, list[Any], str]
 
         f = FaissRefineSystem(xb, IndexSpec.parse(f"IVF{NLIST},PQ{M}"), Metric.IP)
         return (lambda q, c: f.search(q, K, NPROBE, c, True).ids,
-                [20, 50, 100, 200, 500, 1000], "k_coarse (= k_factor x 10)")
+                [20, 50, 100, 200, 500, 1000], "candidates (= k_factor x 10)")
     if name == "faiss-hnsw":
         faiss.omp_set_num_threads(os.cpu_count() or 1)  # build with all cores
         idx = faiss.IndexHNSWFlat(xb.shape[1], 32, faiss.METRIC_INNER_PRODUCT)

@@ -113,7 +113,7 @@ def serve(task: dict[str, Any]) -> dict[str, Any]:
     open_s = time.perf_counter() - t0
     s = Searcher(oi)
     xq = np.load(Path(task["work"]) / f"data-{n}" / "queries_test.npy")
-    p = SearchParams(k=10, nprobe=32, k_coarse=200)
+    p = SearchParams(k=10, nprobe=32, candidates=200)
     s.search(xq[:20], p)
     lat = []
     ids = []
@@ -175,7 +175,7 @@ def serve_shards(task: dict[str, Any]) -> dict[str, Any]:
     s = ShardedSearcher(si)
     single = Searcher(open_index(Path(task["work"]) / f"index-{n}"))
     xq = np.load(Path(task["work"]) / f"data-{n}" / "queries_test.npy")
-    p = SearchParams(k=10, nprobe=32, k_coarse=200)
+    p = SearchParams(k=10, nprobe=32, candidates=200)
     s.search(xq[:20], p)
     lat, ids = [], []
     for i in range(len(xq)):

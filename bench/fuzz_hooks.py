@@ -1,7 +1,7 @@
 """schemathesis hooks for ``bench/bench_fuzz.py``: the two request rules JSON Schema cannot
 state (the OpenAPI descriptions say them; the server answers 422 / 413):
 
-- a search's candidate count (k_coarse / candidates) must be >= its k;
+- a search's candidate count (candidates / k_coarse) must be >= its k;
 - the per-request sums (EBR_MAX_*_PER_REQUEST) over a batch's searches.
 
 Generated bodies that break them are dropped before they are sent, so that every remaining
@@ -37,7 +37,7 @@ def _breaks_cross_field_rules(body: Any) -> bool:
     for s in searches:
         k = s.get("k", 10)
         params = s.get("params") if isinstance(s.get("params"), dict) else {}
-        count = params.get("k_coarse", params.get("candidates"))
+        count = params.get("candidates", params.get("k_coarse"))
         if _num(k) and _num(count) and count < k:
             return True
         if _num(k):

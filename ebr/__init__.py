@@ -40,7 +40,7 @@ Scale out
 
 Evaluate
     ebr.eval.metrics       recall vs exact, recall / nDCG / MRR vs qrels               [test_eval]
-    ebr.eval.sweep         nprobe x k_coarse sweep, faiss IVFPQ+RefineFlat peer        [test_eval]
+    ebr.eval.sweep         nprobe x candidates sweep, faiss IVFPQ+RefineFlat peer        [test_eval]
     ebr.eval.report        JSON + Markdown + recall-vs-latency PNG                     [test_eval]
 
 Errors: ``ebr.errors`` (the tree is in its docstring). Scores are always higher-is-better

@@ -2,7 +2,7 @@
 
     EbrError
     ├── SpecError              an index spec string or build parameter is invalid
-    ├── SearchParamError       a search-time parameter (k, nprobe, k_coarse) is out of range
+    ├── SearchParamError       a search-time parameter (k, nprobe, candidates) is out of range
     ├── InputError             vectors or ids given to ebr are malformed (shape, dtype, NaN, unknown id)
     ├── IndexFormatError       an index directory cannot be opened
     │   ├── ManifestVersionError   the manifest's format version is unknown to this reader
@@ -37,7 +37,13 @@ class SpecError(EbrError, ValueError):
 
 
 class SearchParamError(EbrError, ValueError):
-    """A search parameter is out of range; the message names the parameter."""
+    """A search parameter is out of range; the message names the parameter. ``param`` and
+    ``problem`` say the same in parts (``"nprobe"``, ``"must be <= 16 (nlist), got 17"``), for
+    callers that report it under their own name for the field (the HTTP layer)."""
+
+    def __init__(self, message: str, param: str | None = None, problem: str | None = None):
+        super().__init__(message)
+        self.param, self.problem = param, problem
 
 
 class InputError(EbrError, ValueError):

@@ -179,40 +179,51 @@ class SearchParams:
     """Per-request knobs of the two-stage search.
 
     k: results returned. nprobe: IVF lists scanned (recall and latency grow with it).
-    k_coarse: candidates the PQ stage hands to the exact re-rank (C); each costs one dense
+    candidates: candidates the PQ stage hands to the exact re-rank (C); each costs one dense
         row read from disk. rerank=False returns the coarse (PQ-approximate) ranking.
     """
 
     k: int = 10
     nprobe: int = 16
-    k_coarse: int = 100
+    candidates: int = 100
     rerank: bool = True
 
-    def validate(self, nlist: int, ntotal: int) -> SearchParams:
-        """Check ranges against an open index; return self. Raises :class:`SearchParamError`."""
+    def validate(self, nlist: int, ntotal: int, max_candidates: int | None = None
+                 ) -> SearchParams:
+        """Check ranges against an open index (and a caller's cap on candidates): the one check
+        of these parameters, the HTTP layer's too. Returns self; raises
+        :class:`SearchParamError` naming the parameter."""
         if not isinstance(self.k, int) or self.k < 1:
-            raise SearchParamError(f"k must be an integer >= 1, got {self.k!r}")
-        if not isinstance(self.nprobe, int) or not 1 <= self.nprobe <= nlist:
-            raise SearchParamError(f"nprobe must be in [1, {nlist}] (nlist), got {self.nprobe!r}")
-        if not isinstance(self.k_coarse, int) or not 1 <= self.k_coarse <= max(ntotal, 1):
+            raise SearchParamError(f"k must be an integer >= 1, got {self.k!r}", "k",
+                                   f"must be >= 1, got {self.k!r}")
+        _in_range("nprobe", self.nprobe, nlist, "nlist")
+        limit, why = max(ntotal, 1), "documents in the index"
+        if max_candidates is not None and max_candidates < limit:
+            limit, why = max_candidates, "the server's limit"
+        _in_range("candidates", self.candidates, limit, why)
+        if self.k > self.candidates:
             raise SearchParamError(
-                f"k_coarse must be in [1, {ntotal}] (documents in the index), got {self.k_coarse!r}"
-            )
-        if self.k > self.k_coarse:
-            raise SearchParamError(
-                f"k ({self.k}) must not exceed k_coarse ({self.k_coarse}): the re-rank can only "
-                "return candidates it was given"
-            )
+                f"k ({self.k}) must not exceed candidates ({self.candidates}): the re-rank can only "
+                "return candidates it was given", "candidates",
+                f"must be >= k ({self.k}), got {self.candidates}")
         return self
 
     @classmethod
     def from_oversampling(cls, k: int, oversampling: float, nprobe: int, ntotal: int,
                           rerank: bool = True) -> SearchParams:
-        """Qdrant-style ``oversampling``: k_coarse = ceil(k x oversampling), capped at ntotal."""
+        """Qdrant-style ``oversampling``: candidates = ceil(k x oversampling), capped at ntotal."""
         if not oversampling >= 1.0:
             raise SearchParamError(f"oversampling must be >= 1, got {oversampling!r}")
         kc = min(int(-(-k * oversampling // 1)), ntotal)
-        return cls(k=k, nprobe=nprobe, k_coarse=max(kc, min(k, ntotal)), rerank=rerank)
+        return cls(k=k, nprobe=nprobe, candidates=max(kc, min(k, ntotal)), rerank=rerank)
+
+
+def _in_range(name: str, value: object, top: int, why: str) -> None:
+    if not isinstance(value, int) or not 1 <= value <= top:
+        problem = f"must be <= {top} ({why}), got {value!r}" if isinstance(value, int) and \
+            value > top else f"must be an integer >= 1, got {value!r}"
+        raise SearchParamError(f"{name} must be in [1, {top}] ({why}), got {value!r}", name,
+                               problem)
 
 
 def build_nprobe(nprobe: int | None, nlist: int) -> int:

@@ -18,6 +18,7 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -90,8 +91,10 @@ class Tower:
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write ``path`` (.npz) and fsync it."""
         buf = io.BytesIO()
-        np.savez(buf, kind=np.array(self.kind), normalize=np.array(self.normalize),
-                 **{k: np.asarray(v, np.float32) for k, v in self.weights.items()})
+        arrays: dict[str, Any] = {"kind": np.array(self.kind),
+                                  "normalize": np.array(self.normalize),
+                                  **{k: np.asarray(v, np.float32) for k, v in self.weights.items()}}
+        np.savez(buf, **arrays)
         with open(path, "wb") as f:
             f.write(buf.getvalue())
             f.flush()

@@ -27,14 +27,14 @@ class SearchStats:
 
     nq: int
     nprobe: int
-    k_coarse: int
-    candidates: int  # valid coarse candidates over the batch (after -1 padding is dropped)
+    candidates: int  # candidates asked of the coarse stage per query (C)
+    found: int  # valid coarse candidates over the batch (after -1 padding is dropped)
     reranked: int  # candidate rows scored exactly (0 when rerank is off)
     dense_rows_read: int  # rows read: per query (float32, compiled) or distinct (numpy path)
     dense_bytes_read: int
     coarse_seconds: float
     rerank_seconds: float
-    per_query_candidates: np.ndarray | None = None  # int [nq]: valid candidates of each query
+    per_query_found: np.ndarray | None = None  # int [nq]: valid candidates of each query
 
     @property
     def seconds(self) -> float:

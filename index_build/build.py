@@ -84,7 +84,7 @@ def _write(args: argparse.Namespace, x: Any, ids: Any, params: BuildParams, pair
     return m
 
 
-def _training_pairs(args: argparse.Namespace, x: object, ids: object) -> object:
+def _training_pairs(args: argparse.Namespace, x: Any, ids: Any) -> Any:
     """Labelled (query, positive rows) pairs from --train-qrels, or None."""
     if not args.train_qrels:
         return None
@@ -98,7 +98,8 @@ def _training_pairs(args: argparse.Namespace, x: object, ids: object) -> object:
     if args.train_queries:
         if not args.train_query_ids:
             raise SystemExit("--train-qrels with --train-queries needs --train-query-ids")
-        queries, qids = load_vectors(args.train_queries), load_ids(args.train_query_ids)
+        queries = load_vectors(args.train_queries)
+        qids: list[str] | None = load_ids(args.train_query_ids)
     elif args.train_split and args.beir:
         from index_build.sources import load_eval_queries
 
@@ -106,8 +107,9 @@ def _training_pairs(args: argparse.Namespace, x: object, ids: object) -> object:
     else:
         raise SystemExit("--train-qrels needs the training queries: --train-queries FILE "
                          "--train-query-ids FILE, or --beir DIR --train-split SPLIT")
-    return TrainingPairs.from_qrels(queries, qids, load_qrels(args.train_qrels), ids,
-                                    len(x))  # type: ignore[arg-type]
+    if qids is None:
+        raise SystemExit("--train-qrels: the training queries have no ids to match the qrels")
+    return TrainingPairs.from_qrels(queries, qids, load_qrels(args.train_qrels), ids, len(x))
 
 
 def _finetune_encoder(args: argparse.Namespace, x: Any, ids: Any, pairs: Any,
@@ -151,8 +153,7 @@ def _finetune_encoder(args: argparse.Namespace, x: Any, ids: Any, pairs: Any,
     return x_new, pairs.with_queries(enc.encode(query_texts)), enc_info
 
 
-def _distill_trainer(args: argparse.Namespace, pairs: object = None, corpus: object = None
-                     ) -> object:
+def _distill_trainer(args: argparse.Namespace, pairs: Any = None, corpus: Any = None) -> Any:
     try:
         from ebr.train.distill_vq import DistillConfig, DistillVQTrainer
     except ImportError as e:

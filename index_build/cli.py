@@ -180,8 +180,8 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     q.add_argument("--split", default="test", help="qrels split of --eval-beir")
     s = p.add_argument_group("sweep")
     s.add_argument("--nprobe", type=int, nargs="+", default=[4, 16, 64], help="nprobe values")
-    s.add_argument("--k-coarse", type=int, nargs="+", default=[100, 200, 500],
-                   help="candidate counts C handed to the re-rank")
+    s.add_argument("--candidates", "--k-coarse", type=int, nargs="+", default=[100, 200, 500],
+                   help="candidate counts C handed to the re-rank (--k-coarse: the old name)")
     s.add_argument("--baseline", action="store_true",
                    help="also run faiss IVFPQ+IndexRefineFlat (same spec/seed, all in RAM)")
     s.add_argument("--results", default="results", help="output directory for JSON/MD/PNG")

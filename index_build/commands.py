@@ -37,7 +37,7 @@ def evaluate(args: argparse.Namespace) -> None:
         qrels = load_qrels(Path(args.eval_beir) / "qrels" / f"{args.split}.tsv")
     paths = run_and_report(Path(args.results), args.name, f"ebr evaluation: {args.index}",
                            index_dir=args.index, xq=xq, query_ids=qids, qrels=qrels,
-                           nprobes=args.nprobe, k_coarses=args.k_coarse,
+                           nprobes=args.nprobe, candidate_counts=args.candidates,
                            baseline=args.baseline, progress=args.progress)
     print(Path(paths["md"]).read_text())  # noqa: T201 - the CLI's output
 
@@ -98,6 +98,6 @@ def demo(args: argparse.Namespace) -> None:
                          xq=np.load(paths["queries_test"]),
                          query_ids=load_ids(paths["query_ids_test"]),
                          qrels=load_qrels(paths["qrels_test"]), nprobes=[8, 32],
-                         k_coarses=[50, 100, 200], baseline=True, progress=args.progress)
+                         candidate_counts=[50, 100, 200], baseline=True, progress=args.progress)
     print(Path(out["md"]).read_text())  # noqa: T201 - the CLI's output
     logger.info("demo index at %s; results in %s", work / "index", work / "results")

@@ -1,6 +1,6 @@
 """``index_build evaluate``: held-out queries against an index directory.
 
-Exact ground truth (brute force over the dense store), then the nprobe x k_coarse sweep,
+Exact ground truth (brute force over the dense store), then the nprobe x candidates sweep,
 coarse-only and re-ranked side by side, optionally next to faiss IVFPQ + IndexRefineFlat built
 from the same vectors, spec and seed. Writes JSON, Markdown and a recall-vs-latency PNG.
 """
@@ -33,7 +33,7 @@ def evaluate_index(
     query_ids: Sequence[str] | None = None,
     qrels: dict[str, dict[str, int]] | None = None,
     nprobes: Sequence[int] = (4, 16, 64),
-    k_coarses: Sequence[int] = (100, 200, 500),
+    candidate_counts: Sequence[int] = (100, 200, 500),
     baseline: bool = False,
     k_max: int = 100,
     label: str = "ebr",
@@ -44,7 +44,7 @@ def evaluate_index(
     searcher = Searcher(oi)
     xq = searcher.prepare_queries(xq)
     nprobes = sorted({min(p, oi.nlist) for p in nprobes})
-    k_coarses = sorted({min(c, oi.ntotal) for c in k_coarses})
+    candidate_counts = sorted({min(c, oi.ntotal) for c in candidate_counts})
     k_max = min(k_max, oi.ntotal)
 
     t0 = time.perf_counter()
@@ -77,7 +77,7 @@ def evaluate_index(
         logger.info("faiss baseline built in %.1f s", time.perf_counter() - t0)
         systems.append(base)
     rows = [exact_rows(ev, searcher)]
-    rows += sweep(systems, ev, oi.dense, oi.metric, nprobes, k_coarses, progress=progress)
+    rows += sweep(systems, ev, oi.dense, oi.metric, nprobes, candidate_counts, progress=progress)
     mem = oi.memory()
     meta: dict[str, Any] = {
         "index": str(oi.path), "spec": str(oi.spec), "metric": oi.metric.value,

@@ -26,8 +26,8 @@ def load_source(input_path: str | None, beir: str | None, ids_path: str | None,
     """(vectors, ids or None, encoder info or None, source description)."""
     if beir:
         enc = TextEncoder()
-        ids, x, cache = cached_corpus_embeddings(beir, enc, cache_dir, progress=progress)
-        return x, ids, dict(MINILM), {"kind": "beir", "path": str(Path(beir).resolve()),
+        doc_ids, x, cache = cached_corpus_embeddings(beir, enc, cache_dir, progress=progress)
+        return x, doc_ids, dict(MINILM), {"kind": "beir", "path": str(Path(beir).resolve()),
                                       "embeddings_cache": str(cache)}
     if not input_path:
         raise SystemExit("give --input FILE, --beir DIR or --synthetic")

@@ -171,5 +171,5 @@ def create_app(settings: Settings | None = None, shard_backends: Any = None,
         return _error(422, validation_message(exc.errors()))
 
     for kind in (EbrError, HTTPException, Exception):
-        app.add_exception_handler(kind, _reply)  # type: ignore[arg-type]
+        app.add_exception_handler(kind, _reply)
     return app

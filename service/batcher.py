@@ -30,7 +30,7 @@ class MicroBatcher:
             raise ValueError("max_batch and inflight must be >= 1")
         self.max_batch = max_batch
         self.inflight = inflight
-        self._queued: dict[Key, tuple[Any, list[tuple[np.ndarray, asyncio.Future]]]] = {}
+        self._queued: dict[Key, tuple[Any, list[tuple[np.ndarray, asyncio.Future[Any]]]]] = {}
         self._running: dict[Key, int] = {}
         self.batches = 0
         self.queries = 0
@@ -39,7 +39,7 @@ class MicroBatcher:
                      ) -> tuple[SearchResult, SearchStats, int, int]:
         """(batch result, batch stats, this query's row, batch size) for one query row."""
         key = (id(searcher), params)
-        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queued.setdefault(key, (searcher, []))[1].append((x, fut))
         if self._running.get(key, 0) < self.inflight:
             self._dispatch(key)
@@ -61,7 +61,7 @@ class MicroBatcher:
         xs = np.concatenate([x for x, _ in batch])
         job = asyncio.get_running_loop().run_in_executor(None, searcher.search, xs, key[1])
 
-        def done(f: asyncio.Future) -> None:
+        def done(f: asyncio.Future[Any]) -> None:
             self._running[key] -= 1
             if not self._running[key]:
                 del self._running[key]

@@ -16,6 +16,7 @@ from fastapi import Depends, HTTPException, Request
 
 from ebr.errors import IndexChangedError, IndexNotReadyError
 from ebr.search.searcher import Searcher
+from ebr.search.sharded import ShardedSearcher
 from service.observability import Metrics
 from service.settings import Settings
 
@@ -25,7 +26,7 @@ class Generation:
     """One opened index and what belongs to it; swapped as a whole by a reload, so a request
     that took it sees one consistent index, encoder and version to the end."""
 
-    searcher: Searcher
+    searcher: Searcher | ShardedSearcher
     encoder: Any  # ebr.io.encoder.TextEncoder when the index records one, else None
     version: str
     number: int  # 1 after the first successful open, +1 per reload

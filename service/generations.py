@@ -24,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from ebr.errors import EbrError
 from ebr.io.manifest import Manifest, read_manifest
 from ebr.search.searcher import Searcher
+from ebr.search.sharded import ShardedSearcher
 from service.deps import Generation, Refusal, ServiceState
 from service.settings import Settings
 
@@ -49,7 +50,7 @@ def version_of(manifest: Manifest) -> str:
 
 def open_generation(settings: Settings, directory: Path | None = None,
                     previous: ServiceState | None = None,
-                    shard_backends: Any = None) -> tuple[Searcher, Any, str]:
+                    shard_backends: Any = None) -> tuple[Searcher | ShardedSearcher, Any, str]:
     """Open and verify ``directory`` (default: ``settings.index_dir`` resolved now):
     (searcher, text encoder or None, version).
 
@@ -63,7 +64,6 @@ def open_generation(settings: Settings, directory: Path | None = None,
     path = directory if directory is not None else Path(os.path.realpath(settings.index_dir))
     if read_manifest(path).shards:  # a sharded index: fan out, merge
         from ebr.index.sharded import open_sharded
-        from ebr.search.sharded import ShardedSearcher
 
         si = open_sharded(path, verify_checksums=settings.verify_checksums)
         backends = shard_backends(si) if shard_backends is not None else None
@@ -85,7 +85,8 @@ def open_generation(settings: Settings, directory: Path | None = None,
     return Searcher(oi), encoder, version_of(oi.manifest)
 
 
-def install(state: ServiceState, searcher: Searcher, encoder: Any, version: str) -> None:
+def install(state: ServiceState, searcher: Searcher | ShardedSearcher, encoder: Any,
+            version: str) -> None:
     """Swap in a new generation with one reference store: a request holds the generation it
     started with (searcher, encoder and version together) until it ends."""
     state.current = Generation(searcher, encoder, version, state.generation + 1)

@@ -31,7 +31,7 @@ __all__ = ["install_openapi"]
 READ_PATHS = ("/search", "/search/batch", "/index")
 RULES = ("\n\nLimits per request (413 when exceeded): the sum of k over the searches <= {hits}, "
          "the sum of candidates <= {cand}, returned vectors <= {vec}, exact searches <= {exact}. "
-         "A search's candidate count (k_coarse / candidates, or ceil(k x oversampling)) must "
+         "A search's candidate count (candidates / k_coarse, or ceil(k x oversampling)) must "
          "be >= k (422).")
 
 
@@ -69,8 +69,8 @@ def _patch(schema: dict[str, Any], state: ServiceState) -> dict[str, Any]:
         schemas["SearchRequest"]["required"] = ["vector"]
     params = schemas["SearchParamsIn"]["properties"]
     params["nprobe"]["maximum"] = int(index.nlist)
-    for name in ("k_coarse", "candidates"):
-        params[name]["maximum"] = int(min(s.max_k_coarse, index.ntotal))
+    for name in ("candidates", "k_coarse"):
+        params[name]["maximum"] = int(min(s.max_candidates, index.ntotal))
     return out
 
 

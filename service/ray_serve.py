@@ -27,7 +27,7 @@ from ray import serve
 
 from ebr.index.reader import open_index
 from ebr.io.manifest import read_manifest
-from ebr.search.sharded import LocalShard
+from ebr.search.sharded import Answer, LocalShard
 from ebr.spec import SearchParams
 
 __all__ = ["ShardServer", "build_application", "serve_sharded"]
@@ -42,8 +42,7 @@ class ShardServer:
     def __init__(self, shard_dir: str, start: int, verify_checksums: bool = True) -> None:
         self.shard = LocalShard(open_index(shard_dir, verify_checksums=verify_checksums), start)
 
-    def answer(self, xq: np.ndarray, params: dict[str, Any]
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def answer(self, xq: np.ndarray, params: dict[str, Any]) -> Answer:
         return self.shard.answer(xq, SearchParams(**params))
 
     def exact(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -56,8 +55,7 @@ class _HandleShard:
     def __init__(self, handle: Any) -> None:
         self.handle = handle
 
-    def answer(self, xq: np.ndarray, params: SearchParams
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def answer(self, xq: np.ndarray, params: SearchParams) -> Answer:
         return self.handle.answer.remote(xq, dataclasses.asdict(params)).result()
 
     def exact(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -86,8 +84,9 @@ def build_application(index_dir: str | Path, app_name: str = "ebr",
     m = read_manifest(Path(index_dir))
     if not m.shards:
         raise ValueError(f"{index_dir}: not a sharded index; serve it with python -m service")
-    shards = [ShardServer.options(name=f"shard-{i}").bind(str(Path(index_dir) / s["dir"]),
-                                                          int(s["start"]), verify_checksums)
+    server: Any = ShardServer  # a Ray Serve deployment (untyped)
+    shards = [server.options(name=f"shard-{i}").bind(str(Path(index_dir) / s["dir"]),
+                                                     int(s["start"]), verify_checksums)
               for i, s in enumerate(m.shards)]
     n, env = len(shards), dict(env or {})
 

@@ -1,8 +1,10 @@
 """HTTP request and response models (pydantic lives here and nowhere in ``ebr``).
 
-Knob names follow the peers: ``nprobe`` (faiss, Milvus), ``oversampling`` (Qdrant; candidates =
-ceil(k x oversampling)) with ``refine_factor`` (LanceDB) as an alias, or ``k_coarse``
-(alias ``candidates``) as an explicit count.
+Knob names follow the peers: ``nprobe`` (faiss, Milvus), and the candidate count C handed to the
+re-rank as ``candidates`` (alias ``k_coarse``, ebr's name before 0.2) or as a factor of k,
+``oversampling`` (Qdrant; candidates = ceil(k x oversampling)) with ``refine_factor`` (LanceDB)
+as an alias. The same word, ``candidates``, names C in the library (``SearchParams``), the CLI,
+the settings and the reply's stats (where ``found`` counts the candidates there were).
 """
 
 from __future__ import annotations
@@ -59,21 +61,21 @@ def _opt(**kw: Any) -> Any:
     return Field(None, json_schema_extra=_drop_null, **kw)
 
 
-CANDIDATE_KNOBS = ("k_coarse", "candidates", "oversampling", "refine_factor")
+CANDIDATE_KNOBS = ("candidates", "k_coarse", "oversampling", "refine_factor")
 
 
 class SearchParamsIn(_Strict):
-    """Per-search knobs. The candidate count is given at most one way: ``k_coarse`` (alias
-    ``candidates``) as a count, or ``oversampling`` (alias ``refine_factor``, LanceDB) as a
+    """Per-search knobs. The candidate count is given at most one way: ``candidates`` (alias
+    ``k_coarse``) as a count, or ``oversampling`` (alias ``refine_factor``, LanceDB) as a
     factor of k. The count must be >= k (a rule JSON Schema cannot state)."""
 
     model_config = ConfigDict(json_schema_extra=_at_most_one(*CANDIDATE_KNOBS))
 
     nprobe: PosInt | None = _opt(description="IVF lists to scan (default: server "
                                "setting, clamped to nlist)")
-    k_coarse: PosInt | None = _opt(description="candidates handed to the exact "
+    candidates: PosInt | None = _opt(description="candidates handed to the exact "
                                  "re-rank (>= k)")
-    candidates: PosInt | None = _opt(description="alias of k_coarse")
+    k_coarse: PosInt | None = _opt(description="alias of candidates")
     oversampling: Factor | None = _opt(
                                        description="candidates = ceil(k x oversampling)")
     refine_factor: Factor | None = _opt(
@@ -87,10 +89,10 @@ class SearchParamsIn(_Strict):
     def _one_candidate_knob(self) -> SearchParamsIn:
         given = [n for n in CANDIDATE_KNOBS if getattr(self, n) is not None]
         if len(given) > 1:
-            raise ValueError(f"give one of k_coarse (candidates) or oversampling "
+            raise ValueError(f"give one of candidates (k_coarse) or oversampling "
                              f"(refine_factor), not both: got {', '.join(given)}")
-        if self.candidates is not None:
-            self.k_coarse = self.candidates
+        if self.k_coarse is not None:
+            self.candidates = self.k_coarse
         if self.refine_factor is not None:
             self.oversampling = self.refine_factor
         return self
@@ -140,8 +142,10 @@ class Hit(BaseModel):
 class Stats(BaseModel):
     mode: Literal["two_stage", "coarse_only", "exact"]
     nprobe: Int | None = Field(None, description="absent in exact mode")
-    k_coarse: Int | None = Field(None, description="absent in exact mode")
-    candidates: int
+    candidates: Int | None = Field(None, description="candidates asked of the coarse stage (C); "
+                                   "absent in exact mode")
+    found: int = Field(description="candidates it found (fewer when the probed lists hold "
+                       "fewer); every row in exact mode")
     reranked: int
     returned: int
     dense_bytes_read: int

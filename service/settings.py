@@ -6,6 +6,7 @@ variable's name, never at the first request.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Literal
 
@@ -14,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ebr.spec import SearchParams
 
 __all__ = ["Settings"]
+
+logger = logging.getLogger("service")
+ENV_ALIASES = {"EBR_DEFAULT_K_COARSE": "default_candidates", "EBR_MAX_K_COARSE": "max_candidates"}
 
 
 class Settings(BaseModel):
@@ -29,11 +33,11 @@ class Settings(BaseModel):
     default_nprobe: int = Field(
         SearchParams.nprobe, ge=1, description="IVF lists scanned when a request gives none "
         "(at most nlist); recall and latency grow with it (default: ebr.spec.SearchParams')")
-    default_k_coarse: int = Field(
-        SearchParams.k_coarse, ge=1, description="candidates re-ranked when a request gives "
-        "neither k_coarse nor oversampling; each is one row read (default: SearchParams')")
+    default_candidates: int = Field(
+        SearchParams.candidates, ge=1, description="candidates re-ranked when a request gives "
+        "neither candidates nor oversampling; each is one row read (default: SearchParams')")
     max_k: int = Field(1000, ge=1, description="largest k a request may ask")
-    max_k_coarse: int = Field(10_000, ge=1, description="largest candidate count (bounds the "
+    max_candidates: int = Field(10_000, ge=1, description="largest candidate count (bounds the "
                               "disk reads one request can cause)")
     max_batch: int = Field(256, ge=1, description="largest number of searches in one batch")
     max_hits_per_request: int = Field(
@@ -114,6 +118,11 @@ class Settings(BaseModel):
         env = os.environ if environ is None else environ
         values = {name: env[f"EBR_{name.upper()}"] for name in cls.model_fields
                   if f"EBR_{name.upper()}" in env}
+        for old, name in ENV_ALIASES.items():  # the names before 0.2, still read
+            if old in env and name not in values:
+                logger.warning("%s is the old name of EBR_%s; it is still read", old,
+                               name.upper())
+                values[name] = env[old]
         try:
             return cls(**values)
         except ValidationError as e:

@@ -198,7 +198,7 @@ def test_identity_towers_reproduce_the_base_search(task, tmp_path):
     assert tw.files["coarse.index"].sha256 == base.files["coarse.index"].sha256
     sb, st = Searcher(open_index(tmp_path / "base")), Searcher(open_index(tmp_path / "tw"))
     for nprobe, kc in ((2, 50), (8, 300)):
-        p = SearchParams(k=10, nprobe=nprobe, k_coarse=kc)
+        p = SearchParams(k=10, nprobe=nprobe, candidates=kc)
         rb, rt = sb.search(xq, p)[0], st.search(xq, p)[0]
         np.testing.assert_array_equal(rb.ids, rt.ids)
         np.testing.assert_allclose(rb.scores, rt.scores, atol=1e-5)
@@ -221,7 +221,7 @@ def test_towers_learn_the_task(task, trained, tmp_path):
     assert m.build["towers"]["history"] == h and m.build["towers"]["config"]["sampler"] == \
         "random_walk"
     write_index(tmp_path / "base", task["xb"], PARAMS)
-    p = SearchParams(k=10, nprobe=8, k_coarse=100)
+    p = SearchParams(k=10, nprobe=8, candidates=100)
     with_t = Searcher(open_index(out)).search(task["xq_te"], p)[0].ids
     without = Searcher(open_index(tmp_path / "base")).search(task["xq_te"], p)[0].ids
     assert _ndcg(with_t, task["pos_te"]) > _ndcg(without, task["pos_te"]) + 0.05
@@ -236,7 +236,7 @@ def test_trained_index_round_trips(task, trained, tmp_path):
     dtw = Tower.load(out / "doc_tower.npz", D)
     np.testing.assert_allclose(np.asarray(oi.dense), dtw.apply(task["xb"]), atol=1e-6)
     xq = task["xq_te"]
-    res = Searcher(oi).search(xq, SearchParams(k=10, nprobe=8, k_coarse=N))[0]
+    res = Searcher(oi).search(xq, SearchParams(k=10, nprobe=8, candidates=N))[0]
     ref = exact_search(qt.apply(xq), dtw.apply(task["xb"]), 10, Metric.IP)
     np.testing.assert_array_equal(res.ids, ref.ids)
     np.testing.assert_allclose(res.scores, ref.scores, atol=1e-5)
@@ -304,7 +304,7 @@ def test_service_serves_a_tower_index(task, trained):
 
     out, dt, _ = trained
     q = task["xq_te"][:5]
-    ref = Searcher(open_index(out)).search(q, SearchParams(k=5, nprobe=8, k_coarse=100))[0]
+    ref = Searcher(open_index(out)).search(q, SearchParams(k=5, nprobe=8, candidates=100))[0]
     with TestClient(create_app(Settings(index_dir=str(out)))) as c:
         info = c.get("/index").json()
         assert info["format_version"] == "2.0" and info["towers"]["stored"] is True

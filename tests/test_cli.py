@@ -27,7 +27,7 @@ def test_build_inspect_evaluate(tmp_path, capsys):
                  "--queries", str(data / "queries_test.npy"),
                  "--query-ids", str(data / "queries_test_ids.txt"),
                  "--qrels", str(data / "qrels" / "test.tsv"), "--nprobe", "4", "16",
-                 "--k-coarse", "50", "100", "--results", str(res), "--name", "e"]) == 0
+                 "--candidates", "50", "100", "--results", str(res), "--name", "e"]) == 0
     rows = json.loads((res / "e.json").read_text())["rows"]
     assert len(rows) == 1 + 2 * 2 * 2
     assert rows[0]["system"] == "exact" and 0 < rows[0]["ndcg@10"] <= 1
@@ -134,7 +134,7 @@ def test_build_shards_cli(tmp_path, capsys):
     si = open_sharded(out)
     assert [s["ntotal"] for s in si.manifest.shards] == [1000, 1000, 1000]
     res, _ = ShardedSearcher(si).search(np.load(data / "queries_test.npy")[:3],
-                                        SearchParams(k=5, nprobe=8, k_coarse=3000))
+                                        SearchParams(k=5, nprobe=8, candidates=3000))
     assert (res.ids >= 0).all()
     capsys.readouterr()
     assert main(["inspect", "--index", str(out)]) == 0

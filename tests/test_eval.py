@@ -40,11 +40,11 @@ def test_label_metrics_hand_made():
 def test_evaluate_rows_and_report(index_ip, ds_ip, tmp_path):
     qrels = {f"q{i}": {str(d): 1 for d in rel} for i, rel in enumerate(ds_ip.qrels)}
     rows, meta = evaluate_index(index_ip, ds_ip.xq, query_ids=[f"q{i}" for i in range(40)],
-                                qrels=qrels, nprobes=[2, 16], k_coarses=[20, 100],
+                                qrels=qrels, nprobes=[2, 16], candidate_counts=[20, 100],
                                 baseline=True)
     assert rows[0]["system"] == "exact" and rows[0]["exact_recall@10"] == 1.0
     assert len(rows) == 1 + 2 * 2 * 2 * 2  # exact + systems x nprobe x C x stage
-    full = [r for r in rows if r["nprobe"] == 16 and r["k_coarse"] == 100]
+    full = [r for r in rows if r["nprobe"] == 16 and r["candidates"] == 100]
     for r in full:  # all lists, C = 100: both systems reach exact top-10 after re-rank
         if r["stage"] == "reranked":
             assert r["exact_recall@10"] >= 0.98
@@ -72,7 +72,7 @@ def test_evaluate_rq_against_faiss_own_ivf_rq(ds_ip, ds_l2, tmp_path, metric):
     ds = ds_ip if metric == "ip" else ds_l2
     write_index(tmp_path / "rq", ds.xb, BuildParams(spec=IndexSpec.parse("IVF8,RQ4"),
                                                     metric=Metric.parse(metric), kmeans_niter=5))
-    rows, _ = evaluate_index(tmp_path / "rq", ds.xq, nprobes=[2], k_coarses=[50],
+    rows, _ = evaluate_index(tmp_path / "rq", ds.xq, nprobes=[2], candidate_counts=[50],
                              baseline=True)
     peer = [r for r in rows if r["system"].startswith("faiss")]
     assert peer and peer[0]["system"] == "faiss IVFRQ+RefineFlat"

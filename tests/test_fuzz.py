@@ -16,7 +16,7 @@ EXAMPLES = 400  # per operation (GETs without parameters exhaust after a few)
 
 
 def test_no_server_errors_from_generated_requests(index_ip):
-    s = Settings(index_dir=str(index_ip), admin_keys=("a" * 20,), max_k_coarse=500)
+    s = Settings(index_dir=str(index_ip), admin_keys=("a" * 20,), max_candidates=500)
     app = create_app(s)
     install(app.state.ebr, *open_generation(s))  # what the lifespan does when served
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)

@@ -59,7 +59,7 @@ def test_mmap_equals_in_ram(index_ip, ds_ip):
     assert not isinstance(faiss.downcast_InvertedLists(b.index.ivfpq.invlists),
                           faiss.OnDiskInvertedLists)
     for rerank in (True, False):
-        p = SearchParams(k=10, nprobe=4, k_coarse=50, rerank=rerank)
+        p = SearchParams(k=10, nprobe=4, candidates=50, rerank=rerank)
         ra, rb = a.search(ds_ip.xq, p)[0], b.search(ds_ip.xq, p)[0]
         np.testing.assert_array_equal(ra.ids, rb.ids)
         np.testing.assert_array_equal(ra.scores, rb.scores)
@@ -205,7 +205,7 @@ def test_opq_build(tmp_path, ds_ip):
     oi = open_index(tmp_path / "o")
     assert oi.spec.opq and oi.manifest.codebooks["method"] == "opq"
     assert isinstance(oi.coarse, faiss.IndexPreTransform)
-    res, _ = Searcher(oi).search(ds_ip.xq, SearchParams(k=5, nprobe=8, k_coarse=len(ds_ip.xb)))
+    res, _ = Searcher(oi).search(ds_ip.xq, SearchParams(k=5, nprobe=8, candidates=len(ds_ip.xb)))
     from ebr.search.exact import exact_search
 
     np.testing.assert_array_equal(res.ids, exact_search(ds_ip.xq, ds_ip.xb, 5, Metric.IP).ids)

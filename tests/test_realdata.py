@@ -37,7 +37,7 @@ def test_scifact_exact_matches_published(scifact_index):
     m = label_metrics(ranked, [qrels.get(q, {}) for q in qids])
     assert m["ndcg@10"] == pytest.approx(0.6451, abs=0.001)
     assert m["recall@100"] == pytest.approx(0.925, abs=0.002)
-    res, _ = s.search(xq, SearchParams(k=10, nprobe=32, k_coarse=200))
+    res, _ = s.search(xq, SearchParams(k=10, nprobe=32, candidates=200))
     assert recall_vs_exact(res.ids, ex.ids, 10) >= 0.98
     m2 = label_metrics([s.index.external_ids(r) for r in res.ids],
                        [qrels.get(q, {}) for q in qids])
@@ -59,6 +59,6 @@ def test_siftsmall_l2():
         write_index(f"{tmp}/i", xb, BuildParams(spec=IndexSpec.parse("IVF32,PQ16"),
                                                 metric=Metric.L2))
         s = Searcher(open_index(f"{tmp}/i"))
-        res, _ = s.search(xq, SearchParams(k=10, nprobe=16, k_coarse=200))
+        res, _ = s.search(xq, SearchParams(k=10, nprobe=16, candidates=200))
         assert recall_vs_exact(res.ids, gt, 10) >= 0.98
         assert s.index.memory()["ram_fraction_of_dense"] < 0.10

@@ -135,16 +135,16 @@ def test_rq_index_end_to_end(tmp_path, ds_ip, ds_l2, metric, quantizer):
         mem = oi.memory()
         assert mem["codes_bytes"] == len(ds.xb) * 8  # equal bytes per vector
         s = Searcher(oi)
-        coarse, _ = s.search(ds.xq, SearchParams(k=10, nprobe=16, k_coarse=10, rerank=False))
+        coarse, _ = s.search(ds.xq, SearchParams(k=10, nprobe=16, candidates=10, rerank=False))
         got[name] = _recall(coarse.ids, truth.ids)
         # coarse-only scores are ebr scores: the approximate -|q - x^|^2 under L2
         assert (np.diff(coarse.scores, axis=1) <= 0).all()
         np.testing.assert_allclose(coarse.scores[:, 0], truth.scores[:, 0],
                                    rtol=0.3 if metric == "l2" else 0.5)
-        full, _ = s.search(ds.xq, SearchParams(k=10, nprobe=16, k_coarse=100))
+        full, _ = s.search(ds.xq, SearchParams(k=10, nprobe=16, candidates=100))
         assert _recall(full.ids, truth.ids) >= 0.95  # re-ranking from disk is exact
         in_ram, _ = Searcher(open_index(tmp_path / name, mmap=False)).search(
-            ds.xq, SearchParams(k=10, nprobe=16, k_coarse=100))
+            ds.xq, SearchParams(k=10, nprobe=16, candidates=100))
         np.testing.assert_array_equal(in_ram.ids, full.ids)
     # what RQ is for: more coarse recall from the same 8 bytes. Checked only where the outcome
     # is certain: +12.5 points on the inner-product set against the 5 asked. Under L2 (one of

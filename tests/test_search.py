@@ -24,17 +24,17 @@ def _numpy_reference(xq, xb, k, metric):
 @pytest.mark.parametrize("fixture", ["index_ip", "index_l2"])
 @pytest.mark.parametrize("nq", [1, 7])
 def test_full_probe_equals_exact(request, fixture, nq):
-    """nprobe = nlist and k_coarse = ntotal: the two-stage search IS exact search."""
+    """nprobe = nlist and candidates = ntotal: the two-stage search IS exact search."""
     oi = open_index(request.getfixturevalue(fixture))
     s = Searcher(oi)
     xq = np.asarray(oi.dense[:: oi.ntotal // nq][:nq], dtype=np.float32) + 0.01
-    res, stats = s.search(xq, SearchParams(k=10, nprobe=oi.nlist, k_coarse=oi.ntotal))
+    res, stats = s.search(xq, SearchParams(k=10, nprobe=oi.nlist, candidates=oi.ntotal))
     ref = s.exact(xq, 10)
     np.testing.assert_array_equal(res.ids, ref.ids)
     np.testing.assert_allclose(res.scores, ref.scores, rtol=1e-5, atol=1e-4)
     # float32 store: compiled per-query reads; float16 (index_l2): distinct rows, read once
     reads = nq * oi.ntotal if oi.dense.dtype == np.float32 else oi.ntotal
-    assert stats.candidates == nq * oi.ntotal and stats.dense_rows_read == reads
+    assert stats.found == nq * oi.ntotal and stats.dense_rows_read == reads
     ids64, s64 = _numpy_reference(xq, np.asarray(oi.dense), 10, oi.metric)
     np.testing.assert_array_equal(ref.ids, ids64)
     np.testing.assert_allclose(ref.scores, s64, rtol=1e-4, atol=1e-3)
@@ -67,8 +67,8 @@ def test_recall_floor(request, fixture, floor, ds_ip, ds_l2):
     xq = ds_ip.xq if fixture == "index_ip" else ds_l2.xq
     s = Searcher(oi)
     ref = s.exact(xq, 10)
-    coarse, _ = s.search(xq, SearchParams(k=10, nprobe=4, k_coarse=10, rerank=False))
-    rr, st = s.search(xq, SearchParams(k=10, nprobe=4, k_coarse=100))
+    coarse, _ = s.search(xq, SearchParams(k=10, nprobe=4, candidates=10, rerank=False))
+    rr, st = s.search(xq, SearchParams(k=10, nprobe=4, candidates=100))
     r_coarse, r_rr = recall_vs_exact(coarse.ids, ref.ids, 10), recall_vs_exact(rr.ids, ref.ids, 10)
     assert r_rr >= floor
     assert r_rr > r_coarse  # the re-rank is what recovers the PQ loss
@@ -78,7 +78,7 @@ def test_recall_floor(request, fixture, floor, ds_ip, ds_l2):
 
 def test_coarse_only_is_faiss(index_ip, ds_ip):
     oi = open_index(index_ip)
-    res, st = Searcher(oi).search(ds_ip.xq, SearchParams(k=5, nprobe=3, k_coarse=20, rerank=False))
+    res, st = Searcher(oi).search(ds_ip.xq, SearchParams(k=5, nprobe=3, candidates=20, rerank=False))
     D, ids = oi.coarse.search(ds_ip.xq, 20, params=ivf_params(oi.coarse, 3))
     np.testing.assert_array_equal(res.ids, ids[:, :5])
     np.testing.assert_allclose(res.scores, D[:, :5])
@@ -87,7 +87,7 @@ def test_coarse_only_is_faiss(index_ip, ds_ip):
 
 def test_reranked_scores_are_exact(index_l2, ds_l2):
     oi = open_index(index_l2)
-    res, _ = Searcher(oi).search(ds_l2.xq, SearchParams(k=5, nprobe=2, k_coarse=40))
+    res, _ = Searcher(oi).search(ds_l2.xq, SearchParams(k=5, nprobe=2, candidates=40))
     for q, ids, sc in zip(ds_l2.xq, res.ids, res.scores, strict=False):
         want = exact_scores(q[None], np.asarray(oi.dense[ids], dtype=np.float32), Metric.L2)[0]
         np.testing.assert_allclose(sc, want, rtol=1e-4, atol=1e-3)
@@ -96,8 +96,8 @@ def test_reranked_scores_are_exact(index_l2, ds_l2):
 
 def test_padding_when_lists_are_short(index_ip, ds_ip):
     oi = open_index(index_ip)
-    res, st = Searcher(oi).search(ds_ip.xq[:3], SearchParams(k=10, nprobe=1, k_coarse=2000))
-    assert st.candidates < 3 * 2000  # one list holds fewer than 2000 docs
+    res, st = Searcher(oi).search(ds_ip.xq[:3], SearchParams(k=10, nprobe=1, candidates=2000))
+    assert st.found < 3 * 2000  # one list holds fewer than 2000 docs
     for ids, sc in zip(res.ids, res.scores, strict=False):
         assert ((ids >= 0) == np.isfinite(sc)).all()
 
@@ -115,11 +115,11 @@ def test_search_input_errors(index_ip):
         s.search(np.zeros((0, 32), np.float32), SearchParams())
     with pytest.raises(SearchParamError, match="nprobe"):
         s.search(q, SearchParams(nprobe=17))
-    with pytest.raises(SearchParamError, match="k_coarse"):
-        s.search(q, SearchParams(k_coarse=10**6))
+    with pytest.raises(SearchParamError, match="candidates"):
+        s.search(q, SearchParams(candidates=10**6))
     with pytest.raises(SearchParamError):
         s.exact(q, 0)
-    assert s.search(q[0], SearchParams(k=3, nprobe=2, k_coarse=3))[0].ids.shape == (1, 3)
+    assert s.search(q[0], SearchParams(k=3, nprobe=2, candidates=3))[0].ids.shape == (1, 3)
 
 
 @pytest.mark.parametrize("metric", [Metric.IP, Metric.L2])

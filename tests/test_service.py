@@ -18,7 +18,7 @@ from service.settings import Settings
 @pytest.fixture(scope="module")
 def client(index_ip):
     with TestClient(create_app(Settings(index_dir=str(index_ip), max_batch=8, max_k=50,
-                                        max_k_coarse=500))) as c:
+                                        max_candidates=500))) as c:
         yield c
 
 
@@ -28,9 +28,9 @@ def _v(x):
 
 def test_search_matches_library(client, index_ip, ds_ip):
     s = Searcher(open_index(index_ip))
-    ref, st = s.search(ds_ip.xq[:1], SearchParams(k=5, nprobe=4, k_coarse=50))
+    ref, st = s.search(ds_ip.xq[:1], SearchParams(k=5, nprobe=4, candidates=50))
     r = client.post("/search", json={"vector": _v(ds_ip.xq[0]), "k": 5,
-                                     "params": {"nprobe": 4, "k_coarse": 50}})
+                                     "params": {"nprobe": 4, "candidates": 50}})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["status"] == "ok" and body["time"] > 0
@@ -38,7 +38,7 @@ def test_search_matches_library(client, index_ip, ds_ip):
     assert [h["id"] for h in hits] == ref.ids[0].tolist()
     np.testing.assert_allclose([h["score"] for h in hits], ref.scores[0], rtol=1e-6)
     stats = body["result"]["stats"]
-    assert stats["mode"] == "two_stage" and stats["k_coarse"] == 50 and stats["nprobe"] == 4
+    assert stats["mode"] == "two_stage" and stats["candidates"] == 50 and stats["nprobe"] == 4
     assert stats["returned"] == 5 and stats["dense_bytes_read"] == st.dense_bytes_read > 0
     assert "vector" not in hits[0]
 
@@ -46,11 +46,13 @@ def test_search_matches_library(client, index_ip, ds_ip):
 def test_knobs(client, ds_ip):
     q = _v(ds_ip.xq[1])
     r = client.post("/search", json={"vector": q, "k": 4, "params": {"oversampling": 2.5}})
-    assert r.json()["result"]["stats"]["k_coarse"] == 10
+    assert r.json()["result"]["stats"]["candidates"] == 10
     r = client.post("/search", json={"vector": q, "k": 4, "params": {"refine_factor": 3}})
-    assert r.json()["result"]["stats"]["k_coarse"] == 12
+    assert r.json()["result"]["stats"]["candidates"] == 12
     r = client.post("/search", json={"vector": q, "k": 4, "params": {"candidates": 40}})
-    assert r.json()["result"]["stats"]["k_coarse"] == 40
+    assert r.json()["result"]["stats"]["candidates"] == 40
+    r = client.post("/search", json={"vector": q, "k": 4, "params": {"k_coarse": 40}})  # alias
+    assert r.json()["result"]["stats"]["candidates"] == 40
     r = client.post("/search", json={"vector": q, "k": 3, "params": {"rerank": False}})
     st = r.json()["result"]["stats"]
     assert st["mode"] == "coarse_only" and st["dense_bytes_read"] == 0
@@ -79,10 +81,10 @@ BAD = [
     ({"vector": [0.1] * 32, "k": 51}, "k: must be <= 50"),
     ({"vector": [0.1] * 32, "params": {"nprobe": 0}}, "params.nprobe"),
     ({"vector": [0.1] * 32, "params": {"nprobe": 17}}, "params.nprobe: must be <= 16"),
-    ({"vector": [0.1] * 32, "params": {"k_coarse": 501}}, "params.k_coarse"),
-    ({"vector": [0.1] * 32, "k": 20, "params": {"k_coarse": 10}}, "params.k_coarse: must be >="),
+    ({"vector": [0.1] * 32, "params": {"candidates": 501}}, "params.candidates"),
+    ({"vector": [0.1] * 32, "k": 20, "params": {"candidates": 10}}, "params.candidates: must be >="),
     ({"vector": [0.1] * 32, "params": {"oversampling": 0.5}}, "oversampling"),
-    ({"vector": [0.1] * 32, "params": {"oversampling": 2, "k_coarse": 30}}, "not both"),
+    ({"vector": [0.1] * 32, "params": {"oversampling": 2, "candidates": 30}}, "not both"),
     ({"vector": [0.1] * 32, "colour": "red"}, "colour: Extra inputs"),
     ({"vector": [0.1] * 32, "params": {"colour": 1}}, "params.colour"),
     ({"vector": []}, "vector"),
@@ -192,7 +194,7 @@ def test_batch_groups_equal_params_and_matches_singles(client, ds_ip):
     for s, r in zip(searches, res, strict=True):
         alone = client.post("/search", json=s).json()["result"]
         assert alone["stats"]["batch"] == 1 and _same(alone["hits"], r["hits"])
-        assert alone["stats"]["candidates"] == r["stats"]["candidates"] == 50
+        assert alone["stats"]["found"] == r["stats"]["found"] == 50
 
 
 def test_micro_batching_shares_searches(index_ip, ds_ip):
@@ -230,11 +232,11 @@ def test_fast_search_path_answers_as_the_fastapi_routes(index_ip, ds_ip):
     """``SearchEndpoints`` (the default) and FastAPI's own routes (``fast_search=False``) give
     the same status, body and headers for good and bad requests, with keys and limits on."""
     read = "r" * 16
-    settings = Settings(index_dir=str(index_ip), max_batch=8, max_k=50, max_k_coarse=500,
+    settings = Settings(index_dir=str(index_ip), max_batch=8, max_k=50, max_candidates=500,
                         max_body_bytes=4096, api_keys=(read,), admin_keys=("a" * 16,))
     q, auth = _v(ds_ip.xq[3]), {"authorization": f"Bearer {read}"}
     cases = [
-        ("/search", {"vector": q, "k": 5, "params": {"nprobe": 4, "k_coarse": 50}}, auth),
+        ("/search", {"vector": q, "k": 5, "params": {"nprobe": 4, "candidates": 50}}, auth),
         ("/search", {"vector": q, "k": 3, "params": {"rerank": False}}, auth),
         ("/search", {"vector": q, "k": 3, "params": {"exact": True}, "with_vector": True}, auth),
         ("/search", {"vector": q, "k": 2, "params": {"oversampling": 2.5}}, auth),

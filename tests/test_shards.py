@@ -43,13 +43,29 @@ def test_sharded_equals_single_node(ds_ip, built, nprobe, kc, k):
     assert m.format_version == "2.0" and len(m.shards) == 3 and m.ntotal == len(ds_ip.xb)
     single = Searcher(open_index(root / "single"))
     sharded = ShardedSearcher(open_sharded(root / "sharded"))
-    p = SearchParams(k=k, nprobe=nprobe, k_coarse=kc)
+    p = SearchParams(k=k, nprobe=nprobe, candidates=kc)
     a, _ = single.search(ds_ip.xq, p)
     b, _ = sharded.search(ds_ip.xq, p)
     np.testing.assert_array_equal(a.ids, b.ids)
     np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
     si = open_sharded(root / "sharded")
     assert si.external_ids(b.ids[0]) == single.index.external_ids(a.ids[0])
+
+
+def test_sharded_coarse_only_reads_no_rows(ds_ip, built):
+    """rerank=False: the coarse ranking, as the single index gives it, with no dense row read
+    and the time on the coarse stage (before, every shard re-ranked and reported 0 s)."""
+    root, _ = built
+    single = Searcher(open_index(root / "single"))
+    sharded = ShardedSearcher(open_sharded(root / "sharded"))
+    p = SearchParams(k=10, nprobe=16, candidates=3000, rerank=False)
+    a, _ = single.search(ds_ip.xq, p)
+    b, st = sharded.search(ds_ip.xq, p)
+    np.testing.assert_array_equal(a.ids, b.ids)
+    assert st.reranked == st.dense_rows_read == st.dense_bytes_read == 0
+    assert st.rerank_seconds == 0.0 < st.coarse_seconds and st.found > 0
+    _, st2 = sharded.search(ds_ip.xq, SearchParams(k=10, nprobe=16, candidates=100))
+    assert st2.reranked == st2.found > 0 and st2.rerank_seconds > 0
 
 
 def test_sharded_directory_is_guarded(built, tmp_path, ds_ip):
@@ -114,7 +130,7 @@ def test_ray_build_equals_single_node(ds_ip, built, tmp_path):
     assert m.build["executor"] == "ray" and [s["ntotal"] for s in m.shards] == [1500, 1500]
     single = Searcher(open_index(root / "single"))
     si = open_sharded(tmp_path / "ray")
-    p = SearchParams(k=10, nprobe=4, k_coarse=100)
+    p = SearchParams(k=10, nprobe=4, candidates=100)
     a, _ = single.search(ds_ip.xq, p)
     b, _ = ShardedSearcher(si).search(ds_ip.xq, p)
     np.testing.assert_array_equal(a.ids, b.ids)
@@ -176,7 +192,7 @@ def test_ray_serve_router_equals_single_node(ds_ip, built):
         base = f"http://127.0.0.1:{port}"
         info = httpx.get(f"{base}/index", timeout=30).json()
         assert info["count"] == 3000 and info["memory"]["shards"] == 3
-        p = SearchParams(k=5, nprobe=4, k_coarse=50)
+        p = SearchParams(k=5, nprobe=4, candidates=50)
         for i in range(5):
             r = httpx.post(f"{base}/search", json={"vector": ds_ip.xq[i].tolist(), "k": 5,
                                                   "params": {"nprobe": 4, "candidates": 50}},
@@ -213,11 +229,11 @@ def test_sharded_distill_keeps_lists_and_query_map(ds_ip, tmp_path, spec):
     build_sharded(tmp_path / "sharded", ds_ip.xb, params, 2, trainer=pre)
     si = open_sharded(tmp_path / "sharded")
     assert all(oi.query_map is not None for oi in si.shards)
-    p = SearchParams(k=10, nprobe=4, k_coarse=100)
+    p = SearchParams(k=10, nprobe=4, candidates=100)
     a, _ = Searcher(open_index(tmp_path / "single")).search(ds_ip.xq, p)
     b, _ = ShardedSearcher(si).search(ds_ip.xq, p)
     np.testing.assert_array_equal(a.ids, b.ids)
-    p = SearchParams(k=10, nprobe=4, k_coarse=10, rerank=False)  # the coarse scores themselves
+    p = SearchParams(k=10, nprobe=4, candidates=10, rerank=False)  # the coarse scores themselves
     a, _ = Searcher(open_index(tmp_path / "single")).search(ds_ip.xq, p)
     b, _ = ShardedSearcher(si).search(ds_ip.xq, p)
     np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-5)
@@ -232,7 +248,7 @@ def test_sharded_rq_equals_single_node(ds_ip, ds_l2, tmp_path, metric):
     pre = train_once(ds.xb, params)
     write_index(tmp_path / "single", ds.xb, params, codebooks=pre)
     build_sharded(tmp_path / "sharded", ds.xb, params, 2, trainer=pre)
-    p = SearchParams(k=10, nprobe=4, k_coarse=10, rerank=False)  # the RQ scores themselves
+    p = SearchParams(k=10, nprobe=4, candidates=10, rerank=False)  # the RQ scores themselves
     a, _ = Searcher(open_index(tmp_path / "single")).search(ds.xq, p)
     b, _ = ShardedSearcher(open_sharded(tmp_path / "sharded")).search(ds.xq, p)
     np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-5)

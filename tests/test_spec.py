@@ -47,8 +47,8 @@ def test_build_params_validation():
 
 
 @pytest.mark.parametrize("kw,msg", [({"k": 0}, "k must"), ({"nprobe": 0}, "nprobe"),
-                                    ({"nprobe": 17}, "nprobe"), ({"k_coarse": 1001}, "k_coarse"),
-                                    ({"k": 20, "k_coarse": 10}, "must not exceed")])
+                                    ({"nprobe": 17}, "nprobe"), ({"candidates": 1001}, "candidates"),
+                                    ({"k": 20, "candidates": 10}, "must not exceed")])
 def test_search_params_ranges(kw, msg):
     with pytest.raises(SearchParamError, match=msg):
         SearchParams(**kw).validate(nlist=16, ntotal=1000)
@@ -56,7 +56,7 @@ def test_search_params_ranges(kw, msg):
 
 def test_oversampling():
     p = SearchParams.from_oversampling(10, 2.5, nprobe=4, ntotal=1000)
-    assert p.k_coarse == 25
-    assert SearchParams.from_oversampling(10, 500, nprobe=4, ntotal=300).k_coarse == 300
+    assert p.candidates == 25
+    assert SearchParams.from_oversampling(10, 500, nprobe=4, ntotal=300).candidates == 300
     with pytest.raises(SearchParamError):
         SearchParams.from_oversampling(10, 0.5, nprobe=4, ntotal=1000)

@@ -179,7 +179,7 @@ def test_export_reload_matches_torch_ranking(trained, ds_ip):
 def test_reranked_search_still_exact_at_full_probe(trained, ds_ip):
     _, out = trained
     s = Searcher(open_index(out))
-    res, _ = s.search(ds_ip.xq, SearchParams(k=10, nprobe=16, k_coarse=s.index.ntotal))
+    res, _ = s.search(ds_ip.xq, SearchParams(k=10, nprobe=16, candidates=s.index.ntotal))
     np.testing.assert_array_equal(res.ids, s.exact(ds_ip.xq, 10).ids)
 
 
@@ -204,7 +204,7 @@ def test_l2_and_opq_train(tmp_path, ds_l2):
                                                             metric=Metric.L2, kmeans_niter=5),
                     trainer=tr)
         s = Searcher(open_index(tmp_path / spec))
-        res, _ = s.search(ds_l2.xq, SearchParams(k=5, nprobe=8, k_coarse=s.index.ntotal))
+        res, _ = s.search(ds_l2.xq, SearchParams(k=5, nprobe=8, candidates=s.index.ntotal))
         np.testing.assert_array_equal(res.ids, s.exact(ds_l2.xq, 5).ids)
         assert tr.history[-1]["loss"] <= tr.history[1]["loss"] * 1.05
         assert tr.info["ivf_weight"] == 0.0  # L2's default: the PQ loss only
@@ -262,7 +262,7 @@ def test_lsq_distill_trains_exports_and_reranks_exactly(tmp_path, ds_ip):
     assert tr.model.residual and tr.model.M == 6
     assert tr.info["lr"] == {"centroids": 1e-4, "codebooks": 3e-4}
     s = Searcher(open_index(tmp_path / "a"))
-    res, _ = s.search(ds_ip.xq, SearchParams(k=10, nprobe=16, k_coarse=s.index.ntotal))
+    res, _ = s.search(ds_ip.xq, SearchParams(k=10, nprobe=16, candidates=s.index.ntotal))
     np.testing.assert_array_equal(res.ids, s.exact(ds_ip.xq, 10).ids)
 
 
@@ -277,7 +277,7 @@ def test_budget_spent_before_fine_tuning_trains_no_epoch(tmp_path, ds_ip):
     assert tr.info["stopped"] == "time_budget" and len(tr.history) == 1
     assert tr.info["best_val"] == tr.history[0]["val_recall"]
     s = Searcher(open_index(tmp_path / "i"))
-    res, _ = s.search(ds_ip.xq, SearchParams(k=5, nprobe=8, k_coarse=s.index.ntotal))
+    res, _ = s.search(ds_ip.xq, SearchParams(k=5, nprobe=8, candidates=s.index.ntotal))
     np.testing.assert_array_equal(res.ids, s.exact(ds_ip.xq, 5).ids)
 
 
@@ -330,7 +330,7 @@ def test_query_weighting_raises_recall_when_queries_are_anisotropic(tmp_path):
         write_index(out, xb, BuildParams(spec=IndexSpec.parse("IVF8,PQ4"), metric=Metric.IP,
                                          kmeans_niter=10),
                     trainer=DistillVQTrainer(cfg, queries=xq_train))
-        res, _ = Searcher(open_index(out)).search(xq, SearchParams(k=20, nprobe=8, k_coarse=20,
+        res, _ = Searcher(open_index(out)).search(xq, SearchParams(k=20, nprobe=8, candidates=20,
                                                                    rerank=False))
         recalls[name] = np.mean([len(set(a) & set(b)) / 20 for a, b in zip(res.ids, truth,
                                                                            strict=True)])

@@ -96,11 +96,12 @@ def _queries(xb: np.ndarray, nq: int, cfg: SyntheticConfig, stream: int
         m = int(rng.integers(1, 4))
         if m > 1:
             sims = xb @ xb[a] if cfg.metric is Metric.IP else -((xb - xb[a]) ** 2).sum(1)
-            rel = np.argpartition(-sims, m)[:m + 1]
-            rel = [int(a)] + [int(j) for j in rel if j != a][:m - 1]
+            near = np.argpartition(-sims, m)[:m + 1]
+            rel = [int(a)] + [int(j) for j in near if j != a][:m - 1]
         else:
             rel = [int(a)]
-        q = xb[rel].mean(0) + cfg.query_noise * rng.standard_normal(d).astype(np.float32) / np.sqrt(d)
+        noise = np.asarray(rng.standard_normal(d), dtype=np.float32)
+        q = xb[rel].mean(0) + cfg.query_noise * noise / np.sqrt(d)
         if cfg.metric is Metric.IP:
             q /= np.linalg.norm(q)
         xq[i] = q

@@ -1,1 +1,1 @@
-"""Evaluation: relevance and exact-search recall metrics, the nprobe x k_coarse sweep, reports."""
+"""Evaluation: relevance and exact-search recall metrics, the nprobe x candidates sweep, reports."""

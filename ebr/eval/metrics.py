@@ -40,7 +40,7 @@ def label_metrics(ranked: Sequence[Sequence[Any]], qrels: Sequence[Mapping[Any, 
 
     Queries with no relevant document are skipped (as BEIR does).
     """
-    rec = {k: [] for k in ks}
+    rec: dict[int, list[float]] = {k: [] for k in ks}
     ndcg, mrr = [], []
     for ranking, rel in zip(ranked, qrels, strict=True):
         rel = {d: g for d, g in rel.items() if g > 0}

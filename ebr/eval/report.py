@@ -11,7 +11,7 @@ from typing import Any
 
 __all__ = ["write_report", "markdown_table"]
 
-COLUMNS = ["system", "stage", "nprobe", "k_coarse", "exact_recall@1", "exact_recall@10",
+COLUMNS = ["system", "stage", "nprobe", "candidates", "exact_recall@1", "exact_recall@10",
            "exact_recall@100", "recall@10", "recall@100", "ndcg@10", "mrr@10",
            "p50_ms", "p95_ms", "p99_ms", "qps_batch"]
 
@@ -71,7 +71,7 @@ def _plot(path: Path, title: str, rows: Sequence[dict[str, Any]]) -> Path:
             continue
         curves = panels.setdefault(str(r.get("dataset_variant", "")), {})
         curves.setdefault((r["system"], r["stage"], r["nprobe"]), []).append(
-            (r["p50_ms"], r["exact_recall@10"], r["k_coarse"]))
+            (r["p50_ms"], r["exact_recall@10"], r["candidates"]))
     n = max(len(panels), 1)
     cols = min(n, 3)
     nrows = -(-n // cols)
@@ -96,7 +96,7 @@ def _plot(path: Path, title: str, rows: Sequence[dict[str, Any]]) -> Path:
         ax.legend(fontsize=6, loc="lower right")
     for ax in axes.ravel()[len(panels):]:
         ax.axis("off")
-    fig.suptitle(title + " (points: k_coarse ascending)", fontsize=10)
+    fig.suptitle(title + " (points: candidates ascending)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,6 +1,6 @@
 """Build once, sweep search parameters, one row per operating point (ann-benchmarks ``runner``).
 
-Each row measures one system at one ``(nprobe, k_coarse)``, coarse-only or re-ranked: recall
+Each row measures one system at one ``(nprobe, candidates)``, coarse-only or re-ranked: recall
 against exact search at 1/10/100, the label metrics when qrels are given, per-query latency
 percentiles (queries one at a time, as a server sees them) and batch QPS.
 """
@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 class System(Protocol):
     name: str
 
-    def search(self, xq: np.ndarray, k: int, nprobe: int, k_coarse: int,
+    def search(self, xq: np.ndarray, k: int, nprobe: int, candidates: int,
                rerank: bool) -> SearchResult: ...
 
 
@@ -45,9 +45,9 @@ class EbrSystem:
     searcher: Searcher
     name: str = "ebr"
 
-    def search(self, xq: np.ndarray, k: int, nprobe: int, k_coarse: int,
+    def search(self, xq: np.ndarray, k: int, nprobe: int, candidates: int,
                rerank: bool) -> SearchResult:
-        res, _ = self.searcher.search(xq, SearchParams(k=k, nprobe=nprobe, k_coarse=k_coarse,
+        res, _ = self.searcher.search(xq, SearchParams(k=k, nprobe=nprobe, candidates=candidates,
                                                        rerank=rerank))
         return res
 
@@ -57,7 +57,7 @@ class FaissRefineSystem:
     vector in RAM.
 
     Trained with the same spec, seed and k-means iterations as ebr's k-means codebooks;
-    ``k_factor = k_coarse / k``.
+    ``k_factor = candidates / k``.
     """
 
     def __init__(self, xb: np.ndarray, spec: IndexSpec, metric: Metric, seed: int = 1234,
@@ -80,7 +80,7 @@ class FaissRefineSystem:
         # the refine store holds every vector; the base index as ebr counts its own
         self.ram_bytes = xb.nbytes + coarse_ram_bytes(lift_rq(base))["coarse_ram_bytes"]
 
-    def search(self, xq: np.ndarray, k: int, nprobe: int, k_coarse: int,
+    def search(self, xq: np.ndarray, k: int, nprobe: int, candidates: int,
                rerank: bool) -> SearchResult:
 
         xq = np.ascontiguousarray(xq, dtype=np.float32)
@@ -92,7 +92,7 @@ class FaissRefineSystem:
             p = faiss.IndexRefineSearchParameters()
             inner = ivf_params(self.base, nprobe)
             p.base_index_params = inner
-            p.k_factor = k_coarse / k
+            p.k_factor = candidates / k
             D, ids = self.index.search(xq, k, params=p)
         return SearchResult(ids.astype(np.int64), faiss_scores_to_ebr(D, self.metric))
 
@@ -116,12 +116,12 @@ class EvalSet:
         return int(self.exact.ids.shape[1])
 
 
-def _latencies(system: System, xq: np.ndarray, k: int, nprobe: int, k_coarse: int,
+def _latencies(system: System, xq: np.ndarray, k: int, nprobe: int, candidates: int,
                rerank: bool) -> np.ndarray:
     out = np.empty(len(xq))
     for i in range(len(xq)):
         t0 = time.perf_counter()
-        system.search(xq[i:i + 1], k, nprobe, k_coarse, rerank)
+        system.search(xq[i:i + 1], k, nprobe, candidates, rerank)
         out[i] = time.perf_counter() - t0
     return out
 
@@ -150,11 +150,11 @@ def _exact_scores_of(xq: np.ndarray, ids: np.ndarray, dense: np.ndarray,
 
 
 def sweep(systems: Sequence[System], ev: EvalSet, dense: np.ndarray, metric: Metric,
-          nprobes: Sequence[int], k_coarses: Sequence[int], k_latency: int = 10,
+          nprobes: Sequence[int], candidate_counts: Sequence[int], k_latency: int = 10,
           progress: bool = False) -> list[dict[str, Any]]:
-    """Evaluate every system at every (nprobe, k_coarse), coarse-only and re-ranked."""
+    """Evaluate every system at every (nprobe, candidates), coarse-only and re-ranked."""
     rows: list[dict[str, Any]] = []
-    grid = [(s, p, c, r) for s in systems for p in nprobes for c in k_coarses for r in (False, True)]
+    grid = [(s, p, c, r) for s in systems for p in nprobes for c in candidate_counts for r in (False, True)]
     for system, nprobe, kc, rr in tqdm(grid, desc="sweep", disable=not progress):
         k = min(ev.k_max, kc)
         system.search(ev.xq[:8], k, nprobe, kc, rr)  # warm-up: first touch of pages, threads
@@ -162,8 +162,8 @@ def sweep(systems: Sequence[System], ev: EvalSet, dense: np.ndarray, metric: Met
         res = system.search(ev.xq, k, nprobe, kc, rr)
         batch_s = time.perf_counter() - t0
         lat = _latencies(system, ev.xq, min(k_latency, kc), nprobe, kc, rr)
-        row = {"system": system.name, "stage": "reranked" if rr else "coarse",
-               "nprobe": nprobe, "k_coarse": kc}
+        row: dict[str, Any] = {"system": system.name, "stage": "reranked" if rr else "coarse",
+                               "nprobe": nprobe, "candidates": kc}
         row.update(_row(ev, res, _exact_scores_of(ev.dense_queries, res.ids, dense, metric)))
         row.update({"p50_ms": 1e3 * float(np.percentile(lat, 50)),
                     "p95_ms": 1e3 * float(np.percentile(lat, 95)),
@@ -182,7 +182,7 @@ def exact_rows(ev: EvalSet, searcher: Searcher) -> dict[str, Any]:
         t0 = time.perf_counter()
         searcher.exact(ev.xq[i:i + 1], 10)
         lat[i] = time.perf_counter() - t0
-    row: dict[str, Any] = {"system": "exact", "stage": "exact", "nprobe": None, "k_coarse": None}
+    row: dict[str, Any] = {"system": "exact", "stage": "exact", "nprobe": None, "candidates": None}
     row.update(_row(ev, ev.exact, ev.exact.scores))
     row.update({"p50_ms": 1e3 * float(np.percentile(lat, 50)),
                 "p95_ms": 1e3 * float(np.percentile(lat, 95)),

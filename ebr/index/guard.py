@@ -65,7 +65,7 @@ def enable_leases() -> bool:
         return True
     if not hasattr(signal, "SIGRTMIN") or threading.current_thread() is not threading.main_thread():
         return False
-    sig = signal.SIGRTMIN + 3  # type: ignore[attr-defined]  # a real-time signal nobody else uses
+    sig = signal.SIGRTMIN + 3  # a real-time signal nobody else uses
     r, w = os.pipe()
     os.set_blocking(w, False)
 

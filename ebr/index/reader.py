@@ -82,7 +82,7 @@ class OpenIndex:
         r = np.asarray(rows).ravel()
         if isinstance(self.ids, np.ndarray):
             if r.size and r.min() >= 0:  # the usual case: no padding, one vectorised lookup
-                return self.ids[r].tolist()  # type: ignore[no-any-return]
+                return self.ids[r].tolist()
             return [None if i < 0 else self.ids[i].item() for i in r.tolist()]
         return [None if i < 0 else self.ids[i] for i in r.tolist()]
 

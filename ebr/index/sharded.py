@@ -12,6 +12,7 @@ and checks that all shards share one quantizer and one set of codebooks; the sea
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -118,8 +119,9 @@ def build_sharded(directory: str | os.PathLike[str], vectors: np.ndarray, params
     check_target(target, overwrite)
     pre = train_once(vectors, params, trainer)
     with staging_dir(target) as stage:
-        jobs = [lambda i=i, a=a, b=b: write_shard(stage, i, a, b, vectors, params, pre, ids)
-                for i, (a, b) in enumerate(shard_ranges(len(vectors), n_shards))]
+        jobs: list[Callable[[], dict[str, Any]]] = [
+            functools.partial(write_shard, stage, i, a, b, vectors, params, pre, ids)
+            for i, (a, b) in enumerate(shard_ranges(len(vectors), n_shards))]
         shards = (run or (lambda js: [j() for j in js]))(jobs)
         m = commit_shards(stage, target, shards, params, pre, "local", overwrite)
     logger.info("wrote %s: %d shards, %d vectors, %.1f s", target, n_shards, m.ntotal,

@@ -57,6 +57,7 @@ def _check_ids(ids: Sequence[Any] | np.ndarray | None, n: int) -> tuple[str, Any
     if len(ids) != n:
         raise InputError(f"ids: {len(ids)} ids for {n} vectors")
     arr = np.asarray(ids)
+    out: Any
     if np.issubdtype(arr.dtype, np.integer):
         kind, out = "int", arr.astype(np.int64)
     else:

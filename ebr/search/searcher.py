@@ -1,6 +1,6 @@
 """``Searcher``: the two-stage search over an open index.
 
-    queries -> (normalise) -> (query map) -> coarse top-k_coarse over the PQ codes, nprobe lists
+    queries -> (normalise) -> (query map) -> coarse top-candidates over the PQ codes, nprobe lists
             -> read those rows from the dense store -> exact scores with (query tower) q -> top-k
 
 The query map (Distill-VQ) serves the coarse stage only; the query tower (BiDR) the re-rank
@@ -47,16 +47,16 @@ class Searcher:
         xq = np.ascontiguousarray(xq, dtype=np.float32)
         return normalize_rows(xq) if self.index.normalize else xq
 
-    def coarse(self, xq: np.ndarray, k_coarse: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
-        """Coarse top-``k_coarse`` over the codes: (ids int64 [nq, kc], approx scores [nq, kc]).
+    def coarse(self, xq: np.ndarray, candidates: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        """Coarse top-``candidates`` over the codes: (ids int64 [nq, kc], approx scores [nq, kc]).
 
         A learned query map (Distill-VQ) applies here only; the re-rank uses the original query.
         """
         with self.index.using():
-            ids, D, xm = self._coarse(xq, k_coarse, nprobe)
+            ids, D, xm = self._coarse(xq, candidates, nprobe)
         return ids, self._coarse_scores(D, xm)
 
-    def _coarse(self, xq: np.ndarray, k_coarse: int, nprobe: int
+    def _coarse(self, xq: np.ndarray, candidates: int, nprobe: int
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(ids, raw faiss distances, the queries as the coarse stage saw them): the re-rank
         needs no coarse scores."""
@@ -65,7 +65,7 @@ class Searcher:
         sp = self._ivf_params.get(nprobe)
         if sp is None:  # read-only during a search: one object per nprobe, shared by threads
             sp = self._ivf_params.setdefault(nprobe, ivf_params(self.index.coarse, nprobe))
-        D, ids = self.index.coarse.search(xq, k_coarse, params=sp)
+        D, ids = self.index.coarse.search(xq, candidates, params=sp)
         return ids, D, xq
 
     def _coarse_scores(self, D: np.ndarray, xm: np.ndarray) -> np.ndarray:
@@ -86,7 +86,7 @@ class Searcher:
         xq = self.prepare_queries(xq)
         with self.index.using():  # the mapped files stay whole until both stages are done
             t0 = time.perf_counter()
-            cand, D, xm = self._coarse(xq, params.k_coarse, params.nprobe)
+            cand, D, xm = self._coarse(xq, params.candidates, params.nprobe)
             t1 = time.perf_counter()
             per_query = (cand >= 0).sum(axis=1)
             n_cand = int(per_query.sum())
@@ -98,11 +98,11 @@ class Searcher:
                 scores, rows = self._coarse_scores(D[:, :params.k], xm), 0
             t2 = time.perf_counter()
         stats = SearchStats(
-            nq=xq.shape[0], nprobe=params.nprobe, k_coarse=params.k_coarse, candidates=n_cand,
+            nq=xq.shape[0], nprobe=params.nprobe, candidates=params.candidates, found=n_cand,
             reranked=n_cand if params.rerank else 0, dense_rows_read=rows,
             dense_bytes_read=rows * self.index.dim * self.index.dense.dtype.itemsize,
             coarse_seconds=t1 - t0, rerank_seconds=t2 - t1,
-            per_query_candidates=per_query,
+            per_query_found=per_query,
         )
         return SearchResult(ids, scores), stats
 

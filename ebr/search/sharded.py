@@ -23,34 +23,43 @@ from ebr.search.searcher import Searcher
 from ebr.spec import SearchParams
 from ebr.types import SearchResult, SearchStats
 
-__all__ = ["merge", "shard_answer", "LocalShard", "ShardedSearcher"]
+__all__ = ["Answer", "merge", "shard_answer", "LocalShard", "ShardedSearcher"]
 
 
-def merge(parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], k: int, k_coarse: int
-          ) -> SearchResult:
+def merge(parts: Sequence[Sequence[np.ndarray]], k: int, candidates: int) -> SearchResult:
     """Exact merge of per-shard answers (global ids, coarse scores, exact scores), each
-    [nq, c]: the global top-``k_coarse`` by coarse score, then their top-``k`` by exact score."""
+    [nq, c]: the global top-``candidates`` by coarse score, then their top-``k`` by exact score."""
     ids = np.concatenate([p[0] for p in parts], axis=1)
     coarse = np.concatenate([p[1] for p in parts], axis=1)
     exact = np.concatenate([p[2] for p in parts], axis=1)
     coarse = np.where(ids >= 0, coarse, -np.inf)
-    # positions of the global top-k_coarse by (coarse score desc, id asc), as topk orders them
+    # positions of the global top-candidates by (coarse score desc, id asc), as topk orders them
     order = np.lexsort((np.where(ids < 0, np.iinfo(np.int64).max, ids), -coarse), axis=1)
     in_top = np.zeros(ids.shape, dtype=bool)
-    np.put_along_axis(in_top, order[:, :k_coarse], True, axis=1)
+    np.put_along_axis(in_top, order[:, :candidates], True, axis=1)
     in_top &= ids >= 0
     return SearchResult(*topk(np.where(in_top, exact, -np.inf), np.where(in_top, ids, -1), k))
 
 
-def shard_answer(oi: OpenIndex, start: int, xq: np.ndarray, params: SearchParams
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One shard's part: its coarse top-C (global ids), their coarse and exact scores."""
+Answer = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def shard_answer(oi: OpenIndex, start: int, xq: np.ndarray, params: SearchParams) -> Answer:
+    """One shard's part: its coarse top-C (global ids), their coarse scores, their exact
+    scores (-inf without ``rerank``), and [coarse seconds, re-rank seconds]."""
     s = Searcher(oi)
-    kc = min(params.k_coarse, oi.ntotal)
+    kc = min(params.candidates, oi.ntotal)
     with oi.using():
+        t0 = time.perf_counter()
         cand, cscores = s.coarse(xq, kc, params.nprobe)
+        t1 = time.perf_counter()
+        if not params.rerank:
+            valid = cand >= 0
+            return (np.where(valid, cand + start, -1), np.where(valid, cscores, -np.inf),
+                    np.full(cand.shape, -np.inf, np.float32), np.array([t1 - t0, 0.0]))
         res_ids, res_sc, _ = rerank(s.dense_queries(xq), cand, oi.dense, oi.metric, kc,
                                     padded_at_end=True)
+        t2 = time.perf_counter()
     res = SearchResult(res_ids, res_sc)  # every candidate, with its exact score
     order = np.argsort(np.where(res.ids >= 0, res.ids, np.iinfo(np.int64).max), axis=1)
     r_ids = np.take_along_axis(res.ids, order, 1)
@@ -63,7 +72,7 @@ def shard_answer(oi: OpenIndex, start: int, xq: np.ndarray, params: SearchParams
         raise SearchParamError("internal: re-rank candidates differ from the coarse ones")
     valid = c_ids >= 0
     return (np.where(valid, c_ids + start, -1), np.where(valid, c_sc, -np.inf),
-            np.where(valid, r_sc, -np.inf))
+            np.where(valid, r_sc, -np.inf), np.array([t1 - t0, t2 - t1]))
 
 
 class LocalShard:
@@ -72,8 +81,7 @@ class LocalShard:
     def __init__(self, oi: OpenIndex, start: int) -> None:
         self.oi, self.start = oi, start
 
-    def answer(self, xq: np.ndarray, params: SearchParams
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def answer(self, xq: np.ndarray, params: SearchParams) -> Answer:
         return shard_answer(self.oi, self.start, xq, params)
 
     def exact(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -99,21 +107,22 @@ class ShardedSearcher:
     def search(self, xq: np.ndarray, params: SearchParams) -> tuple[SearchResult, SearchStats]:
         params.validate(self.index.nlist, self.index.ntotal)
         xq = self.prepare_queries(xq)
-        t0 = time.perf_counter()
         parts = [b.answer(xq, params) for b in self.backends]
         if params.rerank:
-            res = merge(parts, params.k, params.k_coarse)
+            res = merge(parts, params.k, params.candidates)
         else:  # coarse-only: the global top-k by coarse score
             ids = np.concatenate([p[0] for p in parts], axis=1)
             coarse = np.concatenate([p[1] for p in parts], axis=1)
             res = SearchResult(*topk(np.where(ids >= 0, coarse, -np.inf), ids, params.k))
         n_cand = int(sum((p[0] >= 0).sum() for p in parts))
-        stats = SearchStats(nq=len(xq), nprobe=params.nprobe, k_coarse=params.k_coarse,
-                            candidates=n_cand, reranked=n_cand, dense_rows_read=n_cand,
-                            dense_bytes_read=n_cand * self.index.dim
+        rows = n_cand if params.rerank else 0
+        seconds = np.sum([p[3] for p in parts], axis=0)  # shards answer one after another
+        stats = SearchStats(nq=len(xq), nprobe=params.nprobe, candidates=params.candidates,
+                            found=n_cand, reranked=rows, dense_rows_read=rows,
+                            dense_bytes_read=rows * self.index.dim
                             * self.index.shards[0].dense.dtype.itemsize,
-                            coarse_seconds=time.perf_counter() - t0, rerank_seconds=0.0,
-                            per_query_candidates=sum((p[0] >= 0).sum(axis=1) for p in parts))
+                            coarse_seconds=float(seconds[0]), rerank_seconds=float(seconds[1]),
+                            per_query_found=sum((p[0] >= 0).sum(axis=1) for p in parts))
         return res, stats
 
     def exact(self, xq: np.ndarray, k: int) -> SearchResult:

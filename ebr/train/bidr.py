@@ -144,9 +144,8 @@ class BiDRDenseTrainer:
             name="bidr", max_epochs=cfg.max_epochs, patience=cfg.patience, start=v0,
             watch="val_ndcg@10", train_epoch=run.epoch, validate=run.validate,
             snapshot=lambda: tuple(copy.deepcopy(net.state_dict()) for net in nets),
-            restore=lambda state: [net.load_state_dict(s) for net, s in zip(nets, state,
-                                                                             strict=True)],
-            budget_spent=lambda: bool(cfg.time_budget_s) and
+            restore=lambda state: _load_states(nets, state),
+            budget_spent=lambda: cfg.time_budget_s is not None and cfg.time_budget_s > 0 and
             time.perf_counter() - t_start > cfg.time_budget_s,
             progress=self.progress)
         self.history = result.history
@@ -253,6 +252,11 @@ class _TowerRun:
             self.opt.step()
             losses.append(float(loss.detach()))
         return losses
+
+
+def _load_states(nets: tuple[TowerNet, TowerNet], states: tuple[Any, ...]) -> None:
+    for net, state in zip(nets, states, strict=True):
+        net.load_state_dict(state)
 
 
 def _calibrate_tau(queries: np.ndarray, xd: np.ndarray, sl: np.ndarray, to_local: Any,

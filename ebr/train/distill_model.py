@@ -94,7 +94,8 @@ class DistillVQ(nn.Module):
     def map_queries(self, q: torch.Tensor) -> torch.Tensor:
         """q [B, d] -> W q, rotated into the index's working space."""
         q = q @ self.query_map.T
-        return q if self.rotation is None else q @ self.rotation.T
+        rotation = self.rotation  # a buffer, or None
+        return q @ rotation.T if isinstance(rotation, torch.Tensor) else q
 
     @torch.no_grad()
     def encode(self, xr: torch.Tensor, assign: torch.Tensor) -> torch.Tensor:

@@ -133,7 +133,7 @@ class DistillRun:
     def budget_spent(self) -> bool:
         """Whether ``time_budget_s`` (counted from the fit's start) is used up."""
         b = self.cfg.time_budget_s
-        return bool(b) and time.perf_counter() - self.t_start > b
+        return b is not None and b > 0 and time.perf_counter() - self.t_start > b
 
     def residuals(self) -> np.ndarray:
         """What the codes reconstruct: the documents less their current list centroids."""

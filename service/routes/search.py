@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from ebr.errors import InputError, SearchParamError
 from ebr.search.searcher import Searcher
+from ebr.search.sharded import ShardedSearcher
 from ebr.spec import SearchParams
 from ebr.types import SearchStats
 from service.body import read_body
@@ -48,7 +49,7 @@ from service.settings import Settings
 router = APIRouter(tags=["search"], dependencies=[Depends(require_read)])
 
 
-_ERRORS = {401: {"model": ErrorResponse}, 403: {"model": ErrorResponse},
+_ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorResponse}, 403: {"model": ErrorResponse},
            413: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
            429: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
 
@@ -72,33 +73,33 @@ def _query_vector(req: SearchRequest, gen: Generation, where: str) -> np.ndarray
 
 def k_limit(settings: Settings, ntotal: int) -> int:
     """The largest k a search may ask: within max_k, and within the candidate count a
-    two-stage search can re-rank (max_k_coarse, the documents in the index)."""
-    return min(settings.max_k, settings.max_k_coarse, ntotal)
+    two-stage search can re-rank (max_candidates, the documents in the index)."""
+    return min(settings.max_k, settings.max_candidates, ntotal)
 
 
-def _params(req: SearchRequest, state: ServiceState, searcher: Searcher,
+def _params(req: SearchRequest, state: ServiceState, searcher: Searcher | ShardedSearcher,
             where: str) -> SearchParams:
+    """The request's two-stage parameters, checked by ``SearchParams.validate`` (the one check;
+    its errors are reported under the request's field names). Defaults adapt to the index: the
+    server's nprobe at most nlist, its candidate count at least k and at most the documents;
+    an oversampling factor's count is capped the same way. Values given are checked, never
+    clamped."""
     s, oi = state.settings, searcher.index
     p = req.params
-    if p.nprobe is not None and p.nprobe > oi.nlist:
-        raise SearchParamError(f"{where}params.nprobe: must be <= {oi.nlist} (nlist), "
-                               f"got {p.nprobe}")
     nprobe = p.nprobe if p.nprobe is not None else min(s.default_nprobe, oi.nlist)
     if p.oversampling is not None:
-        return SearchParams.from_oversampling(req.k, p.oversampling, nprobe,
-                                              min(oi.ntotal, s.max_k_coarse), rerank=p.rerank)
-    if p.k_coarse is not None:
-        limit = min(s.max_k_coarse, oi.ntotal)
-        if p.k_coarse > limit:
-            raise SearchParamError(f"{where}params.k_coarse: must be <= {limit}, "
-                                   f"got {p.k_coarse}")
-        if p.k_coarse < req.k:
-            raise SearchParamError(f"{where}params.k_coarse: must be >= k ({req.k}), "
-                                   f"got {p.k_coarse}")
-        kc = p.k_coarse
+        params = SearchParams.from_oversampling(req.k, p.oversampling, nprobe,
+                                                min(oi.ntotal, s.max_candidates), p.rerank)
     else:
-        kc = min(max(s.default_k_coarse, req.k), oi.ntotal, s.max_k_coarse)
-    return SearchParams(k=req.k, nprobe=nprobe, k_coarse=kc, rerank=p.rerank)
+        kc = p.candidates if p.candidates is not None else \
+            min(max(s.default_candidates, req.k), oi.ntotal, s.max_candidates)
+        params = SearchParams(k=req.k, nprobe=nprobe, candidates=kc, rerank=p.rerank)
+    try:
+        return params.validate(oi.nlist, oi.ntotal, s.max_candidates)
+    except SearchParamError as e:
+        if e.param is None:
+            raise
+        raise SearchParamError(f"{where}params.{e.param}: {e.problem}") from None
 
 
 def _prepare(req: SearchRequest, state: ServiceState, gen: Generation, where: str = ""
@@ -116,11 +117,11 @@ def _prepare(req: SearchRequest, state: ServiceState, gen: Generation, where: st
 def _two_stage_stats(res_st: SearchStats, row: int, batch: int, params: SearchParams,
                      state: ServiceState, row_bytes: int) -> dict[str, Any]:
     """Stats of one query of a (possibly shared) batch search."""
-    per = res_st.per_query_candidates
-    cand = int(per[row]) if per is not None else res_st.candidates
+    per = res_st.per_query_found
+    cand = int(per[row]) if per is not None else res_st.found
     state.metrics.candidates.observe(cand)
     return {"mode": "two_stage" if params.rerank else "coarse_only", "nprobe": res_st.nprobe,
-            "k_coarse": res_st.k_coarse, "candidates": cand,
+            "candidates": res_st.candidates, "found": cand,
             "reranked": cand if params.rerank else 0,
             # alone, this query reads its candidates; in a batch, shared rows are read once
             "dense_bytes_read": (res_st.dense_bytes_read if batch == 1
@@ -150,7 +151,7 @@ def _exact(req: SearchRequest, gen: Generation, x: np.ndarray) -> dict[str, Any]
     oi = gen.searcher.index
     t0 = time.perf_counter()
     res = gen.searcher.exact(x, req.k)
-    stats = {"mode": "exact", "nprobe": None, "k_coarse": None, "candidates": oi.ntotal,
+    stats = {"mode": "exact", "nprobe": None, "candidates": None, "found": oi.ntotal,
              "reranked": oi.ntotal, "dense_bytes_read": int(oi.dense.nbytes),
              "coarse_ms": 0.0, "rerank_ms": 1e3 * (time.perf_counter() - t0)}
     return _result(req, gen, res.ids[0], res.scores[0], stats)
@@ -168,7 +169,7 @@ def _check_budget(reqs: list[SearchRequest], params: list[SearchParams | None],
     totals = {
         "hits (sum of k)": (sum(r.k for r in reqs), s.max_hits_per_request,
                             "EBR_MAX_HITS_PER_REQUEST"),
-        "candidates (sum of k_coarse)": (sum(p.k_coarse for p in params if p is not None),
+        "candidates (sum of candidates)": (sum(p.candidates for p in params if p is not None),
                                          s.max_candidates_per_request,
                                          "EBR_MAX_CANDIDATES_PER_REQUEST"),
         "returned vectors (sum of k with with_vector)": (
@@ -294,7 +295,7 @@ class SearchEndpoints:
                 else:
                     reply = await run_in_threadpool(
                         run_batch, BatchRequest.model_validate_json(body), state, gen)
-                status, extra = 200, {}
+                status, extra = 200, dict[str, str]()
             except ValidationError as e:
                 state.metrics.errors.labels("RequestValidationError").inc()
                 status, reply, extra = 422, error_body(validation_message(e.errors())), {}
