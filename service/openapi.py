@@ -25,6 +25,7 @@ from fastapi.staticfiles import StaticFiles
 
 from service.deps import ServiceState
 from service.routes.search import k_limit
+from service.schemas import BatchRequest, SearchRequest
 
 __all__ = ["install_openapi"]
 
@@ -39,6 +40,10 @@ def _patch(schema: dict[str, Any], state: ServiceState) -> dict[str, Any]:
     s = state.settings
     out = copy.deepcopy(schema)
     comps = out.setdefault("components", {})
+    for model in (SearchRequest, BatchRequest):  # the search routes read their body themselves
+        body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        comps.setdefault("schemas", {}).update(body.pop("$defs", {}))
+        comps["schemas"][model.__name__] = body
     comps.setdefault("securitySchemes", {})["bearer"] = {
         "type": "http", "scheme": "bearer",
         "description": "an API key (EBR_API_KEYS for reads, EBR_ADMIN_KEYS for /admin)"}

@@ -12,7 +12,7 @@ import time
 from typing import Any, cast
 
 import numpy as np
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
@@ -27,12 +27,9 @@ from ebr.types import SearchStats
 from service.body import read_body
 from service.deps import (
     Generation,
-    GenerationDep,
     ServiceState,
-    StateDep,
     check_read,
     current_generation,
-    require_read,
 )
 from service.errors import RequestTooLargeError, error_body, reply_for, validation_message
 from service.observability import new_request_id, request_id
@@ -46,7 +43,7 @@ from service.schemas import (
 )
 from service.settings import Settings
 
-router = APIRouter(tags=["search"], dependencies=[Depends(require_read)])
+router = APIRouter(tags=["search"])  # auth in answer(), for both doors
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorResponse}, 403: {"model": ErrorResponse},
@@ -237,32 +234,76 @@ def run_batch(req: BatchRequest, state: ServiceState, gen: Generation) -> bytes:
     return to_json({"result": results, "status": "ok", "time": time.perf_counter() - t0})
 
 
-# The FastAPI routes document the endpoints (OpenAPI, /docs) and serve them when the app runs
-# without ``SearchEndpoints`` (``create_app(fast_search=False)``); that answers the same
-# requests with the same code and replies, minus FastAPI's per-request machinery.
+async def answer(state: ServiceState, path: str, headers: dict[bytes, bytes],
+                 receive: Receive) -> tuple[int, bytes, dict[str, str]]:
+    """The one implementation of ``POST /search`` and ``POST /search/batch``: auth, content
+    type, the body (read under its limit), validation by the request models in one pass
+    (pydantic-core), the search, and every failure as the app's reply for it. Returns
+    (status, JSON body, extra headers). Raises ``ClientDisconnect`` when there is no one to
+    answer. Both doors call it: :class:`SearchEndpoints` in front of FastAPI, and the FastAPI
+    routes below."""
+    try:
+        check_read(state.settings, headers.get(b"authorization", b"").decode("latin-1"))
+        ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if not (ctype.endswith(b"/json") or ctype.endswith(b"+json")):
+            raise InputError(f"body: Content-Type must be application/json, got "
+                             f"{ctype.decode('latin-1')[:100] or 'none'!r}")
+        body = await read_body(receive, headers.get(b"content-length"),
+                               state.settings.max_body_bytes)
+        gen = current_generation(state)
+        if path == "/search":
+            reply = await run_search(SearchRequest.model_validate_json(body), state, gen)
+        else:
+            reply = await run_in_threadpool(run_batch, BatchRequest.model_validate_json(body),
+                                            state, gen)
+        return 200, reply, {}
+    except ValidationError as e:
+        state.metrics.errors.labels("RequestValidationError").inc()
+        return 422, error_body(validation_message(e.errors())), {}
+    except ClientDisconnect:
+        raise
+    except Exception as e:  # every failure gets the app's reply for it, never a crash
+        status, message, extra = reply_for(e, state.metrics, path)
+        return status, error_body(message), extra
+
+
+# The FastAPI routes document the endpoints (OpenAPI, /docs: the request bodies are the
+# models', ``_BODY``) and answer them when the app runs without ``SearchEndpoints``
+# (``create_app(fast_search=False)``), through the same :func:`answer`.
+
+def _body(model: type[Any]) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
+
+
+async def _routed(request: Request, path: str) -> Response:
+    status, reply, extra = await answer(request.app.state.ebr, path,
+                                        dict(request.scope["headers"]), request.receive)
+    return Response(reply, status, headers=extra or None, media_type="application/json")
+
 
 @router.post("/search", response_model=SearchResponse, response_model_exclude_none=True,
-             responses=_ERRORS)
-async def search(req: SearchRequest, gen: GenerationDep, state: StateDep) -> Response:
-    return Response(await run_search(req, state, gen), media_type="application/json")
+             responses=_ERRORS, openapi_extra=_body(SearchRequest))
+async def search(request: Request) -> Response:
+    """One search (exactly one of ``vector`` or ``text``)."""
+    return await _routed(request, "/search")
 
 
 @router.post("/search/batch", response_model=BatchResponse, response_model_exclude_none=True,
-             responses=_ERRORS)
-async def search_batch(req: BatchRequest, gen: GenerationDep, state: StateDep) -> Response:
-    body = await run_in_threadpool(run_batch, req, state, gen)
-    return Response(body, media_type="application/json")
+             responses=_ERRORS, openapi_extra=_body(BatchRequest))
+async def search_batch(request: Request) -> Response:
+    """Searches answered in order; equal parameters share one batched search."""
+    return await _routed(request, "/search/batch")
 
 
 class SearchEndpoints:
     """Pure-ASGI ``POST /search`` and ``POST /search/batch``, answered before the FastAPI app.
 
-    Same auth, parsing, limits, errors, request ids, metrics and replies as the FastAPI routes,
-    without FastAPI's dependency solving, request object and its six middleware layers: the
-    body is parsed and validated in one pass by pydantic-core (``model_validate_json``) and the
-    reply serialised by it from plain data. At 2 cores that per-request CPU is what bounds HTTP
-    throughput (``bench/bench_load.py``). ``service.app.EbrApp`` calls it for the requests
-    :meth:`handles`; everything else goes through FastAPI as usual.
+    The same :func:`answer` as the FastAPI routes, with the same request ids and metrics,
+    without FastAPI's dependency solving, request object and its six middleware layers. At 2
+    cores that per-request CPU is what bounds HTTP throughput (``bench/bench_load.py``).
+    ``service.app.EbrApp`` calls it for the requests :meth:`handles`; everything else goes
+    through FastAPI as usual.
     """
 
     def __init__(self, state: ServiceState, routes: dict[str, Any]) -> None:
@@ -282,29 +323,10 @@ class SearchEndpoints:
         status, t0 = 500, time.perf_counter()
         try:
             try:
-                check_read(state.settings, headers.get(b"authorization", b"").decode("latin-1"))
-                ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-                if not (ctype.endswith(b"/json") or ctype.endswith(b"+json")):
-                    raise InputError(f"body: Content-Type must be application/json, got "
-                                     f"{ctype.decode('latin-1')[:100] or 'none'!r}")
-                body = await read_body(receive, headers.get(b"content-length"),
-                                       state.settings.max_body_bytes)
-                gen = current_generation(state)
-                if path == "/search":
-                    reply = await run_search(SearchRequest.model_validate_json(body), state, gen)
-                else:
-                    reply = await run_in_threadpool(
-                        run_batch, BatchRequest.model_validate_json(body), state, gen)
-                status, extra = 200, dict[str, str]()
-            except ValidationError as e:
-                state.metrics.errors.labels("RequestValidationError").inc()
-                status, reply, extra = 422, error_body(validation_message(e.errors())), {}
+                status, reply, extra = await answer(state, path, headers, receive)
             except ClientDisconnect:
                 status = 499  # nobody to answer; counted, as nginx does
                 return
-            except Exception as e:  # every failure gets the app's reply for it, never a crash
-                status, message, extra = reply_for(e, state.metrics, path)
-                reply = error_body(message)
             await send({"type": "http.response.start", "status": status, "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(reply)).encode()),
