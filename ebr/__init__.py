@@ -1,52 +1,77 @@
 """ebr: embedding-based retrieval with IVF-PQ codes in RAM and exact re-rank from disk.
 
-The data's path, one module per stage (covering test in brackets):
+The data's path, one module per stage; each layer imports only the layers above it in this
+list (checked in CI by import-linter, ``pyproject.toml``). Covering tests in brackets.
 
-Build
-    ebr.data.synthetic     seeded clustered corpus + held-out queries + planted qrels  [test_synthetic]
-    ebr.io.vecs            .npy / .fvecs / .fbin / .f16bin readers and writers         [test_vecs_io]
+Core (no dependencies inside ebr but each other)
+    ebr.errors             the exception tree                                          [all]
+    ebr.metric             Metric, the higher-is-better score rule, normalize_rows     [test_search]
+    ebr.spec               IndexSpec / BuildParams (build) and SearchParams (search),  [test_spec]
+                           the L2-as-inner-product rule, build_nprobe
+    ebr.types              SearchResult, SearchStats
+
+Input                      (ebr.io, ebr.data)
+    ebr.io.vecs            .npy / .fvecs / .fbin readers and writers; sampled,         [test_vecs_io]
+                           chunked and gathered rows of files larger than RAM
+    ebr.io.manifest        manifest.json: format version, sha256 per file and of      [test_index]
+                           itself (manifest_sha256), provenance
+    ebr.io.layout          the fixed file names of an index directory
     ebr.io.beir            BEIR corpus/queries/qrels, cached corpus embeddings         [test_text]
     ebr.io.encoder         offline MiniLM text encoder (extra 'text'; lazy torch)      [test_text]
-    ebr.spec               IndexSpec / BuildParams (build) and SearchParams (search)   [test_spec]
-    ebr.quant.trainers codebook trainers (k-means, OPQ, RQ, LSQ) -> trained index;  [test_index]
-                           from_faiss / to_faiss / add_with_assignment for learned ones;
-                           lift_rq: RQ / LSQ codes served by faiss' IVF-PQ scanner      [test_rq]
-    ebr.quant.anisotropic  score-aware RQ / LSQ codes (ScaNN's loss): code refinement  [test_anisotropic]
-                           and codebook refit, numpy
-    ebr.train.losses       ListNet, KL-div, MSE, Margin-MSE (torch; extra 'train')     [test_train]
-    ebr.train.distill_vq   Distill-VQ: centroids + codebooks + query map, distilled    [test_train]
-                           from the dense scores (DistillVQTrainer plugs into write_index);
-                           with labelled pairs also BiDR stage 1 (contrastive codes)   [test_bidr]
-    ebr.train.sampling     labelled pairs, validation splits, the locality-centric     [test_bidr]
-                           batch sampler over the query <-> shortlist graph (numpy)
-    ebr.train.bidr         BiDR stage 2: query/document towers trained on the coarse   [test_bidr]
-                           index's shortlists (BiDRDenseTrainer -> write_index)
-    ebr.train.encoder_ft   BiDR with more compute: fine-tune MiniLM itself             [test_text]
-    ebr.towers             the towers as numpy (build: documents; search: queries)     [test_bidr]
-    ebr.index.writer       write_index: atomic index directory, manifest last          [test_index]
-    ebr.io.manifest        manifest.json: format version, sha256 per file, provenance  [test_index]
+    ebr.data.synthetic     seeded clustered corpus + queries + planted qrels           [test_synthetic]
 
-Search
-    ebr.index.reader       open_index: verify, mmap the coarse index and dense store   [test_index]
-    ebr.search.searcher    Searcher: coarse top-C over codes -> exact re-rank -> top-k [test_search]
+Codes                      (ebr.quant, ebr.towers, ebr.train_config)
+    ebr.quant.faiss_index  faiss accessors: the parts of a coarse index, centroids and [test_index]
+                           codebooks to and from arrays, per-call search parameters
+    ebr.quant.additive     RQ / LSQ codes: bit packing, the L2 norm code, lift_rq      [test_rq]
+                           (served by faiss' IVF-PQ scanner)
+    ebr.quant.encode       documents into their lists, score-aware codes               [test_anisotropic]
+    ebr.quant.anisotropic  score-aware (ScaNN) code refinement and codebook refit      [test_anisotropic]
+    ebr.quant.trainers     the trainer contract (fit -> Codebooks) and faiss k-means / [test_index]
+                           OPQ / RQ / LSQ training
+    ebr.towers             BiDR towers as numpy (documents at build, queries at search)[test_bidr]
+    ebr.train_config       DistillConfig, BiDRConfig, EncoderFineTuneConfig (no torch) [test_train]
+
+Training                   (ebr.train: the only place torch is imported; extra 'train')
+    ebr.train.loop         the one training loop: epochs, early stop, best epoch,      [test_train]
+                           time budget, progress bar
+    ebr.train.losses       ListNet, KL-div, MSE, Margin-MSE, InfoNCE                   [test_train]
+    ebr.train.distill_model the Distill-VQ student, teacher top-K, pseudo-queries,     [test_train]
+                           query weighting
+    ebr.train.distill_run  one Distill-VQ fit as steps (start, score-aware, epoch,     [test_train]
+                           validation, export)
+    ebr.train.distill_vq   DistillVQTrainer (a CodebookTrainer); with labelled pairs   [test_bidr]
+                           also BiDR stage 1
+    ebr.train.sampling     labelled pairs, validation splits, locality-centric batches [test_bidr]
+    ebr.train.bidr         BiDR stage 2: towers trained on the coarse shortlists       [test_bidr]
+    ebr.train.encoder_ft   BiDR with more compute: fine-tune MiniLM itself             [test_text]
+
+Index (the on-disk format)  (ebr.index)
+    ebr.index.trainers     the builder's choice of trainer (make_trainer)              [test_index]
+    ebr.index.writer       train_codebooks, write_index: encode, write, manifest last  [test_index]
+    ebr.index.publish      staging under a lock, stale cleanup, atomic swap, 0444      [test_hardening]
+    ebr.index.reader       open_index: verify, map the coarse index and dense store    [test_index]
+    ebr.index.guard        leases / stat checks: files changed under a search -> 503   [test_hardening]
+    ebr.index.sharded      sharded directories: train once, write shards, open         [test_shards]
+    ebr.index.distributed  the sharded build on Ray Data (extra 'distributed')         [test_shards]
+
+Search (request time)       (ebr.search)
+    ebr.search.searcher    Searcher: coarse top-C over codes (the L2-as-IP score       [test_search]
+                           conversion) -> exact re-rank -> top-k
     ebr.search.rerank      gather candidate rows from disk, exact scores, top-k        [test_search]
     ebr.search.exact       brute-force reference                                       [test_search]
+    ebr.search.sharded     fan-out over shards, exact merge (ShardedSearcher)          [test_shards]
 
-Scale out
-    ebr.shards             train once, shard indexes from one set of codebooks,        [test_shards]
-                           open_sharded, exact merge (ShardedSearcher)
-    ebr.distributed        the sharded build on Ray Data (extra 'distributed')         [test_shards]
-    (service.ray_serve     shards as Ray Serve deployments behind the ebr router)      [test_shards]
-
-Evaluate
+Evaluate                    (ebr.eval)
     ebr.eval.metrics       recall vs exact, recall / nDCG / MRR vs qrels               [test_eval]
-    ebr.eval.sweep         nprobe x candidates sweep, faiss IVFPQ+RefineFlat peer        [test_eval]
+    ebr.eval.sweep         nprobe x candidates sweep, faiss IVFPQ+RefineFlat peer      [test_eval]
     ebr.eval.report        JSON + Markdown + recall-vs-latency PNG                     [test_eval]
 
-Errors: ``ebr.errors`` (the tree is in its docstring). Scores are always higher-is-better
-(L2 distances are negated); missing results are ``-1`` / ``-inf``.
-The search path (``ebr.io``, ``ebr.index``, ``ebr.search``) never imports torch; only
-``ebr.train`` does.
+Above ebr: ``index_build`` (CLI: cli, build, commands, evaluate, sources) and ``service``
+(FastAPI: app, routes, generations, openapi, deps, schemas, settings; ray_serve).
+
+Scores are always higher-is-better (L2 distances are negated); missing results are ``-1`` /
+``-inf``. The candidate count C is called ``candidates`` everywhere.
 """
 
 from __future__ import annotations

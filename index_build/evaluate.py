@@ -64,17 +64,8 @@ def evaluate_index(
     ev = EvalSet(xq=xq, exact=exact, row_to_ext=row_to_ext, qrels=per_query_qrels,
                  xq_dense=searcher.dense_queries(xq))
     systems: list[System] = [EbrSystem(searcher, name=label)]
-    if baseline and oi.query_tower is not None:
-        logger.warning("faiss refine baseline skipped: this index's dense store holds BiDR "
-                       "tower outputs (compare against a build without towers instead)")
-        baseline = False
-    if baseline:
-        t0 = time.perf_counter()
-        params = oi.manifest.build["params"]
-        base = FaissRefineSystem(np.asarray(oi.dense, dtype=np.float32), oi.spec, oi.metric,
-                                 seed=params["seed"], niter=params["kmeans_niter"],
-                                 train_size=params["train_size"])
-        logger.info("faiss baseline built in %.1f s", time.perf_counter() - t0)
+    base = _baseline(oi) if baseline else None
+    if base is not None:
         systems.append(base)
     rows = [exact_rows(ev, searcher)]
     rows += sweep(systems, ev, oi.dense, oi.metric, nprobes, candidate_counts, progress=progress)
@@ -91,10 +82,25 @@ def evaluate_index(
         "ram_fraction_of_dense": round(float(mem["ram_fraction_of_dense"]), 4),
         "memory": mem,
     }
-    if baseline:
-        meta["faiss_refine_ram_bytes_per_vector"] = round(
-            systems[1].ram_bytes / oi.ntotal, 2)  # type: ignore[attr-defined]
+    if base is not None:
+        meta["faiss_refine_ram_bytes_per_vector"] = round(base.ram_bytes / oi.ntotal, 2)
     return rows, meta
+
+
+def _baseline(oi: OpenIndex) -> FaissRefineSystem | None:
+    """faiss IVFPQ + IndexRefineFlat built like the index (same spec, seed, training), all in
+    RAM; None for an index whose dense store holds BiDR tower outputs."""
+    if oi.query_tower is not None:
+        logger.warning("faiss refine baseline skipped: this index's dense store holds BiDR "
+                       "tower outputs (compare against a build without towers instead)")
+        return None
+    t0 = time.perf_counter()
+    params = oi.manifest.build["params"]
+    base = FaissRefineSystem(np.asarray(oi.dense, dtype=np.float32), oi.spec, oi.metric,
+                             seed=params["seed"], niter=params["kmeans_niter"],
+                             train_size=params["train_size"])
+    logger.info("faiss baseline built in %.1f s", time.perf_counter() - t0)
+    return base
 
 
 def run_and_report(out_dir: Path, name: str, title: str, **kw: Any) -> dict[str, Path]:

@@ -106,20 +106,10 @@ class EbrApp(FastAPI):
             await super().__call__(scope, receive, send)
 
 
-def create_app(settings: Settings | None = None, shard_backends: Any = None,
-               fast_search: bool = True) -> FastAPI:
-    """Build the app; ``settings`` default to ``Settings.from_env()``. ``shard_backends``:
-    for sharded indexes, how shards are reached (default: in this process); the Ray Serve
-    router passes deployment handles (``ebr.serve_ray``). ``fast_search=False`` serves the
-    search endpoints through FastAPI's own routes instead (the reference the tests compare
-    against)."""
-    settings = settings or Settings.from_env()
-    faiss.omp_set_num_threads(settings.faiss_threads)
-    state = ServiceState(settings=settings, shard_backends=shard_backends)
-    if settings.micro_batch_inflight > 0:
-        from service.batcher import MicroBatcher
-
-        state.batcher = MicroBatcher(settings.micro_batch_max, settings.micro_batch_inflight)
+def _lifespan(state: ServiceState) -> Any:
+    """Startup: thread pools sized together, file leases, the first load, the watcher;
+    shutdown: the watcher stopped, the generation dropped."""
+    settings = state.settings
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -145,6 +135,26 @@ def create_app(settings: Settings | None = None, shard_backends: Any = None,
             watcher.cancel()
         state.current = None
         state.metrics.process_exit()
+
+    return lifespan
+
+
+def create_app(settings: Settings | None = None, shard_backends: Any = None,
+               fast_search: bool = True) -> FastAPI:
+    """Build the app; ``settings`` default to ``Settings.from_env()``. ``shard_backends``:
+    for sharded indexes, how shards are reached (default: in this process); the Ray Serve
+    router passes deployment handles (``ebr.serve_ray``). ``fast_search=False`` serves the
+    search endpoints through FastAPI's own routes instead (the reference the tests compare
+    against)."""
+    settings = settings or Settings.from_env()
+    faiss.omp_set_num_threads(settings.faiss_threads)
+    state = ServiceState(settings=settings, shard_backends=shard_backends)
+    if settings.micro_batch_inflight > 0:
+        from service.batcher import MicroBatcher
+
+        state.batcher = MicroBatcher(settings.micro_batch_max, settings.micro_batch_inflight)
+
+    lifespan = _lifespan(state)
 
     app = EbrApp(title="ebr", version="0.1.0", lifespan=lifespan, docs_url=None,
                   description="Embedding-based retrieval: IVF-PQ codes in RAM, exact re-rank "

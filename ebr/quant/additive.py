@@ -111,6 +111,27 @@ def add_codes(ivf: faiss.IndexIVF, codes: np.ndarray, ids: np.ndarray,
     ivf.ntotal += len(a)
 
 
+def _with_norm_codes(ivf: faiss.IndexIVFAdditiveQuantizer, centroids: np.ndarray, lo: float,
+                     step: float, m: int) -> faiss.InvertedLists:
+    """The lists' codes with each entry's norm code appended (the level of its v, clipped to
+    the range fixed at training): the L2 served form's m codes per vector."""
+    nbits = ivf.aq.nbits.at(0)
+    k = 2 ** nbits
+    invlists = faiss.ArrayInvertedLists(ivf.nlist, (m * nbits + 7) // 8)
+    cs = ivf.code_size
+    for li in range(ivf.nlist):
+        n = ivf.invlists.list_size(li)
+        if not n:
+            continue
+        codes = faiss.rev_swig_ptr(ivf.invlists.get_codes(li), n * cs).reshape(n, cs)
+        ids = faiss.rev_swig_ptr(ivf.invlists.get_ids(li), n).copy()
+        v = norm_terms(ivf, codes, np.full(n, li), centroids)
+        vb = np.clip(np.rint((v - lo) / step), 0, k - 1).astype(np.int64)
+        full = pack_codes(np.hstack([unpack_codes(ivf.aq, codes), vb[:, None]]), nbits)
+        invlists.add_entries(li, n, faiss.swig_ptr(ids), faiss.swig_ptr(full))
+    return invlists
+
+
 def lift_rq(index: faiss.Index) -> faiss.Index:
     """The servable form of a filled IVF-RQ index (module docstring): an IndexIVFPQ in d x M
     dimensions holding the same codes, behind a pre-transform that tiles the query M times;
@@ -146,18 +167,7 @@ def lift_rq(index: faiss.Index) -> faiss.Index:
         lo, hi = float(ivf.aq.norm_min), float(ivf.aq.norm_max)
         step = (hi - lo) / (k - 1) if hi > lo else 1.0
         codebooks[stages, :, 0] = lo + step * np.arange(k)
-        invlists = faiss.ArrayInvertedLists(nlist, (m * nbits + 7) // 8)
-        cs = ivf.code_size
-        for li in range(nlist):
-            n = ivf.invlists.list_size(li)
-            if not n:
-                continue
-            codes = faiss.rev_swig_ptr(ivf.invlists.get_codes(li), n * cs).reshape(n, cs)
-            ids = faiss.rev_swig_ptr(ivf.invlists.get_ids(li), n).copy()
-            v = norm_terms(ivf, codes, np.full(n, li), centroids)
-            vb = np.clip(np.rint((v - lo) / step), 0, k - 1).astype(np.int64)
-            full = pack_codes(np.hstack([unpack_codes(ivf.aq, codes), vb[:, None]]), nbits)
-            invlists.add_entries(li, n, faiss.swig_ptr(ids), faiss.swig_ptr(full))
+        invlists = _with_norm_codes(ivf, centroids, lo, step, m)
     sel = faiss.RemapDimensionsTransform(d * m, dq, faiss.swig_ptr(select))
     flat = faiss.IndexFlat(dq, faiss.METRIC_INNER_PRODUCT)
     flat.add(np.ascontiguousarray(probe, dtype=np.float32))
