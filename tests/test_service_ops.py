@@ -8,6 +8,7 @@ import time
 
 import pytest
 from fastapi.testclient import TestClient
+from helpers import wait_for
 
 from ebr.index.writer import write_index
 from ebr.spec import BuildParams, IndexSpec
@@ -165,15 +166,6 @@ def test_no_failed_request_during_reloads(live_dir, ds_ip):
     assert failures == []
 
 
-def _wait_for(predicate, seconds=10.0):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_watcher_switches_without_being_told(tmp_path, live_dir, ds_ip):
     """What every worker of a multi-worker server relies on: a flipped symlink is picked up,
     verified and served; a broken build is refused once and the old one keeps serving."""
@@ -185,7 +177,7 @@ def test_watcher_switches_without_being_told(tmp_path, live_dir, ds_ip):
         live_dir.unlink()
         live_dir.symlink_to(broken)
         refused = 'ebr_errors_total{kind="reload_refused"} 1.0'
-        assert _wait_for(lambda: refused in c.get("/metrics").text)
+        assert wait_for(lambda: refused in c.get("/metrics").text)
         time.sleep(0.5)  # several more polls: the same broken build is not retried
         assert refused in c.get("/metrics").text
         r = c.post("/search", json=_q(ds_ip))
@@ -195,7 +187,7 @@ def test_watcher_switches_without_being_told(tmp_path, live_dir, ds_ip):
                                                         kmeans_niter=5))
         live_dir.unlink()
         live_dir.symlink_to(gen2)
-        assert _wait_for(lambda: c.get("/index").json()["count"] == 1000)
+        assert wait_for(lambda: c.get("/index").json()["count"] == 1000)
         assert c.get("/index").json()["generation"] == 2
         hits = c.post("/search", json=_q(ds_ip)).json()["result"]["hits"]
         assert hits and all(hit["id"] < 1000 for hit in hits)
@@ -207,7 +199,7 @@ def test_watcher_serves_an_index_published_after_startup(tmp_path, ds_ip):
         assert c.get("/readyz").status_code == 503
         write_index(target, ds_ip.xb[:500], BuildParams(spec=IndexSpec.parse("IVF4,PQ8"),
                                                          kmeans_niter=5))
-        assert _wait_for(lambda: c.get("/readyz").status_code == 200)
+        assert wait_for(lambda: c.get("/readyz").status_code == 200)
         assert c.post("/search", json=_q(ds_ip)).status_code == 200
 
 
@@ -239,7 +231,7 @@ def test_multi_worker_server_switches_every_worker_and_sums_metrics(tmp_path, li
             except httpx.HTTPError:
                 return False
 
-        assert _wait_for(ready, 60)
+        assert wait_for(ready, 60)
         n = 40
         for _ in range(n):  # new connections: spread over both workers by the kernel
             assert httpx.post(url + "/search", json=_q(ds_ip)).status_code == 200
@@ -257,7 +249,7 @@ def test_multi_worker_server_switches_every_worker_and_sums_metrics(tmp_path, li
                      if line.startswith("ebr_index_generation{pid=")]
             return len(lines) == 2 and all(line.endswith(" 2.0") for line in lines)
 
-        assert _wait_for(both_switched, 30)
+        assert wait_for(both_switched, 30)
         for _ in range(20):
             assert httpx.get(url + "/index").json()["count"] == 1000
     finally:
