@@ -8,7 +8,7 @@ import time
 
 import pytest
 from fastapi.testclient import TestClient
-from helpers import wait_for
+from helpers import served, wait_for
 
 from ebr.index.writer import write_index
 from ebr.spec import BuildParams, IndexSpec
@@ -207,31 +207,10 @@ def test_watcher_serves_an_index_published_after_startup(tmp_path, ds_ip):
 def test_multi_worker_server_switches_every_worker_and_sums_metrics(tmp_path, live_dir, ds_ip):
     """``python -m service --workers 2``: a flipped symlink reaches both workers (their
     watchers), and /metrics counts the requests of both, whichever worker answers it."""
-    import socket
-    import subprocess
-    import sys
-
     import httpx
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "EBR_INDEX_DIR": str(live_dir), "EBR_PORT": str(port),
-           "EBR_WATCH_SECONDS": "0.2", "EBR_LOG_FORMAT": "json"}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     log = tmp_path / "server.log"
-    with log.open("wb") as err:
-        server = subprocess.Popen([sys.executable, "-m", "service", "--workers", "2"], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=err)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        def ready() -> bool:
-            try:
-                return httpx.get(url + "/readyz").status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        assert wait_for(ready, 60)
+    with served(live_dir, log, workers=2) as (url, _):  # waits for /readyz 200
         n = 40
         for _ in range(n):  # new connections: spread over both workers by the kernel
             assert httpx.post(url + "/search", json=_q(ds_ip)).status_code == 200
@@ -252,9 +231,6 @@ def test_multi_worker_server_switches_every_worker_and_sums_metrics(tmp_path, li
         assert wait_for(both_switched, 30)
         for _ in range(20):
             assert httpx.get(url + "/index").json()["count"] == 1000
-    finally:
-        server.terminate()
-        server.wait(20)
     # both workers log, one JSON object per line (uvicorn applies the config in each)
     records = [json.loads(line) for line in log.read_text().splitlines()]
     serving = [r for r in records if r["message"].startswith("serving ")]

@@ -35,7 +35,7 @@ from ebr.metric import Metric, normalize_rows
 from ebr.quant.faiss_index import ivf_params
 from ebr.spec import build_nprobe
 from ebr.towers import Tower
-from ebr.train.loop import run_epochs
+from ebr.train.loop import deadline, run_epochs
 from ebr.train.losses import info_nce
 from ebr.train.sampling import (
     ShortlistGraph,
@@ -145,8 +145,7 @@ class BiDRDenseTrainer:
             watch="val_ndcg@10", train_epoch=run.epoch, validate=run.validate,
             snapshot=lambda: tuple(copy.deepcopy(net.state_dict()) for net in nets),
             restore=lambda state: _load_states(nets, state),
-            budget_spent=lambda: cfg.time_budget_s is not None and cfg.time_budget_s > 0 and
-            time.perf_counter() - t_start > cfg.time_budget_s,
+            budget_spent=deadline(cfg.time_budget_s, t_start),
             progress=self.progress)
         self.history = result.history
         self.info = {

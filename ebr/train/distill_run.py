@@ -27,6 +27,7 @@ from ebr.train.distill_model import (
     recall_of,
     teacher_topk,
 )
+from ebr.train.loop import deadline
 from ebr.train.losses import LOSSES, info_nce
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ class DistillRun:
                  xt: np.ndarray, xq: np.ndarray, labelled: Pairs | None,
                  val_pairs: Pairs | None) -> None:
         self.cfg, self.spec, self.metric, self.rng, self.t_start = cfg, spec, metric, rng, t_start
+        self.budget_spent = deadline(cfg.time_budget_s, t_start)  # counted from the fit's start
         self.xt, self.n, self.labelled, self.val_pairs = xt, len(xt), labelled, val_pairs
         self._split_queries(xq)
         self._kmeans_start(x_init, seed, niter)
@@ -93,9 +95,9 @@ class DistillRun:
         self.index, self.w0 = index, w0
         self.t_init = time.perf_counter() - self.t_start
         self.centroids0, self.codebooks0, self.rotation = from_faiss(index)
-        self.assigner = faiss.IndexFlat(self.centroids0.shape[1], metric.faiss_metric)
-        self.assigner.add(self.centroids0)  # the k-means lists stay the documents' lists
-        _, a = self.assigner.search(np.ascontiguousarray(rotate(index, self.xt)), 1)
+        assigner = faiss.IndexFlat(self.centroids0.shape[1], metric.faiss_metric)
+        assigner.add(self.centroids0)  # the k-means lists stay the documents' lists
+        _, a = assigner.search(np.ascontiguousarray(rotate(index, self.xt)), 1)
         self.assign_np = a.ravel().astype(np.int64)
 
     def _model_and_optimizer(self) -> None:
@@ -130,11 +132,6 @@ class DistillRun:
         self.native = extract_ivf(self.index) if spec.is_additive else None
 
     # -- codes and validation ---------------------------------------------------------------
-    def budget_spent(self) -> bool:
-        """Whether ``time_budget_s`` (counted from the fit's start) is used up."""
-        b = self.cfg.time_budget_s
-        return b is not None and b > 0 and time.perf_counter() - self.t_start > b
-
     def residuals(self) -> np.ndarray:
         """What the codes reconstruct: the documents less their current list centroids."""
         return self.xr.numpy() - self.model.centroids.detach().numpy()[self.assign_np]

@@ -94,7 +94,6 @@ class DistillVQTrainer:
         self.history: list[dict[str, float]] = []
         self.info: dict[str, Any] = {}
         self.codebooks: Codebooks | None = None  # what the last fit returned
-        self._assigner: faiss.Index | None = None
 
     # -- CodebookTrainer ------------------------------------------------------------------
     def fit(self, xt: np.ndarray, spec: IndexSpec, metric: Metric, seed: int) -> Codebooks:
@@ -105,17 +104,16 @@ class DistillVQTrainer:
         was = torch.are_deterministic_algorithms_enabled()
         torch.use_deterministic_algorithms(True)
         try:
-            index = self._train(xt, spec, metric, seed)
+            index, list_centroids = self._train(xt, spec, metric, seed)
         finally:
             torch.use_deterministic_algorithms(was)
-        if self._assigner is None:
-            raise SpecError("internal: training ended without its list assignment")
-        self.codebooks = Codebooks(index, metric, self.describe(),
-                                   self._assigner.reconstruct_n(0, self._assigner.ntotal),
+        self.codebooks = Codebooks(index, metric, self.describe(), list_centroids,
                                    self.query_map, self.score_aware)
         return self.codebooks
 
-    def _train(self, xt: np.ndarray, spec: IndexSpec, metric: Metric, seed: int) -> faiss.Index:
+    def _train(self, xt: np.ndarray, spec: IndexSpec, metric: Metric, seed: int
+               ) -> tuple[faiss.Index, np.ndarray]:
+        """(the trained index, the k-means list centroids its documents keep)."""
         cfg = self.config
         t_start = time.perf_counter()
         torch.manual_seed(cfg.seed)
@@ -125,7 +123,6 @@ class DistillVQTrainer:
         xq, kind = self._training_queries(xt, rng, labelled)
         run = DistillRun(cfg, spec, metric, seed, self.niter, rng, t_start, x_init, xt, xq,
                          labelled, val_pairs)
-        self._assigner = run.assigner
         aware = run.choose_score_aware()
         v0 = run.validate()
         spectrum = query_spectrum(run.train_q)
@@ -150,7 +147,7 @@ class DistillVQTrainer:
         logger.info("distill: %s after %d epochs, %s@%d %.4f -> %.4f (%.1f s)", result.stopped,
                     len(self.history) - 1, run.watch, cfg.val_k, self.history[0][run.watch],
                     result.best, time.perf_counter() - t_start)
-        return index
+        return index, run.centroids0
 
     def _record(self, run: DistillRun, kind: str, result: LoopResult, aware: dict[str, Any],
                 spectrum: dict[str, float]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ and restore its parameters. Without validation (the value is NaN) every epoch co
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-__all__ = ["LoopResult", "run_epochs"]
+__all__ = ["LoopResult", "deadline", "run_epochs"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,14 @@ class LoopResult:
     best: float  # the best held-out value (the start's if no epoch beat it)
     best_epoch: int  # 0: no epoch beat the start
     stopped: str  # max_epochs | early_stop | time_budget
+
+
+def deadline(budget_s: float | None, start: float) -> Callable[[], bool]:
+    """Whether a time budget of ``budget_s`` seconds counted from ``start``
+    (``time.perf_counter()``) is used up; None or 0: never."""
+    if not budget_s:
+        return lambda: False
+    return lambda: time.perf_counter() - start > budget_s
 
 
 def run_epochs(*, name: str, max_epochs: int, patience: int, start: dict[str, float],
