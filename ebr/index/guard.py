@@ -37,7 +37,7 @@ from pathlib import Path
 
 from ebr.errors import IndexChangedError
 
-__all__ = ["FileGuard", "enable_leases", "leases_enabled"]
+__all__ = ["FileGuard", "enable_leases"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,11 +47,6 @@ _F_SETSIG = getattr(fcntl, "F_SETSIG", 10)
 _GUARDS: weakref.WeakSet[FileGuard] = weakref.WeakSet()
 _GUARDS_LOCK = threading.Lock()
 _LEASE_SIGNAL: int | None = None  # set by enable_leases
-_wake_w: int | None = None
-
-
-def leases_enabled() -> bool:
-    return _LEASE_SIGNAL is not None
 
 
 def enable_leases() -> bool:
@@ -60,7 +55,7 @@ def enable_leases() -> bool:
 
     The handler only writes a byte to a pipe; a daemon thread does the work (marks the guards
     whose lease is being broken, waits for their uses in flight, releases the leases)."""
-    global _LEASE_SIGNAL, _wake_w
+    global _LEASE_SIGNAL
     if _LEASE_SIGNAL is not None:
         return True
     if not hasattr(signal, "SIGRTMIN") or threading.current_thread() is not threading.main_thread():
@@ -74,7 +69,6 @@ def enable_leases() -> bool:
             os.write(w, b"!")
 
     signal.signal(sig, on_signal)
-    _wake_w = w
     threading.Thread(target=_lease_breaks, args=(r,), name="ebr-lease-breaks",
                      daemon=True).start()
     _LEASE_SIGNAL = sig
@@ -146,11 +140,6 @@ class FileGuard:
                 self._inflight -= 1
                 if self._inflight == 0:
                     self._lock.notify_all()
-
-    def check(self) -> None:
-        """Raise :class:`IndexChangedError` if the files may no longer be read."""
-        with self.use():
-            pass
 
     def _stat_check(self) -> None:
         for path, fd, st, leased in self._files:
