@@ -1,13 +1,35 @@
-"""Result containers. Scores are higher-is-better; missing results are ``-1`` / ``-inf``."""
+"""Shared types: result containers (scores higher-is-better; missing results are ``-1`` /
+``-inf``) and the names that public signatures use instead of ``Any``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, TypeAlias
 
 import numpy as np
 
-__all__ = ["SearchResult", "SearchStats"]
+__all__ = ["SearchResult", "SearchStats", "ExternalId", "JsonValue", "JsonObject", "Encoder"]
+
+#: A document's id as the user gave it (BEIR ids are strings; generated sets use ints).
+ExternalId: TypeAlias = int | str
+#: What JSON (manifest fields, HTTP bodies, payloads) can hold.
+JsonValue: TypeAlias = None | bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"]
+#: A JSON object as read from or written to disk; readers narrow its values where they use them.
+JsonObject: TypeAlias = dict[str, object]
+
+
+class Encoder(Protocol):
+    """Turns texts into float32 vectors of a fixed dimension (``ebr.io.encoder.TextEncoder``)."""
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def info(self) -> dict[str, object]:
+        """What the manifest records of it; ``info["name"]`` names the model."""
+        ...
+
+    def encode(self, texts: list[str], progress: bool = False) -> np.ndarray: ...
 
 
 class SearchResult(NamedTuple):

@@ -18,7 +18,7 @@ logger = logging.getLogger("index_build")
 
 def evaluate(args: argparse.Namespace) -> None:
     from ebr.io.beir import load_qrels
-    from index_build.evaluate import run_and_report
+    from index_build.evaluate import evaluate_index, report
     from index_build.sources import load_eval_queries
 
     encoder = None
@@ -35,10 +35,10 @@ def evaluate(args: argparse.Namespace) -> None:
         qrels = load_qrels(args.qrels)
     elif args.eval_beir:
         qrels = load_qrels(Path(args.eval_beir) / "qrels" / f"{args.split}.tsv")
-    paths = run_and_report(Path(args.results), args.name, f"ebr evaluation: {args.index}",
-                           index_dir=args.index, xq=xq, query_ids=qids, qrels=qrels,
-                           nprobes=args.nprobe, candidate_counts=args.candidates,
-                           baseline=args.baseline, progress=args.progress)
+    paths = report(Path(args.results), args.name, f"ebr evaluation: {args.index}",
+                   evaluate_index(args.index, xq, query_ids=qids, qrels=qrels,
+                                  nprobes=args.nprobe, candidate_counts=args.candidates,
+                                  baseline=args.baseline, progress=args.progress))
     print(Path(paths["md"]).read_text())  # noqa: T201 - the CLI's output
 
 
@@ -82,7 +82,7 @@ def demo(args: argparse.Namespace) -> None:
     from ebr.index.writer import write_index
     from ebr.io.beir import load_ids, load_qrels
     from ebr.io.vecs import load_vectors
-    from index_build.evaluate import run_and_report
+    from index_build.evaluate import evaluate_index, report
     from index_build.sources import write_synthetic
 
     work = Path(args.workdir)
@@ -93,11 +93,11 @@ def demo(args: argparse.Namespace) -> None:
                 overwrite=True, progress=args.progress)
     import numpy as np
 
-    out = run_and_report(work / "results", "demo", f"ebr demo: synthetic {args.n} x {args.dim}",
-                         index_dir=work / "index",
-                         xq=np.load(paths["queries_test"]),
-                         query_ids=load_ids(paths["query_ids_test"]),
-                         qrels=load_qrels(paths["qrels_test"]), nprobes=[8, 32],
-                         candidate_counts=[50, 100, 200], baseline=True, progress=args.progress)
+    out = report(work / "results", "demo", f"ebr demo: synthetic {args.n} x {args.dim}",
+                 evaluate_index(work / "index", np.load(paths["queries_test"]),
+                                query_ids=load_ids(paths["query_ids_test"]),
+                                qrels=load_qrels(paths["qrels_test"]), nprobes=[8, 32],
+                                candidate_counts=[50, 100, 200], baseline=True,
+                                progress=args.progress))
     print(Path(out["md"]).read_text())  # noqa: T201 - the CLI's output
     logger.info("demo index at %s; results in %s", work / "index", work / "results")

@@ -20,6 +20,7 @@ from ebr.eval.sweep import EbrSystem, EvalSet, FaissRefineSystem, System, exact_
 from ebr.index.reader import OpenIndex, open_index
 from ebr.search.exact import exact_search
 from ebr.search.searcher import Searcher
+from ebr.types import JsonObject
 
 __all__ = ["evaluate_index"]
 
@@ -38,7 +39,7 @@ def evaluate_index(
     k_max: int = 100,
     label: str = "ebr",
     progress: bool = False,
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+) -> tuple[list[JsonObject], JsonObject]:
     """Returns (rows, meta). ``qrels`` maps query id -> {external doc id: grade}."""
     oi = index_dir if isinstance(index_dir, OpenIndex) else open_index(index_dir)
     searcher = Searcher(oi)
@@ -58,7 +59,7 @@ def evaluate_index(
             raise SystemExit("qrels need query ids (--query-ids) to match query rows")
         per_query_qrels = [qrels.get(str(q), {}) for q in query_ids]
 
-    def row_to_ext(rows: np.ndarray) -> list[Any]:
+    def row_to_ext(rows: np.ndarray) -> list[str | None]:
         return [None if x is None else str(x) for x in oi.external_ids(rows)]
 
     ev = EvalSet(xq=xq, exact=exact, row_to_ext=row_to_ext, qrels=per_query_qrels,
@@ -103,7 +104,9 @@ def _baseline(oi: OpenIndex) -> FaissRefineSystem | None:
     return base
 
 
-def run_and_report(out_dir: Path, name: str, title: str, **kw: Any) -> dict[str, Path]:
-    rows, meta = evaluate_index(**kw)
+def report(out_dir: Path, name: str, title: str,
+           evaluation: tuple[list[JsonObject], JsonObject]) -> dict[str, Path]:
+    """Write an :func:`evaluate_index` result as JSON + Markdown (+ PNG) under ``out_dir``."""
+    rows, meta = evaluation
     meta = {"title": title, **meta}
     return write_report(out_dir, name, meta, rows)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -14,6 +13,7 @@ from ebr.data.synthetic import SyntheticConfig, generate
 from ebr.io.beir import cached_corpus_embeddings, load_ids, load_queries
 from ebr.io.encoder import MINILM, TextEncoder
 from ebr.io.vecs import load_vectors
+from ebr.types import JsonObject
 
 __all__ = ["load_source", "write_synthetic", "load_eval_queries"]
 
@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 def load_source(input_path: str | None, beir: str | None, ids_path: str | None,
                 encoder: str | None, cache_dir: str | None, progress: bool
-                ) -> tuple[np.ndarray, Any, dict[str, Any] | None, dict[str, Any]]:
+                ) -> tuple[np.ndarray, list[str] | None, JsonObject | None, JsonObject]:
     """(vectors, ids or None, encoder info or None, source description)."""
     if beir:
         enc = TextEncoder()

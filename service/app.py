@@ -35,6 +35,7 @@ from starlette.types import Receive, Scope, Send
 
 from ebr.errors import EbrError
 from ebr.index.guard import enable_leases
+from ebr.search.sharded import ShardBackends
 from service.body import BodyLimit
 from service.deps import ServiceState
 from service.errors import reply_for, validation_message
@@ -139,7 +140,7 @@ def _lifespan(state: ServiceState) -> Any:
     return lifespan
 
 
-def create_app(settings: Settings | None = None, shard_backends: Any = None,
+def create_app(settings: Settings | None = None, shard_backends: ShardBackends | None = None,
                fast_search: bool = True) -> FastAPI:
     """Build the app; ``settings`` default to ``Settings.from_env()``. ``shard_backends``:
     for sharded indexes, how shards are reached (default: in this process); the Ray Serve

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from ebr.search.searcher import Searcher
+from ebr.search.sharded import ShardedSearcher
 from ebr.spec import SearchParams
 from ebr.types import SearchResult, SearchStats
 
@@ -35,7 +37,8 @@ class MicroBatcher:
         self.batches = 0
         self.queries = 0
 
-    async def search(self, searcher: Any, x: np.ndarray, params: SearchParams
+    async def search(self, searcher: Searcher | ShardedSearcher, x: np.ndarray,
+                     params: SearchParams
                      ) -> tuple[SearchResult, SearchStats, int, int]:
         """(batch result, batch stats, this query's row, batch size) for one query row."""
         key = (id(searcher), params)

@@ -16,7 +16,7 @@ from fastapi import Depends, HTTPException, Request
 
 from ebr.errors import IndexChangedError, IndexNotReadyError
 from ebr.search.searcher import Searcher
-from ebr.search.sharded import ShardedSearcher
+from ebr.search.sharded import ShardBackends, ShardedSearcher
 from service.observability import Metrics
 from service.settings import Settings
 
@@ -59,7 +59,7 @@ class ServiceState:
     problems: list[str] = field(default_factory=list)  # why the service is not ready
     metrics: Metrics = field(default_factory=Metrics)
     reload_lock: threading.Lock = field(default_factory=threading.Lock)
-    shard_backends: Any = None  # sharded indexes: index -> backend per shard (None: local)
+    shard_backends: ShardBackends | None = None  # sharded indexes: index -> backend per shard (None: local)
     batcher: Any = None  # service.batcher.MicroBatcher when micro-batching is on
     served_identity: Any = None  # service.generations.index_identity of the served build
     refused: Refusal | None = None  # the last build refused since the served one was loaded

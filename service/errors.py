@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 from pydantic_core import to_json
 from starlette.exceptions import HTTPException
@@ -19,6 +18,7 @@ from ebr.errors import (
     SearchParamError,
     SpecError,
 )
+from service.observability import Metrics
 
 logger = logging.getLogger("service")
 
@@ -38,16 +38,18 @@ def error_body(message: str) -> bytes:
     return to_json({"status": {"error": message}})
 
 
-def validation_message(errors: Iterable[Mapping[str, Any]]) -> str:
+def validation_message(errors: Iterable[Mapping[str, object]]) -> str:
     """pydantic errors as ``field.path: message; ...`` (FastAPI's leading "body" dropped)."""
     parts = []
     for err in errors:
-        loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
+        where = err.get("loc", ())
+        loc = ".".join(str(x) for x in (where if isinstance(where, list | tuple) else ())
+                       if x != "body")
         parts.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
     return "; ".join(parts)
 
 
-def reply_for(exc: Exception, metrics: Any, path: str = "") -> tuple[int, str, dict[str, str]]:
+def reply_for(exc: Exception, metrics: Metrics, path: str = "") -> tuple[int, str, dict[str, str]]:
     """(status, message, headers) for an exception raised while handling a request; counts it
     in ``ebr_errors_total`` by kind and logs the unexpected ones with their traceback."""
     if isinstance(exc, HTTPException):

@@ -17,14 +17,14 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
 from ebr.errors import EbrError
+from ebr.io.encoder import TextEncoder
 from ebr.io.manifest import Manifest, read_manifest
 from ebr.search.searcher import Searcher
-from ebr.search.sharded import ShardedSearcher
+from ebr.search.sharded import ShardBackends, ShardedSearcher
 from service.deps import Generation, Refusal, ServiceState
 from service.settings import Settings
 
@@ -50,7 +50,8 @@ def version_of(manifest: Manifest) -> str:
 
 def open_generation(settings: Settings, directory: Path | None = None,
                     previous: ServiceState | None = None,
-                    shard_backends: Any = None) -> tuple[Searcher | ShardedSearcher, Any, str]:
+                    shard_backends: ShardBackends | None = None
+                    ) -> tuple[Searcher | ShardedSearcher, TextEncoder | None, str]:
     """Open and verify ``directory`` (default: ``settings.index_dir`` resolved now):
     (searcher, text encoder or None, version).
 
@@ -85,7 +86,7 @@ def open_generation(settings: Settings, directory: Path | None = None,
     return Searcher(oi), encoder, version_of(oi.manifest)
 
 
-def install(state: ServiceState, searcher: Searcher | ShardedSearcher, encoder: Any,
+def install(state: ServiceState, searcher: Searcher | ShardedSearcher, encoder: TextEncoder | None,
             version: str) -> None:
     """Swap in a new generation with one reference store: a request holds the generation it
     started with (searcher, encoder and version together) until it ends."""
@@ -98,7 +99,7 @@ def install(state: ServiceState, searcher: Searcher | ShardedSearcher, encoder: 
                 state.generation)
 
 
-def index_identity(index_dir: str | os.PathLike[str]) -> tuple[Any, ...] | None:
+def index_identity(index_dir: str | os.PathLike[str]) -> tuple[object, ...] | None:
     """What changes when the build at ``index_dir`` changes: the directory it resolves to and
     the inode, size and mtime of every file under it (the manifest is written last, by
     rename). None when there is no manifest."""

@@ -19,6 +19,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ebr.types import JsonObject
+
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -143,7 +145,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out)
 
 
-def logging_config(fmt: str = "json", level: str = "INFO") -> dict[str, Any]:
+def logging_config(fmt: str = "json", level: str = "INFO") -> JsonObject:
     """``logging.config.dictConfig`` for a server process: one handler on the root logger, with
     the request id on every record. ``python -m service`` hands it to uvicorn, which applies it
     in every worker process (configuring the parent alone would leave the workers silent)."""

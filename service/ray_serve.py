@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 from ray import serve
+from ray.serve import Application
+from ray.serve.handle import DeploymentHandle
 
 from ebr.index.reader import open_index
 from ebr.io.manifest import read_manifest
@@ -42,8 +44,9 @@ class ShardServer:
     def __init__(self, shard_dir: str, start: int, verify_checksums: bool = True) -> None:
         self.shard = LocalShard(open_index(shard_dir, verify_checksums=verify_checksums), start)
 
-    def answer(self, xq: np.ndarray, params: dict[str, Any]) -> Answer:
-        return self.shard.answer(xq, SearchParams(**params))
+    def answer(self, xq: np.ndarray, params: dict[str, int | bool]) -> Answer:
+        fields: dict[str, Any] = dict(params)
+        return self.shard.answer(xq, SearchParams(**fields))
 
     def exact(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return self.shard.exact(xq, k)
@@ -78,7 +81,8 @@ def _router_app(index_dir: str, app_name: str, n_shards: int, env: dict[str, str
 
 
 def build_application(index_dir: str | Path, app_name: str = "ebr",
-                      verify_checksums: bool = True, env: dict[str, str] | None = None) -> Any:
+                      verify_checksums: bool = True, env: dict[str, str] | None = None
+                      ) -> Application:
     """The Serve application: a ShardServer per shard and the router as ingress."""
     index_dir = str(Path(index_dir).resolve())
     m = read_manifest(Path(index_dir))
@@ -104,7 +108,7 @@ class _Router:
 
 def serve_sharded(index_dir: str | Path, *, address: str | None = None, host: str = "127.0.0.1",
                   port: int = 8000, app_name: str = "ebr", verify_checksums: bool = True,
-                  env: dict[str, str] | None = None) -> Any:
+                  env: dict[str, str] | None = None) -> DeploymentHandle:
     """Start (or join) Ray, run the application, return the router's handle."""
     import ray
 

@@ -10,7 +10,6 @@ a returned id counts if its exact score is at least the k-th exact score.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
 
@@ -33,7 +32,7 @@ def recall_vs_exact_tolerant(scores_of_ids: np.ndarray, exact_scores: np.ndarray
     return float(np.mean((scores_of_ids[:, :k] >= thr).sum(1) / k))
 
 
-def label_metrics(ranked: Sequence[Sequence[Any]], qrels: Sequence[Mapping[Any, int]],
+def label_metrics(ranked: Sequence[Sequence[str | None]], qrels: Sequence[Mapping[str, int]],
                   ks: Sequence[int] = (1, 10, 100), ndcg_k: int = 10,
                   mrr_k: int = 10) -> dict[str, float]:
     """Recall@ks, nDCG@ndcg_k and MRR@mrr_k of ranked external ids against graded qrels.
@@ -49,7 +48,7 @@ def label_metrics(ranked: Sequence[Sequence[Any]], qrels: Sequence[Mapping[Any, 
         ranking = list(ranking)
         for k in ks:
             rec[k].append(len(rel.keys() & set(ranking[:k])) / len(rel))
-        gains = [rel.get(d, 0) for d in ranking[:ndcg_k]]
+        gains = [0 if d is None else rel.get(d, 0) for d in ranking[:ndcg_k]]
         dcg = sum(g / np.log2(i + 2) for i, g in enumerate(gains))
         ideal = sorted(rel.values(), reverse=True)[:ndcg_k]
         idcg = sum(g / np.log2(i + 2) for i, g in enumerate(ideal))

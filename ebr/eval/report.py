@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from ebr.types import JsonObject
 
 __all__ = ["write_report", "markdown_table"]
 
@@ -26,7 +28,7 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+def markdown_table(rows: Sequence[JsonObject], columns: Sequence[str] | None = None) -> str:
     cols = [c for c in (columns or COLUMNS) if any(c in r for r in rows)]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
@@ -34,8 +36,8 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None
     return "\n".join(lines)
 
 
-def write_report(out_dir: str | Path, name: str, meta: dict[str, Any],
-                 rows: Sequence[dict[str, Any]], plot: bool = True,
+def write_report(out_dir: str | Path, name: str, meta: JsonObject,
+                 rows: Sequence[JsonObject], plot: bool = True,
                  columns: Sequence[str] | None = None) -> dict[str, Path]:
     """``<name>.json`` ({meta, rows}), ``<name>.md`` (meta bullets + table of ``columns``,
     default: the sweep columns present) and, with ``plot``, the recall-vs-latency PNG."""
@@ -52,13 +54,13 @@ def write_report(out_dir: str | Path, name: str, meta: dict[str, Any],
     paths["md"].write_text("\n".join(md))
     if plot:
         try:
-            paths["png"] = _plot(out / f"{name}.png", meta.get("title", name), rows)
+            paths["png"] = _plot(out / f"{name}.png", str(meta.get("title", name)), rows)
         except ImportError:
             pass  # matplotlib is the 'eval' extra; JSON + Markdown are still written
     return paths
 
 
-def _plot(path: Path, title: str, rows: Sequence[dict[str, Any]]) -> Path:
+def _plot(path: Path, title: str, rows: Sequence[Mapping[str, Any]]) -> Path:
     """One panel per dataset variant; colour = system, line = stage, marker = nprobe."""
     import matplotlib
 

@@ -24,7 +24,7 @@ from ebr.quant.faiss_index import coarse_ram_bytes, ivf_params
 from ebr.quant.trainers import KMeansTrainer
 from ebr.search.searcher import Searcher
 from ebr.spec import IndexSpec, SearchParams
-from ebr.types import SearchResult
+from ebr.types import JsonObject, SearchResult
 
 __all__ = ["System", "EbrSystem", "FaissRefineSystem", "EvalSet", "sweep", "exact_rows"]
 
@@ -104,7 +104,7 @@ class EvalSet:
     xq: np.ndarray  # float32 [nq, d], already normalised if the index normalises
     exact: SearchResult  # exact top-k_max (internal rows)
     row_to_ext: Any  # callable rows -> external ids
-    qrels: Sequence[Mapping[Any, int]] | None = None  # per query: {external id: grade}
+    qrels: Sequence[Mapping[str, int]] | None = None  # per query: {external id: grade}
     xq_dense: np.ndarray | None = None  # queries as the dense store scores them (query tower)
 
     @property
@@ -151,9 +151,9 @@ def _exact_scores_of(xq: np.ndarray, ids: np.ndarray, dense: np.ndarray,
 
 def sweep(systems: Sequence[System], ev: EvalSet, dense: np.ndarray, metric: Metric,
           nprobes: Sequence[int], candidate_counts: Sequence[int], k_latency: int = 10,
-          progress: bool = False) -> list[dict[str, Any]]:
+          progress: bool = False) -> list[JsonObject]:
     """Evaluate every system at every (nprobe, candidates), coarse-only and re-ranked."""
-    rows: list[dict[str, Any]] = []
+    rows: list[JsonObject] = []
     grid = [(s, p, c, r) for s in systems for p in nprobes for c in candidate_counts for r in (False, True)]
     for system, nprobe, kc, rr in tqdm(grid, desc="sweep", disable=not progress):
         k = min(ev.k_max, kc)
@@ -175,7 +175,7 @@ def sweep(systems: Sequence[System], ev: EvalSet, dense: np.ndarray, metric: Met
     return rows
 
 
-def exact_rows(ev: EvalSet, searcher: Searcher) -> dict[str, Any]:
+def exact_rows(ev: EvalSet, searcher: Searcher) -> JsonObject:
     """The reference row: brute force over the dense store."""
     lat = np.empty(len(ev.xq))
     for i in range(len(ev.xq)):

@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from ebr.index.publish import check_target, staging_dir
-from ebr.index.sharded import commit_shards, shard_ranges, train_once, write_shard
+from ebr.index.sharded import ShardEntry, commit_shards, shard_ranges, train_once, write_shard
 from ebr.io.manifest import Manifest
 from ebr.io.vecs import load_vectors
+from ebr.quant.trainers import CodebookTrainer
 from ebr.spec import BuildParams
+from ebr.types import ExternalId
 
 __all__ = ["build_on_ray"]
 
@@ -42,8 +44,8 @@ def _ray() -> Any:
 
 
 def build_on_ray(directory: str | os.PathLike[str], vectors_path: str | os.PathLike[str],
-                 params: BuildParams, n_shards: int, ids: list[Any] | None = None, *,
-                 trainer: Any = None, address: str | None = None, overwrite: bool = False,
+                 params: BuildParams, n_shards: int, ids: list[ExternalId] | None = None, *,
+                 trainer: CodebookTrainer | None = None, address: str | None = None, overwrite: bool = False,
                  concurrency: int | None = None) -> Manifest:
     """Build a sharded index directory with Ray Data (see the module docstring)."""
     ray = _ray()
@@ -65,7 +67,7 @@ def build_on_ray(directory: str | os.PathLike[str], vectors_path: str | os.PathL
             pre_ref = ray.put(pre)  # the codebooks, broadcast once
             ids_ref = ray.put(ids)
 
-            def write(row: dict[str, Any]) -> dict[str, Any]:
+            def write(row: dict[str, int]) -> ShardEntry:
                 vec = load_vectors(vectors_path)  # each task maps the input itself
                 out = write_shard(stage, int(row["shard"]), int(row["start"]),
                                   int(row["stop"]), vec, params, ray.get(pre_ref),

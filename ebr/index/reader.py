@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from ebr.metric import Metric
 from ebr.quant.faiss_index import coarse_ram_bytes, extract_ivfpq, serves_l2_as_ip
 from ebr.spec import IndexSpec
 from ebr.towers import Tower
+from ebr.types import ExternalId
 
 __all__ = ["OpenIndex", "open_index"]
 
@@ -50,7 +52,7 @@ class OpenIndex:
     query_tower: Tower | None = None  # BiDR: re-rank queries are f_q(q); the store holds f_d(v)
     guard: FileGuard | None = None  # keeps the mapped files from changing under a search
 
-    def using(self) -> Any:
+    def using(self) -> AbstractContextManager[None]:
         """``with index.using():`` around every read of the mapped coarse or dense bytes:
         raises :class:`ebr.errors.IndexChangedError` once a file is being changed on disk."""
         return self.guard.use() if self.guard is not None else contextlib.nullcontext()
@@ -77,7 +79,7 @@ class OpenIndex:
         """L2 RQ: the coarse index scores s = <q, x^> - |x^|^2 / 2 (ebr.quant.additive.lift_rq)."""
         return self.spec.l2_as_ip(self.metric)
 
-    def external_ids(self, rows: np.ndarray) -> list[Any]:
+    def external_ids(self, rows: np.ndarray) -> list[ExternalId | None]:
         """External ids of internal rows (``None`` for ``-1`` padding)."""
         r = np.asarray(rows).ravel()
         if isinstance(self.ids, np.ndarray):

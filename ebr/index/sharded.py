@@ -20,10 +20,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import NotRequired, TypedDict
 
 import faiss
 import numpy as np
+import numpy.typing as npt
 
 from ebr.errors import IndexFormatError, InputError
 from ebr.index.publish import check_target, publish, staging_dir
@@ -42,7 +43,8 @@ from ebr.io.manifest import (
 from ebr.metric import Metric
 from ebr.quant.faiss_index import ivf_centroids
 from ebr.quant.trainers import Codebooks, CodebookTrainer
-from ebr.spec import BuildParams
+from ebr.spec import BuildParams, IndexSpec
+from ebr.types import ExternalId
 
 __all__ = ["train_once", "shard_ranges", "write_shard", "commit_shards", "build_sharded",
            "ShardedIndex", "open_sharded"]
@@ -66,13 +68,25 @@ def shard_ranges(n: int, n_shards: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
 
 
+class ShardEntry(TypedDict):
+    """One written shard, as its job reports it (a dict, so that Ray can carry it)."""
+
+    shard: int
+    dir: str
+    start: int
+    stop: int
+    ntotal: int
+    seconds: float
+    node: NotRequired[str]  # the Ray node that wrote it
+
+
 def _shard_name(i: int) -> str:
     return f"shard-{i:03d}"
 
 
 def write_shard(stage: str | os.PathLike[str], i: int, start: int, stop: int,
                 vectors: np.ndarray, params: BuildParams, pre: Codebooks,
-                ids: Sequence[Any] | None = None) -> dict[str, Any]:
+                ids: Sequence[ExternalId] | None = None) -> ShardEntry:
     """Write shard ``i`` (rows [start, stop)) as a complete index under ``stage``."""
     out = Path(stage) / _shard_name(i)
     shard_ids = np.arange(start, stop, dtype=np.int64) if ids is None else ids[start:stop]
@@ -81,7 +95,7 @@ def write_shard(stage: str | os.PathLike[str], i: int, start: int, stop: int,
             "seconds": m.build["seconds"]["total"]}
 
 
-def commit_shards(stage: Path, target: Path, shards: list[dict[str, Any]], params: BuildParams,
+def commit_shards(stage: Path, target: Path, shards: list[ShardEntry], params: BuildParams,
                   pre: Codebooks, executor: str, overwrite: bool) -> Manifest:
     """Write the top manifest (last) and move the staged directory into place (the writer's
     ``publish``); dimension and id kind come from the shards' own manifests."""
@@ -108,9 +122,10 @@ def commit_shards(stage: Path, target: Path, shards: list[dict[str, Any]], param
 
 
 def build_sharded(directory: str | os.PathLike[str], vectors: np.ndarray, params: BuildParams,
-                  n_shards: int, ids: Sequence[Any] | None = None, *, trainer: Any = None,
+                  n_shards: int, ids: Sequence[ExternalId] | None = None, *,
+                  trainer: CodebookTrainer | None = None,
                   overwrite: bool = False,
-                  run: Callable[[list[Callable[[], dict[str, Any]]]], list[dict[str, Any]]]
+                  run: Callable[[list[Callable[[], ShardEntry]]], list[ShardEntry]]
                   | None = None) -> Manifest:
     """Train once, write ``n_shards`` shard indexes (``run`` executes the shard jobs; default
     one after another), then commit. A failure anywhere leaves no directory at the target."""
@@ -119,7 +134,7 @@ def build_sharded(directory: str | os.PathLike[str], vectors: np.ndarray, params
     check_target(target, overwrite)
     pre = train_once(vectors, params, trainer)
     with staging_dir(target) as stage:
-        jobs: list[Callable[[], dict[str, Any]]] = [
+        jobs: list[Callable[[], ShardEntry]] = [
             functools.partial(write_shard, stage, i, a, b, vectors, params, pre, ids)
             for i, (a, b) in enumerate(shard_ranges(len(vectors), n_shards))]
         shards = (run or (lambda js: [j() for j in js]))(jobs)
@@ -151,7 +166,7 @@ class ShardedIndex:
         return self.manifest.dim
 
     @property
-    def spec(self) -> Any:
+    def spec(self) -> IndexSpec:
         return self.shards[0].spec
 
     @property
@@ -188,8 +203,8 @@ class ShardedIndex:
         """Shard number of each global row."""
         return np.searchsorted(np.array(self.starts[1:]), rows, side="right")
 
-    def external_ids(self, rows: np.ndarray) -> list[Any]:
-        out: list[Any] = []
+    def external_ids(self, rows: np.ndarray) -> list[ExternalId | None]:
+        out: list[ExternalId | None] = []
         for r in np.asarray(rows).ravel().tolist():
             if r < 0:
                 out.append(None)
@@ -208,7 +223,7 @@ class _Rows:
         self.nbytes = sum(oi.dense.nbytes for oi in index.shards)
         self.shape = (index.ntotal, index.dim)
 
-    def __getitem__(self, rows: Any) -> np.ndarray:
+    def __getitem__(self, rows: npt.ArrayLike) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64).ravel()
         out = np.empty((len(rows), self.index.dim), dtype=np.float32)
         where = self.index.locate(rows)

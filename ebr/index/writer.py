@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import faiss
 import numpy as np
@@ -39,19 +39,20 @@ from ebr.io.manifest import (
     write_manifest,
 )
 from ebr.io.vecs import check_vectors, chunks, gather_rows, sample_rows, write_bin
-from ebr.metric import normalize_rows
+from ebr.metric import Metric, normalize_rows
 from ebr.quant.additive import lift_rq
 from ebr.quant.faiss_index import extract_ivfpq
 from ebr.quant.trainers import Codebooks, CodebookTrainer
 from ebr.spec import BuildParams
 from ebr.towers import Tower
+from ebr.types import ExternalId, JsonObject
 
 __all__ = ["train_codebooks", "write_index"]
 
 logger = logging.getLogger(__name__)
 
 
-def _check_ids(ids: Sequence[Any] | np.ndarray | None, n: int) -> tuple[str, Any]:
+def _check_ids(ids: Sequence[ExternalId] | np.ndarray | None, n: int) -> tuple[str, Any]:
     if ids is None:
         return "int", np.arange(n, dtype=np.int64)
     if len(ids) != n:
@@ -87,18 +88,28 @@ def train_codebooks(vectors: np.ndarray, params: BuildParams,
                                    "trained_on": "document sample"})
 
 
+class DenseTrainer(Protocol):
+    """BiDR stage 2 (:class:`ebr.train.bidr.BiDRDenseTrainer`): learns the query and document
+    towers on the shortlists that the built codes give."""
+
+    def fit(self, index: faiss.Index, vectors: np.ndarray, metric: Metric, normalize: bool,
+            query_map: np.ndarray | None, nlist: int) -> tuple[Tower, Tower] | None: ...
+
+    def describe(self) -> JsonObject: ...
+
+
 def write_index(
     directory: str | os.PathLike[str],
     vectors: np.ndarray,
     params: BuildParams,
-    ids: Sequence[Any] | np.ndarray | None = None,
+    ids: Sequence[ExternalId] | np.ndarray | None = None,
     *,
     trainer: CodebookTrainer | None = None,
     codebooks: Codebooks | None = None,
-    dense_trainer: Any | None = None,
-    encoder: dict[str, Any] | None = None,
+    dense_trainer: DenseTrainer | None = None,
+    encoder: JsonObject | None = None,
     extra_dirs: dict[str, Path] | None = None,
-    source: dict[str, Any] | None = None,
+    source: JsonObject | None = None,
     overwrite: bool = False,
     progress: bool = False,
 ) -> Manifest:
@@ -160,7 +171,8 @@ def write_index(
 
 
 def _encode_and_write_dense(tmp: Path, index: faiss.Index, codebooks: Codebooks,
-                            vectors: np.ndarray, params: BuildParams, dense_trainer: Any,
+                            vectors: np.ndarray, params: BuildParams,
+                            dense_trainer: DenseTrainer | None,
                             timings: dict[str, float], progress: bool
                             ) -> tuple[faiss.Index, tuple[Tower, Tower] | None]:
     """Encode every vector into ``index`` and write the dense store, in one pass; with a

@@ -15,6 +15,7 @@ import numpy as np
 
 from ebr.errors import InputError
 from ebr.io.manifest import sha256_file
+from ebr.types import Encoder
 
 __all__ = ["load_corpus", "load_queries", "load_qrels", "load_ids", "cached_corpus_embeddings",
            "default_cache_dir"]
@@ -81,7 +82,7 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("EBR_CACHE_DIR", Path.home() / ".cache" / "ebr" / "embeddings"))
 
 
-def cached_corpus_embeddings(beir_dir: str | os.PathLike[str], encoder: Any,
+def cached_corpus_embeddings(beir_dir: str | os.PathLike[str], encoder: Encoder,
                              cache_dir: str | os.PathLike[str] | None = None,
                              progress: bool = False) -> tuple[list[str], np.ndarray, Path]:
     """Encode the corpus once; later calls with the same corpus file and encoder read the cache.

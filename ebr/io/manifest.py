@@ -18,12 +18,14 @@ import json
 import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from ebr.errors import CorruptFileError, IndexFormatError, ManifestVersionError
 from ebr.io.layout import MANIFEST
+from ebr.types import JsonObject
 
 __all__ = ["FORMAT_VERSION", "FORMAT_VERSION_2", "READABLE_MAJORS", "Manifest", "FileEntry",
            "sha256_file", "seal", "write_manifest", "read_manifest", "verify_files"]
@@ -70,7 +72,8 @@ class Manifest:
         return json.dumps(seal(asdict(self)), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = MANIFEST) -> Manifest:
+    def from_dict(cls, raw: Mapping[str, object], where: str = MANIFEST) -> Manifest:
+        d: dict[str, Any] = dict(raw)  # checked field by field below
         version = str(d.get("format_version", ""))
         major = version.split(".")[0]
         if major not in READABLE_MAJORS:
@@ -101,13 +104,13 @@ def _content_digest(d: dict[str, Any]) -> str:
                                      ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
-def seal(d: dict[str, Any]) -> dict[str, Any]:
+def seal(d: JsonObject) -> JsonObject:
     """``d`` (a manifest as a JSON object) with ``manifest_sha256`` set to its content's
     checksum. Whoever edits a manifest on purpose must seal it again."""
     return {**d, SEAL: _content_digest(d)}
 
 
-def check_seal(d: dict[str, Any], where: str) -> None:
+def check_seal(d: JsonObject, where: str) -> None:
     """Refuse a manifest with fields this reader does not know, or whose own checksum does not
     match its content. One written before manifests were sealed is read, with a warning."""
     unknown = set(d) - {f.name for f in fields(Manifest)} - {SEAL}

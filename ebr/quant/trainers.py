@@ -22,6 +22,7 @@ from ebr.quant.additive import fit_norm_range, rq_stages
 from ebr.quant.encode import ScoreAware, add_with_assignment
 from ebr.quant.faiss_index import extract_ivfpq, rotate
 from ebr.spec import IndexSpec
+from ebr.types import JsonObject
 
 __all__ = ["Codebooks", "CodebookTrainer", "KMeansTrainer"]
 
@@ -189,7 +190,7 @@ class KMeansTrainer:
             fit_norm_range(index, xt)
         return index
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> JsonObject:
         return {"method": self.method, "kmeans_niter": self.niter,
                 "wide_rq_niter": self.wide_rq_niter,
                 "lsq_iters": {"train": self.lsq_train_iters, "encode": self.lsq_encode_iters}}

@@ -10,8 +10,8 @@ backend with the same two calls (the Ray Serve router, ``service.ray_serve``).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -75,6 +75,19 @@ def shard_answer(oi: OpenIndex, start: int, xq: np.ndarray, params: SearchParams
             np.where(valid, r_sc, -np.inf), np.array([t1 - t0, t2 - t1]))
 
 
+class ShardBackend(Protocol):
+    """How the merge reaches one shard: in process (:class:`LocalShard`) or a Ray Serve
+    deployment (``service.ray_serve``)."""
+
+    def answer(self, xq: np.ndarray, params: SearchParams) -> Answer: ...
+
+    def exact(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+#: For a sharded index, its backends in shard order (the service's ``shard_backends``).
+ShardBackends = Callable[[ShardedIndex], Sequence[ShardBackend]]
+
+
 class LocalShard:
     """A shard answered in this process (the Ray Serve deployment wraps the same calls)."""
 
@@ -94,7 +107,8 @@ class ShardedSearcher:
     as :class:`~ebr.search.searcher.Searcher`, so the service serves either. ``backends``:
     one per shard, in shard order (default: :class:`LocalShard`, in process)."""
 
-    def __init__(self, index: ShardedIndex, backends: Sequence[Any] | None = None) -> None:
+    def __init__(self, index: ShardedIndex, backends: Sequence[ShardBackend] | None = None
+                 ) -> None:
         self.index = index
         self.backends = list(backends) if backends is not None else [
             LocalShard(oi, st) for oi, st in zip(index.shards, index.starts, strict=True)]

@@ -45,6 +45,7 @@ from ebr.train.sampling import (
     split_pairs,
 )
 from ebr.train_config import BiDRConfig
+from ebr.types import JsonObject
 
 __all__ = ["BiDRConfig", "BiDRDenseTrainer", "TowerNet"]
 
@@ -176,7 +177,7 @@ class BiDRDenseTrainer:
             raise SpecError(f"training pairs name row {top_row}; the corpus has {len(vectors)}")
         return normalize_rows(pairs.queries) if normalize else pairs.queries
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> JsonObject:
         return {"method": self.method, "config": asdict(self.config), **self.info,
                 "history": self.history}
 

@@ -29,6 +29,7 @@ from ebr.train.distill_model import (
 )
 from ebr.train.loop import deadline
 from ebr.train.losses import LOSSES, info_nce
+from ebr.types import JsonObject
 
 if TYPE_CHECKING:
     from ebr.train.distill_vq import DistillConfig
@@ -169,11 +170,11 @@ class DistillRun:
         return out
 
     # -- score-aware codes --------------------------------------------------------------------
-    def choose_score_aware(self) -> dict[str, Any]:
+    def choose_score_aware(self) -> JsonObject:
         """Choose eta on the held-out queries with the initial codebooks, then refit the
         codebooks for it (kept only if the held-out value rises). Returns the record."""
         cfg = self.cfg
-        aware: dict[str, Any] = {"eta": 1.0, "off": None}
+        aware: JsonObject = {"eta": 1.0, "off": None}
         t0 = time.perf_counter()
         if self.native is None or self.metric is not Metric.IP:
             aware["off"] = "inner-product RQ / LSQ only"

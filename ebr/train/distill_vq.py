@@ -59,6 +59,7 @@ from ebr.train.distill_run import DistillRun, Pairs
 from ebr.train.loop import LoopResult, run_epochs
 from ebr.train.sampling import TrainingPairs, split_pairs
 from ebr.train_config import DistillConfig
+from ebr.types import JsonObject
 
 __all__ = ["DistillConfig", "DistillVQTrainer"]
 
@@ -178,7 +179,7 @@ class DistillVQTrainer:
                               "contrastive_weight": cfg.contrastive_weight}
         return info
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> JsonObject:
         return {"method": self.method, "kmeans_niter": self.niter,
                 "distill": {k: v for k, v in asdict(self.config).items()}, **self.info,
                 "history": self.history}

@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,16 +27,20 @@ from ebr.errors import SpecError
 from ebr.train.loop import run_epochs
 from ebr.train.losses import info_nce
 from ebr.train_config import EncoderFineTuneConfig
+from ebr.types import JsonObject
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
 __all__ = ["EncoderFineTuneConfig", "fine_tune_encoder"]
 
 logger = logging.getLogger(__name__)
 
 
-def fine_tune_encoder(model: Any, query_texts: Sequence[str], doc_texts: Sequence[str],
+def fine_tune_encoder(model: SentenceTransformer, query_texts: Sequence[str], doc_texts: Sequence[str],
                       positives: Sequence[np.ndarray], shortlists: np.ndarray,
                       config: EncoderFineTuneConfig | None = None,
-                      progress: bool = False) -> dict[str, Any]:
+                      progress: bool = False) -> JsonObject:
     """Fine-tune a sentence-transformers ``model`` in place.
 
     query_texts[i] has relevant documents ``positives[i]`` (rows of ``doc_texts``) and

@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeVar
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -36,11 +36,13 @@ def deadline(budget_s: float | None, start: float) -> Callable[[], bool]:
         return lambda: False
     return lambda: time.perf_counter() - start > budget_s
 
+S = TypeVar("S")  # a model state: what ``snapshot`` returns and ``restore`` takes
+
 
 def run_epochs(*, name: str, max_epochs: int, patience: int, start: dict[str, float],
                watch: str, train_epoch: Callable[[int], list[float]],
-               validate: Callable[[], dict[str, float]], snapshot: Callable[[], Any],
-               restore: Callable[[Any], None], budget_spent: Callable[[], bool] = lambda: False,
+               validate: Callable[[], dict[str, float]], snapshot: Callable[[], S],
+               restore: Callable[[S], None], budget_spent: Callable[[], bool] = lambda: False,
                progress: bool = False) -> LoopResult:
     """Run the epochs (module docstring). ``start``: the validation before any epoch;
     ``train_epoch(epoch)``: one epoch's batch losses; ``watch``: the key of ``validate()``'s

@@ -21,12 +21,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from ebr.errors import InputError, SpecError
 from ebr.train_config import SAMPLERS, VAL_SPLITS
+from ebr.types import ExternalId
 
 __all__ = ["SAMPLERS", "VAL_SPLITS", "TrainingPairs", "split_pairs", "ShortlistGraph",
            "BatchCandidates", "batches", "random_walk", "candidates"]
@@ -62,7 +62,7 @@ class TrainingPairs:
 
     @classmethod
     def from_qrels(cls, queries: np.ndarray, query_ids: Sequence[str],
-                   qrels: Mapping[str, Mapping[str, int]], doc_ids: Sequence[Any] | None,
+                   qrels: Mapping[str, Mapping[str, int]], doc_ids: Sequence[ExternalId] | None,
                    n_docs: int) -> TrainingPairs:
         """Pairs from BEIR qrels (score > 0 is relevant). ``doc_ids``: the corpus' external ids
         by row (``None``: ids are row numbers). Queries without a known positive are dropped;

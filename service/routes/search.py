@@ -13,6 +13,7 @@ from typing import Any, cast
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
+from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
@@ -306,7 +307,7 @@ class SearchEndpoints:
     through FastAPI as usual.
     """
 
-    def __init__(self, state: ServiceState, routes: dict[str, Any]) -> None:
+    def __init__(self, state: ServiceState, routes: dict[str, APIRoute]) -> None:
         self.state, self.routes = state, routes
 
     def handles(self, scope: Scope) -> bool:
