@@ -16,6 +16,8 @@
 from __future__ import annotations
 
 __all__ = [
+    "WriteConflictError",
+    "WritesUnsupportedError",
     "EbrError",
     "SpecError",
     "SearchParamError",
@@ -68,3 +70,13 @@ class IndexNotReadyError(EbrError):
 
 class IndexChangedError(IndexNotReadyError):
     """A file of the open index is being (or was) changed on disk: it is no longer served."""
+
+
+class WritesUnsupportedError(EbrError):
+    """The index cannot take writes (sharded, read-only, or built by an ebr that did not store
+    its codebooks with additive codes)."""
+
+
+class WriteConflictError(IndexNotReadyError):
+    """The generation changed under a write (compaction published a new one): nothing was
+    written; retry (the service reloads first)."""

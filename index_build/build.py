@@ -80,8 +80,19 @@ def _write(args: argparse.Namespace, x: Any, ids: Any, params: BuildParams, pair
             progress=args.progress)
     m = write_index(args.out, x, params, ids, trainer=trainer, dense_trainer=dense_trainer,
                     encoder=enc, source=source, overwrite=args.overwrite,
-                    progress=args.progress, extra_dirs=extra_dirs)
+                    progress=args.progress, extra_dirs=extra_dirs, payloads=_payloads(args))
     return m
+
+
+def _payloads(args: argparse.Namespace) -> Any:
+    """--payloads FILE, else a BEIR corpus' title and text, else none."""
+    from ebr.io.beir import corpus_payloads, read_payloads
+
+    if args.payloads:
+        return read_payloads(args.payloads)
+    if args.beir:
+        return corpus_payloads(args.beir)
+    return None
 
 
 def _training_pairs(args: argparse.Namespace, x: Any, ids: Any) -> Any:

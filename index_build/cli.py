@@ -49,6 +49,9 @@ def _input_args(p: argparse.ArgumentParser) -> None:
                      "from the offline MiniLM, so the service accepts text queries")
     src.add_argument("--cache-dir", help="embedding cache (default $EBR_CACHE_DIR or "
                      "~/.cache/ebr/embeddings)")
+    src.add_argument("--payloads", help="JSONL of {\"id\": ..., \"payload\": {...}}: stored "
+                     "with the documents and returned by searches (with --beir: the corpus' "
+                     "title and text unless this is given)")
 
 
 def _index_args(p: argparse.ArgumentParser) -> None:
@@ -213,6 +216,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=SyntheticConfig.seed)
     g.add_argument("--stream", action="store_true", help="any size with bounded memory: "
                    "corpus.fbin written chunk by chunk + queries_test.npy (no qrels)")
+    c = sub.add_parser("compact", help="fold the write-ahead log of a living index into a new "
+                       "generation (no retraining) and swap it in")
+    c.add_argument("--index", required=True, help="index directory (as the service serves it)")
+    c.add_argument("--no-verify", action="store_true", help="skip sha256 checks of the base")
     d = sub.add_parser("demo", help="generate -> build -> evaluate on the built-in data")
     d.add_argument("--workdir", default="runs/demo", help="where data, index and results go")
     d.add_argument("--n", type=int, default=50_000, help="synthetic documents")

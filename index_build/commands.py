@@ -78,6 +78,13 @@ def generate(args: argparse.Namespace) -> None:
         write_synthetic(Path(args.out), cfg)
 
 
+def compact(args: argparse.Namespace) -> None:
+    from ebr.index.compact import compact as run
+
+    m = run(args.index, verify_checksums=not args.no_verify, progress=args.progress)
+    print(json.dumps({"ntotal": m.ntotal, "live": m.live}, indent=2))  # noqa: T201
+
+
 def demo(args: argparse.Namespace) -> None:
     from ebr.index.writer import write_index
     from ebr.io.beir import load_ids, load_qrels

@@ -113,12 +113,28 @@ def check_read(settings: Settings, authorization: str) -> None:
     token = _bearer(authorization)
     if token is None:
         raise HTTPException(401, "missing bearer token", {"WWW-Authenticate": "Bearer"})
-    if not _matches(token, settings.api_keys + settings.admin_keys):
+    if not _matches(token, settings.api_keys + settings.admin_keys + settings.write_keys):
         raise HTTPException(403, "invalid API key")
 
 
 async def require_read(request: Request) -> None:
     check_read(request.app.state.ebr.settings, request.headers.get("authorization", ""))
+
+
+def check_write(settings: Settings, authorization: str) -> None:
+    """Write endpoints: never open; a write or admin key."""
+    keys = settings.write_keys + settings.admin_keys
+    if not keys:
+        raise HTTPException(403, "writes are disabled: set EBR_WRITE_KEYS (or EBR_ADMIN_KEYS)")
+    token = _bearer(authorization)
+    if token is None:
+        raise HTTPException(401, "missing bearer token", {"WWW-Authenticate": "Bearer"})
+    if not _matches(token, keys):
+        raise HTTPException(403, "this key may not write (EBR_WRITE_KEYS, EBR_ADMIN_KEYS)")
+
+
+async def require_write(request: Request) -> None:
+    check_write(request.app.state.ebr.settings, request.headers.get("authorization", ""))
 
 
 async def require_admin(request: Request) -> None:

@@ -17,6 +17,8 @@ from ebr.errors import (
     InputError,
     SearchParamError,
     SpecError,
+    WriteConflictError,
+    WritesUnsupportedError,
 )
 from service.observability import Metrics
 
@@ -30,7 +32,8 @@ class RequestTooLargeError(InputError):
 
 _STATUS: list[tuple[type[EbrError], int]] = [
     (RequestTooLargeError, 413), (SearchParamError, 422), (InputError, 422), (SpecError, 422),
-    (IndexNotReadyError, 503), (IndexFormatError, 500),
+    (WriteConflictError, 503), (IndexNotReadyError, 503), (IndexFormatError, 500),
+    (WritesUnsupportedError, 409),
 ]
 
 

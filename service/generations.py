@@ -12,17 +12,22 @@ again without a restart.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import re
+import threading
 import time
 from pathlib import Path
 
 from starlette.concurrency import run_in_threadpool
 
-from ebr.errors import EbrError
+from ebr.errors import EbrError, WritesUnsupportedError
+from ebr.index.live import LiveIndex, open_live
+from ebr.index.reader import OpenIndex
 from ebr.io.encoder import TextEncoder
 from ebr.io.manifest import Manifest, read_manifest
+from ebr.search.live import LiveSearcher
 from ebr.search.searcher import Searcher
 from ebr.search.sharded import ShardBackends, ShardedSearcher
 from service.deps import Generation, Refusal, ServiceState
@@ -83,7 +88,21 @@ def open_generation(settings: Settings, directory: Path | None = None,
                 encoder = TextEncoder(oi.manifest.encoder, base_dir=oi.path).load()
             except (ImportError, ValueError, OSError) as e:
                 logger.warning("text queries disabled: %s", e)
-    return Searcher(oi), encoder, version_of(oi.manifest)
+    return _live_searcher(oi, path), encoder, version_of(oi.manifest)
+
+
+def _live_searcher(oi: OpenIndex, path: Path) -> Searcher:
+    """The index with the writes logged beside it (``ebr.index.live``): writable where the
+    live directory can be written, else a read-only view; a plain searcher for an index that
+    cannot take writes (say why in the log)."""
+    try:
+        return LiveSearcher(open_live(oi, path))
+    except WritesUnsupportedError as e:
+        logger.warning("writes disabled: %s", e)
+        return Searcher(oi)
+    except PermissionError as e:
+        logger.warning("writes disabled (%s): serving the index and its log read-only", e)
+        return LiveSearcher(open_live(oi, path, writable=False))
 
 
 def install(state: ServiceState, searcher: Searcher | ShardedSearcher, encoder: TextEncoder | None,
@@ -147,6 +166,46 @@ def load_generation(state: ServiceState) -> str:
         return version
 
 
+def _live_of(state: ServiceState) -> LiveIndex | None:
+    current = state.current
+    if current is not None and isinstance(current.searcher, LiveSearcher):
+        current.searcher.live.catch_up()
+        return current.searcher.live
+    return None
+
+
+def maybe_compact(state: ServiceState, live: LiveIndex) -> bool:
+    """Start a background compaction when the delta or the tombstones passed the settings'
+    threshold (``compact_delta_fraction``, ``compact_min_rows``). One process of a server does
+    it: the one that takes ``compact.lock`` in the live directory. Returns whether it started."""
+    s = state.settings
+    changed = len(live.delta_ids) + live.n_dead
+    if not s.compact_delta_fraction or not live.writable or changed < s.compact_min_rows or \
+            changed < s.compact_delta_fraction * live.n_base:
+        return False
+    fd = os.open(live.ldir / "compact.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+
+    def run() -> None:
+        from ebr.index.compact import compact
+
+        try:
+            compact(s.index_dir, verify_checksums=False)
+        except Exception:  # the next check tries again; searches and writes never stop
+            logger.exception("automatic compaction failed")
+        finally:
+            os.close(fd)  # releases compact.lock
+
+    logger.info("compacting: %d rows written and %d tombstones over %d base documents",
+                len(live.delta_ids), live.n_dead, live.n_base)
+    threading.Thread(target=run, name="ebr-compact", daemon=True).start()
+    return True
+
+
 async def watch_index(state: ServiceState) -> None:
     """Every ``watch_seconds``, look whether ``index_dir`` now holds another build (a flipped
     symlink, a renamed directory, files changed in place) and load it. While the served
@@ -162,6 +221,11 @@ async def watch_index(state: ServiceState) -> None:
         try:
             identity = index_identity(state.settings.index_dir)
             broken = state.current is not None and state.current.broken() is not None
+            live = _live_of(state)
+            if live is not None and live.sealed:  # compaction moved on: the new generation
+                broken = True  # is on disk already; load it like a changed one
+            elif live is not None and not broken:
+                maybe_compact(state, live)
             if identity is None or (identity == state.served_identity and not broken):
                 continue
             if state.refused is not None and identity == state.refused.identity and not (

@@ -27,6 +27,11 @@ FiniteFloat = Annotated[float, Field(allow_inf_nan=False, json_schema_extra={
     "minimum": -MAX_COMPONENT, "maximum": MAX_COMPONENT})]  # checked by service.routes.search
 
 
+DocId = Annotated[int | Annotated[str, Field(min_length=1, max_length=1024)], Field(
+    description="the document's id: an integer or a string, as the index was built")]
+FieldName = Annotated[str, Field(min_length=1, max_length=256)]
+
+
 class _Strict(BaseModel):
     """Request models: unknown fields refused, and no coercion (``"k": "3"``, ``"k": true`` and
     vectors of numeric strings are 422, as the schema says)."""
@@ -114,6 +119,9 @@ class SearchRequest(_Strict):
     with_vector: bool | None = _opt(
         description="include each hit's dense vector (default false)")
     return_vectors: bool | None = _opt(description="alias of with_vector")
+    with_payload: bool | Annotated[list[FieldName], Field(min_length=1, max_length=100)] = Field(
+        False, description="include each hit's payload: true for all of it, or the top-level "
+        "fields to return")
 
     _not_null = field_validator("vector", "text", "with_vector", "return_vectors",
                                 mode="before")(_no_null)
@@ -133,10 +141,59 @@ class BatchRequest(_Strict):
     searches: list[SearchRequest] = Field(min_length=1, description="searches, answered in order")
 
 
+class DocumentIn(_Strict):
+    """One document to insert or replace: exactly one of ``vector`` or ``text``."""
+
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["vector"]},
+                                                           {"required": ["text"]}]})
+
+    id: DocId
+    vector: Annotated[list[FiniteFloat], Field(min_length=1, max_length=65536)] | None = _opt(
+        description="the document's embedding (index dimension)")
+    text: Annotated[str, Field(min_length=1, max_length=100_000)] | None = _opt(
+        description="the document's text (indexes that record their encoder)")
+    payload: dict[str, Any] | None = _opt(description="a JSON object stored with it")
+
+    _not_null = field_validator("vector", "text", "payload", mode="before")(_no_null)
+
+    @model_validator(mode="after")
+    def _vector_xor_text(self) -> DocumentIn:
+        if (self.vector is None) == (self.text is None):
+            raise ValueError("give exactly one of 'vector' or 'text'")
+        return self
+
+
+class UpsertRequest(_Strict):
+    documents: list[DocumentIn] = Field(min_length=1, description="inserted, or replacing the "
+                                        "documents with the same ids; all or nothing")
+
+
+class DeleteRequest(_Strict):
+    ids: list[DocId] = Field(min_length=1, description="ids to delete (unknown ones are "
+                             "skipped)")
+
+
+class WriteResult(BaseModel):
+    status: Literal["acknowledged"] = Field("acknowledged", description="in the write-ahead "
+                                            "log on disk (fsync): it survives a crash")
+    operation_id: int = Field(description="the log sequence number of the write")
+    count: int = Field(description="documents written, or deleted ones that existed")
+    time: float
+
+
+class DocumentOut(BaseModel):
+    id: str | int
+    payload: dict[str, Any] | None = None
+    vector: list[float] | None = Field(None, description="with ?with_vector=true: the stored "
+                                       "dense vector (normalised as the index stores it)")
+
+
 class Hit(BaseModel):
     id: str | int
     score: float
     vector: list[float] | None = None
+    payload: dict[str, Any] | None = Field(None, description="with with_payload; absent when "
+                                           "the document has none")
 
 
 class Stats(BaseModel):
@@ -180,6 +237,21 @@ class ErrorResponse(BaseModel):
     status: ErrorBody
 
 
+class LiveInfo(BaseModel):
+    epoch: int = Field(description="compactions since the index was built")
+    applied_lsn: int = Field(description="log records folded into the base by compaction")
+    last_lsn: int = Field(description="last log record applied by this worker")
+    log_bytes: int
+    delta_rows: int = Field(description="rows written since the base (replaced ones too)")
+    delta_live: int
+    tombstones: int = Field(description="deleted or replaced rows, base and delta")
+    drift: float | None = Field(None, description="quantization error of the written "
+                                "documents / that of the base's, on the same codebooks: "
+                                "well above 1, retrain (index_build retrain)")
+    compaction: dict[str, Any] | None = Field(None, description="the last compaction")
+    writable: bool
+
+
 class IndexInfo(BaseModel):
     spec: str
     metric: str
@@ -198,6 +270,8 @@ class IndexInfo(BaseModel):
     build: dict[str, Any]
     refused: RefusedBuild | None = Field(None, description="a newer build at the index "
                                          "directory that failed verification")
+    live: LiveInfo | None = Field(None, description="writes since the base was built")
+    payloads: int | None = Field(None, description="base documents with a payload")
 
 
 class RefusedBuild(BaseModel):

@@ -39,7 +39,8 @@ class Settings(BaseModel):
     max_k: int = Field(1000, ge=1, description="largest k a request may ask")
     max_candidates: int = Field(10_000, ge=1, description="largest candidate count (bounds the "
                               "disk reads one request can cause)")
-    max_batch: int = Field(256, ge=1, description="largest number of searches in one batch")
+    max_batch: int = Field(256, ge=1, description="largest number of searches in one batch, "
+                           "and of documents in one write (PUT /documents, delete)")
     max_hits_per_request: int = Field(
         10_000, ge=1, description="most hits one request may ask for: the sum of k over its "
         "searches (k x batch); bounds the reply. Over it: 413")
@@ -83,6 +84,16 @@ class Settings(BaseModel):
                                       repr=False)
     admin_keys: tuple[str, ...] = Field((), description="bearer keys for /admin/*; empty: the "
                                         "admin endpoints are disabled", repr=False)
+    write_keys: tuple[str, ...] = Field((), description="bearer keys for the write endpoints "
+                                        "(PUT /documents, POST /documents/delete) and the read "
+                                        "ones; admin keys may write too; with neither set, "
+                                        "writes are disabled", repr=False)
+    compact_delta_fraction: float = Field(
+        0.2, ge=0, description="compact automatically (one worker, in the background) once the "
+        "rows written since the base exceed this fraction of it, or tombstones do (0: never; "
+        "`index_build compact` runs it by hand)")
+    compact_min_rows: int = Field(10_000, ge=1, description="never compact automatically "
+                                  "below this many delta rows plus tombstones")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="largest request body")
     log_format: Literal["json", "text"] = "json"
     access_log: bool = Field(False, description="one log line per request (uvicorn's access "
@@ -92,14 +103,14 @@ class Settings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
 
-    @field_validator("api_keys", "admin_keys", mode="before")
+    @field_validator("api_keys", "admin_keys", "write_keys", mode="before")
     @classmethod
     def _split_keys(cls, v: object) -> object:
         if isinstance(v, str):
             return tuple(k.strip() for k in v.split(",") if k.strip())
         return v
 
-    @field_validator("api_keys", "admin_keys")
+    @field_validator("api_keys", "admin_keys", "write_keys")
     @classmethod
     def _long_enough(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         if any(len(k) < 16 for k in v):

@@ -16,7 +16,8 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,6 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ebr.errors import InputError
+from ebr.index.docs import write_docs
 from ebr.index.publish import check_target, publish, staging_dir
 from ebr.index.trainers import make_trainer
 from ebr.io import layout
@@ -110,6 +112,7 @@ def write_index(
     encoder: JsonObject | None = None,
     extra_dirs: dict[str, Path] | None = None,
     source: JsonObject | None = None,
+    payloads: Iterable[tuple[ExternalId, JsonObject]] | None = None,
     overwrite: bool = False,
     progress: bool = False,
 ) -> Manifest:
@@ -133,6 +136,7 @@ def write_index(
         accept text queries), e.g. ``{"name": "all-MiniLM-L6-v2", "normalize": True}``.
     extra_dirs: directories copied into the index under the given names, every file listed
         and checksummed (a fine-tuned text encoder: ``{"encoder": model_dir}``).
+    payloads: (id, JSON object) pairs stored in the document table (``docs.sqlite``).
     """
     t_start = time.perf_counter()
     target = Path(directory)
@@ -151,10 +155,16 @@ def write_index(
         index = codebooks.empty_index()
     timings["train"] = time.perf_counter() - t0
     with staging_dir(target) as tmp:
+        t0 = time.perf_counter()
+        names = _write_codebooks(tmp, codebooks)  # before the index is filled
+        names.append(layout.DOCS)
+        n_payloads = write_docs(tmp / layout.DOCS, ext_ids, _typed_ids(payloads, id_kind))
+        _fsync_file(tmp / layout.DOCS)
+        timings["write_docs"] = time.perf_counter() - t0
         index, towers = _encode_and_write_dense(tmp, index, codebooks, vectors, params,
                                                 dense_trainer, timings, progress)
         t0 = time.perf_counter()
-        names = [layout.DENSE[params.dense_dtype],
+        names += [layout.DENSE[params.dense_dtype],
                  *_write_coarse_and_ids(tmp, index, id_kind, ext_ids),
                  *_write_extras(tmp, codebooks.query_map, towers, extra_dirs)]
         files = {name: FileEntry(bytes=(tmp / name).stat().st_size,
@@ -163,6 +173,8 @@ def write_index(
         timings["total"] = time.perf_counter() - t_start
         manifest = _manifest(params, vectors.shape, id_kind, files, codebooks, index, timings,
                              dense_trainer, towers, encoder, source)
+        manifest = replace(manifest, docs=layout.DOCS, live=new_live(),
+                           build={**manifest.build, "payloads": n_payloads})
         write_manifest(tmp, manifest)
         publish(tmp, target, overwrite)
     logger.info("wrote %s: %d x %d, %s, %.1f s", target, *vectors.shape, params.spec,
@@ -213,6 +225,49 @@ def _encode_and_write_dense(tmp: Path, index: faiss.Index, codebooks: Codebooks,
     if index.ntotal != n:
         raise InputError(f"internal: coarse index holds {index.ntotal} of {n} vectors")
     return lift_rq(index), towers  # RQ: the IVF-PQ form the searcher scans
+
+
+def _typed_ids(payloads: Iterable[tuple[ExternalId, JsonObject]] | None, id_kind: str
+               ) -> Iterable[tuple[ExternalId, JsonObject]] | None:
+    """Payload ids as the index stores them (string ids as strings)."""
+    if payloads is None or id_kind == "int":
+        return payloads
+    return ((str(i), p) for i, p in payloads)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _write_codebooks(tmp: Path, codebooks: Codebooks) -> list[str]:
+    """What encodes new documents of a living index as this build encoded its own: the
+    trained, empty index (build form) and the learned list centroids, fsynced."""
+    faiss.write_index(codebooks.empty_index() if codebooks.index.ntotal else codebooks.index,
+                      str(tmp / layout.CODEBOOKS))
+    _fsync_file(tmp / layout.CODEBOOKS)
+    names = [layout.CODEBOOKS]
+    if codebooks.list_centroids is not None:
+        write_bin(tmp / layout.LIST_CENTROIDS,
+                  np.asarray(codebooks.list_centroids, dtype=np.float32))
+        names.append(layout.LIST_CENTROIDS)
+    return names
+
+
+def encoding_entry(codebooks: Codebooks) -> JsonObject:
+    """The manifest's ``codebooks.encoding``: how :class:`Codebooks` is rebuilt from the
+    files (ebr.index.live)."""
+    sa = codebooks.score_aware
+    return {"index": layout.CODEBOOKS,
+            "list_centroids": layout.LIST_CENTROIDS if codebooks.list_centroids is not None
+            else None,
+            "score_aware": None if sa is None else {"eta": sa.eta, "passes": sa.passes,
+                                                    "query_map": sa.query_map is not None}}
+
+
+def new_live() -> JsonObject:
+    """A fresh write-ahead log identity for a generation built from scratch."""
+    return {"log_id": uuid.uuid4().hex, "epoch": 0, "applied_lsn": 0}
 
 
 def _write_coarse_and_ids(tmp: Path, index: faiss.Index, id_kind: str, ext_ids: Any
@@ -268,7 +323,7 @@ def _manifest(params: BuildParams, shape: tuple[int, ...], id_kind: str,
     return Manifest(
         spec=str(params.spec), metric=metric.value, dim=int(shape[1]), ntotal=int(shape[0]),
         dense_dtype=params.dense_dtype, id_kind=id_kind, files=files,
-        codebooks=dict(codebooks.provenance),
+        codebooks={**codebooks.provenance, "encoding": encoding_entry(codebooks)},
         build={
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "seconds": {k: round(v, 3) for k, v in timings.items()},

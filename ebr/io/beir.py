@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import numpy as np
 
 from ebr.errors import InputError
 from ebr.io.manifest import sha256_file
-from ebr.types import Encoder
+from ebr.types import Encoder, ExternalId, JsonObject
 
 __all__ = ["load_corpus", "load_queries", "load_qrels", "load_ids", "cached_corpus_embeddings",
            "default_cache_dir"]
@@ -43,6 +44,33 @@ def load_corpus(beir_dir: str | os.PathLike[str]) -> tuple[list[str], list[str]]
     ids = [str(r["_id"]) for r in rows]
     texts = [(str(r.get("title", "")) + " " + str(r.get("text", ""))).strip() for r in rows]
     return ids, texts
+
+
+def corpus_payloads(beir_dir: str | os.PathLike[str]) -> Iterator[tuple[ExternalId, JsonObject]]:
+    """(id, {"title", "text"}) of each BEIR document: the payloads a BEIR build stores."""
+    with open(Path(beir_dir) / "corpus.jsonl", encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                r = json.loads(line)
+                yield str(r["_id"]), {"title": str(r.get("title", "")),
+                                      "text": str(r.get("text", ""))}
+
+
+def read_payloads(path: str | os.PathLike[str]) -> Iterator[tuple[ExternalId, JsonObject]]:
+    """(id, payload) from a JSONL file of ``{"id": ..., "payload": {...}}`` lines."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}:{lineno}: not JSON ({e.msg})") from None
+            if not isinstance(r, dict) or "id" not in r or not isinstance(r.get("payload"), dict):
+                raise InputError(f"{path}:{lineno}: expected {{\"id\": ..., \"payload\": {{...}}}}")
+            if not isinstance(r["id"], int | str) or isinstance(r["id"], bool):
+                raise InputError(f"{path}:{lineno}: id must be an integer or a string")
+            yield r["id"], r["payload"]
 
 
 def load_queries(beir_dir: str | os.PathLike[str]) -> dict[str, str]:

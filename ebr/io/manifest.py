@@ -36,7 +36,9 @@ __all__ = ["FORMAT_VERSION", "FORMAT_VERSION_2", "READABLE_MAJORS", "Manifest", 
 # or shards (the directory holds shard indexes, not a coarse index): a 1.x reader would ignore
 # either and return wrong scores or fail late, so it must refuse the directory.
 # Writers use 2.0 only for those; every other index stays 1.1.
-FORMAT_VERSION = "1.1"
+# 1.2 added docs (payload table), codebooks.encoding (what encodes new documents) and live
+# (the write-ahead log this generation continues); a 1.1 reader refuses the unknown fields.
+FORMAT_VERSION = "1.2"
 FORMAT_VERSION_2 = "2.0"
 READABLE_MAJORS = ("1", "2")
 SEAL = "manifest_sha256"
@@ -65,6 +67,8 @@ class Manifest:
     query_map: str | None = None  # file of a learned [d, d] query map (coarse stage only)
     towers: dict[str, str] | None = None  # {"query": file, "doc": file} (BiDR dense side)
     shards: list[dict[str, Any]] | None = None  # [{"dir", "start", "stop", "ntotal"}]
+    docs: str | None = None  # the document table (ids, payloads): ebr.index.docs
+    live: dict[str, Any] | None = None  # {"log_id", "epoch", "applied_lsn", "compacted"}
     format_version: str = FORMAT_VERSION
 
     def to_json(self) -> str:
@@ -92,6 +96,7 @@ class Manifest:
                 query_map=d.get("query_map"),
                 towers=dict(d["towers"]) if d.get("towers") else None,
                 shards=[dict(x) for x in d["shards"]] if d.get("shards") else None,
+                docs=d.get("docs"), live=dict(d["live"]) if d.get("live") else None,
                 format_version=version,
             )
         except (KeyError, TypeError, ValueError) as e:

@@ -17,8 +17,10 @@ __all__ = ["exact_search"]
 
 
 def exact_search(xq: np.ndarray, xb: np.ndarray, k: int, metric: Metric,
-                 block: int = 32768, progress: bool = False) -> SearchResult:
-    """Exact top-k of ``xq`` [nq, d] over ``xb`` [n, d] (array or memmap); ties -> smaller id."""
+                 block: int = 32768, progress: bool = False,
+                 exclude: np.ndarray | None = None) -> SearchResult:
+    """Exact top-k of ``xq`` [nq, d] over ``xb`` [n, d] (array or memmap); ties -> smaller id.
+    ``exclude``: bool [>= n], rows never returned (tombstones)."""
     nq = xq.shape[0]
     n = xb.shape[0]
     xq = np.ascontiguousarray(xq, dtype=np.float32)
@@ -26,6 +28,8 @@ def exact_search(xq: np.ndarray, xb: np.ndarray, k: int, metric: Metric,
     best = np.full((nq, 0), -np.inf, dtype=np.float32)
     for i0 in tqdm(range(0, n, block), desc="exact", disable=not progress):
         s = exact_scores(xq, xb[i0:i0 + block], metric)  # [nq, b]
+        if exclude is not None:
+            s[:, exclude[i0:i0 + s.shape[1]]] = -np.inf
         ids = np.broadcast_to(np.arange(i0, i0 + s.shape[1], dtype=np.int64), s.shape)
         if s.shape[1] > k:  # pre-select within the block
             part = np.argpartition(-s, k - 1, axis=1)[:, :k]

@@ -12,6 +12,7 @@ Every public input is validated here with an explicit exception naming the param
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ from ebr.quant.faiss_index import ivf_params
 from ebr.search.exact import exact_search
 from ebr.search.rerank import rerank
 from ebr.spec import SearchParams
-from ebr.types import SearchResult, SearchStats
+from ebr.types import ExternalId, JsonObject, SearchResult, SearchStats
 
 __all__ = ["Searcher"]
 
@@ -105,6 +106,23 @@ class Searcher:
             per_query_found=per_query,
         )
         return SearchResult(ids, scores), stats
+
+    @property
+    def ntotal(self) -> int:
+        """Documents a search can return."""
+        return self.index.ntotal
+
+    def external_ids(self, rows: np.ndarray) -> list[ExternalId | None]:
+        """External ids of result rows (``None`` for ``-1`` padding)."""
+        return self.index.external_ids(rows)
+
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        """Stored dense rows of result rows, float32."""
+        return self.index.vectors(rows)
+
+    def payloads(self, rows: Sequence[int]) -> dict[int, JsonObject | None] | None:
+        """Payloads of result rows; None: this index serves no payloads."""
+        return None
 
     def exact(self, xq: np.ndarray, k: int) -> SearchResult:
         """Brute force over the whole dense store (the reference; reads every row)."""

@@ -21,7 +21,7 @@ from ebr.index.sharded import ShardedIndex
 from ebr.search.rerank import rerank, topk
 from ebr.search.searcher import Searcher
 from ebr.spec import SearchParams
-from ebr.types import SearchResult, SearchStats
+from ebr.types import ExternalId, JsonObject, SearchResult, SearchStats
 
 __all__ = ["Answer", "merge", "shard_answer", "LocalShard", "ShardedSearcher"]
 
@@ -117,6 +117,24 @@ class ShardedSearcher:
 
     def prepare_queries(self, xq: np.ndarray) -> np.ndarray:
         return Searcher(self.index.shards[0]).prepare_queries(xq)
+
+    @property
+    def ntotal(self) -> int:
+        """Documents a search can return."""
+        return self.index.ntotal
+
+    def external_ids(self, rows: np.ndarray) -> list[ExternalId | None]:
+        """External ids of result rows (``None`` for ``-1`` padding)."""
+        return self.index.external_ids(rows)
+
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        """Stored dense rows of result rows, float32."""
+        return self.index.vectors(rows)
+
+    def payloads(self, rows: Sequence[int]) -> dict[int, JsonObject | None] | None:
+        """Payloads of result rows; None: this index serves no payloads."""
+        return None
+
 
     def search(self, xq: np.ndarray, params: SearchParams) -> tuple[SearchResult, SearchStats]:
         params.validate(self.index.nlist, self.index.ntotal)

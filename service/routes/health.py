@@ -5,9 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
-from service.deps import GenerationDep, ServiceState, StateDep, require_read
+from ebr.search.live import LiveSearcher
+from service.deps import Generation, GenerationDep, ServiceState, StateDep, require_read
 from service.generations import public_reason
-from service.schemas import ErrorResponse, Health, IndexInfo, RefusedBuild
+from service.schemas import ErrorResponse, Health, IndexInfo, LiveInfo, RefusedBuild
 
 router = APIRouter(tags=["health"])
 
@@ -46,7 +47,7 @@ def index_info(gen: GenerationDep, state: StateDep) -> IndexInfo:
     oi = gen.searcher.index
     m = oi.manifest
     return IndexInfo(
-        spec=m.spec, metric=m.metric, count=m.ntotal, dim=m.dim,
+        spec=m.spec, metric=m.metric, count=gen.searcher.ntotal, dim=m.dim,
         format_version=m.format_version, dense_dtype=m.dense_dtype,
         index_version=gen.version, generation=gen.number, codebooks=m.codebooks,
         encoder=m.encoder,
@@ -56,4 +57,25 @@ def index_info(gen: GenerationDep, state: StateDep) -> IndexInfo:
         memory={k: float(v) for k, v in oi.memory().items()},
         build={k: m.build[k] for k in ("created", "seconds", "params") if k in m.build},
         refused=_refused(state),
+        live=_live_info(gen),
+        payloads=_payload_count(gen),
     )
+
+
+def _live_info(gen: Generation) -> LiveInfo | None:
+    searcher = gen.searcher
+    if not isinstance(searcher, LiveSearcher):
+        return None
+    st = searcher.live.stats()
+    return LiveInfo(epoch=st.epoch, applied_lsn=st.applied_lsn, last_lsn=st.last_lsn,
+                    log_bytes=st.log_bytes, delta_rows=st.delta_rows, delta_live=st.delta_live,
+                    tombstones=st.tombstones, drift=st.drift,
+                    compaction=(searcher.live.base.manifest.live or {}).get("compacted"),
+                    writable=searcher.live.writable)
+
+
+def _payload_count(gen: Generation) -> int | None:
+    searcher = gen.searcher
+    if not isinstance(searcher, LiveSearcher) or searcher.live.docs is None:
+        return None
+    return searcher.live.docs.count_payloads()

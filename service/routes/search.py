@@ -21,6 +21,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 from ebr.errors import InputError, SearchParamError
+from ebr.index.docs import select_fields
 from ebr.search.searcher import Searcher
 from ebr.search.sharded import ShardedSearcher
 from ebr.spec import SearchParams
@@ -82,18 +83,18 @@ def _params(req: SearchRequest, state: ServiceState, searcher: Searcher | Sharde
     server's nprobe at most nlist, its candidate count at least k and at most the documents;
     an oversampling factor's count is capped the same way. Values given are checked, never
     clamped."""
-    s, oi = state.settings, searcher.index
+    s, nlist, ntotal = state.settings, searcher.index.nlist, max(searcher.ntotal, 1)
     p = req.params
-    nprobe = p.nprobe if p.nprobe is not None else min(s.default_nprobe, oi.nlist)
+    nprobe = p.nprobe if p.nprobe is not None else min(s.default_nprobe, nlist)
     if p.oversampling is not None:
         params = SearchParams.from_oversampling(req.k, p.oversampling, nprobe,
-                                                min(oi.ntotal, s.max_candidates), p.rerank)
+                                                min(ntotal, s.max_candidates), p.rerank)
     else:
         kc = p.candidates if p.candidates is not None else \
-            min(max(s.default_candidates, req.k), oi.ntotal, s.max_candidates)
+            min(max(s.default_candidates, req.k), ntotal, s.max_candidates)
         params = SearchParams(k=req.k, nprobe=nprobe, candidates=kc, rerank=p.rerank)
     try:
-        return params.validate(oi.nlist, oi.ntotal, s.max_candidates)
+        return params.validate(nlist, ntotal, s.max_candidates)
     except SearchParamError as e:
         if e.param is None:
             raise
@@ -105,8 +106,7 @@ def _prepare(req: SearchRequest, state: ServiceState, gen: Generation, where: st
     """Validate one search: (query row [1, d], two-stage params or None for exact mode)."""
     searcher = gen.searcher
     x = _query_vector(req, gen, where)
-    oi = searcher.index
-    k_max = k_limit(state.settings, oi.ntotal)
+    k_max = k_limit(state.settings, max(searcher.ntotal, 1))
     if req.k > k_max:  # one bound for both modes
         raise SearchParamError(f"{where}k: must be <= {k_max}, got {req.k}")
     return x, None if req.params.exact else _params(req, state, searcher, where)
@@ -132,25 +132,32 @@ def _result(req: SearchRequest, gen: Generation, ids: np.ndarray, scores: np.nda
             stats: dict[str, Any]) -> dict[str, Any]:
     """One search's reply as plain JSON-ready data, fields that are None left out (the shape of
     ``schemas.SearchResult``, serialised by pydantic-core without building models)."""
-    oi = gen.searcher.index
+    searcher = gen.searcher
     keep = ids >= 0
     kept = ids[keep]
-    hits: list[dict[str, Any]] = [{"id": e, "score": s} for e, s in
-                                  zip(oi.external_ids(kept), scores[keep].tolist(), strict=True)]
+    hits: list[dict[str, Any]] = [{"id": e, "score": s} for e, s in zip(
+        searcher.external_ids(kept), scores[keep].tolist(), strict=True)]
     if req.with_vector:
-        for h, v in zip(hits, oi.vectors(kept).tolist(), strict=True):
+        for h, v in zip(hits, searcher.vectors(kept).tolist(), strict=True):
             h["vector"] = v
+    if req.with_payload is not False:
+        payloads = searcher.payloads(kept.tolist()) or {}
+        fields = None if req.with_payload is True else req.with_payload
+        for h, row in zip(hits, kept.tolist(), strict=True):
+            p = payloads.get(row)
+            if p is not None:
+                h["payload"] = select_fields(p, fields)
     out = {k: v for k, v in stats.items() if v is not None}
     out["returned"], out["index_version"] = len(hits), gen.version
     return {"hits": hits, "stats": out}
 
 
 def _exact(req: SearchRequest, gen: Generation, x: np.ndarray) -> dict[str, Any]:
-    oi = gen.searcher.index
+    oi, n = gen.searcher.index, gen.searcher.ntotal
     t0 = time.perf_counter()
     res = gen.searcher.exact(x, req.k)
-    stats = {"mode": "exact", "nprobe": None, "candidates": None, "found": oi.ntotal,
-             "reranked": oi.ntotal, "dense_bytes_read": int(oi.dense.nbytes),
+    stats = {"mode": "exact", "nprobe": None, "candidates": None, "found": n,
+             "reranked": n, "dense_bytes_read": int(oi.dense.nbytes),
              "coarse_ms": 0.0, "rerank_ms": 1e3 * (time.perf_counter() - t0)}
     return _result(req, gen, res.ids[0], res.scores[0], stats)
 
@@ -211,7 +218,8 @@ async def run_search(req: SearchRequest, state: ServiceState, gen: Generation) -
     and ``with_vector`` requests, and everything when it is off, run alone in the thread pool."""
     t0 = time.perf_counter()
     batcher = state.batcher
-    if batcher is None or req.text is not None or req.params.exact or req.with_vector:
+    if batcher is None or req.text is not None or req.params.exact or req.with_vector or \
+            req.with_payload is not False:  # these read from disk: not on the event loop
         result = (await run_in_threadpool(_many, [req], state, gen, ""))[0]
     else:
         x, maybe = _prepare(req, state, gen)  # validation only: cheap, on the event loop

@@ -1,0 +1,141 @@
+"""``LiveSearcher``: the two-stage search over a living index (base + delta - tombstones).
+
+    catch up with the log -> coarse top-C over the base codes and the delta codes, tombstones
+    excluded by an IDSelector in both -> merged by coarse score -> exact re-rank of the base
+    candidates from the dense store and of the delta candidates from the delta rows -> top-k
+
+Both coarse searches use the same codebooks, query map and nprobe, so their scores compare.
+Row ids are the base's ``[0, ntotal)`` then the delta's ``ntotal + k``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from ebr.errors import SearchParamError
+from ebr.index.live import LiveIndex
+from ebr.metric import exact_scores
+from ebr.quant.faiss_index import ivf_params
+from ebr.search.exact import exact_search
+from ebr.search.rerank import rerank, topk
+from ebr.search.searcher import Searcher
+from ebr.spec import SearchParams
+from ebr.types import ExternalId, JsonObject, SearchResult, SearchStats
+
+__all__ = ["LiveSearcher"]
+
+
+class LiveSearcher(Searcher):
+    """A :class:`Searcher` that also covers what was written since the base was built."""
+
+    def __init__(self, live: LiveIndex) -> None:
+        super().__init__(live.base)
+        self.live = live
+
+    def _coarse_live(self, xq: np.ndarray, candidates: int, nprobe: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """(candidate rows, ebr coarse scores) over base and delta, tombstones excluded."""
+        live, base = self.live, self.index
+        if base.query_map is not None:
+            xq = np.ascontiguousarray(xq @ base.query_map.T, dtype=np.float32)
+        excluded = live.selector_bitmap()
+        D, ids = base.coarse.search(xq, candidates,
+                                    params=ivf_params(base.coarse, nprobe, excluded))
+        scores = self._coarse_scores(D, xq)
+        if live.delta.ntotal:
+            kd = min(candidates, int(live.delta.ntotal))
+            Dd, idd = live.delta.search(xq, kd, params=ivf_params(live.delta, nprobe, excluded))
+            ids, scores = topk(np.concatenate([scores, self._coarse_scores(Dd, xq)], axis=1),
+                               np.concatenate([ids, idd], axis=1), candidates)
+        return ids, scores
+
+    def coarse(self, xq: np.ndarray, candidates: int, nprobe: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+        self.live.catch_up()
+        with self.live.reading(), self.index.using():
+            ids, scores = self._coarse_live(xq, candidates, nprobe)
+        return ids, scores
+
+    def _rerank_live(self, xq: np.ndarray, cand: np.ndarray, k: int
+                     ) -> tuple[np.ndarray, np.ndarray, int]:
+        """Exact top-k of base candidates (dense store) and delta candidates (delta rows)."""
+        live, n_base = self.live, self.live.n_base
+        dq = self.dense_queries(xq)
+        in_base = (cand >= 0) & (cand < n_base)
+        base_cand = np.where(in_base, cand, -1)  # padding to the end: faiss' compiled path
+        base_cand = np.take_along_axis(base_cand, np.argsort(~in_base, axis=1, kind="stable"), 1)
+        ids, scores, rows = rerank(dq, base_cand, self.index.dense, self.index.metric, k,
+                                   padded_at_end=True)
+        in_delta = cand >= n_base
+        if in_delta.any():
+            d_rows = np.unique(cand[in_delta])
+            xr = np.asarray(live.delta_rows[d_rows - n_base], dtype=np.float32)
+            s_all = exact_scores(dq, xr, self.index.metric)  # [nq, r]
+            pos = np.searchsorted(d_rows, np.where(in_delta, cand, d_rows[0]))
+            s = np.where(in_delta, np.take_along_axis(s_all, pos, axis=1), -np.inf)
+            ids, scores = topk(np.concatenate([scores, s.astype(np.float32)], axis=1),
+                               np.concatenate([ids, np.where(in_delta, cand, -1)], axis=1), k)
+            rows += int(d_rows.size)
+        return ids, scores, rows
+
+    def search(self, xq: np.ndarray, params: SearchParams) -> tuple[SearchResult, SearchStats]:
+        live = self.live
+        live.catch_up()
+        params.validate(self.index.nlist, max(self.ntotal, 1))
+        xq = self.prepare_queries(xq)
+        with live.reading(), self.index.using():
+            t0 = time.perf_counter()
+            cand, cscores = self._coarse_live(xq, params.candidates, params.nprobe)
+            t1 = time.perf_counter()
+            per_query = (cand >= 0).sum(axis=1)
+            n_cand = int(per_query.sum())
+            if params.rerank:
+                ids, scores, rows = self._rerank_live(xq, cand, params.k)
+            else:
+                ids, scores, rows = cand[:, :params.k], cscores[:, :params.k], 0
+            t2 = time.perf_counter()
+        stats = SearchStats(
+            nq=xq.shape[0], nprobe=params.nprobe, candidates=params.candidates, found=n_cand,
+            reranked=n_cand if params.rerank else 0, dense_rows_read=rows,
+            dense_bytes_read=rows * self.index.dim * self.index.dense.dtype.itemsize,
+            coarse_seconds=t1 - t0, rerank_seconds=t2 - t1, per_query_found=per_query)
+        return SearchResult(ids, scores), stats
+
+    def exact(self, xq: np.ndarray, k: int) -> SearchResult:
+        """Brute force over every live document (base rows not dead, delta rows not dead)."""
+        live = self.live
+        live.catch_up()
+        with live.reading():
+            n_live = live.ntotal_rows - live.n_dead
+            if not isinstance(k, int) or not 1 <= k <= max(n_live, 1):
+                raise SearchParamError(f"k must be in [1, {n_live}], got {k!r}")
+            dq = self.dense_queries(self.prepare_queries(xq))
+            dead = live.dead
+            with self.index.using():
+                res = exact_search(dq, self.index.dense, k, self.index.metric, exclude=dead)
+            n_delta = live.ntotal_rows - live.n_base
+            if not n_delta:
+                return res
+            xr = np.asarray(live.delta_rows[:n_delta], dtype=np.float32)
+            s = exact_scores(dq, xr, self.index.metric)
+            s[:, dead[live.n_base:live.ntotal_rows]] = -np.inf
+            ids = np.broadcast_to(np.arange(live.n_base, live.ntotal_rows), s.shape)
+            top_ids, top = topk(np.concatenate([res.scores, s.astype(np.float32)], axis=1),
+                                np.concatenate([res.ids, ids], axis=1), k)
+            return SearchResult(top_ids, top)
+
+    @property
+    def ntotal(self) -> int:
+        return self.live.ntotal_rows - self.live.n_dead
+
+    def external_ids(self, rows: np.ndarray) -> list[ExternalId | None]:
+        return self.live.external_ids(rows)
+
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        return self.live.vectors(rows)
+
+    def payloads(self, rows: Sequence[int]) -> dict[int, JsonObject | None] | None:
+        return self.live.payloads(rows)
