@@ -29,7 +29,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ebr.index.docs import write_docs
-from ebr.index.live import LiveIndex, open_live, rows_path, sync_rows, wal_path, writer_lock
+from ebr.index.live import (
+    LiveIndex,
+    merged,
+    open_live,
+    rows_path,
+    sync_rows,
+    wal_path,
+    writer_lock,
+)
 from ebr.index.publish import publish, staging_dir
 from ebr.index.reader import open_index
 from ebr.index.wal import SEAL, WriteAheadLog, scan
@@ -87,7 +95,7 @@ class _Snapshot:
         self.new_row = np.full(n_all, -1, dtype=np.int64)
         self.new_row[self.keep] = np.arange(int(self.keep.sum()), dtype=np.int64)
         self.ntotal = int(self.keep.sum())
-        self.delta = faiss.clone_index(live.delta)
+        self.delta = merged(*live.segments, 0)
         self.delta_ids = list(live.delta_ids)
         self.delta_payloads = list(live.delta_payloads)
         self.delta_rows = np.array(live.delta_rows[:self.n_delta])

@@ -76,7 +76,7 @@ from ebr.towers import Tower
 from ebr.types import ExternalId, JsonObject, JsonValue
 
 __all__ = ["LiveIndex", "LiveStats", "open_live", "live_dir", "sync_rows", "writer_lock",
-           "load_codebooks", "log_identity", "quantization_error"]
+           "load_codebooks", "log_identity", "quantization_error", "merged"]
 
 logger = logging.getLogger(__name__)
 
@@ -106,43 +106,6 @@ def writer_lock(ldir: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
-
-
-class _RWLock:
-    """Many searches or one change of the in-memory state (faiss indexes are not safe to
-    search while lists are added)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writer = False
-
-    @contextlib.contextmanager
-    def read(self) -> Iterator[None]:
-        with self._cond:
-            while self._writer:
-                self._cond.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                if not self._readers:
-                    self._cond.notify_all()
-
-    @contextlib.contextmanager
-    def write(self) -> Iterator[None]:
-        with self._cond:
-            while self._writer or self._readers:
-                self._cond.wait()
-            self._writer = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writer = False
-                self._cond.notify_all()
 
 
 @dataclass(frozen=True)
@@ -202,25 +165,31 @@ class LiveIndex:
         self.dim = base.dim
         self.dtype = base.dense.dtype
         self._empty = faiss.serialize_index(codebooks.empty_index())
-        self.delta = lift_rq(codebooks.empty_index())  # served form, filled as writes come
+        empty = lift_rq(codebooks.empty_index())  # the served form, without documents
+        self._empty_served = faiss.serialize_index(empty)
+        # the delta segment, copy-on-write so that searches never wait for a write: a large
+        # part replaced rarely and a small recent part replaced per write (searches read the
+        # pair they started with)
+        self.segments: tuple[faiss.Index, faiss.Index] = (empty, faiss.clone_index(empty))
         self.delta_ids: list[ExternalId] = []
         self.delta_payloads: list[str | None] = []
         self.id_to_delta: dict[ExternalId, int] = {}
         self.dead = np.zeros(self.n_base + 1024, dtype=bool)
         self.n_dead = 0
-        self._packed: np.ndarray | None = None
+        self._packed: tuple[int, np.ndarray] | None = None  # (version, bitmap)
         self.last_lsn = self.applied_lsn
         self.offset = 0  # log bytes applied
         self.sealed = False  # compaction closed this epoch: a newer generation serves
         self.delta_rows: np.ndarray = np.empty((0, self.dim), dtype=self.dtype)
         self._rows_fd: int | None = None
         self._wal: WriteAheadLog | None = None  # set when writable
-        self._state = _RWLock()
+        self._apply_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._catch_lock = threading.Lock()
         self.version = 0  # bumps with every applied record (caches key on it)
         self._err_sum = 0.0  # quantization error of the delta (drift signal)
         self._base_err: float | None = None
+        self._epoch_seen: tuple[tuple[int, int, int], tuple[str, int]] | None = None
 
     @property
     def writable(self) -> bool:
@@ -231,18 +200,23 @@ class LiveIndex:
     def ntotal_rows(self) -> int:
         return self.n_base + len(self.delta_ids)
 
-    def reading(self) -> contextlib.AbstractContextManager[None]:
-        """Hold the state still for one search (``with live.reading():``)."""
-        return self._state.read()
+    def reading(self) -> contextlib.AbstractContextManager[bool]:
+        """Hold the state still (no record is applied meanwhile): for a snapshot or a
+        consistent lookup. Searches need not: they read immutable segments."""
+        return self._apply_lock
 
     def selector_bitmap(self) -> np.ndarray | None:
         """Packed tombstone bitmap (bit i: row i is dead), or None when nothing is dead.
-        Cached until the next change; call under :meth:`reading`."""
+        Cached until the next change."""
+        version = self.version  # read first: a bitmap packed from older flags is never reused
         if not self.n_dead:
             return None
-        if self._packed is None:
-            self._packed = np.packbits(self.dead[:self.ntotal_rows], bitorder="little")
-        return self._packed
+        cached = self._packed
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        packed = np.packbits(self.dead[:self.ntotal_rows], bitorder="little")
+        self._packed = (version, packed)
+        return packed
 
     def rows_of(self, ids: Sequence[ExternalId]) -> dict[ExternalId, int]:
         """Current (live) row of each id that exists."""
@@ -344,7 +318,7 @@ class LiveIndex:
             records, end = scan(wal.path, self.offset)
             if records:
                 self._map_rows()
-                with self._state.write():
+                with self._apply_lock:
                     for r in records:
                         self._apply(r)
                 self.offset = end
@@ -402,19 +376,20 @@ class LiveIndex:
                     p, ensure_ascii=False, separators=(",", ":")))
             self._cover(self.ntotal_rows)
         self.last_lsn = rec.lsn
-        self._packed = None
-        self.version += 1
+        self.version += 1  # after the flags: see selector_bitmap
 
     def _encode(self, x: np.ndarray, first: int) -> None:
         """Codes of new rows, made by the base's codebooks, into the delta segment."""
         tmp = faiss.deserialize_index(self._empty)
         self.codebooks.add(tmp, x)
         served = lift_rq(tmp)
-        src = faiss.extract_index_ivf(served)
         self._err_sum += float(quantization_error(self.codebooks.index, x).sum())
-        dst = faiss.extract_index_ivf(self.delta)
-        dst.merge_from(src, self.n_base + first)
-        self.delta.ntotal = dst.ntotal
+        big, recent = self.segments
+        recent = merged(recent, served, self.n_base + first)
+        if recent.ntotal >= RECENT_ROWS:  # fold the recent part into the large one
+            big = merged(big, recent, 0)
+            recent = faiss.deserialize_index(self._empty_served)
+        self.segments = (big, recent)  # one reference store: searches see old or new
 
     # ---- writing ---------------------------------------------------------------------------
     def prepare(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -470,7 +445,7 @@ class LiveIndex:
                           first * self.dim * self.dtype.itemsize)
             end = wal.append(lsn, UPSERT, list(ids), plist, x)
             self._map_rows()
-            with self._state.write():
+            with self._apply_lock:
                 self._apply(Record(lsn, UPSERT, list(ids), plist, x))
             self.offset = end
         return lsn
@@ -482,7 +457,7 @@ class LiveIndex:
         with self._writing() as (wal, lsn):
             found = len(self.rows_of(ids))
             end = wal.append(lsn, DELETE, list(ids))
-            with self._state.write():
+            with self._apply_lock:
                 self._apply(Record(lsn, DELETE, list(ids), None, None))
             self.offset = end
         return lsn, found
@@ -493,10 +468,20 @@ class LiveIndex:
             raise WritesUnsupportedError(f"{self.base.path}: opened read-only")
         with self._write_lock, writer_lock(self.ldir):
             self.catch_up()
-            if self.sealed or _served_epoch(self.base.path) != (self.log_id, self.epoch):
+            if self.sealed or self._served_epoch() != (self.log_id, self.epoch):
                 raise WriteConflictError("the index was compacted into a new generation; the "
                                          "service is switching to it: retry the write")
             yield self._wal, self.last_lsn + 1
+
+    def _served_epoch(self) -> tuple[str, int]:
+        """(log id, epoch) of the generation now at the base's directory; the manifest is read
+        again only when it was replaced (compaction swaps the directory)."""
+        st = os.stat(self.base.path / layout.MANIFEST)
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if self._epoch_seen is None or self._epoch_seen[0] != key:
+            m = read_manifest(self.base.path)
+            self._epoch_seen = (key, (log_identity(m), int((m.live or {}).get("epoch", 0))))
+        return self._epoch_seen[1]
 
     def close(self) -> None:
         if self._wal is not None:
@@ -526,7 +511,7 @@ class LiveIndex:
         self._rows_fd = os.open(rows_path(self.ldir, self.epoch),
                                 os.O_RDWR | os.O_CREAT if writable else os.O_RDONLY, 0o644)
         self._map_rows()
-        with self._state.write():
+        with self._apply_lock:
             for r in records:
                 self._apply(r)
         self.offset = records[-1].end if records else HEADER_SIZE
@@ -573,6 +558,20 @@ def sync_rows(path: Path, records: Sequence[Record],
         os.fsync(f.fileno())
 
 
+RECENT_ROWS = 2048  # rows in the small, copied-per-write part of the delta segment
+
+
+def merged(segment: faiss.Index, codes: faiss.Index, add_id: int) -> faiss.Index:
+    """A copy of ``segment`` with the lists of ``codes`` appended (ids + ``add_id``).
+    Neither input changes (faiss' merge_from empties its source: it gets a copy)."""
+    out = faiss.clone_index(segment)
+    source = faiss.clone_index(codes)  # held here until the merge is done
+    ivf = faiss.extract_index_ivf(out)
+    ivf.merge_from(faiss.extract_index_ivf(source), add_id)
+    out.ntotal = ivf.ntotal
+    return out
+
+
 def log_identity(manifest: Manifest) -> str:
     """The id (32 hex digits) of the log a generation continues; for an index built before
     logs existed, one derived from its build."""
@@ -588,13 +587,6 @@ def quantization_error(codebooks_index: faiss.Index, x: np.ndarray) -> np.ndarra
     rec = codebooks_index.sa_decode(codebooks_index.sa_encode(x))
     num = ((x - rec) ** 2).sum(axis=1)
     return num / np.maximum((x * x).sum(axis=1), 1e-12)
-
-
-def _served_epoch(index_dir: Path) -> tuple[str, int]:
-    """(log id, epoch) of the generation now at ``index_dir`` (re-read: compaction may have
-    swapped it)."""
-    m = read_manifest(index_dir)
-    return log_identity(m), int((m.live or {}).get("epoch", 0))
 
 
 def open_live(base: OpenIndex, index_dir: str | os.PathLike[str], *, writable: bool = True

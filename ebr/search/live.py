@@ -45,17 +45,18 @@ class LiveSearcher(Searcher):
         D, ids = base.coarse.search(xq, candidates,
                                     params=ivf_params(base.coarse, nprobe, excluded))
         scores = self._coarse_scores(D, xq)
-        if live.delta.ntotal:
-            kd = min(candidates, int(live.delta.ntotal))
-            Dd, idd = live.delta.search(xq, kd, params=ivf_params(live.delta, nprobe, excluded))
-            ids, scores = topk(np.concatenate([scores, self._coarse_scores(Dd, xq)], axis=1),
-                               np.concatenate([ids, idd], axis=1), candidates)
+        for seg in live.segments:  # the pair as it is now; a write replaces it, never changes it
+            if seg.ntotal:
+                Dd, idd = seg.search(xq, min(candidates, int(seg.ntotal)),
+                                     params=ivf_params(seg, nprobe, excluded))
+                ids, scores = topk(np.concatenate([scores, self._coarse_scores(Dd, xq)], axis=1),
+                                   np.concatenate([ids, idd], axis=1), candidates)
         return ids, scores
 
     def coarse(self, xq: np.ndarray, candidates: int, nprobe: int
                ) -> tuple[np.ndarray, np.ndarray]:
         self.live.catch_up()
-        with self.live.reading(), self.index.using():
+        with self.index.using():
             ids, scores = self._coarse_live(xq, candidates, nprobe)
         return ids, scores
 
@@ -86,7 +87,7 @@ class LiveSearcher(Searcher):
         live.catch_up()
         params.validate(self.index.nlist, max(self.ntotal, 1))
         xq = self.prepare_queries(xq)
-        with live.reading(), self.index.using():
+        with self.index.using():
             t0 = time.perf_counter()
             cand, cscores = self._coarse_live(xq, params.candidates, params.nprobe)
             t1 = time.perf_counter()
@@ -108,24 +109,25 @@ class LiveSearcher(Searcher):
         """Brute force over every live document (base rows not dead, delta rows not dead)."""
         live = self.live
         live.catch_up()
-        with live.reading():
-            n_live = live.ntotal_rows - live.n_dead
-            if not isinstance(k, int) or not 1 <= k <= max(n_live, 1):
-                raise SearchParamError(f"k must be in [1, {n_live}], got {k!r}")
-            dq = self.dense_queries(self.prepare_queries(xq))
-            dead = live.dead
-            with self.index.using():
-                res = exact_search(dq, self.index.dense, k, self.index.metric, exclude=dead)
-            n_delta = live.ntotal_rows - live.n_base
-            if not n_delta:
-                return res
-            xr = np.asarray(live.delta_rows[:n_delta], dtype=np.float32)
-            s = exact_scores(dq, xr, self.index.metric)
-            s[:, dead[live.n_base:live.ntotal_rows]] = -np.inf
-            ids = np.broadcast_to(np.arange(live.n_base, live.ntotal_rows), s.shape)
-            top_ids, top = topk(np.concatenate([res.scores, s.astype(np.float32)], axis=1),
-                                np.concatenate([res.ids, ids], axis=1), k)
-            return SearchResult(top_ids, top)
+        with live.reading():  # a consistent snapshot; the scoring runs without the lock
+            n_rows, n_base = live.ntotal_rows, live.n_base
+            dead = live.dead[:n_rows].copy()
+            rows = live.delta_rows
+        n_live = n_rows - int(dead.sum())
+        if not isinstance(k, int) or not 1 <= k <= max(n_live, 1):
+            raise SearchParamError(f"k must be in [1, {n_live}], got {k!r}")
+        dq = self.dense_queries(self.prepare_queries(xq))
+        with self.index.using():
+            res = exact_search(dq, self.index.dense, k, self.index.metric, exclude=dead)
+        if n_rows == n_base:
+            return res
+        s = exact_scores(dq, np.asarray(rows[:n_rows - n_base], dtype=np.float32),
+                         self.index.metric)
+        s[:, dead[n_base:]] = -np.inf
+        ids = np.broadcast_to(np.arange(n_base, n_rows), s.shape)
+        top_ids, top = topk(np.concatenate([res.scores, s.astype(np.float32)], axis=1),
+                            np.concatenate([res.ids, ids], axis=1), k)
+        return SearchResult(top_ids, top)
 
     @property
     def ntotal(self) -> int:

@@ -13,7 +13,9 @@ from collections.abc import Callable
 from typing import Annotated, TypeVar
 
 import numpy as np
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from ebr.errors import InputError, WriteConflictError
@@ -43,6 +45,7 @@ from service.schemas import (
 
 router = APIRouter(tags=["documents"])
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 _ERRORS: dict[int | str, dict[str, object]] = {
     s: {"model": ErrorResponse} for s in (401, 403, 404, 409, 413, 422, 503)}
 
@@ -95,12 +98,31 @@ async def _write(state: ServiceState, write: Callable[[LiveIndex], T]) -> T:
     return await run_in_threadpool(write, _live(current_generation(state)))
 
 
+async def _parse(request: Request, model: type[M]) -> M:
+    """The body as ``model``, parsed by pydantic-core straight from the bytes (a batch of
+    vectors is several times faster this way than through FastAPI's json.loads)."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if not (ctype.endswith("/json") or ctype.endswith("+json")):
+        raise InputError(f"body: Content-Type must be application/json, got {ctype[:100]!r}")
+    try:
+        return model.model_validate_json(await request.body())
+    except ValidationError as e:
+        raise RequestValidationError(e.errors(include_url=False)) from None
+
+
+def _doc(model: type[BaseModel]) -> dict[str, object]:
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
+
+
 @router.put("/documents", response_model=WriteResult, dependencies=[Depends(require_write)],
-            responses=_ERRORS)
-async def upsert(req: UpsertRequest, state: StateDep, gen: GenerationDep) -> WriteResult:
+            responses=_ERRORS, openapi_extra=_doc(UpsertRequest))
+async def upsert(request: Request, state: StateDep, gen: GenerationDep) -> WriteResult:
     """Insert documents, or replace those with the same ids (vector and payload together).
-    Acknowledged once in the write-ahead log on disk; searched from the next request on."""
+    Acknowledged once in the write-ahead log on disk; searched from the next request on.
+    Body: ``UpsertRequest``."""
     t0 = time.perf_counter()
+    req = await _parse(request, UpsertRequest)
     _check_size(len(req.documents), state)
     live = _live(gen)
     ids = live.check_ids([d.id for d in req.documents])
@@ -111,11 +133,13 @@ async def upsert(req: UpsertRequest, state: StateDep, gen: GenerationDep) -> Wri
 
 
 @router.post("/documents/delete", response_model=WriteResult,
-             dependencies=[Depends(require_write)], responses=_ERRORS)
-async def delete(req: DeleteRequest, state: StateDep, gen: GenerationDep) -> WriteResult:
+             dependencies=[Depends(require_write)], responses=_ERRORS,
+             openapi_extra=_doc(DeleteRequest))
+async def delete(request: Request, state: StateDep, gen: GenerationDep) -> WriteResult:
     """Delete documents by id; unknown ids are skipped (``count`` says how many existed).
-    Never returned by a search once acknowledged."""
+    Never returned by a search once acknowledged. Body: ``DeleteRequest``."""
     t0 = time.perf_counter()
+    req = await _parse(request, DeleteRequest)
     _check_size(len(req.ids), state)
     ids = _live(gen).check_ids(list(req.ids))
     lsn, found = await _write(state, lambda lv: lv.delete(ids))
