@@ -5,6 +5,7 @@
     index_build inspect   print an index directory's manifest summary and memory
     index_build generate  write the built-in synthetic dataset (corpus, queries, qrels) to a dir
     index_build compact   fold a living index's write-ahead log into a new generation
+    index_build retrain   compact, then learn the codebooks again from the current documents
     index_build demo      generate -> build -> evaluate on the built-in data (the README's main job)
 """
 
@@ -17,7 +18,7 @@ import faiss
 from ebr.errors import EbrError
 from index_build.build import build
 from index_build.cli import parser
-from index_build.commands import compact, demo, evaluate, generate, inspect
+from index_build.commands import compact, demo, evaluate, generate, inspect, retrain
 
 logger = logging.getLogger("index_build")
 
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         faiss.omp_set_num_threads(args.threads)
     try:
         {"build": build, "evaluate": evaluate, "inspect": inspect, "generate": generate,
-         "demo": demo, "compact": compact}[args.cmd](args)
+         "demo": demo, "compact": compact, "retrain": retrain}[args.cmd](args)
     except EbrError as e:
         logger.error("%s: %s", type(e).__name__, e)
         return 2

@@ -220,6 +220,14 @@ def parser() -> argparse.ArgumentParser:
                        "generation (no retraining) and swap it in")
     c.add_argument("--index", required=True, help="index directory (as the service serves it)")
     c.add_argument("--no-verify", action="store_true", help="skip sha256 checks of the base")
+    r = sub.add_parser("retrain", help="compact, then learn the codebooks again from the "
+                       "documents a living index holds now (writes go on meanwhile)")
+    r.add_argument("--index", required=True, help="index directory (as the service serves it)")
+    r.add_argument("--spec", help="new index spec (default: the index's)")
+    r.add_argument("--codebooks", choices=CODEBOOK_METHODS, help="codebook training "
+                   "(default: the index's)")
+    r.add_argument("--seed", type=int, help="seed (default: the index's)")
+    _distill_args(r)
     d = sub.add_parser("demo", help="generate -> build -> evaluate on the built-in data")
     d.add_argument("--workdir", default="runs/demo", help="where data, index and results go")
     d.add_argument("--n", type=int, default=50_000, help="synthetic documents")

@@ -85,6 +85,28 @@ def compact(args: argparse.Namespace) -> None:
     print(json.dumps({"ntotal": m.ntotal, "live": m.live}, indent=2))  # noqa: T201
 
 
+def retrain(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from ebr.index.reader import open_index
+    from ebr.index.retrain import params_of
+    from ebr.index.retrain import retrain as run
+    from index_build.build import _distill_trainer
+
+    params = params_of(open_index(args.index, verify_checksums=False).manifest)
+    if args.spec:
+        params = replace(params, spec=IndexSpec.parse(args.spec))
+    if args.codebooks:
+        params = replace(params, codebooks=args.codebooks)
+    if args.seed is not None:
+        params = replace(params, seed=args.seed)
+    args.beir = args.train_split = None  # the trainer distils from the documents themselves
+    trainer = _distill_trainer(args) if params.codebooks == "distill" else None
+    m = run(args.index, params, trainer=trainer, progress=args.progress)
+    print(json.dumps({"ntotal": m.ntotal, "codebooks": m.codebooks.get("method"),  # noqa: T201
+                      "live": m.live}, indent=2))
+
+
 def demo(args: argparse.Namespace) -> None:
     from ebr.index.writer import write_index
     from ebr.io.beir import load_ids, load_qrels

@@ -113,6 +113,7 @@ def write_index(
     extra_dirs: dict[str, Path] | None = None,
     source: JsonObject | None = None,
     payloads: Iterable[tuple[ExternalId, JsonObject]] | None = None,
+    live: JsonObject | None = None,
     overwrite: bool = False,
     progress: bool = False,
 ) -> Manifest:
@@ -137,6 +138,8 @@ def write_index(
     extra_dirs: directories copied into the index under the given names, every file listed
         and checksummed (a fine-tuned text encoder: ``{"encoder": model_dir}``).
     payloads: (id, JSON object) pairs stored in the document table (``docs.sqlite``).
+    live: the write-ahead log this build continues (retraining: ebr.index.retrain); default a
+        new one.
     """
     t_start = time.perf_counter()
     target = Path(directory)
@@ -173,7 +176,7 @@ def write_index(
         timings["total"] = time.perf_counter() - t_start
         manifest = _manifest(params, vectors.shape, id_kind, files, codebooks, index, timings,
                              dense_trainer, towers, encoder, source)
-        manifest = replace(manifest, docs=layout.DOCS, live=new_live(),
+        manifest = replace(manifest, docs=layout.DOCS, live=dict(live) if live else new_live(),
                            build={**manifest.build, "payloads": n_payloads})
         write_manifest(tmp, manifest)
         publish(tmp, target, overwrite)
