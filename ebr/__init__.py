@@ -52,6 +52,12 @@ Index (the on-disk format)  (ebr.index)
     ebr.index.publish      staging under a lock, stale cleanup, atomic swap, 0444      [test_hardening]
     ebr.index.reader       open_index: verify, map the coarse index and dense store    [test_index]
     ebr.index.guard        leases / stat checks: files changed under a search -> 503   [test_hardening]
+    ebr.index.docs         docs.sqlite: row -> (id, payload JSON); id -> row           [test_live]
+    ebr.index.wal          the write-ahead log: one CRC'd record per write batch       [test_live]
+    ebr.index.live         LiveIndex: base + log -> delta segment (base's codebooks),  [test_live]
+                           tombstones, upsert / delete (fsync before ack), recovery
+    ebr.index.compact      base + delta - tombstones -> new generation, no retraining  [test_live]
+    ebr.index.retrain      compact, then new codebooks over the current documents      [test_live]
     ebr.index.sharded      sharded directories: train once, write shards, open         [test_shards]
     ebr.index.distributed  the sharded build on Ray Data (extra 'distributed')         [test_shards]
 
@@ -61,6 +67,8 @@ Search (request time)       (ebr.search)
     ebr.search.rerank      gather candidate rows from disk, exact scores, top-k        [test_search]
     ebr.search.exact       brute-force reference                                       [test_search]
     ebr.search.sharded     fan-out over shards, exact merge (ShardedSearcher)          [test_shards]
+    ebr.search.live        LiveSearcher: base + delta, tombstones excluded, re-rank    [test_live]
+                           from both dense stores
 
 Evaluate                    (ebr.eval)
     ebr.eval.metrics       recall vs exact, recall / nDCG / MRR vs qrels               [test_eval]
@@ -68,7 +76,8 @@ Evaluate                    (ebr.eval)
     ebr.eval.report        JSON + Markdown + recall-vs-latency PNG                     [test_eval]
 
 Above ebr: ``index_build`` (CLI: cli, build, commands, evaluate, sources) and ``service``
-(FastAPI: app, routes, generations, openapi, deps, schemas, settings; ray_serve).
+(FastAPI: app, routes (search, documents, health, admin), generations, openapi, deps,
+schemas, settings; ray_serve).
 
 Scores are always higher-is-better (L2 distances are negated); missing results are ``-1`` /
 ``-inf``. The candidate count C is called ``candidates`` everywhere.

@@ -25,11 +25,11 @@ from fastapi.staticfiles import StaticFiles
 
 from service.deps import ServiceState
 from service.routes.search import k_limit
-from service.schemas import BatchRequest, SearchRequest
+from service.schemas import BatchRequest, DeleteRequest, SearchRequest, UpsertRequest
 
 __all__ = ["install_openapi"]
 
-READ_PATHS = ("/search", "/search/batch", "/index")
+READ_PATHS = ("/search", "/search/batch", "/index", "/documents/{doc_id}")
 RULES = ("\n\nLimits per request (413 when exceeded): the sum of k over the searches <= {hits}, "
          "the sum of candidates <= {cand}, returned vectors <= {vec}, exact searches <= {exact}. "
          "A search's candidate count (candidates / k_coarse, or ceil(k x oversampling)) must "
@@ -40,16 +40,19 @@ def _patch(schema: dict[str, Any], state: ServiceState) -> dict[str, Any]:
     s = state.settings
     out = copy.deepcopy(schema)
     comps = out.setdefault("components", {})
-    for model in (SearchRequest, BatchRequest):  # the search routes read their body themselves
+    # the search and write routes read their bodies themselves
+    for model in (SearchRequest, BatchRequest, UpsertRequest, DeleteRequest):
         body = model.model_json_schema(ref_template="#/components/schemas/{model}")
         comps.setdefault("schemas", {}).update(body.pop("$defs", {}))
         comps["schemas"][model.__name__] = body
     comps.setdefault("securitySchemes", {})["bearer"] = {
         "type": "http", "scheme": "bearer",
-        "description": "an API key (EBR_API_KEYS for reads, EBR_ADMIN_KEYS for /admin)"}
+        "description": "an API key (EBR_API_KEYS for reads, EBR_WRITE_KEYS for writes, "
+                       "EBR_ADMIN_KEYS for /admin and writes)"}
     for path, ops in out.get("paths", {}).items():
         for op in ops.values():
-            if path.startswith("/admin/"):
+            if path.startswith("/admin/") or (path.startswith("/documents") and
+                                              path != "/documents/{doc_id}"):
                 op["security"] = [{"bearer": []}]
             elif path in READ_PATHS:
                 op["security"] = [{"bearer": []}] if s.api_keys else [{}, {"bearer": []}]
@@ -58,9 +61,11 @@ def _patch(schema: dict[str, Any], state: ServiceState) -> dict[str, Any]:
                     hits=s.max_hits_per_request, cand=s.max_candidates_per_request,
                     vec=s.max_vectors_per_request, exact=s.max_exact_per_request)
     schemas = comps.get("schemas", {})
-    batch = schemas.get("BatchRequest", {}).get("properties", {}).get("searches")
-    if batch is not None:
-        batch["maxItems"] = s.max_batch
+    for name, field in (("BatchRequest", "searches"), ("UpsertRequest", "documents"),
+                         ("DeleteRequest", "ids")):
+        items = schemas.get(name, {}).get("properties", {}).get(field)
+        if items is not None:
+            items["maxItems"] = s.max_batch
     gen = state.current
     if gen is None:
         return out
@@ -68,10 +73,13 @@ def _patch(schema: dict[str, Any], state: ServiceState) -> dict[str, Any]:
     req = schemas["SearchRequest"]["properties"]  # ...and its dimension
     req["vector"]["minItems"] = req["vector"]["maxItems"] = int(index.dim)
     req["k"]["maximum"] = k_limit(s, int(index.ntotal))
-    if gen.encoder is None:  # no text queries on this index: "text" is not a field at all
-        del req["text"]
-        schemas["SearchRequest"].pop("oneOf", None)
-        schemas["SearchRequest"]["required"] = ["vector"]
+    doc = schemas["DocumentIn"]["properties"]
+    doc["vector"]["minItems"] = doc["vector"]["maxItems"] = int(index.dim)
+    if gen.encoder is None:  # no text on this index: "text" is not a field at all
+        for name, required in (("SearchRequest", ["vector"]), ("DocumentIn", ["id", "vector"])):
+            del schemas[name]["properties"]["text"]
+            schemas[name].pop("oneOf", None)
+            schemas[name]["required"] = required
     params = schemas["SearchParamsIn"]["properties"]
     params["nprobe"]["maximum"] = int(index.nlist)
     for name in ("candidates", "k_coarse"):

@@ -99,6 +99,7 @@ class _Snapshot:
         self.delta_ids = list(live.delta_ids)
         self.delta_payloads = list(live.delta_payloads)
         self.delta_rows = np.array(live.delta_rows[:self.n_delta])
+        self.drift = live.stats().drift  # of the documents folded in (ebr.index.live)
 
 
 def _write_generation(tmp: Path, live: LiveIndex, snap: _Snapshot, progress: bool) -> list[str]:
@@ -207,7 +208,8 @@ def _manifest(old: Manifest, snap: _Snapshot, files: dict[str, FileEntry], secon
         live={"log_id": live.log_id, "epoch": snap.epoch + 1, "applied_lsn": snap.lsn,
               "compacted": {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                             "from_documents": snap.n_base, "delta_rows": snap.n_delta,
-                            "tombstones": snap.n_dead, "seconds": seconds}})
+                            "tombstones": snap.n_dead, "seconds": seconds,
+                            "drift": snap.drift}})
 
 
 def _switch(live: LiveIndex, snap: _Snapshot, tmp: Path, target: Path) -> None:

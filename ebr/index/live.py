@@ -314,15 +314,20 @@ class LiveIndex:
         wal = self._wal
         if wal is None or self.sealed or wal.size() <= self.offset:
             return 0
-        with self._catch_lock:
-            records, end = scan(wal.path, self.offset)
-            if records:
-                self._map_rows()
-                with self._apply_lock:
-                    for r in records:
-                        self._apply(r)
-                self.offset = end
-            return len(records)
+        with self._catch_lock:  # a write of this process holds it until its record is applied
+            return self._catch_up_locked()
+
+    def _catch_up_locked(self) -> int:
+        if self._wal is None:
+            return 0
+        records, end = scan(self._wal.path, self.offset)
+        if records:
+            self._map_rows()
+            with self._apply_lock:
+                for r in records:
+                    self._apply(r)
+            self.offset = end
+        return len(records)
 
     def _map_rows(self) -> None:
         """(Re)map the delta rows file at its current length."""
@@ -466,8 +471,10 @@ class LiveIndex:
     def _writing(self) -> Iterator[tuple[WriteAheadLog, int]]:
         if self._wal is None:
             raise WritesUnsupportedError(f"{self.base.path}: opened read-only")
-        with self._write_lock, writer_lock(self.ldir):
-            self.catch_up()
+        # the catch-up lock too: a search of this process never applies a record before its
+        # fsync (it waits, at most one append, when the log has grown meanwhile)
+        with self._write_lock, writer_lock(self.ldir), self._catch_lock:
+            self._catch_up_locked()
             if self.sealed or self._served_epoch() != (self.log_id, self.epoch):
                 raise WriteConflictError("the index was compacted into a new generation; the "
                                          "service is switching to it: retry the write")
