@@ -29,7 +29,6 @@ import faiss
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
@@ -42,7 +41,7 @@ from service.errors import reply_for, validation_message
 from service.generations import load_generation, public_reason, watch_index
 from service.observability import RequestMiddleware
 from service.openapi import install_openapi
-from service.routes import admin, documents, health, search
+from service.routes import admin, documents, fast, health, search
 from service.settings import Settings
 
 logger = logging.getLogger("service")
@@ -66,7 +65,7 @@ def _client_key(scope: Scope) -> str:
 
 class EbrApp(FastAPI):
     """The FastAPI app, except that ``POST /search`` and ``POST /search/batch`` are answered by
-    ``fast`` (``service.routes.search.SearchEndpoints``: same replies, a fraction of the CPU)
+    ``fast`` (``service.routes.fast.FastEndpoints``: same replies, a fraction of the CPU)
     before FastAPI's middleware stack and router; in front of both, a client with more than
     ``max_inflight_per_client`` requests in flight in this worker is answered 429."""
 
@@ -117,8 +116,9 @@ def _lifespan(state: ServiceState) -> Any:
         app.state.ebr = state
         threads = settings.resolved_search_threads()  # the sizes, set together in one place
         anyio.to_thread.current_default_thread_limiter().total_tokens = threads
-        asyncio.get_running_loop().set_default_executor(
-            ThreadPoolExecutor(threads, thread_name_prefix="ebr-search"))
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(
+            threads, thread_name_prefix="ebr-search", initializer=faiss.omp_set_num_threads,
+            initargs=(settings.faiss_threads,)))  # OpenMP's setting is per thread
         logger.info("%d search threads x %d faiss threads per worker, %d worker(s), %d cores",
                     threads, settings.faiss_threads, settings.workers, os.cpu_count() or 1)
         if settings.file_leases:
@@ -163,8 +163,7 @@ def create_app(settings: Settings | None = None, shard_backends: ShardBackends |
     app.state.ebr = state
     app.inflight_limit, app._inflight = settings.max_inflight_per_client, {}
     if fast_search:
-        app.fast = search.SearchEndpoints(state, {
-            r.path: r for r in search.router.routes if isinstance(r, APIRoute)})
+        app.fast = fast.FastEndpoints(state)
     app.include_router(search.router)
     app.include_router(health.router)
     app.include_router(admin.router)

@@ -229,7 +229,7 @@ def _comparable(body):
 
 
 def test_fast_search_path_answers_as_the_fastapi_routes(index_ip, ds_ip):
-    """``SearchEndpoints`` (the default) and FastAPI's own routes (``fast_search=False``) give
+    """``FastEndpoints`` (the default) and FastAPI's own routes (``fast_search=False``) give
     the same status, body and headers for good and bad requests, with keys and limits on."""
     read = "r" * 16
     settings = Settings(index_dir=str(index_ip), max_batch=8, max_k=50, max_candidates=500,

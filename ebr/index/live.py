@@ -190,6 +190,7 @@ class LiveIndex:
         self._err_sum = 0.0  # quantization error of the delta (drift signal)
         self._base_err: float | None = None
         self._epoch_seen: tuple[tuple[int, int, int], tuple[str, int]] | None = None
+        self._append_at: int | None = None  # where this process's write in flight starts
 
     @property
     def writable(self) -> bool:
@@ -318,9 +319,12 @@ class LiveIndex:
             return self._catch_up_locked()
 
     def _catch_up_locked(self) -> int:
-        if self._wal is None:
+        """Apply the log from ``offset``, up to this process's own write in flight (its record
+        is applied by that write, after its fsync)."""
+        stop = self._append_at
+        if self._wal is None or (stop is not None and stop <= self.offset):
             return 0
-        records, end = scan(self._wal.path, self.offset)
+        records, end = scan(self._wal.path, self.offset, stop)
         if records:
             self._map_rows()
             with self._apply_lock:
@@ -329,8 +333,18 @@ class LiveIndex:
             self.offset = end
         return len(records)
 
+    def _reserve_rows(self, n: int) -> None:
+        """Grow the rows file (zeros) to hold ``n`` rows, doubling: every process maps it
+        again only when it grows, O(log n) times, not at every write."""
+        if self._rows_fd is None:
+            return
+        row_bytes = self.dim * self.dtype.itemsize
+        if os.fstat(self._rows_fd).st_size < n * row_bytes:
+            os.ftruncate(self._rows_fd, max(4096, 2 * n) * row_bytes)
+
     def _map_rows(self) -> None:
-        """(Re)map the delta rows file at its current length."""
+        """(Re)map the delta rows file at its current length (rows past the delta's are
+        reserved zeros, never read)."""
         if self._rows_fd is None:
             return
         size = os.fstat(self._rows_fd).st_size
@@ -443,42 +457,50 @@ class LiveIndex:
             for i, p in zip(ids, payloads, strict=True):
                 payload_json(p, f"payload of id {i!r}")  # checks type, JSON-ness and size
             plist = [p for p in payloads]  # type: ignore[misc]
-        with self._writing() as (wal, lsn):
-            first = len(self.delta_ids)
-            if self._rows_fd is not None:
-                os.pwrite(self._rows_fd, dense.tobytes(),
-                          first * self.dim * self.dtype.itemsize)
-            end = wal.append(lsn, UPSERT, list(ids), plist, x)
-            self._map_rows()
-            with self._apply_lock:
-                self._apply(Record(lsn, UPSERT, list(ids), plist, x))
-            self.offset = end
-        return lsn
+        return self._commit(UPSERT, ids, plist, x, dense)[0]
 
     def delete(self, ids: Sequence[ExternalId]) -> tuple[int, int]:
         """Delete documents (unknown ids are no-ops); durable when it returns. Returns (log
         sequence number, how many existed)."""
-        ids = self.check_ids(ids)
-        with self._writing() as (wal, lsn):
-            found = len(self.rows_of(ids))
-            end = wal.append(lsn, DELETE, list(ids))
-            with self._apply_lock:
-                self._apply(Record(lsn, DELETE, list(ids), None, None))
-            self.offset = end
-        return lsn, found
+        return self._commit(DELETE, self.check_ids(ids), None, None, None)
 
-    @contextlib.contextmanager
-    def _writing(self) -> Iterator[tuple[WriteAheadLog, int]]:
+    def _commit(self, op: int, ids: list[ExternalId], payloads: list[JsonValue] | None,
+                x: np.ndarray | None, dense: np.ndarray | None) -> tuple[int, int]:
+        """Log one write and apply it: (lsn, how many of ``ids`` existed before it).
+
+        Under the writer lock: catch up, write the dense rows, append the record, fsync, apply.
+        The catch-up lock is held around the catch-up and the apply only, never across the
+        fsync: a search of this process meanwhile applies the log up to this record
+        (``_append_at``) and never the record itself before it is durable.
+        """
         if self._wal is None:
             raise WritesUnsupportedError(f"{self.base.path}: opened read-only")
-        # the catch-up lock too: a search of this process never applies a record before its
-        # fsync (it waits, at most one append, when the log has grown meanwhile)
-        with self._write_lock, writer_lock(self.ldir), self._catch_lock:
-            self._catch_up_locked()
-            if self.sealed or self._served_epoch() != (self.log_id, self.epoch):
-                raise WriteConflictError("the index was compacted into a new generation; the "
-                                         "service is switching to it: retry the write")
-            yield self._wal, self.last_lsn + 1
+        with self._write_lock, writer_lock(self.ldir):
+            with self._catch_lock:
+                self._catch_up_locked()
+                if self.sealed or self._served_epoch() != (self.log_id, self.epoch):
+                    raise WriteConflictError("the index was compacted into a new generation; "
+                                             "the service is switching to it: retry the write")
+                lsn, first = self.last_lsn + 1, len(self.delta_ids)
+                found = len(self.rows_of(ids))
+                self._append_at = self.offset
+            try:
+                if dense is not None and self._rows_fd is not None:
+                    self._reserve_rows(first + len(dense))
+                    os.pwrite(self._rows_fd, dense.tobytes(),
+                              first * self.dim * self.dtype.itemsize)
+                end = self._wal.append(lsn, op, list(ids), payloads, x)
+            except BaseException:
+                with self._catch_lock:
+                    self._append_at = None
+                raise
+            with self._catch_lock:
+                self._append_at = None
+                self._map_rows()
+                with self._apply_lock:
+                    self._apply(Record(lsn, op, list(ids), payloads, x))
+                self.offset = end
+        return lsn, found
 
     def _served_epoch(self) -> tuple[str, int]:
         """(log id, epoch) of the generation now at the base's directory; the manifest is read

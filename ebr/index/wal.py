@@ -97,13 +97,14 @@ def read_header(path: Path) -> tuple[int, bytes]:
     return epoch, log_id
 
 
-def scan(path: Path, start: int = HEADER_SIZE) -> tuple[list[Record], int]:
-    """Records from byte ``start`` to the last whole one, and the offset where they end.
-    A short or corrupt record ends the scan: everything from it on is a torn tail."""
+def scan(path: Path, start: int = HEADER_SIZE, stop: int | None = None
+         ) -> tuple[list[Record], int]:
+    """Records from byte ``start`` (to ``stop``) to the last whole one, and the offset where
+    they end. A short or corrupt record ends the scan: everything from it on is a torn tail."""
     records, good = [], start
     with open(path, "rb") as f:
         f.seek(start)
-        data = f.read()
+        data = f.read() if stop is None else f.read(max(stop - start, 0))
     pos = 0
     while pos + _REC.size <= len(data):
         magic, length, crc = _REC.unpack_from(data, pos)

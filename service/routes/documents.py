@@ -13,25 +13,27 @@ from collections.abc import Callable
 from typing import Annotated, TypeVar
 
 import numpy as np
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from pydantic import BaseModel, ValidationError
+from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive
 
 from ebr.errors import InputError, WriteConflictError
 from ebr.index.live import LiveIndex
 from ebr.search.live import LiveSearcher
 from ebr.types import ExternalId
+from service.body import read_body
 from service.deps import (
     Generation,
     GenerationDep,
     ServiceState,
-    StateDep,
+    check_write,
     current_generation,
     require_read,
-    require_write,
 )
-from service.errors import RequestTooLargeError
+from service.errors import RequestTooLargeError, error_body, reply_for, validation_message
 from service.generations import load_generation
 from service.schemas import (
     MAX_COMPONENT,
@@ -45,7 +47,6 @@ from service.schemas import (
 
 router = APIRouter(tags=["documents"])
 T = TypeVar("T")
-M = TypeVar("M", bound=BaseModel)
 _ERRORS: dict[int | str, dict[str, object]] = {
     s: {"model": ErrorResponse} for s in (401, 403, 404, 409, 413, 422, 503)}
 
@@ -98,16 +99,56 @@ async def _write(state: ServiceState, write: Callable[[LiveIndex], T]) -> T:
     return await run_in_threadpool(write, _live(current_generation(state)))
 
 
-async def _parse(request: Request, model: type[M]) -> M:
-    """The body as ``model``, parsed by pydantic-core straight from the bytes (a batch of
-    vectors is several times faster this way than through FastAPI's json.loads)."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if not (ctype.endswith("/json") or ctype.endswith("+json")):
-        raise InputError(f"body: Content-Type must be application/json, got {ctype[:100]!r}")
+async def _upsert(req: UpsertRequest, state: ServiceState) -> dict[str, object]:
+    """Insert documents, or replace those with the same ids (vector and payload together)."""
+    t0 = time.perf_counter()
+    _check_size(len(req.documents), state)
+    gen = current_generation(state)
+    live = _live(gen)
+    ids = live.check_ids([d.id for d in req.documents])
+    payloads = [d.payload for d in req.documents]
+    lsn = await _write(state, lambda lv: lv.upsert(ids, _vectors(req.documents, gen, lv.dim),
+                                                   payloads))
+    return {"status": "acknowledged", "operation_id": lsn, "count": len(ids),
+            "time": time.perf_counter() - t0}
+
+
+async def _delete(req: DeleteRequest, state: ServiceState) -> dict[str, object]:
+    t0 = time.perf_counter()
+    _check_size(len(req.ids), state)
+    ids = _live(current_generation(state)).check_ids(list(req.ids))
+    lsn, found = await _write(state, lambda lv: lv.delete(ids))
+    return {"status": "acknowledged", "operation_id": lsn, "count": found,
+            "time": time.perf_counter() - t0}
+
+
+async def write_answer(state: ServiceState, path: str, headers: dict[bytes, bytes],
+                       receive: Receive) -> tuple[int, bytes, dict[str, str]]:
+    """The one implementation of ``PUT /documents`` and ``POST /documents/delete`` (both
+    doors call it, as :func:`service.routes.search.answer` for searches): the write key,
+    content type, the body under its limit, pydantic-core validation of the whole batch, the
+    write, every failure as the app's reply. Returns (status, JSON body, extra headers)."""
     try:
-        return model.model_validate_json(await request.body())
+        check_write(state.settings, headers.get(b"authorization", b"").decode("latin-1"))
+        ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if not (ctype.endswith(b"/json") or ctype.endswith(b"+json")):
+            raise InputError(f"body: Content-Type must be application/json, got "
+                             f"{ctype.decode('latin-1')[:100] or 'none'!r}")
+        body = await read_body(receive, headers.get(b"content-length"),
+                               state.settings.max_body_bytes)
+        if path == "/documents":
+            out = await _upsert(UpsertRequest.model_validate_json(body), state)
+        else:
+            out = await _delete(DeleteRequest.model_validate_json(body), state)
+        return 200, to_json(out), {}
     except ValidationError as e:
-        raise RequestValidationError(e.errors(include_url=False)) from None
+        state.metrics.errors.labels("RequestValidationError").inc()
+        return 422, error_body(validation_message(e.errors())), {}
+    except ClientDisconnect:
+        raise
+    except Exception as e:  # every failure gets the app's reply for it, never a crash
+        status, message, extra = reply_for(e, state.metrics, path)
+        return status, error_body(message), extra
 
 
 def _doc(model: type[BaseModel]) -> dict[str, object]:
@@ -115,35 +156,27 @@ def _doc(model: type[BaseModel]) -> dict[str, object]:
         "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
 
 
-@router.put("/documents", response_model=WriteResult, dependencies=[Depends(require_write)],
-            responses=_ERRORS, openapi_extra=_doc(UpsertRequest))
-async def upsert(request: Request, state: StateDep, gen: GenerationDep) -> WriteResult:
+async def _routed(request: Request, path: str) -> Response:
+    status, reply, extra = await write_answer(request.app.state.ebr, path,
+                                              dict(request.scope["headers"]), request.receive)
+    return Response(reply, status, headers=extra or None, media_type="application/json")
+
+
+@router.put("/documents", response_model=WriteResult, responses=_ERRORS,
+            openapi_extra=_doc(UpsertRequest))
+async def upsert(request: Request) -> Response:
     """Insert documents, or replace those with the same ids (vector and payload together).
     Acknowledged once in the write-ahead log on disk; searched from the next request on.
-    Body: ``UpsertRequest``."""
-    t0 = time.perf_counter()
-    req = await _parse(request, UpsertRequest)
-    _check_size(len(req.documents), state)
-    live = _live(gen)
-    ids = live.check_ids([d.id for d in req.documents])
-    x = await run_in_threadpool(_vectors, req.documents, gen, live.dim)
-    payloads = [d.payload for d in req.documents]
-    lsn = await _write(state, lambda lv: lv.upsert(ids, x, payloads))
-    return WriteResult(operation_id=lsn, count=len(ids), time=time.perf_counter() - t0)
+    All or nothing; at most ``EBR_MAX_BATCH`` documents. A write or admin key."""
+    return await _routed(request, "/documents")
 
 
-@router.post("/documents/delete", response_model=WriteResult,
-             dependencies=[Depends(require_write)], responses=_ERRORS,
+@router.post("/documents/delete", response_model=WriteResult, responses=_ERRORS,
              openapi_extra=_doc(DeleteRequest))
-async def delete(request: Request, state: StateDep, gen: GenerationDep) -> WriteResult:
+async def delete(request: Request) -> Response:
     """Delete documents by id; unknown ids are skipped (``count`` says how many existed).
-    Never returned by a search once acknowledged. Body: ``DeleteRequest``."""
-    t0 = time.perf_counter()
-    req = await _parse(request, DeleteRequest)
-    _check_size(len(req.ids), state)
-    ids = _live(gen).check_ids(list(req.ids))
-    lsn, found = await _write(state, lambda lv: lv.delete(ids))
-    return WriteResult(operation_id=lsn, count=found, time=time.perf_counter() - t0)
+    Never returned by a search once acknowledged. A write or admin key."""
+    return await _routed(request, "/documents/delete")
 
 
 def _parse_id(raw: str, id_kind: str) -> ExternalId:

@@ -2,9 +2,9 @@
 
 Searches run in the thread pool (faiss and numpy release the GIL). A batch request's searches
 with equal parameters run as one batched search; ``/search`` requests arriving together can
-share one too (``service.batcher``, ``micro_batch_inflight``). ``SearchEndpoints`` answers both
-routes in front of FastAPI with the same code (``run_search``, ``run_batch``); the FastAPI routes
-below document them and are the reference it is tested against."""
+share one too (``service.batcher``, ``micro_batch_inflight``). ``service.routes.fast`` answers
+both routes in front of FastAPI with the same code (``run_search``, ``run_batch``); the FastAPI
+routes below document them and are the reference it is tested against."""
 
 from __future__ import annotations
 
@@ -13,12 +13,11 @@ from typing import Any, cast
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
-from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
-from starlette.types import Receive, Scope, Send
+from starlette.types import Receive
 
 from ebr.errors import InputError, SearchParamError
 from ebr.index.docs import select_fields
@@ -34,7 +33,6 @@ from service.deps import (
     current_generation,
 )
 from service.errors import RequestTooLargeError, error_body, reply_for, validation_message
-from service.observability import new_request_id, request_id
 from service.schemas import (
     MAX_COMPONENT,
     BatchRequest,
@@ -249,7 +247,7 @@ async def answer(state: ServiceState, path: str, headers: dict[bytes, bytes],
     type, the body (read under its limit), validation by the request models in one pass
     (pydantic-core), the search, and every failure as the app's reply for it. Returns
     (status, JSON body, extra headers). Raises ``ClientDisconnect`` when there is no one to
-    answer. Both doors call it: :class:`SearchEndpoints` in front of FastAPI, and the FastAPI
+    answer. Both doors call it: ``service.routes.fast`` in front of FastAPI, and the FastAPI
     routes below."""
     try:
         check_read(state.settings, headers.get(b"authorization", b"").decode("latin-1"))
@@ -277,7 +275,7 @@ async def answer(state: ServiceState, path: str, headers: dict[bytes, bytes],
 
 
 # The FastAPI routes document the endpoints (OpenAPI, /docs: the request bodies are the
-# models', ``_BODY``) and answer them when the app runs without ``SearchEndpoints``
+# models', ``_BODY``) and answer them when the app runs without ``FastEndpoints``
 # (``create_app(fast_search=False)``), through the same :func:`answer`.
 
 def _body(model: type[Any]) -> dict[str, Any]:
@@ -303,51 +301,3 @@ async def search(request: Request) -> Response:
 async def search_batch(request: Request) -> Response:
     """Searches answered in order; equal parameters share one batched search."""
     return await _routed(request, "/search/batch")
-
-
-class SearchEndpoints:
-    """Pure-ASGI ``POST /search`` and ``POST /search/batch``, answered before the FastAPI app.
-
-    The same :func:`answer` as the FastAPI routes, with the same request ids and metrics,
-    without FastAPI's dependency solving, request object and its six middleware layers. At 2
-    cores that per-request CPU is what bounds HTTP throughput (``bench/bench_load.py``).
-    ``service.app.EbrApp`` calls it for the requests :meth:`handles`; everything else goes
-    through FastAPI as usual.
-    """
-
-    def __init__(self, state: ServiceState, routes: dict[str, APIRoute]) -> None:
-        self.state, self.routes = state, routes
-
-    def handles(self, scope: Scope) -> bool:
-        return scope["type"] == "http" and scope["method"] == "POST" and \
-            _route_path(scope) in self.routes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = _route_path(scope)
-        scope["route"] = self.routes[path]
-        state = self.state
-        headers = dict(scope["headers"])
-        rid = new_request_id(headers.get(b"x-request-id"))
-        token = request_id.set(rid)
-        status, t0 = 500, time.perf_counter()
-        try:
-            try:
-                status, reply, extra = await answer(state, path, headers, receive)
-            except ClientDisconnect:
-                status = 499  # nobody to answer; counted, as nginx does
-                return
-            await send({"type": "http.response.start", "status": status, "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(reply)).encode()),
-                (b"x-request-id", rid.encode()),
-                *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items())]})
-            await send({"type": "http.response.body", "body": reply})
-        finally:
-            request_id.reset(token)
-            state.metrics.observe_request(path, status, time.perf_counter() - t0)
-
-
-def _route_path(scope: Scope) -> str:
-    path: str = scope.get("path", "")
-    root = scope.get("root_path", "")
-    return path[len(root):] if root and path.startswith(root) else path
