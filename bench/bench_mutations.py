@@ -216,8 +216,8 @@ def main() -> None:  # noqa: C901, PLR0915 - one benchmark, its steps in order
     from helpers import served
 
     from ebr.data.synthetic import SyntheticConfig, generate
-    from ebr.index.live import load_codebooks
     from ebr.index.reader import open_index
+    from ebr.index.segments import load_codebooks
     from ebr.index.writer import write_index
     from ebr.io.vecs import write_bin
     from ebr.search.searcher import Searcher

@@ -54,8 +54,11 @@ Index (the on-disk format)  (ebr.index)
     ebr.index.guard        leases / stat checks: files changed under a search -> 503   [test_hardening]
     ebr.index.docs         docs.sqlite: row -> (id, payload JSON); id -> row           [test_live]
     ebr.index.wal          the write-ahead log: one CRC'd record per write batch       [test_live]
-    ebr.index.live         LiveIndex: base + log -> delta segment (base's codebooks),  [test_live]
-                           tombstones, upsert / delete (fsync before ack), recovery
+    ebr.index.logdir       <index>.live/: log and rows files, writer lock, log identity[test_live]
+    ebr.index.segments     codes of new documents by the base's codebooks;             [test_live]
+                           copy-on-write segments; quantization error (drift)
+    ebr.index.view         LiveView: base + delta + tombstones, caught up from the log [test_live]
+    ebr.index.live         LiveIndex: upsert / delete (fsync before ack), recovery     [test_live]
     ebr.index.compact      base + delta - tombstones -> new generation, no retraining  [test_live]
     ebr.index.retrain      compact, then new codebooks over the current documents      [test_live]
     ebr.index.sharded      sharded directories: train once, write shards, open         [test_shards]

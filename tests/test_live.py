@@ -17,7 +17,8 @@ from fastapi.testclient import TestClient
 
 from ebr.errors import InputError, WriteConflictError
 from ebr.index.compact import compact
-from ebr.index.live import live_dir, open_live, wal_path
+from ebr.index.live import open_live
+from ebr.index.logdir import live_dir, wal_path
 from ebr.index.reader import open_index
 from ebr.index.wal import DELETE, UPSERT, WriteAheadLog, scan
 from ebr.index.writer import write_index

@@ -29,17 +29,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ebr.index.docs import write_docs
-from ebr.index.live import (
-    LiveIndex,
-    merged,
-    open_live,
-    rows_path,
-    sync_rows,
-    wal_path,
-    writer_lock,
-)
+from ebr.index.live import LiveIndex, open_live
+from ebr.index.logdir import rows_path, sync_rows, wal_path, writer_lock
 from ebr.index.publish import publish, staging_dir
 from ebr.index.reader import open_index
+from ebr.index.segments import merged
 from ebr.index.wal import SEAL, WriteAheadLog, scan
 from ebr.io import layout
 from ebr.io.manifest import FileEntry, Manifest, sha256_file, write_manifest

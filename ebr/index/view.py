@@ -1,0 +1,332 @@
+"""A living index as read: the base, the delta segment and the tombstones, kept up with the log.
+
+Per process, caught up from the log before each search (:meth:`LiveView.catch_up`: one
+``fstat`` when nothing is new):
+
+- the **delta segment**: written documents coded with the base's own codebooks
+  (``ebr.index.segments``) into in-RAM IVF segments of the base's served form, row ids
+  ``ntotal + k`` for the k-th upsert, copy-on-write;
+- **tombstones**: a bitmap over base + delta rows (replaced and deleted documents), passed to
+  faiss as an ``IDSelector`` so that the coarse stage never returns them;
+- the id map of the delta, and its payloads (the base's are in ``docs.sqlite``).
+"""
+
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from ebr.index.docs import DocStore
+from ebr.index.logdir import log_identity, rows_path
+from ebr.index.reader import OpenIndex
+from ebr.index.segments import RECENT_ROWS, merged, quantization_error
+from ebr.index.wal import (
+    DELETE,
+    SEAL,
+    UPSERT,
+    Record,
+    WriteAheadLog,
+    scan,
+)
+from ebr.quant.additive import lift_rq
+from ebr.quant.trainers import Codebooks
+from ebr.towers import Tower
+from ebr.types import ExternalId, JsonObject
+
+__all__ = ["LiveView", "LiveStats"]
+
+DRIFT_SAMPLE = 64  # rows of each write whose quantization error feeds the drift figure
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LiveStats:
+    """What ``/index`` reports of the living part."""
+
+    epoch: int
+    log_id: str
+    applied_lsn: int  # folded into the base by compaction
+    last_lsn: int  # last record applied here
+    log_bytes: int
+    delta_rows: int  # upserted rows since the base (replaced ones included)
+    delta_live: int  # of those, not replaced or deleted since
+    tombstones: int  # dead rows (base and delta)
+    live_documents: int  # what a search can return
+    drift: float | None  # delta quantization error / the base's, on the same codebooks
+
+
+class LiveView:
+    """The base plus the log as this process has applied it: what a search reads. Thread-safe:
+    records are applied under a lock, searches read segments that are replaced, never changed.
+    :class:`ebr.index.live.LiveIndex` adds the writes and the opening."""
+
+    def __init__(self, base: OpenIndex, ldir: Path, docs: DocStore | None,
+                 codebooks: Codebooks, doc_tower: Tower | None) -> None:
+        self.base, self.ldir, self.docs = base, ldir, docs
+        self.codebooks, self.doc_tower = codebooks, doc_tower
+        live = base.manifest.live or {}
+        self.log_id = log_identity(base.manifest)
+        self.epoch = int(live.get("epoch", 0))
+        self.applied_lsn = int(live.get("applied_lsn", 0))
+        self.n_base = base.ntotal
+        self.dim = base.dim
+        self.dtype = base.dense.dtype
+        self._empty = faiss.serialize_index(codebooks.empty_index())
+        empty = lift_rq(codebooks.empty_index())  # the served form, without documents
+        self._empty_served = faiss.serialize_index(empty)
+        # the delta segment, copy-on-write so that searches never wait for a write: a large
+        # part replaced rarely and a small recent part replaced per write (searches read the
+        # pair they started with)
+        self.segments: tuple[faiss.Index, faiss.Index] = (empty, faiss.clone_index(empty))
+        self.delta_ids: list[ExternalId] = []
+        self.delta_payloads: list[str | None] = []
+        self.id_to_delta: dict[ExternalId, int] = {}
+        self.dead = np.zeros(self.n_base + 1024, dtype=bool)
+        self.n_dead = 0
+        self._packed: tuple[int, np.ndarray] | None = None  # (version, bitmap)
+        self.last_lsn = self.applied_lsn
+        self.offset = 0  # log bytes applied
+        self.sealed = False  # compaction closed this epoch: a newer generation serves
+        self.delta_rows: np.ndarray = np.empty((0, self.dim), dtype=self.dtype)
+        self._rows_fd: int | None = None
+        self._wal: WriteAheadLog | None = None  # set when writable
+        self._apply_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._catch_lock = threading.Lock()
+        self.version = 0  # bumps with every applied record (caches key on it)
+        self._err_sum, self._err_n = 0.0, 0  # quantization error of sampled delta rows (drift)
+        self._base_err: float | None = None
+        self._epoch_seen: tuple[tuple[int, int, int], tuple[str, int]] | None = None
+        self._append_at: int | None = None  # where this process's write in flight starts
+
+    @property
+    def writable(self) -> bool:
+        return self._wal is not None
+
+    # ---- reading ---------------------------------------------------------------------------
+    @property
+    def ntotal_rows(self) -> int:
+        return self.n_base + len(self.delta_ids)
+
+    def reading(self) -> contextlib.AbstractContextManager[bool]:
+        """Hold the state still (no record is applied meanwhile): for a snapshot or a
+        consistent lookup. Searches need not: they read immutable segments."""
+        return self._apply_lock
+
+    def selector_bitmap(self) -> np.ndarray | None:
+        """Packed tombstone bitmap (bit i: row i is dead), or None when nothing is dead.
+        Cached until the next change."""
+        version = self.version  # read first: a bitmap packed from older flags is never reused
+        if not self.n_dead:
+            return None
+        cached = self._packed
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        packed = np.packbits(self.dead[:self.ntotal_rows], bitorder="little")
+        self._packed = (version, packed)
+        return packed
+
+    def rows_of(self, ids: Sequence[ExternalId]) -> dict[ExternalId, int]:
+        """Current (live) row of each id that exists."""
+        out: dict[ExternalId, int] = {}
+        rest = []
+        for i in ids:
+            r = self.id_to_delta.get(i)
+            if r is not None:
+                out[i] = self.n_base + r
+            else:
+                rest.append(i)
+        if rest and self.docs is not None:
+            for i, r in self.docs.rows_of(rest).items():
+                if not self.dead[r]:
+                    out[i] = r
+        elif rest:
+            for i in rest:
+                r = self._base_row_without_docs(i)
+                if r is not None and not self.dead[r]:
+                    out[i] = r
+        return out
+
+    def _base_row_without_docs(self, i: ExternalId) -> int | None:
+        ids = self.base.ids
+        if isinstance(ids, np.ndarray):
+            if not isinstance(i, int):
+                return None
+            hit = np.flatnonzero(ids == i)
+        else:
+            return next((k for k, x in enumerate(ids) if x == i), None)
+        return int(hit[0]) if len(hit) else None
+
+    def external_ids(self, rows: np.ndarray) -> list[ExternalId | None]:
+        r = np.asarray(rows).ravel()
+        if not len(self.delta_ids) or (r < self.n_base).all():
+            return self.base.external_ids(r)
+        out: list[ExternalId | None] = []
+        for x in r.tolist():
+            if x < 0:
+                out.append(None)
+            elif x < self.n_base:
+                out.extend(self.base.external_ids(np.array([x])))
+            else:
+                out.append(self.delta_ids[x - self.n_base])
+        return out
+
+    def payloads(self, rows: Sequence[int]) -> dict[int, JsonObject | None]:
+        """Payload of each row (None: the document has none)."""
+        base_rows = [int(r) for r in rows if 0 <= r < self.n_base]
+        texts: dict[int, str | None] = {}
+        if base_rows and self.docs is not None:
+            texts.update(self.docs.payload_texts(base_rows))
+        for r in rows:
+            if r >= self.n_base:
+                texts[int(r)] = self.delta_payloads[int(r) - self.n_base]
+        return {int(r): (json.loads(t) if t else None) for r, t in
+                ((r, texts.get(int(r))) for r in rows)}
+
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        """Stored dense rows (base or delta), float32."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        b = rows < self.n_base
+        if b.any():
+            out[b] = self.base.vectors(rows[b])
+        if (~b).any():
+            out[~b] = self.delta_rows[rows[~b] - self.n_base]
+        return out
+
+    def stats(self) -> LiveStats:
+        n_delta = len(self.delta_ids)
+        delta_dead = int(self.dead[self.n_base:self.ntotal_rows].sum())
+        drift = None
+        base_err = self._base_error() if n_delta else None
+        if base_err:
+            drift = round(self._err_sum / max(self._err_n, 1) / base_err, 4)
+        return LiveStats(epoch=self.epoch, log_id=self.log_id, applied_lsn=self.applied_lsn,
+                         last_lsn=self.last_lsn, log_bytes=self.offset, delta_rows=n_delta,
+                         delta_live=n_delta - delta_dead, tombstones=self.n_dead,
+                         live_documents=self.ntotal_rows - self.n_dead, drift=drift)
+
+    def _base_error(self) -> float | None:
+        """Mean quantization error of up to 2,000 base documents (the drift reference); None
+        when the dense store does not hold the coded vectors (BiDR towers)."""
+        if self._base_err is None and self.doc_tower is None:
+            rows = np.unique(np.random.default_rng(0).integers(0, self.n_base, 2000))
+            x = self.base.vectors(rows)
+            self._base_err = float(quantization_error(self.codebooks.index, x).mean())
+        return self._base_err
+
+    # ---- the log ---------------------------------------------------------------------------
+    def catch_up(self) -> int:
+        """Apply what other processes logged since the last call: one ``fstat`` when nothing
+        is new. Returns the number of records applied."""
+        wal = self._wal
+        if wal is None or self.sealed or wal.size() <= self.offset:
+            return 0
+        with self._catch_lock:  # a write of this process holds it until its record is applied
+            return self._catch_up_locked()
+
+    def _catch_up_locked(self) -> int:
+        """Apply the log from ``offset``, up to this process's own write in flight (its record
+        is applied by that write, after its fsync)."""
+        stop = self._append_at
+        if self._wal is None or (stop is not None and stop <= self.offset):
+            return 0
+        records, end = scan(self._wal.path, self.offset, stop)
+        if records:
+            self._map_rows()
+            with self._apply_lock:
+                for r in records:
+                    self._apply(r)
+            self.offset = end
+        return len(records)
+
+    def _reserve_rows(self, n: int) -> None:
+        """Grow the rows file (zeros) to hold ``n`` rows, doubling: every process maps it
+        again only when it grows, O(log n) times, not at every write."""
+        if self._rows_fd is None:
+            return
+        row_bytes = self.dim * self.dtype.itemsize
+        if os.fstat(self._rows_fd).st_size < n * row_bytes:
+            os.ftruncate(self._rows_fd, max(4096, 2 * n) * row_bytes)
+
+    def _map_rows(self) -> None:
+        """(Re)map the delta rows file at its current length (rows past the delta's are
+        reserved zeros, never read)."""
+        if self._rows_fd is None:
+            return
+        size = os.fstat(self._rows_fd).st_size
+        row_bytes = self.dim * self.dtype.itemsize
+        n = size // row_bytes
+        if n == len(self.delta_rows):
+            return
+        if n == 0:
+            self.delta_rows = np.empty((0, self.dim), dtype=self.dtype)
+        else:
+            self.delta_rows = np.memmap(rows_path(self.ldir, self.epoch), dtype=self.dtype,
+                                        mode="r", shape=(n, self.dim))
+
+    def _cover(self, n: int) -> None:
+        """Make the tombstone array cover rows [0, n)."""
+        if n > len(self.dead):
+            grown = np.zeros(max(2 * len(self.dead), n + 1024), dtype=bool)
+            grown[:len(self.dead)] = self.dead
+            self.dead = grown
+
+    def _kill(self, row: int) -> None:
+        self._cover(row + 1)
+        if not self.dead[row]:
+            self.dead[row] = True
+            self.n_dead += 1
+
+    def _apply(self, rec: Record) -> None:
+        """Apply one record to the in-memory state (under the state's write lock)."""
+        if rec.op == SEAL:
+            self.sealed = True
+            return
+        if rec.lsn <= self.last_lsn:
+            return  # already in the base (compaction) or applied
+        if rec.op == DELETE:
+            for i, r in self.rows_of(rec.ids).items():
+                self._kill(r)
+                self.id_to_delta.pop(i, None)
+        elif rec.op == UPSERT and rec.vectors is not None:
+            for r in self.rows_of(rec.ids).values():
+                self._kill(r)
+            first = len(self.delta_ids)
+            self._encode(rec.vectors, first)
+            payloads = rec.payloads or [None] * len(rec.ids)
+            for k, (i, p) in enumerate(zip(rec.ids, payloads, strict=True)):
+                self.id_to_delta[i] = first + k
+                self.delta_ids.append(i)
+                self.delta_payloads.append(None if p is None else json.dumps(
+                    p, ensure_ascii=False, separators=(",", ":")))
+            self._cover(self.ntotal_rows)
+        self.last_lsn = rec.lsn
+        self.version += 1  # after the flags: see selector_bitmap
+
+    def _encode(self, x: np.ndarray, first: int) -> None:
+        """Codes of new rows, made by the base's codebooks, into the delta segment."""
+        tmp = faiss.deserialize_index(self._empty)
+        self.codebooks.add(tmp, x)
+        served = lift_rq(tmp)
+        sample = x[:DRIFT_SAMPLE]  # of each write: as costly as the coding itself, in full
+        self._err_sum += float(quantization_error(self.codebooks.index, sample).sum())
+        self._err_n += len(sample)
+        big, recent = self.segments
+        recent = merged(recent, served, self.n_base + first)
+        if recent.ntotal >= RECENT_ROWS:  # fold the recent part into the large one
+            big = merged(big, recent, 0)
+            recent = faiss.deserialize_index(self._empty_served)
+        self.segments = (big, recent)  # one reference store: searches see old or new
+
