@@ -529,3 +529,12 @@ def test_server_killed_mid_write_stream(tmp_path: Path) -> None:
         assert any({i for i, p in o.items() if p} == found for o in outcomes), f"round {round_}"
         present = next(o for o in outcomes if {i for i, p in o.items() if p} == found)
         live.close()
+
+
+def test_get_document_rejects_ids_out_of_range(tmp_path: Path) -> None:
+    _build(tmp_path / "idx")
+    app = create_app(Settings(index_dir=str(tmp_path / "idx"), text_encoder="off",
+                              watch_seconds=0))
+    with TestClient(app) as c:
+        assert c.get("/documents/" + "9" * 30).status_code == 422  # past int64: not a 500
+        assert c.get("/documents/-5").status_code == 404

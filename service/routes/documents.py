@@ -199,7 +199,7 @@ def get_document(doc_id: str, gen: GenerationDep,
         raise HTTPException(409, "this index has no document table")
     live = searcher.live
     live.catch_up()
-    key = _parse_id(doc_id, live.base.manifest.id_kind)
+    key = live.check_ids([_parse_id(doc_id, live.base.manifest.id_kind)])[0]  # 422, not 500
     with live.reading():
         row = live.rows_of([key]).get(key)
         if row is None:
