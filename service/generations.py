@@ -100,7 +100,7 @@ def _live_searcher(oi: OpenIndex, path: Path) -> Searcher:
     except WritesUnsupportedError as e:
         logger.warning("writes disabled: %s", e)
         return Searcher(oi)
-    except PermissionError as e:
+    except OSError as e:  # a read-only mount, no permission to create <index>.live
         logger.warning("writes disabled (%s): serving the index and its log read-only", e)
         return LiveSearcher(open_live(oi, path, writable=False))
 

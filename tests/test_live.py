@@ -538,3 +538,20 @@ def test_get_document_rejects_ids_out_of_range(tmp_path: Path) -> None:
     with TestClient(app) as c:
         assert c.get("/documents/" + "9" * 30).status_code == 422  # past int64: not a 500
         assert c.get("/documents/-5").status_code == 404
+
+
+def test_read_only_view_replays_the_log(tmp_path: Path) -> None:
+    """A view that may not write (a read-only mount) still serves every logged write."""
+    from ebr.errors import WritesUnsupportedError
+
+    x = _build(tmp_path / "idx")
+    model = Model(x)
+    rng = np.random.default_rng(8)
+    live = open_live(open_index(tmp_path / "idx"), tmp_path / "idx")
+    _random_writes(live, model, rng, 10, [N])
+    live.close()
+    view = open_live(open_index(tmp_path / "idx"), tmp_path / "idx", writable=False)
+    assert not view.writable
+    _check(LiveSearcher(view), model, rng, Metric.IP)
+    with pytest.raises(WritesUnsupportedError):
+        view.upsert([1], np.ones((1, D), np.float32))

@@ -185,31 +185,30 @@ class LiveIndex(LiveView):
         log, and apply every record past the base's ``applied_lsn``."""
         path = wal_path(self.ldir, self.epoch)
         log_id = bytes.fromhex(self.log_id)
-        if not writable:
-            if not path.exists():
-                return
-            records, wal = self._read_only(path, log_id)
+        if not writable:  # a read-only view: the rows come from the log, into RAM
+            records = self._read_only(path, log_id) if path.exists() else []
+            rows = [self.prepare(r.vectors)[1] for r in records if r.op == UPSERT and
+                    r.vectors is not None and r.lsn > self.applied_lsn]
+            if rows:
+                self.delta_rows = np.concatenate(rows)
         else:
             self.ldir.mkdir(parents=True, exist_ok=True)
             with writer_lock(self.ldir):
-                wal, records = self._open_log(path, log_id)
+                self._wal, records = self._open_log(path, log_id)
                 sync_rows(rows_path(self.ldir, self.epoch), records, self.prepare,
                           self.applied_lsn)
-            self._wal = wal
-        self._rows_fd = os.open(rows_path(self.ldir, self.epoch),
-                                os.O_RDWR | os.O_CREAT if writable else os.O_RDONLY, 0o644)
-        self._map_rows()
+            self._rows_fd = os.open(rows_path(self.ldir, self.epoch), os.O_RDWR)
+            self._map_rows()
         with self._apply_lock:
             for r in records:
                 self._apply(r)
         self.offset = records[-1].end if records else HEADER_SIZE
 
-    def _read_only(self, path: Path, log_id: bytes) -> tuple[list[Record], WriteAheadLog | None]:
+    def _read_only(self, path: Path, log_id: bytes) -> list[Record]:
         epoch, found = read_header(path)
         if found != log_id or epoch != self.epoch:
-            return [], None
-        records, _ = scan(path)
-        return records, None
+            return []  # another build's log: not ours to replay
+        return scan(path)[0]
 
     def _open_log(self, path: Path, log_id: bytes) -> tuple[WriteAheadLog, list[Record]]:
         if path.exists():
