@@ -134,6 +134,7 @@ def _lifespan(state: ServiceState) -> Any:
         yield
         if watcher is not None:
             watcher.cancel()
+        state.writer.shutdown(wait=True)  # a write in flight finishes (and is acknowledged)
         state.current = None
         state.metrics.process_exit()
 

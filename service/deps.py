@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -52,6 +53,12 @@ class Refusal:
     at: str  # UTC time of the refusal
 
 
+def _one_omp_thread() -> None:
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+
+
 @dataclass
 class ServiceState:
     settings: Settings
@@ -63,6 +70,10 @@ class ServiceState:
     batcher: Any = None  # service.batcher.MicroBatcher when micro-batching is on
     served_identity: Any = None  # service.generations.index_identity of the served build
     refused: Refusal | None = None  # the last build refused since the served one was loaded
+    # writes run here, one at a time (they are serialised by the log anyway): a write waiting
+    # for the log's lock or its fsync never holds one of the search threads
+    writer: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(
+        1, thread_name_prefix="ebr-write", initializer=_one_omp_thread))
 
     @property
     def generation(self) -> int:

@@ -555,3 +555,23 @@ def test_read_only_view_replays_the_log(tmp_path: Path) -> None:
     _check(LiveSearcher(view), model, rng, Metric.IP)
     with pytest.raises(WritesUnsupportedError):
         view.upsert([1], np.ones((1, D), np.float32))
+
+
+def test_folding_recent_rows_into_the_large_segment(tmp_path: Path, monkeypatch) -> None:
+    """Every 16 rows (here) the recent part of the delta is folded into the large one: the
+    answers stay those of brute force, before and after each fold, and after compaction."""
+    monkeypatch.setattr("ebr.index.view.RECENT_ROWS", 16)
+    x = _build(tmp_path / "idx")
+    model = Model(x)
+    rng = np.random.default_rng(9)
+    live = open_live(open_index(tmp_path / "idx"), tmp_path / "idx")
+    searcher = LiveSearcher(live)
+    next_id = [N]
+    for _ in range(5):
+        _random_writes(live, model, rng, 6, next_id)
+        _check(searcher, model, rng, Metric.IP)
+    assert live.big.ntotal > 0  # folds happened
+    live.close()
+    compact(tmp_path / "idx")
+    _check(LiveSearcher(open_live(open_index(tmp_path / "idx"), tmp_path / "idx")), model, rng,
+           Metric.IP)

@@ -82,13 +82,14 @@ class LiveView:
         self.n_base = base.ntotal
         self.dim = base.dim
         self.dtype = base.dense.dtype
-        self._empty = faiss.serialize_index(codebooks.empty_index())
+        self._scratch = codebooks.empty_index()  # codes of one write are made here
         empty = lift_rq(codebooks.empty_index())  # the served form, without documents
-        self._empty_served = faiss.serialize_index(empty)
         # the delta segment, copy-on-write so that searches never wait for a write: a large
         # part replaced rarely and a small recent part replaced per write (searches read the
         # pair they started with)
-        self.segments: tuple[faiss.Index, faiss.Index] = (empty, faiss.clone_index(empty))
+        self.big = empty  # replaced whole, every RECENT_ROWS rows: searches hold the one they read
+        self.recent = faiss.clone_index(empty)  # changed in place, under recent_lock
+        self.recent_lock = threading.Lock()  # held for a search of `recent` (tens of µs)
         self.delta_ids: list[ExternalId] = []
         self.delta_payloads: list[str | None] = []
         self.id_to_delta: dict[ExternalId, int] = {}
@@ -121,8 +122,16 @@ class LiveView:
 
     def reading(self) -> contextlib.AbstractContextManager[bool]:
         """Hold the state still (no record is applied meanwhile): for a snapshot or a
-        consistent lookup. Searches need not: they read immutable segments."""
+        consistent lookup. Searches need not (:meth:`segments`)."""
         return self._apply_lock
+
+    def segments(self) -> tuple[faiss.Index, faiss.Index | None]:
+        """(the large segment, a copy of the recent one or None if empty), consistent with
+        each other. For compaction's snapshot, under :meth:`reading`; searches use
+        ``recent_lock`` and ``big`` directly (ebr.search.live)."""
+        with self.recent_lock:
+            recent = faiss.clone_index(self.recent) if self.recent.ntotal else None
+            return self.big, recent
 
     def selector_bitmap(self) -> np.ndarray | None:
         """Packed tombstone bitmap (bit i: row i is dead), or None when nothing is dead.
@@ -317,16 +326,20 @@ class LiveView:
 
     def _encode(self, x: np.ndarray, first: int) -> None:
         """Codes of new rows, made by the base's codebooks, into the delta segment."""
-        tmp = faiss.deserialize_index(self._empty)
-        self.codebooks.add(tmp, x)
-        served = lift_rq(tmp)
+        self._scratch.reset()
+        self.codebooks.add(self._scratch, x)
+        served = lift_rq(self._scratch)  # RQ / LSQ: the served form; PQ: the scratch itself
         sample = x[:DRIFT_SAMPLE]  # of each write: as costly as the coding itself, in full
         self._err_sum += float(quantization_error(self.codebooks.index, sample).sum())
         self._err_n += len(sample)
-        big, recent = self.segments
-        recent = merged(recent, served, self.n_base + first)
-        if recent.ntotal >= RECENT_ROWS:  # fold the recent part into the large one
-            big = merged(big, recent, 0)
-            recent = faiss.deserialize_index(self._empty_served)
-        self.segments = (big, recent)  # one reference store: searches see old or new
+        src = faiss.extract_index_ivf(served)
+        with self.recent_lock:  # a few µs: the codes are made already
+            dst = faiss.extract_index_ivf(self.recent)
+            dst.merge_from(src, self.n_base + first)  # moves them (the scratch is emptied)
+            self.recent.ntotal = dst.ntotal
+        if self.recent.ntotal >= RECENT_ROWS:  # fold the recent part into the large one
+            big = merged(self.big, self.recent, 0)
+            with self.recent_lock:  # both at once: no search sees a row twice or not at all
+                self.big = big
+                self.recent.reset()
 

@@ -128,11 +128,9 @@ def write_index(
     trainer: codebook trainer; default from ``params.codebooks`` (k-means or OPQ).
     codebooks: codebooks trained already (:func:`train_codebooks`; shards share one set):
         no training here, each build fills its own copy.
-    dense_trainer: BiDR stage 2 (:class:`ebr.train.bidr.BiDRDenseTrainer`): learns a query and
-        a document tower on the coarse index's shortlists; the dense store then holds the
-        document tower's output and the query tower is stored for the searcher. When the
-        towers do not beat the identity on the held-out pairs, ``fit`` returns ``None`` and
-        the index is written without them (the manifest still records the attempt).
+    dense_trainer: BiDR stage 2 (:class:`DenseTrainer`): query and document towers learnt on
+        the coarse index's shortlists; the dense store holds the document tower's output.
+        Towers that do not beat the identity are not written (the manifest says so).
     encoder: description of the text encoder that produced the vectors (lets the service
         accept text queries), e.g. ``{"name": "all-MiniLM-L6-v2", "normalize": True}``.
     extra_dirs: directories copied into the index under the given names, every file listed
@@ -158,12 +156,8 @@ def write_index(
         index = codebooks.empty_index()
     timings["train"] = time.perf_counter() - t0
     with staging_dir(target) as tmp:
-        t0 = time.perf_counter()
-        names = _write_codebooks(tmp, codebooks)  # before the index is filled
-        names.append(layout.DOCS)
-        n_payloads = write_docs(tmp / layout.DOCS, ext_ids, _typed_ids(payloads, id_kind))
-        _fsync_file(tmp / layout.DOCS)
-        timings["write_docs"] = time.perf_counter() - t0
+        names, n_payloads = _write_codebooks_and_docs(tmp, codebooks, ext_ids,
+                                                      _typed_ids(payloads, id_kind), timings)
         index, towers = _encode_and_write_dense(tmp, index, codebooks, vectors, params,
                                                 dense_trainer, timings, progress)
         t0 = time.perf_counter()
@@ -228,6 +222,19 @@ def _encode_and_write_dense(tmp: Path, index: faiss.Index, codebooks: Codebooks,
     if index.ntotal != n:
         raise InputError(f"internal: coarse index holds {index.ntotal} of {n} vectors")
     return lift_rq(index), towers  # RQ: the IVF-PQ form the searcher scans
+
+
+def _write_codebooks_and_docs(tmp: Path, codebooks: Codebooks, ext_ids: Any,
+                              payloads: Iterable[tuple[ExternalId, JsonObject]] | None,
+                              timings: dict[str, float]) -> tuple[list[str], int]:
+    """The codebooks (before the index is filled) and the document table; (names, payloads
+    stored)."""
+    t0 = time.perf_counter()
+    names = [*_write_codebooks(tmp, codebooks), layout.DOCS]
+    n_payloads = write_docs(tmp / layout.DOCS, ext_ids, payloads)
+    _fsync_file(tmp / layout.DOCS)
+    timings["write_docs"] = time.perf_counter() - t0
+    return names, n_payloads
 
 
 def _typed_ids(payloads: Iterable[tuple[ExternalId, JsonObject]] | None, id_kind: str

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+import faiss
 import numpy as np
 
 from ebr.errors import SearchParamError
@@ -26,6 +27,12 @@ from ebr.spec import SearchParams
 from ebr.types import ExternalId, JsonObject, SearchResult, SearchStats
 
 __all__ = ["LiveSearcher"]
+
+
+def _search(seg: faiss.Index, xq: np.ndarray, candidates: int, nprobe: int,
+            excluded: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    return seg.search(xq, min(candidates, int(seg.ntotal)),
+                      params=ivf_params(seg, nprobe, excluded))
 
 
 class LiveSearcher(Searcher):
@@ -44,13 +51,19 @@ class LiveSearcher(Searcher):
         excluded = live.selector_bitmap()
         D, ids = base.coarse.search(xq, candidates,
                                     params=ivf_params(base.coarse, nprobe, excluded))
-        scores = self._coarse_scores(D, xq)
-        for seg in live.segments:  # the pair as it is now; a write replaces it, never changes it
-            if seg.ntotal:
-                Dd, idd = seg.search(xq, min(candidates, int(seg.ntotal)),
-                                     params=ivf_params(seg, nprobe, excluded))
-                ids, scores = topk(np.concatenate([scores, self._coarse_scores(Dd, xq)], axis=1),
-                                   np.concatenate([ids, idd], axis=1), candidates)
+        parts = [(D, ids)]
+        with live.recent_lock:  # the recent rows and the large segment that goes with them
+            big, recent = live.big, live.recent
+            if recent.ntotal:
+                parts.append(_search(recent, xq, candidates, nprobe, excluded))
+        if big.ntotal:  # replaced whole by a fold, never changed: searched without the lock
+            parts.append(_search(big, xq, candidates, nprobe, excluded))
+        if len(parts) > 1:
+            ids, scores = topk(np.concatenate([self._coarse_scores(d, xq) for d, _ in parts],
+                                              axis=1),
+                               np.concatenate([i for _, i in parts], axis=1), candidates)
+        else:
+            scores = self._coarse_scores(D, xq)
         return ids, scores
 
     def coarse(self, xq: np.ndarray, candidates: int, nprobe: int

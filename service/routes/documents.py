@@ -8,6 +8,7 @@ log before its next search (read-your-writes on every worker, not only the one t
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Annotated, TypeVar
@@ -90,13 +91,14 @@ def _check_size(n: int, state: ServiceState) -> None:
 
 
 async def _write(state: ServiceState, write: Callable[[LiveIndex], T]) -> T:
-    """Run ``write(live)`` in the thread pool; when compaction swapped the generation
-    meanwhile, load the new one and try once more."""
+    """Run ``write(live)`` on the writer thread (``ServiceState.writer``); when compaction
+    swapped the generation meanwhile, load the new one and try once more."""
+    loop = asyncio.get_running_loop()
     try:
-        return await run_in_threadpool(write, _live(current_generation(state)))
+        return await loop.run_in_executor(state.writer, write, _live(current_generation(state)))
     except WriteConflictError:
         await run_in_threadpool(load_generation, state)
-    return await run_in_threadpool(write, _live(current_generation(state)))
+    return await loop.run_in_executor(state.writer, write, _live(current_generation(state)))
 
 
 async def _upsert(req: UpsertRequest, state: ServiceState) -> dict[str, object]:
