@@ -114,6 +114,8 @@ def _lifespan(state: ServiceState) -> Any:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.ebr = state
+        state.writer = ThreadPoolExecutor(1, thread_name_prefix="ebr-write",
+                                          initializer=faiss.omp_set_num_threads, initargs=(1,))
         threads = settings.resolved_search_threads()  # the sizes, set together in one place
         anyio.to_thread.current_default_thread_limiter().total_tokens = threads
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(
