@@ -205,7 +205,7 @@ def _visibility(url: str, trials: int, dim: int) -> dict[str, float]:
             "median_delay_ms": round(1e3 * float(np.median(delays)), 2)}
 
 
-def main() -> None:  # noqa: C901, PLR0915 - one benchmark, its steps in order
+def main() -> None:  # noqa: C901 - one benchmark, its steps in order
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=200_000)
     ap.add_argument("--new", type=int, default=100_000)

@@ -15,16 +15,48 @@ from typing import Any
 
 import numpy as np
 
+from ebr.errors import WritesUnsupportedError
 from ebr.eval.report import write_report
-from ebr.eval.sweep import EbrSystem, EvalSet, FaissRefineSystem, System, exact_rows, sweep
+from ebr.eval.sweep import (
+    EbrSystem,
+    EvalSet,
+    FaissRefineSystem,
+    Rows,
+    System,
+    exact_rows,
+    sweep,
+)
+from ebr.index.live import open_live
 from ebr.index.reader import OpenIndex, open_index
 from ebr.search.exact import exact_search
+from ebr.search.live import LiveSearcher
 from ebr.search.searcher import Searcher
 from ebr.types import JsonObject
 
 __all__ = ["evaluate_index"]
 
 logger = logging.getLogger(__name__)
+
+
+class _LiveRows:
+    def __init__(self, searcher: LiveSearcher) -> None:
+        self.searcher = searcher
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        return self.searcher.vectors(np.asarray(rows))
+
+
+def _searcher(oi: OpenIndex) -> Searcher:
+    """The index as the service serves it: with the writes of its log, when it has any
+    (read-only: evaluating never writes)."""
+    try:
+        live = open_live(oi, oi.path, writable=False)
+    except WritesUnsupportedError:
+        return Searcher(oi)
+    if live.last_lsn == live.applied_lsn:
+        return Searcher(oi)
+    logger.info("evaluating with the log's writes: %s", live.stats())
+    return LiveSearcher(live)
 
 
 def evaluate_index(
@@ -42,16 +74,16 @@ def evaluate_index(
 ) -> tuple[list[JsonObject], JsonObject]:
     """Returns (rows, meta). ``qrels`` maps query id -> {external doc id: grade}."""
     oi = index_dir if isinstance(index_dir, OpenIndex) else open_index(index_dir)
-    searcher = Searcher(oi)
+    searcher = _searcher(oi)
     xq = searcher.prepare_queries(xq)
     nprobes = sorted({min(p, oi.nlist) for p in nprobes})
-    candidate_counts = sorted({min(c, oi.ntotal) for c in candidate_counts})
-    k_max = min(k_max, oi.ntotal)
+    candidate_counts = sorted({min(c, searcher.ntotal) for c in candidate_counts})
+    k_max = min(k_max, searcher.ntotal)
 
     t0 = time.perf_counter()
     # the exact reference scores what the re-rank scores: f_q(q) against the stored f_d(v)
-    exact = exact_search(searcher.dense_queries(xq), oi.dense, k_max, oi.metric,
-                         progress=progress)
+    exact = searcher.exact(xq, k_max) if isinstance(searcher, LiveSearcher) else \
+        exact_search(searcher.dense_queries(xq), oi.dense, k_max, oi.metric, progress=progress)
     gt_s = time.perf_counter() - t0
     per_query_qrels = None
     if qrels is not None:
@@ -60,20 +92,25 @@ def evaluate_index(
         per_query_qrels = [qrels.get(str(q), {}) for q in query_ids]
 
     def row_to_ext(rows: np.ndarray) -> list[str | None]:
-        return [None if x is None else str(x) for x in oi.external_ids(rows)]
+        return [None if x is None else str(x) for x in searcher.external_ids(rows)]
 
     ev = EvalSet(xq=xq, exact=exact, row_to_ext=row_to_ext, qrels=per_query_qrels,
                  xq_dense=searcher.dense_queries(xq))
     systems: list[System] = [EbrSystem(searcher, name=label)]
+    if baseline and isinstance(searcher, LiveSearcher):
+        logger.warning("no faiss baseline for an index with logged writes: it would cover the "
+                       "base only (compact first)")
+        baseline = False
     base = _baseline(oi) if baseline else None
     if base is not None:
         systems.append(base)
     rows = [exact_rows(ev, searcher)]
-    rows += sweep(systems, ev, oi.dense, oi.metric, nprobes, candidate_counts, progress=progress)
+    dense: Rows = oi.dense if not isinstance(searcher, LiveSearcher) else _LiveRows(searcher)
+    rows += sweep(systems, ev, dense, oi.metric, nprobes, candidate_counts, progress=progress)
     mem = oi.memory()
     meta: dict[str, Any] = {
         "index": str(oi.path), "spec": str(oi.spec), "metric": oi.metric.value,
-        "ntotal": oi.ntotal, "dim": oi.dim, "dense_dtype": oi.manifest.dense_dtype,
+        "ntotal": searcher.ntotal, "dim": oi.dim, "dense_dtype": oi.manifest.dense_dtype,
         "codebooks": oi.manifest.codebooks.get("method"), "nq": int(len(xq)),
         "queries_with_qrels": None if per_query_qrels is None
         else int(sum(1 for q in per_query_qrels if q)),

@@ -138,7 +138,13 @@ def _row(ev: EvalSet, res: SearchResult, exact_of: np.ndarray) -> dict[str, Any]
     return row
 
 
-def _exact_scores_of(xq: np.ndarray, ids: np.ndarray, dense: np.ndarray,
+class Rows(Protocol):
+    """Dense rows by row id: the store itself, or a living index's base + delta."""
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray: ...
+
+
+def _exact_scores_of(xq: np.ndarray, ids: np.ndarray, dense: Rows,
                      metric: Metric) -> np.ndarray:
     """Exact scores of returned ids (for the tie-tolerant recall)."""
     out = np.full(ids.shape, -np.inf, dtype=np.float32)
@@ -149,7 +155,7 @@ def _exact_scores_of(xq: np.ndarray, ids: np.ndarray, dense: np.ndarray,
     return out
 
 
-def sweep(systems: Sequence[System], ev: EvalSet, dense: np.ndarray, metric: Metric,
+def sweep(systems: Sequence[System], ev: EvalSet, dense: Rows, metric: Metric,
           nprobes: Sequence[int], candidate_counts: Sequence[int], k_latency: int = 10,
           progress: bool = False) -> list[JsonObject]:
     """Evaluate every system at every (nprobe, candidates), coarse-only and re-ranked."""

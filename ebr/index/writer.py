@@ -101,30 +101,18 @@ class DenseTrainer(Protocol):
 
 
 def write_index(
-    directory: str | os.PathLike[str],
-    vectors: np.ndarray,
-    params: BuildParams,
-    ids: Sequence[ExternalId] | np.ndarray | None = None,
-    *,
-    trainer: CodebookTrainer | None = None,
-    codebooks: Codebooks | None = None,
-    dense_trainer: DenseTrainer | None = None,
-    encoder: JsonObject | None = None,
-    extra_dirs: dict[str, Path] | None = None,
-    source: JsonObject | None = None,
+    directory: str | os.PathLike[str], vectors: np.ndarray, params: BuildParams,
+    ids: Sequence[ExternalId] | np.ndarray | None = None, *,
+    trainer: CodebookTrainer | None = None, codebooks: Codebooks | None = None,
+    dense_trainer: DenseTrainer | None = None, encoder: JsonObject | None = None,
+    extra_dirs: dict[str, Path] | None = None, source: JsonObject | None = None,
     payloads: Iterable[tuple[ExternalId, JsonObject]] | None = None,
-    live: JsonObject | None = None,
-    overwrite: bool = False,
-    progress: bool = False,
+    live: JsonObject | None = None, overwrite: bool = False, progress: bool = False,
 ) -> Manifest:
-    """Build an index directory from ``vectors`` (float [n, d], may be a read-only memmap).
+    """Build an index directory at ``directory`` (atomically, module docstring) from
+    ``vectors`` (float [n, d], may be a read-only memmap; read in chunks of 65,536 rows) with
+    ``params``; ``ids``: external ids (ints or strings), row i -> ids[i] (default: row numbers).
 
-    Parameters
-    ----------
-    directory: target path; written atomically (see module docstring).
-    vectors: document vectors; read in chunks of 65,536 rows, never copied whole.
-    params: build parameters (spec, metric, dense dtype, training sample size, seed).
-    ids: external ids (ints or strings), row i -> ids[i]; default: the row numbers.
     trainer: codebook trainer; default from ``params.codebooks`` (k-means or OPQ).
     codebooks: codebooks trained already (:func:`train_codebooks`; shards share one set):
         no training here, each build fills its own copy.
