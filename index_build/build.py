@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ebr.data.synthetic import SyntheticConfig
+from ebr.filters import parse_field
 from ebr.metric import Metric
 from ebr.spec import BuildParams, IndexSpec, build_nprobe
 
@@ -80,7 +81,8 @@ def _write(args: argparse.Namespace, x: Any, ids: Any, params: BuildParams, pair
             progress=args.progress)
     m = write_index(args.out, x, params, ids, trainer=trainer, dense_trainer=dense_trainer,
                     encoder=enc, source=source, overwrite=args.overwrite,
-                    progress=args.progress, extra_dirs=extra_dirs, payloads=_payloads(args))
+                    progress=args.progress, extra_dirs=extra_dirs, payloads=_payloads(args),
+                    index_fields=dict(parse_field(f) for f in args.index_field))
     return m
 
 

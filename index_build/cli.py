@@ -49,6 +49,9 @@ def _input_args(p: argparse.ArgumentParser) -> None:
                      "from the offline MiniLM, so the service accepts text queries")
     src.add_argument("--cache-dir", help="embedding cache (default $EBR_CACHE_DIR or "
                      "~/.cache/ebr/embeddings)")
+    src.add_argument("--index-field", action="append", default=[], metavar="NAME:KIND",
+                     help="a payload field to filter searches on, indexed (kinds: int, "
+                     "float, keyword, bool; repeat the option); dots reach nested fields")
     src.add_argument("--payloads", help="JSONL of {\"id\": ..., \"payload\": {...}}: stored "
                      "with the documents and returned by searches (with --beir: the corpus' "
                      "title and text unless this is given)")

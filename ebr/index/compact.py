@@ -110,7 +110,8 @@ def _write_generation(tmp: Path, live: LiveIndex, snap: _Snapshot, progress: boo
     else:
         (tmp / layout.IDS_STR).write_text("\n".join(str(i) for i in ids) + "\n")
         names.append(layout.IDS_STR)
-    write_docs(tmp / layout.DOCS, ids, rows_payloads=_new_payloads(live, snap))
+    write_docs(tmp / layout.DOCS, ids, rows_payloads=_new_payloads(live, snap),
+               fields=live.docs.fields() if live.docs is not None else None)
     names.append(layout.DOCS)
     rewritten = {layout.COARSE, layout.DENSE[m.dense_dtype], layout.IDS_INT, layout.IDS_STR,
                  layout.DOCS}

@@ -16,12 +16,13 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from ebr.errors import InputError
+from ebr.filters import Filter, parse_field, to_sql
 from ebr.types import ExternalId, JsonObject
 
 __all__ = ["DocStore", "write_docs", "payload_json", "select_fields", "MAX_PAYLOAD_BYTES"]
@@ -46,7 +47,8 @@ def payload_json(payload: object, where: str) -> str | None:
 
 def write_docs(path: Path, ids: Sequence[ExternalId] | np.ndarray,
                payloads: Iterable[tuple[ExternalId, JsonObject]] | None = None,
-               rows_payloads: Iterable[tuple[int, str | None]] | None = None) -> int:
+               rows_payloads: Iterable[tuple[int, str | None]] | None = None,
+               fields: Mapping[str, str] | None = None) -> int:
     """Write ``path``: one row per id (row i holds ``ids[i]``), then the payloads, matched by
     id (``payloads``: (id, object) pairs, e.g. a JSONL file) or by row (``rows_payloads``:
     (row, JSON text)). Returns how many payloads were stored. Unknown ids raise InputError."""
@@ -58,6 +60,11 @@ def write_docs(path: Path, ids: Sequence[ExternalId] | np.ndarray,
         con.execute("PRAGMA synchronous=OFF")  # the build fsyncs the finished file itself
         con.execute("CREATE TABLE docs(row INTEGER PRIMARY KEY, id UNIQUE NOT NULL, "
                     "payload TEXT)")
+        con.execute("CREATE TABLE fields(name TEXT PRIMARY KEY, kind TEXT NOT NULL)")
+        for i, (name, kind) in enumerate(sorted((fields or {}).items())):
+            parse_field(f"{name}:{kind}")  # checked: the name goes into the index's SQL
+            con.execute("INSERT INTO fields VALUES (?, ?)", (name, kind))
+            con.execute(f"CREATE INDEX field_{i} ON docs(json_extract(payload, '$.{name}'))")
         id_list = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
         for a in range(0, len(id_list), _CHUNK):
             con.executemany("INSERT INTO docs(row, id) VALUES (?, ?)",
@@ -135,6 +142,19 @@ class DocStore:
                                    "ORDER BY row")
         finally:
             con.close()
+
+    def fields(self) -> dict[str, str]:
+        """The filterable fields {name: kind} (``--index-field``); none in older tables."""
+        try:
+            return {n: k for n, k in self._con().execute("SELECT name, kind FROM fields")}
+        except sqlite3.OperationalError:
+            return {}
+
+    def rows_matching(self, f: Filter) -> np.ndarray:
+        """Rows (int64, ascending) whose document satisfies ``f``."""
+        where, params = to_sql(f)
+        cur = self._con().execute(f"SELECT row FROM docs WHERE {where} ORDER BY row", params)
+        return np.fromiter((r for (r,) in cur), dtype=np.int64)
 
     def count_payloads(self) -> int:
         """Rows with a payload (counted once: the table never changes)."""

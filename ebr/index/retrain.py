@@ -75,6 +75,8 @@ def retrain(index_dir: str | os.PathLike[str], params: BuildParams | None = None
     out = write_index(target, oi.dense, params, ids, trainer=trainer, encoder=m.encoder,
                       source={**m.source, "retrained_from": m.build.get("created")},
                       payloads=_payloads(oi), extra_dirs=extra, overwrite=True,
+                      index_fields=DocStore(oi.path / m.docs, m.id_kind).fields() if m.docs
+                      else None,
                       progress=progress, live=m.live)
     logger.info("retrained %s: %d documents, codebooks %s", target, out.ntotal,
                 out.codebooks.get("method"))

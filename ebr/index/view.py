@@ -26,6 +26,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from ebr.errors import InputError
+from ebr.filters import Filter, matches
 from ebr.index.docs import DocStore
 from ebr.index.logdir import log_identity, rows_path
 from ebr.index.reader import OpenIndex
@@ -91,7 +93,8 @@ class LiveView:
         self.recent = faiss.clone_index(empty)  # changed in place, under recent_lock
         self.recent_lock = threading.Lock()  # held for a search of `recent` (tens of µs)
         self.delta_ids: list[ExternalId] = []
-        self.delta_payloads: list[str | None] = []
+        self.delta_payloads: list[str | None] = []  # JSON text (returned, compacted)
+        self.delta_objects: list[JsonObject | None] = []  # the same, parsed (filters)
         self.id_to_delta: dict[ExternalId, int] = {}
         self.dead = np.zeros(self.n_base + 1024, dtype=bool)
         self.n_dead = 0
@@ -132,6 +135,28 @@ class LiveView:
         with self.recent_lock:
             recent = faiss.clone_index(self.recent) if self.recent.ntotal else None
             return self.big, recent
+
+    def fields(self) -> dict[str, str]:
+        """The filterable payload fields {name: kind} (declared at build)."""
+        return self.docs.fields() if self.docs is not None else {}
+
+    def allowed(self, f: Filter) -> np.ndarray:
+        """bool [rows]: the live rows whose document satisfies ``f`` (base rows by SQL over
+        ``docs.sqlite``, delta rows in memory, tombstones excluded)."""
+        if self.docs is None:
+            raise InputError("filter: this index has no document table (built before "
+                             "payloads): rebuild it to filter")
+        with self._apply_lock:  # rows, ids, payloads and flags of one moment
+            n_rows = self.ntotal_rows
+            dead = self.dead[:n_rows].copy()
+            delta = list(zip(self.delta_ids, self.delta_objects, strict=True))
+        mask = np.zeros(n_rows, dtype=bool)
+        mask[self.docs.rows_matching(f)] = True
+        for k, (i, p) in enumerate(delta):
+            if matches(f, i, p):
+                mask[self.n_base + k] = True
+        mask &= ~dead
+        return mask
 
     def selector_bitmap(self) -> np.ndarray | None:
         """Packed tombstone bitmap (bit i: row i is dead), or None when nothing is dead.
@@ -320,6 +345,7 @@ class LiveView:
                 self.delta_ids.append(i)
                 self.delta_payloads.append(None if p is None else json.dumps(
                     p, ensure_ascii=False, separators=(",", ":")))
+                self.delta_objects.append(dict(p) if isinstance(p, dict) else None)
             self._cover(self.ntotal_rows)
         self.last_lsn = rec.lsn
         self.version += 1  # after the flags: see selector_bitmap

@@ -17,7 +17,7 @@ import platform
 import shutil
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -107,7 +107,8 @@ def write_index(
     dense_trainer: DenseTrainer | None = None, encoder: JsonObject | None = None,
     extra_dirs: dict[str, Path] | None = None, source: JsonObject | None = None,
     payloads: Iterable[tuple[ExternalId, JsonObject]] | None = None,
-    live: JsonObject | None = None, overwrite: bool = False, progress: bool = False,
+    index_fields: Mapping[str, str] | None = None, live: JsonObject | None = None,
+    overwrite: bool = False, progress: bool = False,
 ) -> Manifest:
     """Build an index directory at ``directory`` (atomically, module docstring) from
     ``vectors`` (float [n, d], may be a read-only memmap; read in chunks of 65,536 rows) with
@@ -124,6 +125,7 @@ def write_index(
     extra_dirs: directories copied into the index under the given names, every file listed
         and checksummed (a fine-tuned text encoder: ``{"encoder": model_dir}``).
     payloads: (id, JSON object) pairs stored in the document table (``docs.sqlite``).
+    index_fields: payload fields to filter on, {name: kind} (ebr.filters), indexed there.
     live: the write-ahead log this build continues (retraining: ebr.index.retrain); default a
         new one.
     """
@@ -145,7 +147,8 @@ def write_index(
     timings["train"] = time.perf_counter() - t0
     with staging_dir(target) as tmp:
         names, n_payloads = _write_codebooks_and_docs(tmp, codebooks, ext_ids,
-                                                      _typed_ids(payloads, id_kind), timings)
+                                                      _typed_ids(payloads, id_kind),
+                                                      index_fields, timings)
         index, towers = _encode_and_write_dense(tmp, index, codebooks, vectors, params,
                                                 dense_trainer, timings, progress)
         t0 = time.perf_counter()
@@ -214,12 +217,13 @@ def _encode_and_write_dense(tmp: Path, index: faiss.Index, codebooks: Codebooks,
 
 def _write_codebooks_and_docs(tmp: Path, codebooks: Codebooks, ext_ids: Any,
                               payloads: Iterable[tuple[ExternalId, JsonObject]] | None,
+                              fields: Mapping[str, str] | None,
                               timings: dict[str, float]) -> tuple[list[str], int]:
     """The codebooks (before the index is filled) and the document table; (names, payloads
     stored)."""
     t0 = time.perf_counter()
     names = [*_write_codebooks(tmp, codebooks), layout.DOCS]
-    n_payloads = write_docs(tmp / layout.DOCS, ext_ids, payloads)
+    n_payloads = write_docs(tmp / layout.DOCS, ext_ids, payloads, fields=fields)
     _fsync_file(tmp / layout.DOCS)
     timings["write_docs"] = time.perf_counter() - t0
     return names, n_payloads

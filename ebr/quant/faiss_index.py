@@ -46,16 +46,16 @@ def ivf_centroids(ivf: faiss.IndexIVF) -> np.ndarray:
     return q.reconstruct_n(0, q.ntotal).astype(np.float32)
 
 
-def ivf_params(index: faiss.Index, nprobe: int, excluded: np.ndarray | None = None
-               ) -> faiss.SearchParameters:
+def ivf_params(index: faiss.Index, nprobe: int, excluded: np.ndarray | None = None,
+               only: bool = False) -> faiss.SearchParameters:
     """Per-call search parameters (thread-safe: nothing on the shared index is mutated).
-    ``excluded``: a packed little-endian bitmap of ids the search must skip (tombstones); the
-    caller keeps it alive while the parameters are in use."""
+    ``excluded``: a packed little-endian bitmap of ids the search must skip (tombstones), or
+    with ``only``, the ids it may return (a filter); kept alive with the parameters."""
     p = faiss.SearchParametersIVF()
     p.nprobe = nprobe
     if excluded is not None:
         bitmap = faiss.IDSelectorBitmap(len(excluded) * 8, faiss.swig_ptr(excluded))
-        sel = faiss.IDSelectorNot(bitmap)
+        sel = bitmap if only else faiss.IDSelectorNot(bitmap)
         p.sel = sel
         p.__dict__["_keep"] = (bitmap, sel, excluded)
     if isinstance(index, faiss.IndexPreTransform):

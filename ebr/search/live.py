@@ -17,6 +17,7 @@ import faiss
 import numpy as np
 
 from ebr.errors import SearchParamError
+from ebr.filters import Filter
 from ebr.index.live import LiveIndex
 from ebr.metric import exact_scores
 from ebr.quant.faiss_index import ivf_params
@@ -30,9 +31,12 @@ __all__ = ["LiveSearcher"]
 
 
 def _search(seg: faiss.Index, xq: np.ndarray, candidates: int, nprobe: int,
-            excluded: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+            excluded: np.ndarray | None, only: bool) -> tuple[np.ndarray, np.ndarray]:
     return seg.search(xq, min(candidates, int(seg.ntotal)),
-                      params=ivf_params(seg, nprobe, excluded))
+                      params=ivf_params(seg, nprobe, excluded, only))
+
+
+EXACT_BELOW = 2_000  # a filter with fewer matches is answered by scoring all of them exactly
 
 
 class LiveSearcher(Searcher):
@@ -42,22 +46,24 @@ class LiveSearcher(Searcher):
         super().__init__(live.base)
         self.live = live
 
-    def _coarse_live(self, xq: np.ndarray, candidates: int, nprobe: int
-                     ) -> tuple[np.ndarray, np.ndarray]:
-        """(candidate rows, ebr coarse scores) over base and delta, tombstones excluded."""
+    def _coarse_live(self, xq: np.ndarray, candidates: int, nprobe: int,
+                     allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(candidate rows, ebr coarse scores) over base and delta, tombstones excluded;
+        with ``allowed`` (packed bitmap of a filter's live rows), only those."""
         live, base = self.live, self.index
         if base.query_map is not None:
             xq = np.ascontiguousarray(xq @ base.query_map.T, dtype=np.float32)
-        excluded = live.selector_bitmap()
+        only = allowed is not None
+        excluded = allowed if only else live.selector_bitmap()
         D, ids = base.coarse.search(xq, candidates,
-                                    params=ivf_params(base.coarse, nprobe, excluded))
+                                    params=ivf_params(base.coarse, nprobe, excluded, only))
         parts = [(D, ids)]
         with live.recent_lock:  # the recent rows and the large segment that goes with them
             big, recent = live.big, live.recent
             if recent.ntotal:
-                parts.append(_search(recent, xq, candidates, nprobe, excluded))
+                parts.append(_search(recent, xq, candidates, nprobe, excluded, only))
         if big.ntotal:  # replaced whole by a fold, never changed: searched without the lock
-            parts.append(_search(big, xq, candidates, nprobe, excluded))
+            parts.append(_search(big, xq, candidates, nprobe, excluded, only))
         if len(parts) > 1:
             ids, scores = topk(np.concatenate([self._coarse_scores(d, xq) for d, _ in parts],
                                               axis=1),
@@ -117,6 +123,61 @@ class LiveSearcher(Searcher):
             dense_bytes_read=rows * self.index.dim * self.index.dense.dtype.itemsize,
             coarse_seconds=t1 - t0, rerank_seconds=t2 - t1, per_query_found=per_query)
         return SearchResult(ids, scores), stats
+
+    def search_filtered(self, xq: np.ndarray, params: SearchParams, f: Filter
+                        ) -> tuple[SearchResult, SearchStats, int]:
+        """Two-stage search among the live documents that satisfy ``f``; returns exactly
+        min(k, c) hits per query, c the filter's exact count (also returned).
+
+        c < EXACT_BELOW: every match scored exactly (recall 1.0). Otherwise the coarse search
+        takes the matches only (an IDSelector), with nprobe raised by 1 / selectivity and
+        doubled until every query has min(k, c) candidates (or all lists are probed), then
+        the exact re-rank of those candidates."""
+        live = self.live
+        live.catch_up()
+        xq = self.prepare_queries(xq)
+        allowed = live.allowed(f)
+        c = int(allowed.sum())
+        params.validate(self.index.nlist, max(self.ntotal, 1))
+        t0 = time.perf_counter()
+        if c < EXACT_BELOW:
+            rows = np.flatnonzero(allowed)
+            dq = self.dense_queries(xq)
+            scores = exact_scores(dq, self.vectors(rows), self.index.metric) if c else \
+                np.empty((len(xq), 0), dtype=np.float32)
+            ids, top = topk(scores.astype(np.float32), np.broadcast_to(rows, scores.shape),
+                            params.k)
+            t1 = time.perf_counter()
+            stats = SearchStats(nq=len(xq), nprobe=0, candidates=c, found=c * len(xq),
+                                reranked=c * len(xq), dense_rows_read=c,
+                                dense_bytes_read=c * self.index.dim
+                                * self.index.dense.dtype.itemsize,
+                                coarse_seconds=0.0, rerank_seconds=t1 - t0)
+            return SearchResult(ids, top), stats, c
+        packed = np.packbits(allowed, bitorder="little")
+        share = c / max(self.ntotal, 1)
+        nprobe = min(self.index.nlist, int(np.ceil(params.nprobe / share)))
+        want = min(params.k, c)
+        with self.index.using():
+            while True:
+                cand, cscores = self._coarse_live(xq, params.candidates, nprobe, packed)
+                per_query = (cand >= 0).sum(axis=1)
+                if per_query.min() >= want or nprobe >= self.index.nlist:
+                    break
+                nprobe = min(self.index.nlist, 2 * nprobe)
+            t1 = time.perf_counter()
+            ids, scores, n_rows = self._rerank_live(xq, cand, params.k) if params.rerank else \
+                (cand[:, :params.k], cscores[:, :params.k], 0)
+        t2 = time.perf_counter()
+        n_cand = int(per_query.sum())
+        stats = SearchStats(nq=len(xq), nprobe=nprobe, candidates=params.candidates,
+                            found=n_cand, reranked=n_cand if params.rerank else 0,
+                            dense_rows_read=n_rows,
+                            dense_bytes_read=n_rows * self.index.dim
+                            * self.index.dense.dtype.itemsize,
+                            coarse_seconds=t1 - t0, rerank_seconds=t2 - t1,
+                            per_query_found=per_query)
+        return SearchResult(ids, scores), stats, c
 
     def exact(self, xq: np.ndarray, k: int) -> SearchResult:
         """Brute force over every live document (base rows not dead, delta rows not dead)."""
