@@ -81,6 +81,8 @@ def _scalar(v: object, kind: str, where: str) -> Scalar:
           "keyword": isinstance(v, str), "bool": isinstance(v, bool)}[kind]
     if not ok:
         raise InputError(f"{where}: expected a {kind} value, got {json.dumps(v)[:100]}")
+    if isinstance(v, int) and not -(2 ** 63) <= v < 2 ** 63:
+        raise InputError(f"{where}: {str(v)[:30]}... is out of the int64 range")
     return v  # type: ignore[return-value]
 
 
@@ -104,8 +106,9 @@ def _condition(obj: Mapping[str, object], fields: Mapping[str, str], where: str,
     if keys == {"has_id"}:
         ids = obj["has_id"]
         if not isinstance(ids, list) or not ids or len(ids) > 10_000 or not all(
-                isinstance(i, int | str) and not isinstance(i, bool) for i in ids):
-            raise InputError(f"{where}.has_id: expected 1 to 10,000 ids")
+                isinstance(i, str) or isinstance(i, int) and not isinstance(i, bool)
+                and -(2 ** 63) <= i < 2 ** 63 for i in ids):
+            raise InputError(f"{where}.has_id: expected 1 to 10,000 ids (int64 or strings)")
         return HasId(tuple(ids))
     key = obj.get("key")
     if not isinstance(key, str) or len(keys) != 2 or not keys & {"match", "range"}:

@@ -119,11 +119,15 @@ class SearchRequest(_Strict):
     with_vector: bool | None = _opt(
         description="include each hit's dense vector (default false)")
     return_vectors: bool | None = _opt(description="alias of with_vector")
+    filter: dict[str, Any] | None = _opt(
+        description="only documents whose payload satisfies it (must / should / must_not of "
+        "match value / any, range, has_id on the index's declared fields); the reply has "
+        "min(k, matches) hits and stats.matches")
     with_payload: bool | Annotated[list[FieldName], Field(min_length=1, max_length=100)] = Field(
         False, description="include each hit's payload: true for all of it, or the top-level "
         "fields to return")
 
-    _not_null = field_validator("vector", "text", "with_vector", "return_vectors",
+    _not_null = field_validator("vector", "text", "with_vector", "return_vectors", "filter",
                                 mode="before")(_no_null)
 
     @model_validator(mode="after")
@@ -209,6 +213,7 @@ class Stats(BaseModel):
     coarse_ms: float
     rerank_ms: float
     batch: int | None = Field(None, description="queries of the batched search this one ran in")
+    matches: int | None = Field(None, description="with a filter: the documents it matches")
     index_version: str
 
 

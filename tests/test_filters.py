@@ -146,3 +146,34 @@ def test_default_nprobe_still_returns_k(corpus) -> None:
                                              f)
     assert c >= 10
     assert all((row >= 0).sum() == 10 for row in res.ids)
+
+
+def test_http_filter(corpus) -> None:
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    src, x, payloads = corpus
+    app = create_app(Settings(index_dir=str(src), text_encoder="off", watch_seconds=0))
+    flt = {"must": [{"key": "lang", "match": {"value": "fr"}},
+                    {"key": "year", "range": {"gte": 2010}}]}
+    want = {i for i, p in enumerate(payloads) if matches(parse_filter(flt, FIELDS), i, p)}
+    with TestClient(app) as c:
+        for params in ({}, {"exact": True}, {"nprobe": 1}):
+            r = c.post("/search", json={"vector": x[0].tolist(), "k": 10, "filter": flt,
+                                        "params": params, "with_payload": ["lang", "year"]})
+            assert r.status_code == 200, r.text
+            res = r.json()["result"]
+            assert res["stats"]["matches"] == len(want)
+            assert len(res["hits"]) == min(10, len(want))
+            assert all(h["id"] in want and h["payload"]["lang"] == "fr" for h in res["hits"])
+        batch = c.post("/search/batch", json={"searches": [
+            {"vector": x[1].tolist(), "k": 5, "filter": {"has_id": [1, 2, 3]}},
+            {"vector": x[1].tolist(), "k": 5}]}).json()["result"]
+        assert sorted(h["id"] for h in batch[0]["hits"]) == [1, 2, 3]
+        assert len(batch[1]["hits"]) == 5 and "matches" not in batch[1]["stats"]
+        for bad in ({"must": [{"key": "nope", "match": {"value": 1}}]},
+                    {"must": [{"key": "year", "match": {"value": 10 ** 30}}]}, {"x": 1}):
+            r = c.post("/search", json={"vector": x[0].tolist(), "filter": bad})
+            assert r.status_code == 422 and "filter" in r.json()["status"]["error"], r.text

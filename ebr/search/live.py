@@ -124,12 +124,12 @@ class LiveSearcher(Searcher):
             coarse_seconds=t1 - t0, rerank_seconds=t2 - t1, per_query_found=per_query)
         return SearchResult(ids, scores), stats
 
-    def search_filtered(self, xq: np.ndarray, params: SearchParams, f: Filter
-                        ) -> tuple[SearchResult, SearchStats, int]:
+    def search_filtered(self, xq: np.ndarray, params: SearchParams, f: Filter,
+                        exact: bool = False) -> tuple[SearchResult, SearchStats, int]:
         """Two-stage search among the live documents that satisfy ``f``; returns exactly
         min(k, c) hits per query, c the filter's exact count (also returned).
 
-        c < EXACT_BELOW: every match scored exactly (recall 1.0). Otherwise the coarse search
+        c < EXACT_BELOW, or ``exact``: every match scored exactly (recall 1.0). Otherwise the coarse search
         takes the matches only (an IDSelector), with nprobe raised by 1 / selectivity and
         doubled until every query has min(k, c) candidates (or all lists are probed), then
         the exact re-rank of those candidates."""
@@ -140,7 +140,7 @@ class LiveSearcher(Searcher):
         c = int(allowed.sum())
         params.validate(self.index.nlist, max(self.ntotal, 1))
         t0 = time.perf_counter()
-        if c < EXACT_BELOW:
+        if c < EXACT_BELOW or exact:
             rows = np.flatnonzero(allowed)
             dq = self.dense_queries(xq)
             scores = exact_scores(dq, self.vectors(rows), self.index.metric) if c else \

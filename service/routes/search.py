@@ -20,7 +20,9 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Receive
 
 from ebr.errors import InputError, SearchParamError
+from ebr.filters import Filter, parse_filter
 from ebr.index.docs import select_fields
+from ebr.search.live import LiveSearcher
 from ebr.search.searcher import Searcher
 from ebr.search.sharded import ShardedSearcher
 from ebr.spec import SearchParams
@@ -187,16 +189,44 @@ def _check_budget(reqs: list[SearchRequest], params: list[SearchParams | None],
                                        f"request is {limit} ({name}): split it")
 
 
+def _filter(req: SearchRequest, gen: Generation, where: str) -> Filter:
+    searcher = gen.searcher
+    if not isinstance(searcher, LiveSearcher):
+        raise InputError(f"{where}filter: this index cannot filter (no document table)")
+    return parse_filter(req.filter, searcher.live.fields(), f"{where}filter")
+
+
+def _filtered(req: SearchRequest, state: ServiceState, gen: Generation, x: np.ndarray,
+              params: SearchParams | None, f: Filter) -> dict[str, Any]:
+    """One filtered search (``LiveSearcher.search_filtered``: min(k, matches) hits)."""
+    searcher = cast(LiveSearcher, gen.searcher)
+    exact = params is None
+    p = params or SearchParams(k=req.k, nprobe=min(state.settings.default_nprobe,
+                                                   searcher.index.nlist),
+                               candidates=min(max(state.settings.default_candidates, req.k),
+                                              max(searcher.ntotal, 1)))
+    res, st, c = searcher.search_filtered(x, p, f, exact=exact)
+    state.metrics.dense_bytes.inc(st.dense_bytes_read)
+    stats = _two_stage_stats(st, 0, 1, p, state, _row_bytes(gen))
+    if st.nprobe == 0:  # every match scored exactly
+        stats.update(mode="exact", nprobe=None, candidates=None)
+    return _result(req, gen, res.ids[0], res.scores[0], {**stats, "matches": c})
+
+
 def _many(reqs: list[SearchRequest], state: ServiceState, gen: Generation,
           prefix: str = "searches") -> list[dict[str, Any]]:
     """Validate all, then one batched search per distinct parameter set (exact ones alone)."""
     prepared = [_prepare(r, state, gen, f"{prefix}[{i}]." if prefix else "")
                 for i, r in enumerate(reqs)]
     _check_budget(reqs, [p for _, p in prepared], state)
+    filters = {i: _filter(r, gen, f"{prefix}[{i}]." if prefix else "")
+               for i, r in enumerate(reqs) if r.filter is not None}  # all checked first
     out: list[dict[str, Any] | None] = [None] * len(reqs)
     groups: dict[SearchParams, list[int]] = {}
     for i, (x, params) in enumerate(prepared):
-        if params is None:
+        if i in filters:
+            out[i] = _filtered(reqs[i], state, gen, x, params, filters[i])
+        elif params is None:
             out[i] = _exact(reqs[i], gen, x)
         else:
             groups.setdefault(params, []).append(i)
@@ -217,7 +247,7 @@ async def run_search(req: SearchRequest, state: ServiceState, gen: Generation) -
     t0 = time.perf_counter()
     batcher = state.batcher
     if batcher is None or req.text is not None or req.params.exact or req.with_vector or \
-            req.with_payload is not False:  # these read from disk: not on the event loop
+            req.with_payload is not False or req.filter is not None:  # not batched
         result = (await run_in_threadpool(_many, [req], state, gen, ""))[0]
     else:
         x, maybe = _prepare(req, state, gen)  # validation only: cheap, on the event loop
