@@ -8,7 +8,8 @@ Core (no dependencies inside ebr but each other)
     ebr.metric             Metric, the higher-is-better score rule, normalize_rows     [test_search]
     ebr.spec               IndexSpec / BuildParams (build) and SearchParams (search),  [test_spec]
                            the L2-as-inner-product rule, build_nprobe
-    ebr.types              SearchResult, SearchStats
+    ebr.types              SearchResult, SearchStats, ExternalId, JsonObject, Encoder
+    ebr.filters            payload filters: parse (declared fields), SQL, in memory     [test_filters]
 
 Input                      (ebr.io, ebr.data)
     ebr.io.vecs            .npy / .fvecs / .fbin readers and writers; sampled,         [test_vecs_io]
@@ -71,7 +72,7 @@ Search (request time)       (ebr.search)
     ebr.search.exact       brute-force reference                                       [test_search]
     ebr.search.sharded     fan-out over shards, exact merge (ShardedSearcher)          [test_shards]
     ebr.search.live        LiveSearcher: base + delta, tombstones excluded, re-rank    [test_live]
-                           from both dense stores
+                           from both dense stores; filtered search and its planner      [test_filters]
 
 Evaluate                    (ebr.eval)
     ebr.eval.metrics       recall vs exact, recall / nDCG / MRR vs qrels               [test_eval]

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ from ebr.types import ExternalId, JsonObject
 
 __all__ = ["LiveView", "LiveStats"]
 
+FILTER_CACHE = 32  # evaluated filters kept per process (a bitmap of n/8 bytes each)
 DRIFT_SAMPLE = 64  # rows of each write whose quantization error feeds the drift figure
 
 logger = logging.getLogger(__name__)
@@ -111,6 +113,9 @@ class LiveView:
         self.version = 0  # bumps with every applied record (caches key on it)
         self._err_sum, self._err_n = 0.0, 0  # quantization error of sampled delta rows (drift)
         self._base_err: float | None = None
+        self._filter_cache: OrderedDict[tuple[str, int], tuple[np.ndarray, np.ndarray, int]] = \
+            OrderedDict()
+        self._filter_lock = threading.Lock()
         self._epoch_seen: tuple[tuple[int, int, int], tuple[str, int]] | None = None
         self._append_at: int | None = None  # where this process's write in flight starts
 
@@ -140,9 +145,26 @@ class LiveView:
         """The filterable payload fields {name: kind} (declared at build)."""
         return self.docs.fields() if self.docs is not None else {}
 
-    def allowed(self, f: Filter) -> np.ndarray:
-        """bool [rows]: the live rows whose document satisfies ``f`` (base rows by SQL over
-        ``docs.sqlite``, delta rows in memory, tombstones excluded)."""
+    def allowed(self, f: Filter) -> tuple[np.ndarray, np.ndarray, int]:
+        """(bool [rows], the same packed little-endian, count): the live rows whose document
+        satisfies ``f`` (base rows by SQL over ``docs.sqlite``, delta rows in memory,
+        tombstones excluded). The last ``FILTER_CACHE`` filters are kept until the next
+        applied write: a filter that repeats (a tenant, a language) costs its SQL once."""
+        key = (repr(f), self.version)
+        with self._filter_lock:
+            hit = self._filter_cache.get(key)
+            if hit is not None:
+                self._filter_cache.move_to_end(key)
+                return hit
+        mask = self._evaluate(f)
+        out = (mask, np.packbits(mask, bitorder="little"), int(mask.sum()))
+        with self._filter_lock:
+            self._filter_cache[key] = out
+            while len(self._filter_cache) > FILTER_CACHE:
+                self._filter_cache.popitem(last=False)
+        return out
+
+    def _evaluate(self, f: Filter) -> np.ndarray:
         if self.docs is None:
             raise InputError("filter: this index has no document table (built before "
                              "payloads): rebuild it to filter")

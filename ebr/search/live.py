@@ -136,8 +136,7 @@ class LiveSearcher(Searcher):
         live = self.live
         live.catch_up()
         xq = self.prepare_queries(xq)
-        allowed = live.allowed(f)
-        c = int(allowed.sum())
+        allowed, packed, c = live.allowed(f)
         params.validate(self.index.nlist, max(self.ntotal, 1))
         t0 = time.perf_counter()
         if c < EXACT_BELOW or exact:
@@ -154,7 +153,6 @@ class LiveSearcher(Searcher):
                                 * self.index.dense.dtype.itemsize,
                                 coarse_seconds=0.0, rerank_seconds=t1 - t0)
             return SearchResult(ids, top), stats, c
-        packed = np.packbits(allowed, bitorder="little")
         share = c / max(self.ntotal, 1)
         nprobe = min(self.index.nlist, int(np.ceil(params.nprobe / share)))
         want = min(params.k, c)
