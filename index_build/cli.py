@@ -192,6 +192,9 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
                    help="also run faiss IVFPQ+IndexRefineFlat (same spec/seed, all in RAM)")
     s.add_argument("--results", default="results", help="output directory for JSON/MD/PNG")
     s.add_argument("--name", default="eval", help="file stem of the outputs")
+    s.add_argument("--filter", help="a payload filter (JSON, or @FILE): recall of the filtered "
+                   "search against the exact top-k among the matching documents, and the "
+                   "share of queries that get min(k, matches) hits")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -35,10 +35,17 @@ def evaluate(args: argparse.Namespace) -> None:
         qrels = load_qrels(args.qrels)
     elif args.eval_beir:
         qrels = load_qrels(Path(args.eval_beir) / "qrels" / f"{args.split}.tsv")
-    paths = report(Path(args.results), args.name, f"ebr evaluation: {args.index}",
-                   evaluate_index(args.index, xq, query_ids=qids, qrels=qrels,
-                                  nprobes=args.nprobe, candidate_counts=args.candidates,
-                                  baseline=args.baseline, progress=args.progress))
+    if args.filter:
+        from index_build.evaluate import evaluate_filtered
+
+        raw = Path(args.filter[1:]).read_text() if args.filter.startswith("@") else args.filter
+        result = evaluate_filtered(args.index, xq, json.loads(raw), nprobes=args.nprobe,
+                                   candidate_counts=args.candidates)
+    else:
+        result = evaluate_index(args.index, xq, query_ids=qids, qrels=qrels,
+                                nprobes=args.nprobe, candidate_counts=args.candidates,
+                                baseline=args.baseline, progress=args.progress)
+    paths = report(Path(args.results), args.name, f"ebr evaluation: {args.index}", result)
     print(Path(paths["md"]).read_text())  # noqa: T201 - the CLI's output
 
 

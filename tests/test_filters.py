@@ -3,6 +3,7 @@ exactly min(k, matches) hits, each satisfying the filter, equal to filtered brut
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -177,3 +178,27 @@ def test_http_filter(corpus) -> None:
                     {"must": [{"key": "year", "match": {"value": 10 ** 30}}]}, {"x": 1}):
             r = c.post("/search", json={"vector": x[0].tolist(), "filter": bad})
             assert r.status_code == 422 and "filter" in r.json()["status"]["error"], r.text
+
+
+def test_cli_build_with_fields_and_evaluate_a_filter(tmp_path: Path) -> None:
+    from index_build.__main__ import main
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3000, D)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "q.npy", rng.standard_normal((20, D)).astype(np.float32))
+    (tmp_path / "p.jsonl").write_text("\n".join(
+        json.dumps({"id": i, "payload": {"year": 1990 + i % 30}}) for i in range(3000)))
+    assert main(["--no-progress", "build", "--input", str(tmp_path / "x.npy"), "--out",
+                 str(tmp_path / "idx"), "--spec", "IVF8,PQ4", "--payloads",
+                 str(tmp_path / "p.jsonl"), "--index-field", "year:int"]) == 0
+    flt = json.dumps({"must": [{"key": "year", "range": {"gte": 2015}}]})
+    assert main(["--no-progress", "evaluate", "--index", str(tmp_path / "idx"), "--queries",
+                 str(tmp_path / "q.npy"), "--nprobe", "8", "--candidates", "3000",
+                 "--filter", flt, "--results", str(tmp_path / "r"), "--name", "f"]) == 0
+    rows = json.loads((tmp_path / "r" / "f.json").read_text())["rows"]
+    assert rows[0]["matches"] == 500 and rows[0]["exact_recall@10"] == 1.0
+    assert rows[0]["full_k_share"] == 1.0
+    bad = json.dumps({"must": [{"key": "month", "match": {"value": 1}}]})
+    assert main(["--no-progress", "evaluate", "--index", str(tmp_path / "idx"), "--queries",
+                 str(tmp_path / "q.npy"), "--filter", bad]) == 2
