@@ -156,40 +156,46 @@ def _path(key: str) -> str:
     return "$." + key
 
 
-def to_sql(f: Filter) -> tuple[str, list[object]]:
-    """(WHERE clause over ``docs(row, id, payload)``, its parameters)."""
+def to_sql(f: Filter, arrays: frozenset[str] | set[str] = frozenset()
+           ) -> tuple[str, list[object]]:
+    """(WHERE clause over ``docs(row, id, payload)``, its parameters). ``arrays``: the fields
+    that hold arrays in some document; the others are compared as scalars, in a form that
+    SQLite answers from the field's expression index (``json_extract(payload, '$.key')``)."""
     if isinstance(f, Bool):
         parts: list[str] = []
         params: list[object] = []
         for sub in f.must:
-            s, p = to_sql(sub)
+            s, p = to_sql(sub, arrays)
             parts.append(s)
             params += p
         if f.should:
-            subs = [to_sql(s) for s in f.should]
+            subs = [to_sql(s, arrays) for s in f.should]
             parts.append("(" + " OR ".join(s for s, _ in subs) + ")")
             params += [x for _, p in subs for x in p]
         for sub in f.must_not:
-            s, p = to_sql(sub)
+            s, p = to_sql(sub, arrays)
             parts.append(f"NOT {s}")
             params += p
         return ("(" + " AND ".join(parts) + ")" if parts else "1"), params
     if isinstance(f, HasId):
         return f"(id IN ({','.join('?' * len(f.ids))}))", list(f.ids)
-    path = _path(f.key)
+    path = _path(f.key)  # a declared field: checked against _KEY, safe to write in the SQL
+    value = f"json_extract(payload, '{path}')"  # as the field's index was made (ebr.index.docs)
+    kind = f"json_type(payload, '{path}')"
     if isinstance(f, Match):
         marks = ",".join("?" * len(f.values))
         types = ",".join(f"'{t}'" for t in _SQL_TYPES[f.kind])
-        values = [int(v) if isinstance(v, bool) else v for v in f.values]  # JSON true -> 1
-        return (f"(CASE json_type(payload, ?) WHEN 'array' THEN EXISTS (SELECT 1 FROM "
-                f"json_each(payload, ?) WHERE type IN ({types}) AND value IN ({marks})) ELSE "
-                f"json_type(payload, ?) IN ({types}) AND json_extract(payload, ?) IN ({marks}) "
-                "END)", [path, path, *values, path, path, *values])
+        values: list[object] = [int(v) if isinstance(v, bool) else v for v in f.values]  # 1
+        scalar = f"({value} IN ({marks}) AND {kind} IN ({types}))"
+        if f.key not in arrays:
+            return scalar, values
+        return (f"({scalar} OR ({kind} = 'array' AND EXISTS (SELECT 1 FROM json_each(payload, "
+                f"'{path}') WHERE type IN ({types}) AND value IN ({marks}))))",
+                [*values, *values])
     ops = [(f.gt, ">"), (f.gte, ">="), (f.lt, "<"), (f.lte, "<=")]
-    conds = [(f"json_extract(payload, ?) {op} ?", [path, v]) for v, op in ops if v is not None]
-    return ("(json_type(payload, ?) IN ('integer', 'real') AND "
-            + " AND ".join(c for c, _ in conds) + ")",
-            [path, *[x for _, p in conds for x in p]])
+    conds = [(f"{value} {op} ?", v) for v, op in ops if v is not None]
+    return ("(" + " AND ".join(c for c, _ in conds) + f" AND {kind} IN ('integer', 'real'))",
+            [v for _, v in conds])
 
 
 def _get(payload: Mapping[str, object] | None, key: str) -> object:

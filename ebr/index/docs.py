@@ -60,10 +60,11 @@ def write_docs(path: Path, ids: Sequence[ExternalId] | np.ndarray,
         con.execute("PRAGMA synchronous=OFF")  # the build fsyncs the finished file itself
         con.execute("CREATE TABLE docs(row INTEGER PRIMARY KEY, id UNIQUE NOT NULL, "
                     "payload TEXT)")
-        con.execute("CREATE TABLE fields(name TEXT PRIMARY KEY, kind TEXT NOT NULL)")
+        con.execute("CREATE TABLE fields(name TEXT PRIMARY KEY, kind TEXT NOT NULL, "
+                    "arrays INTEGER NOT NULL DEFAULT 0)")
         for i, (name, kind) in enumerate(sorted((fields or {}).items())):
             parse_field(f"{name}:{kind}")  # checked: the name goes into the index's SQL
-            con.execute("INSERT INTO fields VALUES (?, ?)", (name, kind))
+            con.execute("INSERT INTO fields(name, kind) VALUES (?, ?)", (name, kind))
             con.execute(f"CREATE INDEX field_{i} ON docs(json_extract(payload, '$.{name}'))")
         id_list = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
         for a in range(0, len(id_list), _CHUNK):
@@ -81,6 +82,9 @@ def write_docs(path: Path, ids: Sequence[ExternalId] | np.ndarray,
             for row, text in rows_payloads:
                 con.execute("UPDATE docs SET payload = ? WHERE row = ?", (text, row))
                 stored += text is not None
+        for (name,) in con.execute("SELECT name FROM fields").fetchall():  # arrays anywhere?
+            con.execute("UPDATE fields SET arrays = EXISTS (SELECT 1 FROM docs WHERE "
+                        f"json_type(payload, '$.{name}') = 'array') WHERE name = ?", (name,))
         con.commit()
         con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         con.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
@@ -103,6 +107,7 @@ class DocStore:
         self.path, self.id_kind = path, id_kind
         self._local = threading.local()
         self._payload_count: int | None = None
+        self._array_fields: set[str] | None = None
         self._con()  # fail now, not at the first request, if the file is not a database
 
     def _con(self) -> sqlite3.Connection:
@@ -152,9 +157,18 @@ class DocStore:
 
     def rows_matching(self, f: Filter) -> np.ndarray:
         """Rows (int64, ascending) whose document satisfies ``f``."""
-        where, params = to_sql(f)
+        where, params = to_sql(f, self._arrays())
         cur = self._con().execute(f"SELECT row FROM docs WHERE {where} ORDER BY row", params)
         return np.fromiter((r for (r,) in cur), dtype=np.int64)
+
+    def _arrays(self) -> set[str]:
+        if self._array_fields is None:
+            try:
+                self._array_fields = {n for (n,) in self._con().execute(
+                    "SELECT name FROM fields WHERE arrays")}
+            except sqlite3.OperationalError:
+                self._array_fields = set()
+        return self._array_fields
 
     def count_payloads(self) -> int:
         """Rows with a payload (counted once: the table never changes)."""
