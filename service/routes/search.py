@@ -192,7 +192,9 @@ def _check_budget(reqs: list[SearchRequest], params: list[SearchParams | None],
 def _filter(req: SearchRequest, gen: Generation, where: str) -> Filter:
     searcher = gen.searcher
     if not isinstance(searcher, LiveSearcher):
-        raise InputError(f"{where}filter: this index cannot filter (no document table)")
+        why = ("sharded indexes do not filter yet" if getattr(searcher.index, "shards", None)
+               else "this index has no document table (rebuild it with this ebr)")
+        raise InputError(f"{where}filter: {why}")
     return parse_filter(req.filter, searcher.live.fields(), f"{where}filter")
 
 
