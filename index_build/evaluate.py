@@ -49,6 +49,14 @@ class _LiveRows:
         return self.searcher.vectors(np.asarray(rows))
 
 
+def _base_only_ok(searcher: Searcher) -> bool:
+    if isinstance(searcher, LiveSearcher):
+        logger.warning("no faiss baseline for an index with logged writes: it would cover the "
+                       "base only (compact first)")
+        return False
+    return True
+
+
 def _searcher(oi: OpenIndex) -> Searcher:
     """The index as the service serves it: with the writes of its log, when it has any
     (read-only: evaluating never writes)."""
@@ -100,11 +108,7 @@ def evaluate_index(
     ev = EvalSet(xq=xq, exact=exact, row_to_ext=row_to_ext, qrels=per_query_qrels,
                  xq_dense=searcher.dense_queries(xq))
     systems: list[System] = [EbrSystem(searcher, name=label)]
-    if baseline and isinstance(searcher, LiveSearcher):
-        logger.warning("no faiss baseline for an index with logged writes: it would cover the "
-                       "base only (compact first)")
-        baseline = False
-    base = _baseline(oi) if baseline else None
+    base = _baseline(oi) if baseline and _base_only_ok(searcher) else None
     if base is not None:
         systems.append(base)
     rows = [exact_rows(ev, searcher)]

@@ -129,22 +129,11 @@ def write_index(
     live: the write-ahead log this build continues (retraining: ebr.index.retrain); default a
         new one.
     """
-    t_start = time.perf_counter()
-    target = Path(directory)
-    check_vectors(vectors, name="vectors")
-    if vectors.shape[0] == 0:
-        raise InputError("vectors: cannot build an index from 0 vectors")
-    params.spec.check_dim(vectors.shape[1])
-    id_kind, ext_ids = _check_ids(ids, vectors.shape[0])
+    t_start, target = time.perf_counter(), Path(directory)
+    id_kind, ext_ids = _check_input(vectors, params, ids)
     check_target(target, overwrite)  # before any work
     timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    if codebooks is None:
-        codebooks = train_codebooks(vectors, params, trainer)
-        index = codebooks.index  # trained here: ours to fill
-    else:
-        index = codebooks.empty_index()
-    timings["train"] = time.perf_counter() - t0
+    codebooks, index = _codebooks(vectors, params, trainer, codebooks, timings)
     with staging_dir(target) as tmp:
         names, n_payloads = _write_codebooks_and_docs(tmp, codebooks, ext_ids,
                                                       _typed_ids(payloads, id_kind),
@@ -213,6 +202,30 @@ def _encode_and_write_dense(tmp: Path, index: faiss.Index, codebooks: Codebooks,
     if index.ntotal != n:
         raise InputError(f"internal: coarse index holds {index.ntotal} of {n} vectors")
     return lift_rq(index), towers  # RQ: the IVF-PQ form the searcher scans
+
+
+def _check_input(vectors: np.ndarray, params: BuildParams,
+                 ids: Sequence[ExternalId] | np.ndarray | None) -> tuple[str, Any]:
+    check_vectors(vectors, name="vectors")
+    if vectors.shape[0] == 0:
+        raise InputError("vectors: cannot build an index from 0 vectors")
+    params.spec.check_dim(vectors.shape[1])
+    return _check_ids(ids, vectors.shape[0])
+
+
+def _codebooks(vectors: np.ndarray, params: BuildParams, trainer: CodebookTrainer | None,
+               codebooks: Codebooks | None, timings: dict[str, float]
+               ) -> tuple[Codebooks, faiss.Index]:
+    """(the codebooks, the empty index this build fills): trained here, or a copy of given
+    ones (shards share one training)."""
+    t0 = time.perf_counter()
+    if codebooks is None:
+        codebooks = train_codebooks(vectors, params, trainer)
+        index = codebooks.index  # trained here: ours to fill
+    else:
+        index = codebooks.empty_index()
+    timings["train"] = time.perf_counter() - t0
+    return codebooks, index
 
 
 def _write_codebooks_and_docs(tmp: Path, codebooks: Codebooks, ext_ids: Any,
