@@ -8,7 +8,7 @@ and SciFact (MiniLM embeddings, ../shared/data) with a derived field (``words``:
 abstract's word count) when present. For each filter, at the serving defaults (nprobe 16,
 100 candidates, k 10), against the exact top-10 among the matching documents:
 
-- ebr ``search_filtered`` (exact below 2,000 matches, else an IDSelector with nprobe raised by
+- ebr ``search_filtered`` (exact below 3,000 matches, else an IDSelector with nprobe raised by
   1 / selectivity and widened until k survive, then the exact re-rank): recall@10, share of
   queries that return min(k, matches), QPS relative to unfiltered search, one query at a time;
 - faiss IndexIVFPQ (same spec, trained on the same vectors) with a plain IDSelector at the
