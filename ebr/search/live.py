@@ -37,6 +37,9 @@ def _search(seg: faiss.Index, xq: np.ndarray, candidates: int, nprobe: int,
 
 
 EXACT_BELOW = 3_000  # fewer matches: all scored exactly (the measured crossover, bench_filters)
+# ...and more too when the IVF plan would scan more than this many codes per match scored
+# exactly (a PQ code costs ~1/20 of a dense row read and scored: bench_filters' table)
+CODES_PER_ROW = 20
 
 
 class LiveSearcher(Searcher):
@@ -129,17 +132,21 @@ class LiveSearcher(Searcher):
         """Two-stage search among the live documents that satisfy ``f``; returns exactly
         min(k, c) hits per query, c the filter's exact count (also returned).
 
-        c < EXACT_BELOW, or ``exact``: every match scored exactly (recall 1.0). Otherwise the coarse search
-        takes the matches only (an IDSelector), with nprobe raised by 1 / selectivity and
-        doubled until every query has min(k, c) candidates (or all lists are probed), then
-        the exact re-rank of those candidates."""
+        c < EXACT_BELOW, ``exact``, or an IVF plan that would read more than CODES_PER_ROW
+        codes per match: every match scored exactly (recall 1.0). Otherwise the coarse search
+        takes the matches only (an IDSelector), with nprobe raised by 1 / selectivity (as
+        many matching codes as an unfiltered search scans) and doubled until every query has
+        min(k, c) candidates (or all lists are probed), then the exact re-rank of those."""
         live = self.live
         live.catch_up()
         xq = self.prepare_queries(xq)
         allowed, packed, c = live.allowed(f)
         params.validate(self.index.nlist, max(self.ntotal, 1))
+        share = c / max(self.ntotal, 1)
+        nprobe = min(self.index.nlist, int(np.ceil(params.nprobe / max(share, 1e-12))))
+        scanned = nprobe * live.ntotal_rows / self.index.nlist  # codes the IVF plan reads
         t0 = time.perf_counter()
-        if c < EXACT_BELOW or exact:
+        if c < EXACT_BELOW or exact or scanned > CODES_PER_ROW * c:
             rows = np.flatnonzero(allowed)
             dq = self.dense_queries(xq)
             scores = exact_scores(dq, self.vectors(rows), self.index.metric) if c else \
@@ -153,8 +160,6 @@ class LiveSearcher(Searcher):
                                 * self.index.dense.dtype.itemsize,
                                 coarse_seconds=0.0, rerank_seconds=t1 - t0)
             return SearchResult(ids, top), stats, c
-        share = c / max(self.ntotal, 1)
-        nprobe = min(self.index.nlist, int(np.ceil(params.nprobe / share)))
         want = min(params.k, c)
         with self.index.using():
             while True:
