@@ -10,6 +10,7 @@ Row ids are the base's ``[0, ntotal)`` then the delta's ``ntotal + k``.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 
@@ -40,6 +41,7 @@ EXACT_BELOW = 3_000  # fewer matches: all scored exactly (the measured crossover
 # ...and more too when the IVF plan would scan more than this many codes per match scored
 # exactly (a PQ code costs ~1/20 of a dense row read and scored: bench_filters' table)
 CODES_PER_ROW = 20
+MATCH_CACHE = 8  # filters whose matching rows' vectors stay gathered (<= EXACT_BELOW x d each)
 
 
 class LiveSearcher(Searcher):
@@ -48,6 +50,8 @@ class LiveSearcher(Searcher):
     def __init__(self, live: LiveIndex) -> None:
         super().__init__(live.base)
         self.live = live
+        self._match_cache: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._match_lock = threading.Lock()
 
     def _coarse_live(self, xq: np.ndarray, candidates: int, nprobe: int,
                      allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -147,9 +151,9 @@ class LiveSearcher(Searcher):
         scanned = nprobe * live.ntotal_rows / self.index.nlist  # codes the IVF plan reads
         t0 = time.perf_counter()
         if c < EXACT_BELOW or exact or scanned > CODES_PER_ROW * c:
-            rows = np.flatnonzero(allowed)
+            rows, vectors = self._matches(f, allowed)
             dq = self.dense_queries(xq)
-            scores = exact_scores(dq, self.vectors(rows), self.index.metric) if c else \
+            scores = exact_scores(dq, vectors, self.index.metric) if c else \
                 np.empty((len(xq), 0), dtype=np.float32)
             ids, top = topk(scores.astype(np.float32), np.broadcast_to(rows, scores.shape),
                             params.k)
@@ -181,6 +185,24 @@ class LiveSearcher(Searcher):
                             coarse_seconds=t1 - t0, rerank_seconds=t2 - t1,
                             per_query_found=per_query)
         return SearchResult(ids, scores), stats, c
+
+    def _matches(self, f: Filter, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, their dense vectors) of a filter the exact plan answers; the last few are
+        kept until the next write (a repeated filter then costs one small matrix product)."""
+        key = (repr(f), self.live.version)
+        with self._match_lock:
+            hit = self._match_cache.get(key)
+            if hit is not None:
+                return hit
+        rows = np.flatnonzero(allowed)
+        out = (rows, self.vectors(rows))
+        if len(rows) > EXACT_BELOW:  # the cost rule chose it: too large to keep
+            return out
+        with self._match_lock:
+            self._match_cache[key] = out
+            while len(self._match_cache) > MATCH_CACHE:
+                self._match_cache.pop(next(iter(self._match_cache)))
+        return out
 
     def exact(self, xq: np.ndarray, k: int) -> SearchResult:
         """Brute force over every live document (base rows not dead, delta rows not dead)."""
