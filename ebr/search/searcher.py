@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -27,11 +27,46 @@ from ebr.search.rerank import rerank
 from ebr.spec import SearchParams
 from ebr.types import ExternalId, JsonObject, SearchResult, SearchStats
 
-__all__ = ["Searcher"]
+__all__ = ["Searcher", "ResultRows"]
 
 
-class Searcher:
+class _Rows(Protocol):
+    @property
+    def ntotal(self) -> int: ...
+
+    def external_ids(self, rows: np.ndarray) -> list[ExternalId | None]: ...
+
+    def vectors(self, rows: np.ndarray) -> np.ndarray: ...
+
+
+class ResultRows:
+    """What a searcher tells of its result rows, from its ``index`` (an open index or a
+    sharded one); ``ebr.search.live.LiveSearcher`` adds the writes of the log."""
+
+    index: _Rows
+
+    @property
+    def ntotal(self) -> int:
+        """Documents a search can return."""
+        return self.index.ntotal
+
+    def external_ids(self, rows: np.ndarray) -> list[ExternalId | None]:
+        """External ids of result rows (``None`` for ``-1`` padding)."""
+        return self.index.external_ids(rows)
+
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        """Stored dense rows of result rows, float32."""
+        return self.index.vectors(rows)
+
+    def payloads(self, rows: Sequence[int]) -> dict[int, JsonObject | None] | None:
+        """Payloads of result rows; None: this index serves no payloads."""
+        return None
+
+
+class Searcher(ResultRows):
     """Thread-safe two-stage searcher over an :class:`OpenIndex` (no per-call shared state)."""
+
+    index: OpenIndex
 
     def __init__(self, index: OpenIndex) -> None:
         self.index = index
@@ -106,23 +141,6 @@ class Searcher:
             per_query_found=per_query,
         )
         return SearchResult(ids, scores), stats
-
-    @property
-    def ntotal(self) -> int:
-        """Documents a search can return."""
-        return self.index.ntotal
-
-    def external_ids(self, rows: np.ndarray) -> list[ExternalId | None]:
-        """External ids of result rows (``None`` for ``-1`` padding)."""
-        return self.index.external_ids(rows)
-
-    def vectors(self, rows: np.ndarray) -> np.ndarray:
-        """Stored dense rows of result rows, float32."""
-        return self.index.vectors(rows)
-
-    def payloads(self, rows: Sequence[int]) -> dict[int, JsonObject | None] | None:
-        """Payloads of result rows; None: this index serves no payloads."""
-        return None
 
     def exact(self, xq: np.ndarray, k: int) -> SearchResult:
         """Brute force over the whole dense store (the reference; reads every row)."""

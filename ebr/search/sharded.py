@@ -19,9 +19,9 @@ from ebr.errors import InputError, SearchParamError
 from ebr.index.reader import OpenIndex
 from ebr.index.sharded import ShardedIndex
 from ebr.search.rerank import rerank, topk
-from ebr.search.searcher import Searcher
+from ebr.search.searcher import ResultRows, Searcher
 from ebr.spec import SearchParams
-from ebr.types import ExternalId, JsonObject, SearchResult, SearchStats
+from ebr.types import SearchResult, SearchStats
 
 __all__ = ["Answer", "merge", "shard_answer", "LocalShard", "ShardedSearcher"]
 
@@ -102,10 +102,12 @@ class LocalShard:
         return np.where(res.ids >= 0, res.ids + self.start, -1), res.scores
 
 
-class ShardedSearcher:
+class ShardedSearcher(ResultRows):
     """Fan-out over the shards of a :class:`ShardedIndex`, exact merge; the same interface
     as :class:`~ebr.search.searcher.Searcher`, so the service serves either. ``backends``:
     one per shard, in shard order (default: :class:`LocalShard`, in process)."""
+
+    index: ShardedIndex
 
     def __init__(self, index: ShardedIndex, backends: Sequence[ShardBackend] | None = None
                  ) -> None:
@@ -117,23 +119,6 @@ class ShardedSearcher:
 
     def prepare_queries(self, xq: np.ndarray) -> np.ndarray:
         return Searcher(self.index.shards[0]).prepare_queries(xq)
-
-    @property
-    def ntotal(self) -> int:
-        """Documents a search can return."""
-        return self.index.ntotal
-
-    def external_ids(self, rows: np.ndarray) -> list[ExternalId | None]:
-        """External ids of result rows (``None`` for ``-1`` padding)."""
-        return self.index.external_ids(rows)
-
-    def vectors(self, rows: np.ndarray) -> np.ndarray:
-        """Stored dense rows of result rows, float32."""
-        return self.index.vectors(rows)
-
-    def payloads(self, rows: Sequence[int]) -> dict[int, JsonObject | None] | None:
-        """Payloads of result rows; None: this index serves no payloads."""
-        return None
 
 
     def search(self, xq: np.ndarray, params: SearchParams) -> tuple[SearchResult, SearchStats]:

@@ -15,17 +15,14 @@ from typing import Annotated, TypeVar
 
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
-from pydantic import BaseModel, ValidationError
 from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import ClientDisconnect
 from starlette.types import Receive
 
 from ebr.errors import InputError, WriteConflictError
 from ebr.index.live import LiveIndex
 from ebr.search.live import LiveSearcher
 from ebr.types import ExternalId
-from service.body import read_body
 from service.deps import (
     Generation,
     GenerationDep,
@@ -34,8 +31,9 @@ from service.deps import (
     current_generation,
     require_read,
 )
-from service.errors import RequestTooLargeError, error_body, reply_for, validation_message
+from service.errors import RequestTooLargeError
 from service.generations import load_generation
+from service.routes.door import json_answer, openapi_body, routed
 from service.schemas import (
     MAX_COMPONENT,
     DeleteRequest,
@@ -130,55 +128,30 @@ async def write_answer(state: ServiceState, path: str, headers: dict[bytes, byte
     doors call it, as :func:`service.routes.search.answer` for searches): the write key,
     content type, the body under its limit, pydantic-core validation of the whole batch, the
     write, every failure as the app's reply. Returns (status, JSON body, extra headers)."""
-    try:
-        check_write(state.settings, headers.get(b"authorization", b"").decode("latin-1"))
-        ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-        if not (ctype.endswith(b"/json") or ctype.endswith(b"+json")):
-            raise InputError(f"body: Content-Type must be application/json, got "
-                             f"{ctype.decode('latin-1')[:100] or 'none'!r}")
-        body = await read_body(receive, headers.get(b"content-length"),
-                               state.settings.max_body_bytes)
+
+    async def handle(body: bytes) -> bytes:
         if path == "/documents":
-            out = await _upsert(UpsertRequest.model_validate_json(body), state)
-        else:
-            out = await _delete(DeleteRequest.model_validate_json(body), state)
-        return 200, to_json(out), {}
-    except ValidationError as e:
-        state.metrics.errors.labels("RequestValidationError").inc()
-        return 422, error_body(validation_message(e.errors())), {}
-    except ClientDisconnect:
-        raise
-    except Exception as e:  # every failure gets the app's reply for it, never a crash
-        status, message, extra = reply_for(e, state.metrics, path)
-        return status, error_body(message), extra
+            return to_json(await _upsert(UpsertRequest.model_validate_json(body), state))
+        return to_json(await _delete(DeleteRequest.model_validate_json(body), state))
 
-
-def _doc(model: type[BaseModel]) -> dict[str, object]:
-    return {"requestBody": {"required": True, "content": {"application/json": {
-        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
-
-
-async def _routed(request: Request, path: str) -> Response:
-    status, reply, extra = await write_answer(request.app.state.ebr, path,
-                                              dict(request.scope["headers"]), request.receive)
-    return Response(reply, status, headers=extra or None, media_type="application/json")
+    return await json_answer(state, path, headers, receive, check_write, handle)
 
 
 @router.put("/documents", response_model=WriteResult, responses=_ERRORS,
-            openapi_extra=_doc(UpsertRequest))
+            openapi_extra=openapi_body(UpsertRequest))
 async def upsert(request: Request) -> Response:
     """Insert documents, or replace those with the same ids (vector and payload together).
     Acknowledged once in the write-ahead log on disk; searched from the next request on.
     All or nothing; at most ``EBR_MAX_BATCH`` documents. A write or admin key."""
-    return await _routed(request, "/documents")
+    return await routed(request, "/documents", write_answer)
 
 
 @router.post("/documents/delete", response_model=WriteResult, responses=_ERRORS,
-             openapi_extra=_doc(DeleteRequest))
+             openapi_extra=openapi_body(DeleteRequest))
 async def delete(request: Request) -> Response:
     """Delete documents by id; unknown ids are skipped (``count`` says how many existed).
     Never returned by a search once acknowledged. A write or admin key."""
-    return await _routed(request, "/documents/delete")
+    return await routed(request, "/documents/delete", write_answer)
 
 
 def _parse_id(raw: str, id_kind: str) -> ExternalId:

@@ -12,7 +12,6 @@ the requests :meth:`FastEndpoints.handles`; everything else goes through FastAPI
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 
 from fastapi.routing import APIRoute, APIRouter
 from starlette.requests import ClientDisconnect
@@ -21,11 +20,10 @@ from starlette.types import Receive, Scope, Send
 from service.deps import ServiceState
 from service.observability import new_request_id, request_id
 from service.routes import documents, search
+from service.routes.door import Answer
 
 __all__ = ["FastEndpoints"]
 
-Answer = Callable[[ServiceState, str, dict[bytes, bytes], Receive],
-                  Awaitable[tuple[int, bytes, dict[str, str]]]]
 
 
 def _routes(router: APIRouter, answer: Answer) -> dict[tuple[str, str], tuple[APIRoute, Answer]]:

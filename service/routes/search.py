@@ -13,10 +13,8 @@ from typing import Any, cast
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
-from pydantic import ValidationError
 from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import ClientDisconnect
 from starlette.types import Receive
 
 from ebr.errors import InputError, SearchParamError
@@ -27,14 +25,14 @@ from ebr.search.searcher import Searcher
 from ebr.search.sharded import ShardedSearcher
 from ebr.spec import SearchParams
 from ebr.types import SearchStats
-from service.body import read_body
 from service.deps import (
     Generation,
     ServiceState,
     check_read,
     current_generation,
 )
-from service.errors import RequestTooLargeError, error_body, reply_for, validation_message
+from service.errors import RequestTooLargeError
+from service.routes.door import json_answer, openapi_body, routed
 from service.schemas import (
     MAX_COMPONENT,
     BatchRequest,
@@ -281,55 +279,30 @@ async def answer(state: ServiceState, path: str, headers: dict[bytes, bytes],
     (status, JSON body, extra headers). Raises ``ClientDisconnect`` when there is no one to
     answer. Both doors call it: ``service.routes.fast`` in front of FastAPI, and the FastAPI
     routes below."""
-    try:
-        check_read(state.settings, headers.get(b"authorization", b"").decode("latin-1"))
-        ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-        if not (ctype.endswith(b"/json") or ctype.endswith(b"+json")):
-            raise InputError(f"body: Content-Type must be application/json, got "
-                             f"{ctype.decode('latin-1')[:100] or 'none'!r}")
-        body = await read_body(receive, headers.get(b"content-length"),
-                               state.settings.max_body_bytes)
+
+    async def handle(body: bytes) -> bytes:
         gen = current_generation(state)
         if path == "/search":
-            reply = await run_search(SearchRequest.model_validate_json(body), state, gen)
-        else:
-            reply = await run_in_threadpool(run_batch, BatchRequest.model_validate_json(body),
-                                            state, gen)
-        return 200, reply, {}
-    except ValidationError as e:
-        state.metrics.errors.labels("RequestValidationError").inc()
-        return 422, error_body(validation_message(e.errors())), {}
-    except ClientDisconnect:
-        raise
-    except Exception as e:  # every failure gets the app's reply for it, never a crash
-        status, message, extra = reply_for(e, state.metrics, path)
-        return status, error_body(message), extra
+            return await run_search(SearchRequest.model_validate_json(body), state, gen)
+        return await run_in_threadpool(run_batch, BatchRequest.model_validate_json(body),
+                                       state, gen)
+
+    return await json_answer(state, path, headers, receive, check_read, handle)
 
 
 # The FastAPI routes document the endpoints (OpenAPI, /docs: the request bodies are the
-# models', ``_BODY``) and answer them when the app runs without ``FastEndpoints``
+# models', ``openapi_body``) and answer them when the app runs without ``FastEndpoints``
 # (``create_app(fast_search=False)``), through the same :func:`answer`.
 
-def _body(model: type[Any]) -> dict[str, Any]:
-    return {"requestBody": {"required": True, "content": {"application/json": {
-        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
-
-
-async def _routed(request: Request, path: str) -> Response:
-    status, reply, extra = await answer(request.app.state.ebr, path,
-                                        dict(request.scope["headers"]), request.receive)
-    return Response(reply, status, headers=extra or None, media_type="application/json")
-
-
 @router.post("/search", response_model=SearchResponse, response_model_exclude_none=True,
-             responses=_ERRORS, openapi_extra=_body(SearchRequest))
+             responses=_ERRORS, openapi_extra=openapi_body(SearchRequest))
 async def search(request: Request) -> Response:
     """One search (exactly one of ``vector`` or ``text``)."""
-    return await _routed(request, "/search")
+    return await routed(request, "/search", answer)
 
 
 @router.post("/search/batch", response_model=BatchResponse, response_model_exclude_none=True,
-             responses=_ERRORS, openapi_extra=_body(BatchRequest))
+             responses=_ERRORS, openapi_extra=openapi_body(BatchRequest))
 async def search_batch(request: Request) -> Response:
     """Searches answered in order; equal parameters share one batched search."""
-    return await _routed(request, "/search/batch")
+    return await routed(request, "/search/batch", answer)
