@@ -473,7 +473,7 @@ def test_server_killed_mid_write_stream(tmp_path: Path) -> None:
     every acknowledged write is there, every acknowledged delete gone, the write in flight
     whole or absent."""
     import httpx
-    from helpers import served
+    from helpers import served, wait_for
 
     _build(tmp_path / "idx", payloads=False)
     rng = np.random.default_rng(7)
@@ -511,7 +511,8 @@ def test_server_killed_mid_write_stream(tmp_path: Path) -> None:
 
             t = threading.Thread(target=stream)
             t.start()
-            threading.Event().wait(float(rng.uniform(0.1, 0.6)))
+            assert wait_for(lambda acked=acked: bool(acked), 30)  # a busy machine is slow
+            threading.Event().wait(float(rng.uniform(0.0, 0.5)))
             server.send_signal(signal.SIGKILL)
             server.wait()
             stop.set()
