@@ -11,6 +11,9 @@ abstract's word count) when present. For each filter, at the serving defaults (n
 - ebr ``search_filtered`` (exact below 3,000 matches, else an IDSelector with nprobe raised by
   1 / selectivity and widened until k survive, then the exact re-rank): recall@10, share of
   queries that return min(k, matches), QPS relative to unfiltered search, one query at a time;
+- the same documents in a 4-shard index (``build_sharded``): each shard plans over its own
+  payloads, the merge keeps the top-k: recall@10, full-k share, QPS against its own
+  unfiltered search;
 - faiss IndexIVFPQ (same spec, trained on the same vectors) with a plain IDSelector at the
   same nprobe, no re-rank: the same figures -- the failure the planner avoids.
 Writes filters.json and filters.md.
@@ -35,12 +38,15 @@ from ebr.data.synthetic import SyntheticConfig, generate  # noqa: E402
 from ebr.filters import matches, parse_filter  # noqa: E402
 from ebr.index.live import open_live  # noqa: E402
 from ebr.index.reader import open_index  # noqa: E402
+from ebr.index.sharded import build_sharded, open_sharded  # noqa: E402
 from ebr.index.writer import write_index  # noqa: E402
 from ebr.metric import Metric  # noqa: E402
 from ebr.search.live import LiveSearcher  # noqa: E402
+from ebr.search.sharded import ShardedSearcher  # noqa: E402
 from ebr.spec import BuildParams, IndexSpec, SearchParams  # noqa: E402
 
 K = 10
+SHARDS = 4
 PARAMS = SearchParams(k=K, nprobe=16, candidates=100)
 
 
@@ -112,6 +118,10 @@ def _run(data: dict, work: Path) -> list[dict]:
                                       kmeans_niter=20),
                 payloads=list(enumerate(payloads)), index_fields=fields)
     searcher = LiveSearcher(open_live(open_index(path), path, writable=False))
+    build_sharded(path.with_name(path.name + "-sharded"), xb, BuildParams(
+        spec=IndexSpec.parse(data["spec"]), metric=data["metric"], kmeans_niter=20), SHARDS,
+        payloads=list(enumerate(payloads)), index_fields=fields)
+    sharded = ShardedSearcher(open_sharded(path.with_name(path.name + "-sharded")))
     xq = searcher.prepare_queries(xq)
     fx = _faiss_index(np.ascontiguousarray(xb, dtype=np.float32), data["spec"])
     fparams = faiss.SearchParametersIVF()
@@ -129,6 +139,9 @@ def _run(data: dict, work: Path) -> list[dict]:
         _, base_qps = _rate(lambda q: searcher.search(q, PARAMS), xq)  # beside each filter
         ebr, qps = _rate(lambda q, f=f: searcher.search_filtered(q, PARAMS, f), xq)
         got = [set(r[0].ids[0][r[0].ids[0] >= 0].tolist()) for r in ebr]
+        _, sh_base_qps = _rate(lambda q: sharded.search(q, PARAMS), xq)
+        sh, sh_qps = _rate(lambda q, f=f: sharded.search_filtered(q, PARAMS, f), xq)
+        sh_got = [set(r[0].ids[0][r[0].ids[0] >= 0].tolist()) for r in sh]
         packed = np.packbits(allowed, bitorder="little")
         sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(packed))
         fparams.sel = sel
@@ -145,7 +158,11 @@ def _run(data: dict, work: Path) -> list[dict]:
             "faiss_recall@10": round(float(np.mean([len(g & t) / want for g, t in
                                                     zip(fgot, truth, strict=True)])), 4),
             "faiss_full_k": round(float(np.mean([len(g) == want for g in fgot])), 4),
-            "faiss_qps_vs_ebr_unfiltered": round(fqps / base_qps, 3)})
+            "faiss_qps_vs_ebr_unfiltered": round(fqps / base_qps, 3),
+            f"sharded{SHARDS}_recall@10": round(float(np.mean(
+                [len(g & t) / want for g, t in zip(sh_got, truth, strict=True)])), 4),
+            f"sharded{SHARDS}_full_k": round(float(np.mean([len(g) == want for g in sh_got])), 4),
+            f"sharded{SHARDS}_qps_vs_its_unfiltered": round(sh_qps / sh_base_qps, 3)})
         print(rows[-1], flush=True)
     unf, _ = _rate(lambda q: searcher.search(q, PARAMS), xq)
     exact_unf = searcher.exact(xq, K)
@@ -208,7 +225,9 @@ def main() -> None:
                                                  indent=2))
     cols = ["dataset", "filter", "selectivity", "matches", "ebr_plan", "ebr_recall@10",
             "ebr_unfiltered_recall@10", "ebr_full_k", "ebr_qps_vs_unfiltered",
-            "faiss_recall@10", "faiss_full_k", "faiss_qps_vs_ebr_unfiltered"]
+            "faiss_recall@10", "faiss_full_k", "faiss_qps_vs_ebr_unfiltered",
+            f"sharded{SHARDS}_recall@10", f"sharded{SHARDS}_full_k",
+            f"sharded{SHARDS}_qps_vs_its_unfiltered"]
     md = ["# Filtered search: ebr's planner vs faiss IVF-PQ with a plain IDSelector", "",
           f"`python bench/bench_filters.py` (k {K}, nprobe {PARAMS.nprobe}, "
           f"{PARAMS.candidates} candidates, one query at a time, one thread; recall against "

@@ -55,6 +55,7 @@ def _write(args: argparse.Namespace, x: Any, ids: Any, params: BuildParams, pair
     from ebr.index.writer import write_index
 
     trainer = _distill_trainer(args, pairs, x) if args.codebooks == "distill" else None
+    fields = dict(parse_field(f) for f in args.index_field)
     if args.shards > 1 or args.ray:
         if args.towers != "none" or extra_dirs:
             raise SystemExit("--shards: towers and a fine-tuned encoder are single-index only")
@@ -65,10 +66,12 @@ def _write(args: argparse.Namespace, x: Any, ids: Any, params: BuildParams, pair
 
             return build_on_ray(args.out, args.input, params, args.shards, ids,
                                 trainer=trainer, address=args.ray_address,
+                                payloads=_payloads(args), index_fields=fields,
                                 overwrite=args.overwrite)
         from ebr.index.sharded import build_sharded
 
         return build_sharded(args.out, x, params, args.shards, ids, trainer=trainer,
+                             payloads=_payloads(args), index_fields=fields,
                              overwrite=args.overwrite)
     dense_trainer = None
     if args.towers != "none":
@@ -82,7 +85,7 @@ def _write(args: argparse.Namespace, x: Any, ids: Any, params: BuildParams, pair
     m = write_index(args.out, x, params, ids, trainer=trainer, dense_trainer=dense_trainer,
                     encoder=enc, source=source, overwrite=args.overwrite,
                     progress=args.progress, extra_dirs=extra_dirs, payloads=_payloads(args),
-                    index_fields=dict(parse_field(f) for f in args.index_field))
+                    index_fields=fields)
     return m
 
 

@@ -29,10 +29,12 @@ from ebr.eval.sweep import (
 from ebr.filters import parse_filter
 from ebr.index.live import open_live
 from ebr.index.reader import OpenIndex, open_index
-from ebr.metric import exact_scores
+from ebr.index.sharded import open_sharded
+from ebr.io.manifest import read_manifest
 from ebr.search.exact import exact_search
 from ebr.search.live import LiveSearcher
 from ebr.search.searcher import Searcher
+from ebr.search.sharded import ShardedSearcher
 from ebr.spec import SearchParams
 from ebr.types import JsonObject
 
@@ -148,27 +150,34 @@ def _baseline(oi: OpenIndex) -> FaissRefineSystem | None:
     return base
 
 
+def _filtering(index_dir: str | Path) -> LiveSearcher | ShardedSearcher:
+    """The index as served, for filtered search: its living view, or its shards."""
+    if read_manifest(Path(index_dir)).shards:
+        return ShardedSearcher(open_sharded(index_dir))
+    oi = open_index(index_dir)
+    return LiveSearcher(open_live(oi, oi.path, writable=False))
+
+
 def evaluate_filtered(index_dir: str | Path, xq: np.ndarray, raw_filter: object, *,
                       nprobes: Sequence[int] = (16,), candidate_counts: Sequence[int] = (100,),
                       k: int = 10) -> tuple[list[JsonObject], JsonObject]:
-    """Filtered search over the index as served, per (nprobe, candidates): recall@k against
-    the exact top-k among the matching documents, the share of queries with min(k, matches)
-    hits, latency. (rows, meta)."""
-    oi = open_index(index_dir)
-    live = open_live(oi, oi.path, writable=False)
-    searcher = LiveSearcher(live)
-    f = parse_filter(raw_filter, live.fields())
+    """Filtered search over the index as served (single, living or sharded), per (nprobe,
+    candidates): recall@k against the exact top-k among the matching documents (every match
+    scored), the share of queries with min(k, matches) hits, latency. (rows, meta)."""
+    searcher = _filtering(index_dir)
+    f = parse_filter(raw_filter, searcher.fields())
     xq = searcher.prepare_queries(xq)
-    mask, _, c = live.allowed(f)
-    rows_ok = np.flatnonzero(mask)
+    nlist, n = searcher.index.nlist, max(searcher.ntotal, 1)
+    exact_params = SearchParams(k=min(k, n), nprobe=1, candidates=min(k, n))
+    truth, c = [], 0
+    for i in range(len(xq)):
+        res, _, c = searcher.search_filtered(xq[i:i + 1], exact_params, f, exact=True)
+        truth.append(set(res.ids[0][res.ids[0] >= 0].tolist()))
     want = min(k, c)
-    truth = [set(rows_ok[np.argsort(-s, kind="stable")[:k]].tolist()) for s in
-             (exact_scores(searcher.dense_queries(xq), searcher.vectors(rows_ok), oi.metric)
-              if c else np.zeros((len(xq), 0)))]
     out: list[JsonObject] = []
-    for nprobe in sorted({min(p, oi.nlist) for p in nprobes}):
-        for cand in sorted({min(cc, max(searcher.ntotal, 1)) for cc in candidate_counts}):
-            params = SearchParams(k=k, nprobe=nprobe, candidates=max(cand, k))
+    for nprobe in sorted({min(p, nlist) for p in nprobes}):
+        for cand in sorted({min(cc, n) for cc in candidate_counts}):
+            params = SearchParams(k=min(k, n), nprobe=nprobe, candidates=max(cand, min(k, n)))
             lat, got = [], []
             for i in range(len(xq)):
                 t0 = time.perf_counter()
@@ -181,9 +190,9 @@ def evaluate_filtered(index_dir: str | Path, xq: np.ndarray, raw_filter: object,
                             [len(g & t) / max(want, 1) for g, t in zip(got, truth, strict=True)])),
                         "full_k_share": float(np.mean([len(g) == want for g in got])),
                         "p50_ms": 1e3 * float(np.median(lat))})
-    meta: JsonObject = {"index": str(oi.path), "filter": raw_filter, "matches": c,
+    meta: JsonObject = {"index": str(index_dir), "filter": raw_filter, "matches": c,
                         "recall": "against the exact top-k among the matching documents",
-                        "selectivity": c / max(searcher.ntotal, 1), "queries": len(xq)}
+                        "selectivity": c / n, "queries": len(xq)}
     return out, meta
 
 

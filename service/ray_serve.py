@@ -27,9 +27,10 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
+from ebr.filters import Filter
 from ebr.index.reader import open_index
 from ebr.io.manifest import read_manifest
-from ebr.search.sharded import Answer, LocalShard
+from ebr.search.sharded import Answer, FilteredAnswer, LocalShard
 from ebr.spec import SearchParams
 
 __all__ = ["ShardServer", "build_application", "serve_sharded"]
@@ -51,6 +52,11 @@ class ShardServer:
     def exact(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return self.shard.exact(xq, k)
 
+    def filtered(self, xq: np.ndarray, params: dict[str, int | bool], f: Filter,
+                 exact: bool) -> FilteredAnswer:
+        fields: dict[str, Any] = dict(params)
+        return self.shard.filtered(xq, SearchParams(**fields), f, exact)
+
 
 class _HandleShard:
     """The router's view of a shard deployment (same calls as :class:`LocalShard`)."""
@@ -63,6 +69,10 @@ class _HandleShard:
 
     def exact(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return self.handle.exact.remote(xq, k).result()
+
+    def filtered(self, xq: np.ndarray, params: SearchParams, f: Filter, exact: bool
+                 ) -> FilteredAnswer:
+        return self.handle.filtered.remote(xq, dataclasses.asdict(params), f, exact).result()
 
 
 def _router_app(index_dir: str, app_name: str, n_shards: int, env: dict[str, str]) -> Any:

@@ -201,6 +201,13 @@ def test_ray_serve_router_equals_single_node(ds_ip, built):
             ref, _ = single.search(ds_ip.xq[i], p)
             assert [h["id"] for h in r.json()["result"]["hits"]] == \
                 single.index.external_ids(ref.ids[0])
+        r = httpx.post(f"{base}/search", json={  # a filter, passed to every shard deployment
+            "vector": ds_ip.xq[0].tolist(), "k": 5,
+            "filter": {"has_id": ["doc1", "doc1500", "doc2999", "nope"]}}, timeout=30)
+        assert r.status_code == 200, r.text
+        assert sorted(h["id"] for h in r.json()["result"]["hits"]) == \
+            ["doc1", "doc1500", "doc2999"]
+        assert r.json()["result"]["stats"]["matches"] == 3
         bad = httpx.post(f"{base}/search", json={"vector": [1.0, 2.0], "k": 5}, timeout=30)
         assert bad.status_code == 422
     finally:

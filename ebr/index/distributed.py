@@ -18,16 +18,24 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from ebr.index.publish import check_target, staging_dir
-from ebr.index.sharded import ShardEntry, commit_shards, shard_ranges, train_once, write_shard
+from ebr.index.sharded import (
+    ShardEntry,
+    commit_shards,
+    shard_ranges,
+    split_payloads,
+    train_once,
+    write_shard,
+)
 from ebr.io.manifest import Manifest
 from ebr.io.vecs import load_vectors
 from ebr.quant.trainers import CodebookTrainer
 from ebr.spec import BuildParams
-from ebr.types import ExternalId
+from ebr.types import ExternalId, JsonObject
 
 __all__ = ["build_on_ray"]
 
@@ -45,9 +53,12 @@ def _ray() -> Any:
 
 def build_on_ray(directory: str | os.PathLike[str], vectors_path: str | os.PathLike[str],
                  params: BuildParams, n_shards: int, ids: list[ExternalId] | None = None, *,
-                 trainer: CodebookTrainer | None = None, address: str | None = None, overwrite: bool = False,
+                 trainer: CodebookTrainer | None = None, address: str | None = None,
+                 payloads: Iterable[tuple[ExternalId, JsonObject]] | None = None,
+                 index_fields: Mapping[str, str] | None = None, overwrite: bool = False,
                  concurrency: int | None = None) -> Manifest:
-    """Build a sharded index directory with Ray Data (see the module docstring)."""
+    """Build a sharded index directory with Ray Data (see the module docstring); payloads
+    and filterable fields as :func:`ebr.index.sharded.build_sharded` takes them."""
     ray = _ray()
     t0 = time.perf_counter()
     target = Path(directory).resolve()
@@ -57,6 +68,8 @@ def build_on_ray(directory: str | os.PathLike[str], vectors_path: str | os.PathL
     pre = train_once(x, params, trainer)
     t_train = time.perf_counter() - t0
     ranges = shard_ranges(len(x), n_shards)
+    parts = split_payloads(payloads, len(x), ranges, ids) if payloads is not None \
+        else [None] * len(ranges)
     del x
     started = not ray.is_initialized()
     if started:
@@ -66,12 +79,14 @@ def build_on_ray(directory: str | os.PathLike[str], vectors_path: str | os.PathL
         with staging_dir(target) as stage:  # removed again if anything below fails
             pre_ref = ray.put(pre)  # the codebooks, broadcast once
             ids_ref = ray.put(ids)
+            parts_ref = ray.put(parts)
 
             def write(row: dict[str, int]) -> ShardEntry:
                 vec = load_vectors(vectors_path)  # each task maps the input itself
                 out = write_shard(stage, int(row["shard"]), int(row["start"]),
                                   int(row["stop"]), vec, params, ray.get(pre_ref),
-                                  ray.get(ids_ref))
+                                  ray.get(ids_ref), ray.get(parts_ref)[int(row["shard"])],
+                                  index_fields)
                 out["node"] = ray.get_runtime_context().get_node_id()
                 return out
 

@@ -16,7 +16,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,10 +44,10 @@ from ebr.metric import Metric
 from ebr.quant.faiss_index import ivf_centroids
 from ebr.quant.trainers import Codebooks, CodebookTrainer
 from ebr.spec import BuildParams, IndexSpec
-from ebr.types import ExternalId
+from ebr.types import ExternalId, JsonObject
 
-__all__ = ["train_once", "shard_ranges", "write_shard", "commit_shards", "build_sharded",
-           "ShardedIndex", "open_sharded"]
+__all__ = ["train_once", "shard_ranges", "split_payloads", "write_shard", "commit_shards",
+           "build_sharded", "ShardedIndex", "open_sharded"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +68,30 @@ def shard_ranges(n: int, n_shards: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
 
 
+Payloads = list[tuple[ExternalId, JsonObject]]
+
+
+def split_payloads(payloads: Iterable[tuple[ExternalId, JsonObject]], n: int,
+                   ranges: Sequence[tuple[int, int]], ids: Sequence[ExternalId] | None
+                   ) -> list[Payloads]:
+    """The (id, payload) pairs of each shard (rows [start, stop) of ``ranges``): by the id's
+    row in ``ids`` (default: the row number). An id no document has raises InputError, as a
+    single-index build does."""
+    starts = np.array([a for a, _ in ranges[1:]], dtype=np.int64)
+    id_list: list[ExternalId] | None = None if ids is None else np.asarray(ids).tolist()
+    strings = bool(id_list) and isinstance(id_list[0], str)  # type: ignore[index]
+    row_of = None if id_list is None else {x: r for r, x in enumerate(id_list)}
+    parts: list[Payloads] = [[] for _ in ranges]
+    for doc_id, payload in payloads:
+        key = str(doc_id) if strings else doc_id
+        row = row_of.get(key) if row_of is not None else (
+            key if isinstance(key, int) and 0 <= key < n else None)
+        if row is None:
+            raise InputError(f"payload of id {doc_id!r}: no document has this id")
+        parts[int(np.searchsorted(starts, row, side="right"))].append((key, payload))
+    return parts
+
+
 class ShardEntry(TypedDict):
     """One written shard, as its job reports it (a dict, so that Ray can carry it)."""
 
@@ -77,6 +101,7 @@ class ShardEntry(TypedDict):
     stop: int
     ntotal: int
     seconds: float
+    payloads: int
     node: NotRequired[str]  # the Ray node that wrote it
 
 
@@ -86,13 +111,16 @@ def _shard_name(i: int) -> str:
 
 def write_shard(stage: str | os.PathLike[str], i: int, start: int, stop: int,
                 vectors: np.ndarray, params: BuildParams, pre: Codebooks,
-                ids: Sequence[ExternalId] | None = None) -> ShardEntry:
-    """Write shard ``i`` (rows [start, stop)) as a complete index under ``stage``."""
+                ids: Sequence[ExternalId] | None = None, payloads: Payloads | None = None,
+                index_fields: Mapping[str, str] | None = None) -> ShardEntry:
+    """Write shard ``i`` (rows [start, stop)) as a complete index under ``stage``, with its
+    documents' ``payloads`` (:func:`split_payloads`) and the filterable ``index_fields``."""
     out = Path(stage) / _shard_name(i)
     shard_ids = np.arange(start, stop, dtype=np.int64) if ids is None else ids[start:stop]
-    m = write_index(out, vectors[start:stop], params, shard_ids, codebooks=pre, overwrite=True)
+    m = write_index(out, vectors[start:stop], params, shard_ids, codebooks=pre, overwrite=True,
+                    payloads=payloads, index_fields=index_fields)
     return {"shard": i, "dir": out.name, "start": start, "stop": stop, "ntotal": m.ntotal,
-            "seconds": m.build["seconds"]["total"]}
+            "seconds": m.build["seconds"]["total"], "payloads": int(m.build["payloads"])}
 
 
 def commit_shards(stage: Path, target: Path, shards: list[ShardEntry], params: BuildParams,
@@ -113,7 +141,8 @@ def commit_shards(stage: Path, target: Path, shards: list[ShardEntry], params: B
         build={"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "executor": executor, "params": {"spec": str(params.spec),
                                                  "normalize": params.normalize,
-                                                 "seed": params.seed}},
+                                                 "seed": params.seed},
+               "payloads": int(sum(s.get("payloads", 0) for s in shards))},
         shards=[{k: s[k] for k in ("dir", "start", "stop", "ntotal")} for s in shards],
         format_version=FORMAT_VERSION_2)
     write_manifest(stage, manifest)
@@ -124,19 +153,27 @@ def commit_shards(stage: Path, target: Path, shards: list[ShardEntry], params: B
 def build_sharded(directory: str | os.PathLike[str], vectors: np.ndarray, params: BuildParams,
                   n_shards: int, ids: Sequence[ExternalId] | None = None, *,
                   trainer: CodebookTrainer | None = None,
+                  payloads: Iterable[tuple[ExternalId, JsonObject]] | None = None,
+                  index_fields: Mapping[str, str] | None = None,
                   overwrite: bool = False,
                   run: Callable[[list[Callable[[], ShardEntry]]], list[ShardEntry]]
                   | None = None) -> Manifest:
     """Train once, write ``n_shards`` shard indexes (``run`` executes the shard jobs; default
-    one after another), then commit. A failure anywhere leaves no directory at the target."""
+    one after another), then commit. A failure anywhere leaves no directory at the target.
+    ``payloads`` and ``index_fields`` as :func:`~ebr.index.writer.write_index` takes them:
+    each shard stores its own documents' payloads, and filters (ebr.filters) on its own."""
     t0 = time.perf_counter()
     target = Path(directory)
     check_target(target, overwrite)
+    ranges = shard_ranges(len(vectors), n_shards)
+    parts = split_payloads(payloads, len(vectors), ranges, ids) if payloads is not None \
+        else [None] * len(ranges)
     pre = train_once(vectors, params, trainer)
     with staging_dir(target) as stage:
         jobs: list[Callable[[], ShardEntry]] = [
-            functools.partial(write_shard, stage, i, a, b, vectors, params, pre, ids)
-            for i, (a, b) in enumerate(shard_ranges(len(vectors), n_shards))]
+            functools.partial(write_shard, stage, i, a, b, vectors, params, pre, ids, part,
+                              index_fields)
+            for i, ((a, b), part) in enumerate(zip(ranges, parts, strict=True))]
         shards = (run or (lambda js: [j() for j in js]))(jobs)
         m = commit_shards(stage, target, shards, params, pre, "local", overwrite)
     logger.info("wrote %s: %d shards, %d vectors, %.1f s", target, n_shards, m.ntotal,

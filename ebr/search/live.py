@@ -232,6 +232,10 @@ class LiveSearcher(Searcher):
     def ntotal(self) -> int:
         return self.live.ntotal_rows - self.live.n_dead
 
+    def fields(self) -> dict[str, str]:
+        """The filterable payload fields {name: kind} (declared at build)."""
+        return self.live.fields()
+
     def external_ids(self, rows: np.ndarray) -> list[ExternalId | None]:
         return self.live.external_ids(rows)
 

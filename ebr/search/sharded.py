@@ -4,11 +4,19 @@ Each shard returns its coarse top-C with their coarse and exact scores; the merg
 global top-C by coarse score, then the top-k of those by exact score. That is exactly what one
 index built from the same codebooks returns (ties aside), because every shard probes the same
 lists with the same codes. Shards are reached in process (:class:`LocalShard`) or through any
-backend with the same two calls (the Ray Serve router, ``service.ray_serve``).
+backend with the same calls (the Ray Serve router, ``service.ray_serve``).
+
+A filtered search (``ebr.filters``) runs each shard's own planner over its own payloads
+(``LiveSearcher.search_filtered``: min(k, c_s) hits from c_s matches) and keeps the global
+top-k of those by exact score: min(k, sum of c_s) hits, as filtered brute force over the whole
+index returns when every shard scores its matches exactly.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -16,14 +24,19 @@ from typing import Protocol
 import numpy as np
 
 from ebr.errors import InputError, SearchParamError
+from ebr.filters import Filter
+from ebr.index.docs import DocStore
+from ebr.index.live import open_live
 from ebr.index.reader import OpenIndex
 from ebr.index.sharded import ShardedIndex
+from ebr.search.live import LiveSearcher
 from ebr.search.rerank import rerank, topk
 from ebr.search.searcher import ResultRows, Searcher
 from ebr.spec import SearchParams
-from ebr.types import SearchResult, SearchStats
+from ebr.types import JsonObject, SearchResult, SearchStats
 
-__all__ = ["Answer", "merge", "shard_answer", "LocalShard", "ShardedSearcher"]
+__all__ = ["Answer", "FilteredAnswer", "merge", "shard_answer", "LocalShard",
+           "ShardedSearcher"]
 
 
 def merge(parts: Sequence[Sequence[np.ndarray]], k: int, candidates: int) -> SearchResult:
@@ -75,6 +88,12 @@ def shard_answer(oi: OpenIndex, start: int, xq: np.ndarray, params: SearchParams
             np.where(valid, r_sc, -np.inf), np.array([t1 - t0, t2 - t1]))
 
 
+#: One shard's filtered answer: its hits (global ids, -1 padded) and their scores [nq, k_s],
+#: [coarse s, re-rank s, candidates found, dense rows read, nprobe used (0: exact plan)], and
+#: the filter's exact count c_s among the shard's documents.
+FilteredAnswer = tuple[np.ndarray, np.ndarray, np.ndarray, int]
+
+
 class ShardBackend(Protocol):
     """How the merge reaches one shard: in process (:class:`LocalShard`) or a Ray Serve
     deployment (``service.ray_serve``)."""
@@ -82,6 +101,9 @@ class ShardBackend(Protocol):
     def answer(self, xq: np.ndarray, params: SearchParams) -> Answer: ...
 
     def exact(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def filtered(self, xq: np.ndarray, params: SearchParams, f: Filter, exact: bool
+                 ) -> FilteredAnswer: ...
 
 
 #: For a sharded index, its backends in shard order (the service's ``shard_backends``).
@@ -93,6 +115,8 @@ class LocalShard:
 
     def __init__(self, oi: OpenIndex, start: int) -> None:
         self.oi, self.start = oi, start
+        self._filtering: LiveSearcher | None = None  # opened at the first filter
+        self._lock = threading.Lock()
 
     def answer(self, xq: np.ndarray, params: SearchParams) -> Answer:
         return shard_answer(self.oi, self.start, xq, params)
@@ -100,6 +124,22 @@ class LocalShard:
     def exact(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         res = Searcher(self.oi).exact(xq, min(k, self.oi.ntotal))
         return np.where(res.ids >= 0, res.ids + self.start, -1), res.scores
+
+    def filtered(self, xq: np.ndarray, params: SearchParams, f: Filter, exact: bool
+                 ) -> FilteredAnswer:
+        """This shard's filtered search (its own planner, its own payloads)."""
+        with self._lock:
+            if self._filtering is None:  # a shard takes no writes: a read-only view
+                self._filtering = LiveSearcher(open_live(self.oi, self.oi.path,
+                                                         writable=False))
+            searcher = self._filtering
+        n = max(self.oi.ntotal, 1)
+        mine = dataclasses.replace(params, k=min(params.k, n),
+                                   candidates=min(params.candidates, n))
+        res, st, c = searcher.search_filtered(xq, mine, f, exact=exact)
+        return (np.where(res.ids >= 0, res.ids + self.start, -1), res.scores,
+                np.array([st.coarse_seconds, st.rerank_seconds, st.found, st.dense_rows_read,
+                          st.nprobe], dtype=np.float64), c)
 
 
 class ShardedSearcher(ResultRows):
@@ -116,6 +156,36 @@ class ShardedSearcher(ResultRows):
             LocalShard(oi, st) for oi, st in zip(index.shards, index.starts, strict=True)]
         if len(self.backends) != len(index.shards):
             raise InputError(f"{len(self.backends)} backends for {len(index.shards)} shards")
+        self._docs: list[DocStore | None] | None = None  # opened at the first use
+        self._docs_lock = threading.Lock()
+
+    def docs(self) -> list[DocStore | None]:
+        """Each shard's document table (None where a shard was built without one)."""
+        with self._docs_lock:
+            if self._docs is None:
+                self._docs = [DocStore(oi.path / oi.manifest.docs, oi.manifest.id_kind)
+                              if oi.manifest.docs else None for oi in self.index.shards]
+            return self._docs
+
+    def fields(self) -> dict[str, str]:
+        """The filterable payload fields {name: kind} (one build: every shard has them)."""
+        first = self.docs()[0]
+        return first.fields() if first is not None else {}
+
+    def payloads(self, rows: Sequence[int]) -> dict[int, JsonObject | None] | None:
+        docs = self.docs()
+        if any(d is None for d in docs):
+            return None
+        rows = [int(r) for r in rows if 0 <= r < self.index.ntotal]
+        where = self.index.locate(np.array(rows, dtype=np.int64))
+        texts: dict[int, str | None] = {}
+        for s in np.unique(where).tolist():
+            start = self.index.starts[s]
+            local = [r - start for r, w in zip(rows, where.tolist(), strict=True) if w == s]
+            texts.update({r + start: t for r, t in
+                          docs[s].payload_texts(local).items()})
+        return {r: (json.loads(t) if t else None) for r, t in
+                ((r, texts.get(r)) for r in rows)}
 
     def prepare_queries(self, xq: np.ndarray) -> np.ndarray:
         return Searcher(self.index.shards[0]).prepare_queries(xq)
@@ -141,6 +211,26 @@ class ShardedSearcher(ResultRows):
                             coarse_seconds=float(seconds[0]), rerank_seconds=float(seconds[1]),
                             per_query_found=sum((p[0] >= 0).sum(axis=1) for p in parts))
         return res, stats
+
+    def search_filtered(self, xq: np.ndarray, params: SearchParams, f: Filter,
+                        exact: bool = False) -> tuple[SearchResult, SearchStats, int]:
+        """Filtered search over every shard (module docstring): min(k, c) hits per query, c
+        the filter's exact count over the index (returned too)."""
+        params.validate(self.index.nlist, self.index.ntotal)
+        xq = self.prepare_queries(xq)
+        parts = [b.filtered(xq, params, f, exact) for b in self.backends]
+        ids, scores = topk(np.concatenate([p[1] for p in parts], axis=1),
+                           np.concatenate([p[0] for p in parts], axis=1), params.k)
+        c = int(sum(p[3] for p in parts))
+        tot = np.sum([p[2][:4] for p in parts], axis=0)
+        rows = int(tot[3])
+        stats = SearchStats(nq=len(xq), nprobe=int(max(p[2][4] for p in parts)),
+                            candidates=params.candidates, found=int(tot[2]),
+                            reranked=int(tot[2]) if params.rerank or exact else 0,
+                            dense_rows_read=rows, dense_bytes_read=rows * self.index.dim
+                            * self.index.shards[0].dense.dtype.itemsize,
+                            coarse_seconds=float(tot[0]), rerank_seconds=float(tot[1]))
+        return SearchResult(ids, scores), stats, c
 
     def exact(self, xq: np.ndarray, k: int) -> SearchResult:
         if not isinstance(k, int) or not 1 <= k <= self.index.ntotal:

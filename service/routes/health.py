@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from ebr.search.live import LiveSearcher
+from ebr.search.sharded import ShardedSearcher
 from service.deps import Generation, GenerationDep, ServiceState, StateDep, require_read
 from service.generations import public_reason
 from service.schemas import ErrorResponse, Health, IndexInfo, LiveInfo, RefusedBuild
@@ -76,6 +77,9 @@ def _live_info(gen: Generation) -> LiveInfo | None:
 
 def _payload_count(gen: Generation) -> int | None:
     searcher = gen.searcher
+    if isinstance(searcher, ShardedSearcher):
+        docs = searcher.docs()
+        return None if None in docs else sum(d.count_payloads() for d in docs if d)
     if not isinstance(searcher, LiveSearcher) or searcher.live.docs is None:
         return None
     return searcher.live.docs.count_payloads()

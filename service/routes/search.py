@@ -189,17 +189,17 @@ def _check_budget(reqs: list[SearchRequest], params: list[SearchParams | None],
 
 def _filter(req: SearchRequest, gen: Generation, where: str) -> Filter:
     searcher = gen.searcher
-    if not isinstance(searcher, LiveSearcher):
-        why = ("sharded indexes do not filter yet" if getattr(searcher.index, "shards", None)
-               else "this index has no document table (rebuild it with this ebr)")
-        raise InputError(f"{where}filter: {why}")
-    return parse_filter(req.filter, searcher.live.fields(), f"{where}filter")
+    if not isinstance(searcher, LiveSearcher | ShardedSearcher):
+        raise InputError(f"{where}filter: this index has no document table (rebuild it with "
+                         "this ebr)")
+    return parse_filter(req.filter, searcher.fields(), f"{where}filter")
 
 
 def _filtered(req: SearchRequest, state: ServiceState, gen: Generation, x: np.ndarray,
               params: SearchParams | None, f: Filter) -> dict[str, Any]:
-    """One filtered search (``LiveSearcher.search_filtered``: min(k, matches) hits)."""
-    searcher = cast(LiveSearcher, gen.searcher)
+    """One filtered search (``search_filtered`` of a living or a sharded index: min(k,
+    matches) hits)."""
+    searcher = cast(LiveSearcher | ShardedSearcher, gen.searcher)
     exact = params is None
     p = params or SearchParams(k=req.k, nprobe=min(state.settings.default_nprobe,
                                                    searcher.index.nlist),
