@@ -79,9 +79,13 @@ Evaluate                    (ebr.eval)
     ebr.eval.sweep         nprobe x candidates sweep, faiss IVFPQ+RefineFlat peer      [test_eval]
     ebr.eval.report        JSON + Markdown + recall-vs-latency PNG                     [test_eval]
 
+Client                      (beside ebr.eval; talks to the service over HTTP, extra 'client')
+    ebr.client             Client / AsyncClient on httpx: typed results, API keys,     [test_client]
+                           retries with backoff and jitter, errors as ebr's exceptions
+
 Above ebr: ``index_build`` (CLI: cli, build, commands, evaluate, sources) and ``service``
-(FastAPI: app, routes (search, documents, health, admin), generations, openapi, deps,
-schemas, settings; ray_serve).
+(FastAPI: app, routes (search, documents, health, admin, ui), generations, openapi, deps,
+schemas, settings; ray_serve; the web page's files in service/ui/).
 
 Scores are always higher-is-better (L2 distances are negated); missing results are ``-1`` /
 ``-inf``. The candidate count C is called ``candidates`` everywhere.

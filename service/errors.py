@@ -15,6 +15,7 @@ from ebr.errors import (
     IndexFormatError,
     IndexNotReadyError,
     InputError,
+    RequestTooLargeError,
     SearchParamError,
     SpecError,
     WriteConflictError,
@@ -23,11 +24,6 @@ from ebr.errors import (
 from service.observability import Metrics
 
 logger = logging.getLogger("service")
-
-
-class RequestTooLargeError(InputError):
-    """One request asks for more work or a larger reply than the server's per-request limits
-    (the message names the limit and its ``EBR_*`` setting): 413."""
 
 
 _STATUS: list[tuple[type[EbrError], int]] = [

@@ -19,7 +19,7 @@ from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive
 
-from ebr.errors import InputError, WriteConflictError
+from ebr.errors import InputError, RequestTooLargeError, WriteConflictError
 from ebr.index.live import LiveIndex
 from ebr.search.live import LiveSearcher
 from ebr.types import ExternalId
@@ -31,7 +31,6 @@ from service.deps import (
     current_generation,
     require_read,
 )
-from service.errors import RequestTooLargeError
 from service.generations import load_generation
 from service.routes.door import json_answer, openapi_body, routed
 from service.schemas import (

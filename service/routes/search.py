@@ -17,7 +17,7 @@ from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive
 
-from ebr.errors import InputError, SearchParamError
+from ebr.errors import InputError, RequestTooLargeError, SearchParamError
 from ebr.filters import Filter, parse_filter
 from ebr.index.docs import select_fields
 from ebr.search.live import LiveSearcher
@@ -31,7 +31,6 @@ from service.deps import (
     check_read,
     current_generation,
 )
-from service.errors import RequestTooLargeError
 from service.routes.door import json_answer, openapi_body, routed
 from service.schemas import (
     MAX_COMPONENT,
