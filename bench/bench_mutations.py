@@ -38,7 +38,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 KEY = "bench-write-key-0123456789"
-AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 def _recall(searcher, xq: np.ndarray, truth: list[set]) -> float:
@@ -86,47 +85,52 @@ def _load(url: str, q: list, seconds: float, write_share: float, next_id: list[i
     writer, waiting for each acknowledgement, cannot keep up). The search concurrency is the
     same with and without writes, and every body is encoded before the clock starts (the
     clients share the cores with the server)."""
-    import httpx
+    from ebr.client import Client, Document
+    from ebr.errors import EbrError
 
     rng = np.random.default_rng(0)
-    searches = [json.dumps({"vector": q[int(i)], "k": 10}).encode()
-                for i in rng.integers(len(q), size=4096)]
+    searches = [q[int(i)] for i in rng.integers(len(q), size=4096)]
     writes = []
     for _ in range(6000):  # one document per write: each operation of the mix is one record
         start = next_id[0]
         next_id[0] += 1
-        writes.append(json.dumps({"documents": [
-            {"id": start, "vector": pool_vecs[start % len(pool_vecs)].tolist()}]}).encode())
+        writes.append(Document(start, vector=pool_vecs[start % len(pool_vecs)].tolist()))
     stop = time.perf_counter() + seconds
     counts = {"search": 0, "write": 0, "errors": 0}
     lat: dict[str, list[float]] = {"search": [], "write": []}
     lock = threading.Lock()
-    headers = {"content-type": "application/json"}
 
     def searcher(c: int) -> None:
-        with httpx.Client(timeout=60) as h:
+        with Client(url, timeout=60, retries=0) as h:  # errors counted, not retried
             i = c
             while time.perf_counter() < stop:
                 t0 = time.perf_counter()
-                r = h.post(url + "/search", content=searches[i % len(searches)],
-                           headers=headers)
+                try:
+                    h.search(searches[i % len(searches)], k=10)
+                    kind = "search"
+                except EbrError:
+                    kind = "errors"
                 i += clients
                 with lock:
-                    counts["search" if r.status_code == 200 else "errors"] += 1
+                    counts[kind] += 1
                     lat["search"].append(time.perf_counter() - t0)
 
     def writer(w: int) -> None:
-        with httpx.Client(timeout=60) as h:
-            for body in writes[w::3]:
+        with Client(url, api_key=KEY, timeout=60, retries=0) as h:
+            for doc in writes[w::3]:
                 while time.perf_counter() < stop and \
                         counts["write"] >= write_share * (counts["search"] + counts["write"]):
                     time.sleep(0.02)  # coarse: a busy wait here would take the clients' GIL
                 if time.perf_counter() >= stop:
                     return
                 t0 = time.perf_counter()
-                r = h.put(url + "/documents", content=body, headers={**headers, **AUTH})
+                try:
+                    h.upsert([doc])
+                    kind = "write"
+                except EbrError:
+                    kind = "errors"
                 with lock:
-                    counts["write" if r.status_code == 200 else "errors"] += 1
+                    counts[kind] += 1
                     lat["write"].append(time.perf_counter() - t0)
 
     t0 = time.perf_counter()
@@ -150,7 +154,7 @@ def _qps_pair(url: str, q: list, seconds: float, pool: np.ndarray,
     """Read-only and 10%-writes phases, twice, interleaved (noise on a shared 2-core machine
     moves whole phases); the ratio of the summed search rates. The documents the writes added
     are deleted again afterwards, so later recall figures are over the same corpus."""
-    import httpx
+    from ebr.client import Client
 
     next_id = [first_id]
     _load(url, q, 3, 0.0, next_id, pool)  # warm
@@ -159,11 +163,8 @@ def _qps_pair(url: str, q: list, seconds: float, pool: np.ndarray,
         runs[share].append(_load(url, q, seconds, share, next_id, pool))
     ro = sum(r["search_qps"] for r in runs[0.0]) / 2
     mixed = sum(r["search_qps"] for r in runs[0.1]) / 2
-    with httpx.Client(timeout=120) as h:
-        extra = list(range(first_id, next_id[0]))
-        for a in range(0, len(extra), 1000):
-            h.post(url + "/documents/delete", json={"ids": extra[a:a + 1000]},
-                   headers=AUTH).raise_for_status()
+    with Client(url, api_key=KEY, timeout=120, batch_size=1000) as h:
+        h.delete(list(range(first_id, next_id[0])))
     writes = sum(r["write_rps"] for r in runs[0.1]) / 2
     return {"qps_read_only": round(ro, 1), "qps_with_10pct_writes": round(mixed, 1),
             "writes_per_s_in_mix": round(writes, 1),
@@ -178,7 +179,7 @@ def _qps_pair(url: str, q: list, seconds: float, pool: np.ndarray,
 def _visibility(url: str, trials: int, dim: int) -> dict[str, float]:
     """Write one document, then search for it from fresh connections (so either worker may
     answer): the share of searches that miss it, and the ack -> first-visible delay."""
-    import httpx
+    from ebr.client import Client, Document
 
     rng = np.random.default_rng(9)
     misses, delays, searches = 0, [], 0
@@ -186,16 +187,15 @@ def _visibility(url: str, trials: int, dim: int) -> dict[str, float]:
         v = rng.standard_normal(dim)
         v = (v / np.linalg.norm(v)).tolist()
         doc_id = 10**9 + t
-        with httpx.Client(timeout=30) as h:
-            h.put(url + "/documents", json={"documents": [{"id": doc_id, "vector": v}]},
-                  headers=AUTH).raise_for_status()
+        with Client(url, api_key=KEY, timeout=30) as h:
+            h.upsert([Document(doc_id, vector=v)])
         t_ack = time.perf_counter()
         first = None
         for _ in range(6):
-            with httpx.Client(timeout=30) as h:  # a new connection: any worker
-                hits = h.post(url + "/search", json={"vector": v, "k": 1}).json()
+            with Client(url, timeout=30) as h:  # a new connection: any worker
+                hits = h.search(v, k=1)
             searches += 1
-            if hits["result"]["hits"][0]["id"] == doc_id:
+            if hits.ids[0] == doc_id:
                 first = first or time.perf_counter() - t_ack
             else:
                 misses += 1
@@ -214,9 +214,9 @@ def main() -> None:  # noqa: C901 - one benchmark, its steps in order
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
-    import httpx
     from helpers import served
 
+    from ebr.client import Client, Document
     from ebr.data.synthetic import SyntheticConfig, generate
     from ebr.index.reader import open_index
     from ebr.index.segments import load_codebooks
@@ -247,13 +247,9 @@ def main() -> None:  # noqa: C901 - one benchmark, its steps in order
     q = [x.tolist() for x in xq]
     with served(work / "idx", work / "server.log", workers=1, write_keys=KEY,
                 compact_delta_fraction="0", max_batch="1000") as (url, _):
-        with httpx.Client(timeout=120) as h:
+        with Client(url, api_key=KEY, timeout=120, batch_size=500) as h:
             t0 = time.perf_counter()
-            for a in range(0, args.new, 500):
-                docs = [{"id": int(i), "vector": v.tolist()}
-                        for i, v in zip(new_ids[a:a + 500], new_x[a:a + 500], strict=True)]
-                h.put(url + "/documents", json={"documents": docs},
-                      headers=AUTH).raise_for_status()
+            h.upsert(Document(int(i), vector=v) for i, v in zip(new_ids, new_x, strict=True))
             secs = time.perf_counter() - t0
         out["upsert_docs_per_s"] = round(args.new / secs, 1)
         out["upsert_seconds"] = round(secs, 2)
@@ -297,12 +293,9 @@ def main() -> None:  # noqa: C901 - one benchmark, its steps in order
         out["workers_2"] = _qps_pair(url, q, args.seconds, new_x, first_id=2 * 10**8)
         out["visibility"] = _visibility(url, 30, args.dim)
         to_delete = rng.choice(ids, size=int(0.3 * n_all), replace=False)
-        with httpx.Client(timeout=120) as h:
+        with Client(url, api_key=KEY, timeout=120, batch_size=1000) as h:
             t0 = time.perf_counter()
-            for a in range(0, len(to_delete), 1000):
-                h.post(url + "/documents/delete",
-                       json={"ids": [int(i) for i in to_delete[a:a + 1000]]},
-                       headers=AUTH).raise_for_status()
+            h.delete([int(i) for i in to_delete])
             out["delete_ids_per_s"] = round(len(to_delete) / (time.perf_counter() - t0), 1)
     searcher = _live_searcher(work / "idx")
     qs = generate(SyntheticConfig(n=2000, d=args.dim, nq=10_000, nq_train=8, seed=21)).xq

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -291,8 +291,19 @@ def _query(q: Query | Mapping[str, JsonValue]) -> JsonObject:
     return q.body() if isinstance(q, Query) else dict(q)
 
 
-def _documents(docs: Iterable[Document | Mapping[str, JsonValue]]) -> list[JsonObject]:
-    return [d.body() if isinstance(d, Document) else dict(d) for d in docs]
+def _document_batches(docs: Iterable[Document | Mapping[str, JsonValue]], size: int
+                      ) -> Iterator[list[JsonObject]]:
+    """Request bodies' document lists, ``size`` at a time, built as they are sent."""
+    if size < 1:
+        raise InputError(f"batch_size must be >= 1, got {size}")
+    batch: list[JsonObject] = []
+    for d in docs:
+        batch.append(d.body() if isinstance(d, Document) else dict(d))
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 class Client(_Base):
@@ -354,10 +365,13 @@ class Client(_Base):
             return False
 
     def upsert(self, documents: Iterable[Document | Mapping[str, JsonValue]]) -> WriteAck:
-        """Insert or replace documents, ``batch_size`` per request (each all or nothing)."""
-        docs = _documents(documents)
-        return _ack([self._call("PUT", "/documents", {"documents": list(part)})
-                     for part in _chunks(docs, self.batch_size)])
+        """Insert or replace documents, ``batch_size`` per request (each all or nothing; an
+        error stops at the failed request, the earlier ones stay written)."""
+        acks = [self._call("PUT", "/documents", {"documents": part})
+                for part in _document_batches(documents, self.batch_size)]
+        if not acks:
+            raise InputError("documents: give at least one")
+        return _ack(acks)
 
     def delete(self, ids: Sequence[ExternalId]) -> WriteAck:
         return _ack([self._call("POST", "/documents/delete", {"ids": list(part)})
@@ -445,9 +459,11 @@ class AsyncClient(_Base):
 
     async def upsert(self, documents: Iterable[Document | Mapping[str, JsonValue]]
                      ) -> WriteAck:
-        docs = _documents(documents)
-        return _ack([await self._call("PUT", "/documents", {"documents": list(part)})
-                     for part in _chunks(docs, self.batch_size)])
+        acks = [await self._call("PUT", "/documents", {"documents": part})
+                for part in _document_batches(documents, self.batch_size)]
+        if not acks:
+            raise InputError("documents: give at least one")
+        return _ack(acks)
 
     async def delete(self, ids: Sequence[ExternalId]) -> WriteAck:
         return _ack([await self._call("POST", "/documents/delete", {"ids": list(part)})

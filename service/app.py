@@ -41,7 +41,7 @@ from service.errors import reply_for, validation_message
 from service.generations import load_generation, public_reason, watch_index
 from service.observability import RequestMiddleware
 from service.openapi import install_openapi
-from service.routes import admin, documents, fast, health, search
+from service.routes import admin, documents, fast, health, search, ui
 from service.settings import Settings
 
 logger = logging.getLogger("service")
@@ -171,6 +171,8 @@ def create_app(settings: Settings | None = None, shard_backends: ShardBackends |
     app.include_router(health.router)
     app.include_router(admin.router)
     app.include_router(documents.router)
+    app.include_router(ui.router)
+    app.mount("/ui", ui.UiFiles(directory=ui.UI_DIR, html=True), name="ui")
     install_openapi(app, state)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(RequestMiddleware, metrics=state.metrics)  # outermost: sees every reply

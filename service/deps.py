@@ -74,6 +74,10 @@ class ServiceState:
     # for the log's lock or its fsync never holds one of the search threads
     writer: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(
         1, thread_name_prefix="ebr-write", initializer=_one_omp_thread))
+    # GET /index/recall: the last answers (generation, queries, k, candidates) -> reply, and
+    # one measurement at a time (each reads the whole dense store)
+    recall: dict[tuple[int, int, int, int], Any] = field(default_factory=dict)
+    recall_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def generation(self) -> int:

@@ -126,6 +126,10 @@ class SearchRequest(_Strict):
     with_payload: bool | Annotated[list[FieldName], Field(min_length=1, max_length=100)] = Field(
         False, description="include each hit's payload: true for all of it, or the top-level "
         "fields to return")
+    with_coarse: bool = Field(False, description="include each hit's coarse (code) score and "
+                              "its rank among the coarse candidates: what the exact re-rank "
+                              "changed (two-stage searches without a filter; costs one more "
+                              "coarse search)")
 
     _not_null = field_validator("vector", "text", "with_vector", "return_vectors", "filter",
                                 mode="before")(_no_null)
@@ -195,6 +199,10 @@ class DocumentOut(BaseModel):
 class Hit(BaseModel):
     id: str | int
     score: float
+    coarse_score: float | None = Field(None, description="with with_coarse: the score the "
+                                       "codes gave it")
+    coarse_rank: int | None = Field(None, description="with with_coarse: its rank (0 first) "
+                                    "in the coarse candidate list")
     vector: list[float] | None = None
     payload: dict[str, Any] | None = Field(None, description="with with_payload; absent when "
                                            "the document has none")
@@ -277,6 +285,27 @@ class IndexInfo(BaseModel):
                                          "directory that failed verification")
     live: LiveInfo | None = Field(None, description="writes since the base was built")
     payloads: int | None = Field(None, description="base documents with a payload")
+    fields: dict[str, str] = Field(default_factory=dict, description="payload fields that "
+                                   "filters take, {name: kind}")
+    manifest_sha256: str = Field(description="checksum of the served build's manifest")
+
+
+class RecallRow(BaseModel):
+    nprobe: int
+    candidates: int
+    p50_ms: float
+    model_config = ConfigDict(extra="allow")  # recall@<k>
+
+
+class RecallReport(BaseModel):
+    rows: list[RecallRow]
+    queries: int
+    k: int
+    seed: int
+    truth: str
+    seconds: float
+    generation: int
+    index_version: str
 
 
 class RefusedBuild(BaseModel):

@@ -35,7 +35,8 @@ HIT = {"result": {"hits": [{"id": 7, "score": 0.5}], "stats": {
 
 
 def _scripted(replies: list[object]) -> tuple[httpx.MockTransport, list[httpx.Request]]:
-    """A transport answering with ``replies`` in order: (status, body) or an exception."""
+    """A transport answering with ``replies`` in order: (status, body), a response, or an
+    exception to raise."""
     seen: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -43,6 +44,8 @@ def _scripted(replies: list[object]) -> tuple[httpx.MockTransport, list[httpx.Re
         r = replies.pop(0)
         if isinstance(r, Exception):
             raise r
+        if isinstance(r, httpx.Response):
+            return r
         status, body = r  # type: ignore[misc]
         return httpx.Response(status, json=body)
     return httpx.MockTransport(handler), seen
@@ -78,11 +81,8 @@ def test_connection_errors_and_429_are_retried_then_raised() -> None:
 def test_retry_after_is_honoured_and_backoff_is_capped() -> None:
     import time
 
-    def handler(request: httpx.Request, replies=[httpx.Response(429, headers={
-            "retry-after": "0.2"}), httpx.Response(200, json=HIT)]) -> httpx.Response:
-        return replies.pop(0)
-    c = Client("http://ebr", transport=httpx.MockTransport(handler), backoff=0.0,
-               max_backoff=0.3)  # a mock transport: no sockets to close
+    transport, _ = _scripted([httpx.Response(429, headers={"retry-after": "0.2"}), (200, HIT)])
+    c = Client("http://ebr", transport=transport, backoff=0.0, max_backoff=0.3)
     t0 = time.perf_counter()
     assert c.search([1.0]).ids == [7]
     assert time.perf_counter() - t0 >= 0.19  # backoff 0, but the server asked for 0.2 s

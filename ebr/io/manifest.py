@@ -75,6 +75,10 @@ class Manifest:
         """The manifest as written: its fields and their checksum (``manifest_sha256``)."""
         return json.dumps(seal(asdict(self)), indent=2, sort_keys=True)
 
+    def digest(self) -> str:
+        """Its ``manifest_sha256``: the checksum of its content, as written in the file."""
+        return _content_digest(asdict(self))
+
     @classmethod
     def from_dict(cls, raw: Mapping[str, object], where: str = MANIFEST) -> Manifest:
         d: dict[str, Any] = dict(raw)  # checked field by field below

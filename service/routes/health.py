@@ -60,6 +60,9 @@ def index_info(gen: GenerationDep, state: StateDep) -> IndexInfo:
         refused=_refused(state),
         live=_live_info(gen),
         payloads=_payload_count(gen),
+        fields=gen.searcher.fields() if isinstance(gen.searcher, LiveSearcher | ShardedSearcher)
+        else {},
+        manifest_sha256=m.digest(),
     )
 
 

@@ -236,7 +236,25 @@ def _many(reqs: list[SearchRequest], state: ServiceState, gen: Generation,
             out[i] = _result(reqs[i], gen, res.ids[row], res.scores[row],
                              _two_stage_stats(st, row, len(idx), params, state,
                                               _row_bytes(gen)))
+            if reqs[i].with_coarse and params.rerank:
+                _add_coarse(out[i], gen, prepared[i][0], params)  # type: ignore[arg-type]
     return out  # type: ignore[return-value]
+
+
+def _add_coarse(result: dict[str, Any], gen: Generation, x: np.ndarray,
+                params: SearchParams) -> None:
+    """Each hit's coarse score and rank: the coarse stage again, alone (same parameters,
+    so the same candidates), its ranking read back."""
+    c = params.candidates
+    res, _ = gen.searcher.search(x, SearchParams(k=c, nprobe=params.nprobe, candidates=c,
+                                                 rerank=False))
+    keep = res.ids[0] >= 0
+    where = {e: (rank, float(s)) for rank, (e, s) in enumerate(zip(
+        gen.searcher.external_ids(res.ids[0][keep]), res.scores[0][keep].tolist(),
+        strict=True))}
+    for h in result["hits"]:
+        if h["id"] in where:
+            h["coarse_rank"], h["coarse_score"] = where[h["id"]]
 
 
 async def run_search(req: SearchRequest, state: ServiceState, gen: Generation) -> bytes:
@@ -246,7 +264,8 @@ async def run_search(req: SearchRequest, state: ServiceState, gen: Generation) -
     t0 = time.perf_counter()
     batcher = state.batcher
     if batcher is None or req.text is not None or req.params.exact or req.with_vector or \
-            req.with_payload is not False or req.filter is not None:  # not batched
+            req.with_payload is not False or req.filter is not None or \
+            req.with_coarse:  # not batched
         result = (await run_in_threadpool(_many, [req], state, gen, ""))[0]
     else:
         x, maybe = _prepare(req, state, gen)  # validation only: cheap, on the event loop
