@@ -86,13 +86,13 @@ def in_process(index_dir: Path, xq: np.ndarray, clients: int, seconds: float) ->
 
 async def _http(url: str, bodies: list[dict], clients: int, seconds: float,
                 per_request: int, name: str) -> dict:
-    import httpx
+    from ebr.client import AsyncClient
+    from ebr.errors import EbrError
 
     lat: list[float] = []
     errors = 0
     stop = time.perf_counter() + seconds
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+    async with AsyncClient(url, timeout=30, retries=0, max_connections=clients) as client:
 
         async def worker(i: int) -> None:
             nonlocal errors
@@ -101,10 +101,12 @@ async def _http(url: str, bodies: list[dict], clients: int, seconds: float,
                 body = bodies[j % len(bodies)]
                 t0 = time.perf_counter()
                 try:
-                    r = await client.post("/search" if per_request == 1 else "/search/batch",
-                                          json=body)
-                    ok = r.status_code == 200
-                except httpx.HTTPError:
+                    if per_request == 1:
+                        await client.search_query(body)
+                    else:
+                        await client.search_batch(body["searches"])
+                    ok = True
+                except EbrError:
                     ok = False
                 lat.append(time.perf_counter() - t0)
                 errors += not ok
@@ -154,17 +156,15 @@ def _against_server(env: dict[str, str], args: argparse.Namespace,
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{args.port}"
     try:
-        import httpx
+        from ebr.client import Client
 
-        for _ in range(120):
-            try:
-                if httpx.get(url + "/readyz").status_code == 200:
+        with Client(url) as probe:
+            for _ in range(120):
+                if probe.ready():
                     break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            raise SystemExit("server did not become ready")
+                time.sleep(0.5)
+            else:
+                raise SystemExit("server did not become ready")
         for path, bodies, per in runs:
             name = f"HTTP POST {path}" + (f" ({per}/request)" if per > 1 else "") + (
                 f", micro-batching ({mb} in flight)" if mb else "")
@@ -172,7 +172,7 @@ def _against_server(env: dict[str, str], args: argparse.Namespace,
                 rows.append(_wrk(url, bodies, path, args.clients, args.seconds, per, name, work))
             else:
                 rows.append(asyncio.run(_http(url, bodies, args.clients, args.seconds, per,
-                                              name + " [httpx client]")))
+                                              name + " [ebr.client AsyncClient]")))
             print(rows[-1], flush=True)
     finally:
         server.terminate()

@@ -345,6 +345,10 @@ class Client(_Base):
                   with_vector)
         return _result(self._call("POST", "/search", q.body())["result"])
 
+    def search_query(self, query: Query | Mapping[str, JsonValue]) -> SearchResult:
+        """One search given as a :class:`Query` or as the JSON body ``POST /search`` takes."""
+        return _result(self._call("POST", "/search", _query(query))["result"])
+
     def search_batch(self, queries: Sequence[Query | Mapping[str, JsonValue]]
                      ) -> list[SearchResult]:
         """Searches in one request, answered in order."""
@@ -438,6 +442,9 @@ class AsyncClient(_Base):
         q = Query(vector, text, k, nprobe, candidates, rerank, exact, filter, with_payload,
                   with_vector)
         return _result((await self._call("POST", "/search", q.body()))["result"])
+
+    async def search_query(self, query: Query | Mapping[str, JsonValue]) -> SearchResult:
+        return _result((await self._call("POST", "/search", _query(query)))["result"])
 
     async def search_batch(self, queries: Sequence[Query | Mapping[str, JsonValue]]
                            ) -> list[SearchResult]:

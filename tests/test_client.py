@@ -134,6 +134,7 @@ def test_client_against_the_server(index_ip: Path, ds_ip, tmp_path: Path) -> Non
             batch = c.search_batch([Query(ds_ip.xq[1], k=3, exact=True),
                                     {"vector": ds_ip.xq[2].tolist(), "k": 2}])
             assert [len(b.hits) for b in batch] == [3, 2] and batch[0].stats.mode == "exact"
+            assert c.search_query({"vector": ds_ip.xq[2].tolist(), "k": 2}).ids == batch[1].ids
             with pytest.raises(InputError, match="422"):
                 c.search([1.0, 2.0])
             with pytest.raises(AuthError, match="403"):

@@ -444,36 +444,34 @@ def test_retrain_keeps_documents_and_the_log(tmp_path: Path) -> None:
 def test_every_worker_sees_a_write_at_once(tmp_path: Path) -> None:
     """Two workers, one log: a search after the acknowledgement, on whichever worker answers
     it, returns the document (each worker applies the log before a search)."""
-    import httpx
     from helpers import served
+
+    from ebr.client import Client, Document
 
     _build(tmp_path / "idx")
     with served(tmp_path / "idx", tmp_path / "server.log", workers=2, write_keys=KEY) as (url, _):
         rng = np.random.default_rng(6)
         for t in range(10):
             v = (rng.standard_normal(D) * 5).tolist()
-            with httpx.Client() as h:
-                h.put(url + "/documents", json={"documents": [{"id": 50_000 + t, "vector": v}]},
-                      headers=AUTH).raise_for_status()
+            with Client(url, api_key=KEY) as h:
+                h.upsert([Document(50_000 + t, vector=v)])
             for _ in range(4):
-                with httpx.Client() as h:  # a new connection: either worker
-                    hits = h.post(url + "/search", json={"vector": v, "k": 1}).json()
-                assert hits["result"]["hits"][0]["id"] == 50_000 + t
-        with httpx.Client() as h:
-            h.post(url + "/documents/delete", json={"ids": list(range(50_000, 50_010))},
-                   headers=AUTH).raise_for_status()
+                with Client(url) as h:  # a new connection: either worker
+                    assert h.search(v, k=1).ids == [50_000 + t]
+        with Client(url, api_key=KEY) as h:
+            assert h.delete(list(range(50_000, 50_010))).count == 10
             for _ in range(6):
-                got = [c.status_code for c in (h.get(url + f"/documents/{50_000 + t}")
-                                               for t in range(10))]
-                assert got == [404] * 10
+                assert [h.get(50_000 + t) for t in range(10)] == [None] * 10
 
 
 def test_server_killed_mid_write_stream(tmp_path: Path) -> None:
     """kill -9 the HTTP server at 20 random points of a write stream: after each restart
     every acknowledged write is there, every acknowledged delete gone, the write in flight
     whole or absent."""
-    import httpx
     from helpers import served, wait_for
+
+    from ebr.client import Client, Document
+    from ebr.errors import EbrError, ServiceError
 
     _build(tmp_path / "idx", payloads=False)
     rng = np.random.default_rng(7)
@@ -488,23 +486,21 @@ def test_server_killed_mid_write_stream(tmp_path: Path) -> None:
             def stream(url: str = url, stop: threading.Event = stop, acked: list = acked,
                        pending: list = pending, base: int = next_id) -> None:
                 i = base
-                with httpx.Client(timeout=10) as h:
+                with Client(url, api_key=KEY, timeout=10, retries=0) as h:
                     while not stop.is_set():
                         pending[:] = [("D", [i - 1, i - 2]) if i % 4 == 3 else ("U", [i])]
+                        op, ids = pending[0]
                         try:
-                            if i % 4 == 3:
-                                ids = [i - 1, i - 2]
-                                r = h.post(url + "/documents/delete", json={"ids": ids},
-                                           headers=AUTH)
-                                op = "D"
+                            if op == "D":
+                                h.delete(ids)
                             else:
-                                ids = [i]
-                                r = h.put(url + "/documents", json={"documents": [
-                                    {"id": i, "vector": [float(i % 7)] * D}]}, headers=AUTH)
-                                op = "U"
-                        except httpx.HTTPError:
-                            return  # the server is gone: this write was not acknowledged
-                        if r.status_code == 200:
+                                h.upsert([Document(i, vector=[float(i % 7)] * D)])
+                        except ServiceError as e:
+                            if e.status_code is None:
+                                return  # the server is gone: this write was not acknowledged
+                        except EbrError:
+                            pass  # refused: not acknowledged, nothing written
+                        else:
                             acked.append((op, ids))
                             pending.clear()
                         i += 1

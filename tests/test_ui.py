@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import served, wait_for
 
 from ebr.client import Client
 from ebr.index.reader import open_index
 from ebr.index.writer import write_index
 from ebr.metric import Metric
 from ebr.spec import BuildParams, IndexSpec
-from helpers import served, wait_for
 
 CHROMIUM = os.environ.get("EBR_CHROMIUM", "/usr/bin/chromium")
 ADMIN, READ = "admin-key-0123456789", "read-key-0123456789"
