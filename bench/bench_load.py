@@ -9,7 +9,8 @@ round and the median reported. The modes:
   1. in-process: --clients threads calling Searcher.search (k=10, C=200, nprobe=32)
   2. HTTP POST /search: --clients concurrent connections against `python -m service` started
      as a subprocess (--workers uvicorn processes sharing the mapped index, faiss 1 thread
-     each); the load comes from wrk (C, 2 threads) when installed, else from httpx (Python)
+     each); the load comes from wrk (C, 2 threads) when installed, else from
+     ebr.client.AsyncClient (Python)
   3. HTTP POST /search/batch: the same with 16 (and 4) searches per request (one batched search)
   4. HTTP POST /search with adaptive micro-batching (--micro-batch: at most that many batched
      searches in flight per worker; concurrent requests with equal parameters queue meanwhile
