@@ -12,7 +12,7 @@ from service.generations import install, open_generation  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
 pytestmark = pytest.mark.slow
-EXAMPLES = 250  # per operation (GETs without parameters exhaust after a few); 10 operations
+EXAMPLES = 250  # per operation (GETs without parameters exhaust after a few); 11 operations
 
 
 def test_no_server_errors_from_generated_requests(index_ip):
