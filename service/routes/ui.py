@@ -6,7 +6,7 @@ generation."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 from starlette.concurrency import run_in_threadpool
@@ -15,6 +15,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
 from ebr.eval.sampled import sampled_recall
+from ebr.types import JsonObject
 from service.deps import GenerationDep, StateDep, require_read
 from service.schemas import ErrorResponse, RecallReport
 
@@ -43,7 +44,7 @@ class UiFiles(StaticFiles):
 async def index_recall(gen: GenerationDep, state: StateDep,
                        queries: Annotated[int, Query(ge=1, le=200)] = 50,
                        k: Annotated[int, Query(ge=1, le=100)] = 10,
-                       candidates: Annotated[int | None, Query(ge=1)] = None) -> Any:
+                       candidates: Annotated[int | None, Query(ge=1)] = None) -> JsonObject:
     """Recall@k of the two-stage search against exact search, per nprobe, on ``queries``
     sampled documents (each searched with its own vector, itself left out), with p50
     latency; at the server's candidate count unless given. Kept until the next generation."""
@@ -51,7 +52,7 @@ async def index_recall(gen: GenerationDep, state: StateDep,
     kc = min(candidates or s.default_candidates, s.max_candidates)
     key = (gen.number, queries, k, kc)
 
-    def measure() -> dict[str, Any]:
+    def measure() -> JsonObject:
         with state.recall_lock:  # one at a time: each reads the whole dense store
             if key not in state.recall:
                 rows, meta = sampled_recall(gen.searcher, queries=min(
