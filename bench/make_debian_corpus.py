@@ -1,6 +1,6 @@
 """An unseen corpus for the learned-codebooks benchmarks (issue 21), built from what this
-machine already has: the descriptions of Debian's packages in apt's lists. Nothing was ever
-tuned on it.
+machine already has: the descriptions of Debian's packages in apt's lists (the English description lists:
+``apt-get -o Acquire::Languages=en update`` fetches them). Nothing was ever tuned on it.
 
     python bench/make_debian_corpus.py [--out runs/debian-packages] [--docs 30000]
 
@@ -30,11 +30,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-LISTS = "/var/lib/apt/lists/*_main_binary-*_Packages*"
+LISTS = "/var/lib/apt/lists/*_main_i18n_Translation-en*"
 
 
 def _packages() -> dict[str, tuple[str, str]]:
-    """{package: (summary, long description)} from every Packages list apt holds."""
+    """{package: (summary, long description)} from apt's English description lists."""
     out: dict[str, tuple[str, str]] = {}
     for path in sorted(glob.glob(LISTS)):
         text = subprocess.run(["/usr/lib/apt/apt-helper", "cat-file", path], check=True,
@@ -44,8 +44,8 @@ def _packages() -> dict[str, tuple[str, str]]:
             for line in stanza.split("\n"):
                 if line.startswith("Package: "):
                     name = line[9:].strip()
-                elif line.startswith("Description: "):
-                    summary, in_desc = line[13:].strip(), True
+                elif line.startswith("Description-en: "):
+                    summary, in_desc = line[16:].strip(), True
                 elif in_desc and line.startswith(" "):
                     part = line.strip()
                     body.append("" if part == "." else part)
@@ -66,7 +66,8 @@ def main() -> None:
     out = Path(args.out)
     pkgs = _packages()
     if not pkgs:
-        raise SystemExit(f"no apt package lists at {LISTS}: run apt-get update first")
+        raise SystemExit(f"no description lists at {LISTS}: run "
+                         "apt-get -o Acquire::Languages=en update first")
     seen, docs = set(), []
     for name in sorted(pkgs):
         summary, body = pkgs[name]

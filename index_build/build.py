@@ -191,6 +191,8 @@ def _distill_trainer(args: argparse.Namespace, pairs: Any = None, corpus: Any = 
                         query_weighting=args.query_weighting or None,
                         contrastive_weight=args.contrastive_weight,
                         val_split=args.val_split, seed=args.seed,
+                        select=args.distill_select, val_nprobe=args.distill_val_nprobe,
+                        val_candidates=args.distill_val_candidates, guard=args.distill_guard,
                         **({} if args.score_aware is None else
                            {"score_aware_eta": args.score_aware}))
     return DistillVQTrainer(cfg, queries=queries, niter=args.niter, progress=args.progress,

@@ -111,6 +111,21 @@ def _distill_args(p: argparse.ArgumentParser) -> None:
                     "a held-out slice of the training queries)")
     dv.add_argument("--distill-time-budget", type=float, help="stop training after this many "
                     "seconds (the best epoch so far is kept)")
+    dv.add_argument("--distill-select", choices=["rerank", "coarse"],
+                    default=_default(DistillConfig, "select"),
+                    help="what picks the best epoch on the held-out queries, the start (no "
+                    "learned change) included: rerank = the re-ranked recall@10 at "
+                    "--distill-val-candidates (what users see); coarse = coarse recall@100")
+    dv.add_argument("--distill-val-nprobe", type=int, metavar="N",
+                    help="nprobe of that held-out measure: set it to the serving nprobe "
+                    "(default nlist / 4)")
+    dv.add_argument("--distill-val-candidates", type=int, metavar="C",
+                    default=_default(DistillConfig, "val_candidates"),
+                    help="candidate count of the re-ranked measure: set it to the serving C")
+    dv.add_argument("--distill-guard", action=argparse.BooleanOptionalAction,
+                    default=_default(DistillConfig, "guard"),
+                    help="after training, keep faiss' plain codebooks for the spec instead "
+                    "where they give the better held-out re-ranked recall@10 (default on)")
     dv.add_argument("--ivf-loss-weight", type=float, metavar="W",
                     help="weight of the IVF (list) loss next to the PQ loss (default: 1 for ip, "
                     "0 for l2, whose list score lacks each document's residual terms)")

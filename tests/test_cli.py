@@ -68,10 +68,12 @@ def test_build_distill_cli(tmp_path):
     assert main(["--no-progress", "build", "--input", str(tmp_path / "x.npy"), "--out", str(out),
                  "--spec", "IVF8,PQ4", "--niter", "5", "--codebooks", "distill",
                  "--train-queries", str(tmp_path / "q.npy"), "--distill-epochs", "2",
-                 "--distill-loss", "mse+listnet", "--ivf-loss-weight", "0.5"]) == 0
+                 "--distill-loss", "mse+listnet", "--ivf-loss-weight", "0.5",
+                 "--distill-select", "coarse", "--no-distill-guard"]) == 0
     oi = open_index(out)
     cb = oi.manifest.codebooks
     assert cb["method"] == "distill" and cb["training_queries"] == "real (200)"
+    assert cb["validation_metric"] == "val_recall" and "guard" not in cb
     assert cb["distill"]["ivf_weight"] == 0.5 and cb["ivf_weight"] == 0.5
     assert cb["distill"]["loss"] == "mse+listnet" and oi.query_map is not None
     # RQ: the score-aware candidates from the command line, and 'off'
@@ -80,8 +82,11 @@ def test_build_distill_cli(tmp_path):
         assert main(["--no-progress", "build", "--input", str(tmp_path / "x.npy"), "--out",
                      str(rq), "--spec", "IVF8,RQ4", "--niter", "5", "--codebooks", "distill",
                      "--train-queries", str(tmp_path / "q.npy"), "--distill-epochs", "1",
-                     "--score-aware", flag]) == 0
-        aware = open_index(rq).manifest.codebooks["score_aware"]
+                     "--score-aware", flag, "--distill-val-nprobe", "2",
+                     "--distill-val-candidates", "20"]) == 0
+        cb = open_index(rq).manifest.codebooks
+        assert cb["guard"]["nprobe"] == 2 and cb["guard"]["candidates"] == 20
+        aware = cb["score_aware"]
         if want is None:
             assert aware["off"] == "no candidates" and aware["eta"] == 1.0
         else:

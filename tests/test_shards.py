@@ -188,7 +188,14 @@ def test_ray_serve_router_equals_single_node(ds_ip, built):
         port = sock.getsockname()[1]
     single = Searcher(open_index(root / "single"))
     try:
-        serve_sharded(root / "sharded", port=port)
+        for attempt in (1, 2):  # Ray Serve's proxy can miss its 60 s start on a loaded machine
+            try:
+                serve_sharded(root / "sharded", port=port)
+                break
+            except (ray.exceptions.RayError, TimeoutError):
+                if attempt == 2:
+                    raise
+                serve.shutdown()
         base = f"http://127.0.0.1:{port}"
         info = httpx.get(f"{base}/index", timeout=30).json()
         assert info["count"] == 3000 and info["memory"]["shards"] == 3
@@ -225,7 +232,8 @@ def test_sharded_distill_keeps_lists_and_query_map(ds_ip, tmp_path, spec):
     params = PARAMS if spec is None else BuildParams(spec=IndexSpec.parse(spec),
                                                      metric=Metric.IP, kmeans_niter=4)
     tr = DistillVQTrainer(DistillConfig(max_epochs=1, n_pseudo=300, top_k=20, n_random=64,
-                                        val_k=20, score_aware_eta=(4.0,)), niter=5)
+                                        val_k=20, score_aware_eta=(4.0,), guard=False),
+                          niter=5)  # the learned parts kept, whatever they score
     pre = train_once(ds_ip.xb, params, tr)
     assert pre.list_centroids is not None and pre.query_map is not None
     assert (pre.score_aware is None) == (spec is None)

@@ -74,8 +74,11 @@ def test_config_validation():
     DistillConfig(score_aware_eta=())  # off
 
 
+# the training mechanics, watched on the coarse figure with no end-to-end guard (both are
+# tested on their own below): on 3,000 documents the re-ranked recall saturates at 1.0
+MECH = {"select": "coarse", "guard": False}
 CFG = DistillConfig(max_epochs=4, patience=10, batch_size=64, n_random=256, top_k=50, n_pseudo=1500,
-                    val_nprobe=4, val_k=20, seed=3)
+                    val_nprobe=4, val_k=20, seed=3, **MECH)
 
 
 @pytest.fixture(scope="module", params=[("IVF16,PQ8", None), ("IVF16,RQ8", None),
@@ -186,7 +189,7 @@ def test_reranked_search_still_exact_at_full_probe(trained, ds_ip):
 @pytest.mark.parametrize("spec", ["IVF16,PQ8", "IVF16,RQ4"])
 def test_same_seed_same_codebooks(tmp_path, ds_ip, spec):
     cfg = DistillConfig(max_epochs=2, batch_size=64, n_random=128, top_k=20, n_pseudo=300,
-                        seed=5)
+                        seed=5, **MECH)
     shas = []
     for name in ("a", "b"):
         write_index(tmp_path / name, ds_ip.xb, BuildParams(spec=IndexSpec.parse(spec),
@@ -199,7 +202,8 @@ def test_same_seed_same_codebooks(tmp_path, ds_ip, spec):
 
 def test_l2_and_opq_train(tmp_path, ds_l2):
     for spec in ("IVF8,PQ6", "OPQ6,IVF8,PQ6", "IVF8,RQ6"):
-        tr = DistillVQTrainer(DistillConfig(max_epochs=2, n_pseudo=500, top_k=20, val_k=10))
+        tr = DistillVQTrainer(DistillConfig(max_epochs=2, n_pseudo=500, top_k=20, val_k=10,
+                                            **MECH))
         write_index(tmp_path / spec, ds_l2.xb, BuildParams(spec=IndexSpec.parse(spec),
                                                             metric=Metric.L2, kmeans_niter=5),
                     trainer=tr)
@@ -216,7 +220,7 @@ def test_l2_rq_export_matches_torch_ranking(tmp_path, ds_l2):
     import faiss
 
     tr = DistillVQTrainer(DistillConfig(max_epochs=3, n_pseudo=800, top_k=20, val_k=10,
-                                        val_nprobe=4, seed=3))
+                                        val_nprobe=4, seed=3, **MECH))
     write_index(tmp_path / "i", ds_l2.xb, BuildParams(spec=IndexSpec.parse("IVF8,RQ6"),
                                                      metric=Metric.L2, kmeans_niter=5),
                 trainer=tr)
@@ -247,7 +251,7 @@ def test_lsq_distill_trains_exports_and_reranks_exactly(tmp_path, ds_ip):
     """LSQ codes take the additive path of RQ: codes from faiss' LSQ encoder, redone after each
     epoch; same seed, same files (its local search is seeded)."""
     cfg = DistillConfig(max_epochs=3, patience=10, batch_size=64, n_random=256, top_k=30,
-                        n_pseudo=800, val_nprobe=4, val_k=20, seed=3)
+                        n_pseudo=800, val_nprobe=4, val_k=20, seed=3, **MECH)
     shas = []
     for name in ("a", "b"):
         tr = DistillVQTrainer(cfg)
@@ -270,7 +274,7 @@ def test_budget_spent_before_fine_tuning_trains_no_epoch(tmp_path, ds_ip):
     """A time budget already spent by the start (k-means, score-aware step) stops before the
     first epoch: no batch, the initial codebooks exported, the index served as usual."""
     tr = DistillVQTrainer(DistillConfig(max_epochs=5, n_pseudo=500, top_k=20, val_k=10,
-                                        time_budget_s=1e-6))
+                                        time_budget_s=1e-6, **MECH))
     write_index(tmp_path / "i", ds_ip.xb, BuildParams(spec=IndexSpec.parse("IVF8,RQ4"),
                                                      codebooks="distill", kmeans_niter=3),
                 trainer=tr)
@@ -325,7 +329,7 @@ def test_query_weighting_raises_recall_when_queries_are_anisotropic(tmp_path):
     recalls = {}
     for name, weighting in (("plain", None), ("weighted", 0.5)):
         cfg = DistillConfig(max_epochs=1, batch_size=128, n_random=256, top_k=20,
-                            query_weighting=weighting, seed=1)
+                            query_weighting=weighting, seed=1, **MECH)
         out = tmp_path / name
         write_index(out, xb, BuildParams(spec=IndexSpec.parse("IVF8,PQ4"), metric=Metric.IP,
                                          kmeans_niter=10),
@@ -351,3 +355,75 @@ def test_query_spectrum_by_hand():
     out = query_spectrum(q)
     assert out["top10_share"] == pytest.approx(21 / 27, abs=1e-4)
     assert out["max_over_median"] == pytest.approx(9.0, abs=0.05)
+
+
+def test_served_rerank_recall_is_what_the_served_index_gives(tmp_path, ds_ip):
+    """The guard's measure equals the written index's re-ranked recall@10 at that nprobe and
+    candidate count (the exact re-rank keeps every exact top-10 document it is given)."""
+    from ebr.quant.trainers import KMeansTrainer
+    from ebr.train.distill_vq import served_rerank_recall
+
+    spec = IndexSpec.parse("IVF16,PQ4")
+    cb = KMeansTrainer(niter=5).fit(ds_ip.xb, spec, Metric.IP, 1234)
+    write_index(tmp_path / "i", ds_ip.xb, BuildParams(spec=spec, kmeans_niter=5), codebooks=cb)
+    s = Searcher(open_index(tmp_path / "i"))
+    truth = s.exact(ds_ip.xq, 10).ids
+    for nprobe, c in ((2, 20), (4, 50)):
+        res, _ = s.search(ds_ip.xq, SearchParams(k=10, nprobe=nprobe, candidates=c))
+        want = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(res.ids, truth, strict=True)])
+        got = served_rerank_recall(cb, ds_ip.xb, ds_ip.xq, truth, nprobe, c)
+        assert got == pytest.approx(want) and 0 < got < 1
+
+
+@pytest.mark.parametrize("rigged", [None, "plain", "learned"])
+def test_guard_keeps_the_better_of_learned_and_plain(tmp_path, ds_ip, monkeypatch, rigged):
+    """End to end on the held-out queries, learned or faiss' plain codebooks, whichever is
+    better (a tie: plain). Rigged measures force each branch: where plain wins nothing
+    learned is exported (no query map, the method is k-means)."""
+    import ebr.train.distill_vq as dvq
+
+    if rigged is not None:
+        real = dvq.served_rerank_recall
+
+        def measure(cb, *args):  # the learned codebooks carry the query map, plain ones none
+            v = real(cb, *args)
+            return v + (0.5 if (cb.query_map is None) == (rigged == "plain") else 0.0)
+        monkeypatch.setattr(dvq, "served_rerank_recall", measure)
+    kept = rigged
+    cfg = DistillConfig(max_epochs=2, patience=10, batch_size=64, n_random=128, top_k=20,
+                        n_pseudo=1000, val_nprobe=2, val_candidates=20, seed=3,
+                        select="coarse", query_weighting=None)
+    tr = DistillVQTrainer(cfg)
+    write_index(tmp_path / "i", ds_ip.xb, BuildParams(spec=IndexSpec.parse("IVF16,PQ4"),
+                                                     codebooks="distill", kmeans_niter=5),
+                trainer=tr)
+    g = tr.info["guard"]
+    got = g["held_out_rerank_recall@10"]
+    assert g["kept"] == ("learned" if got["learned"] > got["plain"] else "plain")
+    assert (g["nprobe"], g["candidates"]) == (2, 20)
+    if kept is not None:
+        assert g["kept"] == kept
+    m = json.loads((tmp_path / "i" / "manifest.json").read_text())
+    assert m["codebooks"]["guard"]["kept"] == g["kept"]
+    assert ("query_map.fbin" in m["files"]) == (g["kept"] == "learned")
+    if g["kept"] == "plain":
+        assert m["codebooks"]["method"] == "kmeans" and m["codebooks"]["learned_not_kept"]
+    s = Searcher(open_index(tmp_path / "i"))  # either way, served and exact at full probe
+    res, _ = s.search(ds_ip.xq, SearchParams(k=5, nprobe=16, candidates=s.index.ntotal))
+    np.testing.assert_array_equal(res.ids, s.exact(ds_ip.xq, 5).ids)
+
+
+def test_rerank_selection_watches_the_end_to_end_figure(tmp_path, ds_ip):
+    cfg = DistillConfig(max_epochs=2, patience=10, batch_size=64, n_random=128, top_k=20,
+                        n_pseudo=1000, val_nprobe=2, val_candidates=20, seed=3, guard=False)
+    tr = DistillVQTrainer(cfg)
+    write_index(tmp_path / "i", ds_ip.xb, BuildParams(spec=IndexSpec.parse("IVF16,PQ4"),
+                                                     codebooks="distill", kmeans_niter=5),
+                trainer=tr)
+    assert tr.info["validation_metric"] == "val_rerank_recall"
+    h = [r["val_rerank_recall"] for r in tr.history]
+    assert tr.info["best_val"] == max(h) and 0 < h[0] < 1  # the start counts: epoch 0
+    with pytest.raises(SpecError, match="select"):
+        DistillConfig(select="ndcg")
+    with pytest.raises(SpecError, match="val_candidates"):
+        DistillConfig(val_candidates=5)

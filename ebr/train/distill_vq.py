@@ -61,9 +61,30 @@ from ebr.train.sampling import TrainingPairs, split_pairs
 from ebr.train_config import DistillConfig
 from ebr.types import JsonObject
 
-__all__ = ["DistillConfig", "DistillVQTrainer"]
+__all__ = ["DistillConfig", "DistillVQTrainer", "served_rerank_recall"]
 
 logger = logging.getLogger(__name__)
+
+
+def served_rerank_recall(cb: Codebooks, xt: np.ndarray, q: np.ndarray, truth: np.ndarray,
+                         nprobe: int, candidates: int) -> float:
+    """Codebooks as served: ``xt`` encoded as the writer encodes documents, ``q`` mapped as
+    the searcher maps queries, coarse top ``candidates`` at ``nprobe``; the share of
+    ``truth`` (each query's exact top 10 among ``xt``) in it, i.e. the re-ranked
+    recall@10 at that candidate count."""
+    from ebr.quant.additive import lift_rq
+    from ebr.quant.faiss_index import ivf_params
+
+    index = cb.empty_index()
+    for a in range(0, len(xt), 65_536):
+        cb.add(index, np.ascontiguousarray(xt[a:a + 65_536], dtype=np.float32))
+    index = lift_rq(index)
+    xq = np.ascontiguousarray(q if cb.query_map is None else q @ cb.query_map.T,
+                              dtype=np.float32)
+    k = min(candidates, len(xt))
+    _, ids = index.search(xq, k, params=ivf_params(index, nprobe, None, False))
+    return float(np.mean([len(set(a[a >= 0].tolist()) & set(t.tolist())) / len(t)
+                          for a, t in zip(ids, truth, strict=True)]))
 
 
 class DistillVQTrainer:
@@ -95,6 +116,8 @@ class DistillVQTrainer:
         self.history: list[dict[str, float]] = []
         self.info: dict[str, Any] = {}
         self.codebooks: Codebooks | None = None  # what the last fit returned
+        # (held-out queries, their exact top 10 in the sample, nprobe) for the guard
+        self._held_out: tuple[np.ndarray, np.ndarray, int] | None = None
 
     # -- CodebookTrainer ------------------------------------------------------------------
     def fit(self, xt: np.ndarray, spec: IndexSpec, metric: Metric, seed: int) -> Codebooks:
@@ -110,7 +133,38 @@ class DistillVQTrainer:
             torch.use_deterministic_algorithms(was)
         self.codebooks = Codebooks(index, metric, self.describe(), list_centroids,
                                    self.query_map, self.score_aware)
+        if self.config.guard and self._held_out is not None:
+            self.codebooks = self._guard(self.codebooks, xt, spec, metric, seed)
         return self.codebooks
+
+    def _guard(self, learned: Codebooks, xt: np.ndarray, spec: IndexSpec, metric: Metric,
+               seed: int) -> Codebooks:
+        """The learned codebooks, or faiss' plain ones for the same spec (k-means, OPQ when
+        the spec has it) where those do better on the held-out queries end to end: both
+        served as the writer fills and the searcher searches them, the re-ranked recall@10
+        at the validation nprobe and candidate count; a tie keeps the plain ones (a learned
+        change is kept only where it helps). Learning never ends below its start."""
+        from ebr.quant.trainers import KMeansTrainer
+
+        plain = KMeansTrainer(niter=self.niter).fit(xt, spec, metric, seed)
+        q, truth, nprobe = self._held_out  # type: ignore[misc]
+        c = self.config.val_candidates
+        got = {name: served_rerank_recall(cb, xt, q, truth, nprobe, c)
+               for name, cb in (("learned", learned), ("plain", plain))}
+        kept = "learned" if got["learned"] > got["plain"] else "plain"  # a tie: nothing learned
+        record = {"held_out_rerank_recall@10": got, "nprobe": nprobe, "candidates": c,
+                  "kept": kept}
+        self.info["guard"] = record
+        logger.info("distill: held-out re-ranked recall@10 at nprobe %d, C %d: learned %.4f, "
+                    "plain %s %.4f: %s kept", nprobe, c, got["learned"],
+                    plain.provenance["method"], got["plain"], kept)
+        if kept == "learned":
+            return Codebooks(learned.index, metric, self.describe(), learned.list_centroids,
+                             learned.query_map, learned.score_aware)
+        self.query_map, self.score_aware = None, None
+        return Codebooks(plain.index, metric, {**self.describe(),
+                                               "method": plain.provenance["method"],
+                                               "learned_not_kept": True})
 
     def _train(self, xt: np.ndarray, spec: IndexSpec, metric: Metric, seed: int
                ) -> tuple[faiss.Index, np.ndarray]:
@@ -139,6 +193,8 @@ class DistillVQTrainer:
             snapshot=lambda: copy.deepcopy(model.state_dict()), restore=model.load_state_dict,
             budget_spent=run.budget_spent, progress=self.progress)
         self.history = result.history
+        self._held_out = (run.val_q, run.val_truth[:, :10], run.nprobe) \
+            if run.val_truth is not None and run.val_pairs is None else None
         index = run.export()
         self.query_map = model.query_map.detach().numpy().copy()
         self.score_aware = None if run.eta == 1.0 else ScoreAware(run.eta, self.query_map,
