@@ -165,6 +165,8 @@ def run(task: dict[str, Any]) -> dict[str, Any]:
             aware = trainer.info.get("score_aware", {})
             out["eta"] = None if aware.get("off") else aware.get("eta")
             out["eta_candidates"] = aware.get("candidates")
+            guard = trainer.info.get("guard")
+            out["kept"] = guard["kept"] if guard else "learned (no guard)"
         if ds["qrels"] is not None:
             rel = [ds["qrels"].get(q, {}) for q in ds["qids"]]
 
@@ -214,6 +216,13 @@ def main() -> int:
     ap.add_argument("--score-aware-off", action="store_true",
                     help="beside each Distill-VQ row on RQ / LSQ codes, the same with the "
                     "score-aware codes off (ablation 'score_aware=off')")
+    ap.add_argument("--before", action="store_true",
+                    help="beside each Distill-VQ row, the same as before issue 21: the best "
+                    "epoch picked by coarse recall@100, no end-to-end guard (ablation "
+                    "'select=coarse, no guard')")
+    ap.add_argument("--config", type=json.loads, default=None, metavar="JSON",
+                    help="DistillConfig fields for every Distill-VQ row (labelled as an "
+                    "ablation), e.g. '{\"lr_centroids\": 0}'")
     ap.add_argument("--budget", type=float, default=300.0, help="distill time budget (s)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--name", default="distill")
@@ -228,6 +237,15 @@ def main() -> int:
         tasks = [t2 for t in tasks for t2 in (
             [t, {**t, "config": {"score_aware_eta": ()}, "ablation": "score_aware=off"}]
             if t["method"].startswith("distill+") and t["method"] != "distill+opq" else [t])]
+    if args.config:
+        tasks = [{**t, "config": {**t.get("config", {}), **args.config},
+                  "ablation": json.dumps(args.config)} if t["method"].startswith("distill")
+                 else t for t in tasks]
+    if args.before:
+        tasks = [t2 for t in tasks for t2 in (
+            [t, {**t, "config": {**t.get("config", {}), "select": "coarse", "guard": False},
+                 "ablation": "select=coarse, no guard"}]
+            if t["method"].startswith("distill") else [t])]
     ablation = ["scifact"] if args.ablation == [] else (args.ablation or [])
     for name in ablation:
         if name != "scifact" and (name == "synthetic" or (Path(args.data) / name).exists()):
@@ -266,7 +284,7 @@ def main() -> int:
             f"rerank_r@10_C{RERANK_C}", f"rerank_nDCG@10_C{RERANK_C}", "coverage_r@10",
             "coarse_R@100", "coarse_nDCG@10", "rerank_nDCG@10_C100", "rerank_nDCG@10_C100_allprobe",
             "exact_nDCG@10", "nprobe_within_0.005", "coarse_ms",
-            "build_s", "train_s", "epochs", "stopped", "eta", "peak_rss_mb"]
+            "build_s", "train_s", "epochs", "stopped", "eta", "kept", "peak_rss_mb"]
     md = ["# Distill-VQ vs k-means vs OPQ at equal bytes and nprobe: coarse and end to end", "",
           f"`rerank_*_C{RERANK_C}`: the exact re-rank of the coarse top {RERANK_C}; "
           "`coverage_r@10`: every document of the probed lists re-ranked (what the IVF "

@@ -10,7 +10,7 @@ import argparse
 from dataclasses import fields
 from typing import Any
 
-from ebr.data.synthetic import SyntheticConfig
+from ebr.data.synthetic import PROFILES, SyntheticConfig
 from ebr.spec import CODEBOOK_METHODS, DENSE_DTYPES, BuildParams
 from ebr.train_config import BiDRConfig, DistillConfig, EncoderFineTuneConfig
 
@@ -235,6 +235,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--n", type=int, default=SyntheticConfig.n)
     g.add_argument("--dim", type=int, default=SyntheticConfig.d)
     g.add_argument("--seed", type=int, default=SyntheticConfig.seed)
+    g.add_argument("--profile", choices=PROFILES, default=SyntheticConfig.profile,
+                   help="clusters (each with its own low-rank basis) or minilm (the spectrum "
+                   "measured on MiniLM text embeddings: anisotropic queries; use --dim 384)")
     g.add_argument("--stream", action="store_true", help="any size with bounded memory: "
                    "corpus.fbin written chunk by chunk + queries_test.npy (no qrels)")
     c = sub.add_parser("compact", help="fold the write-ahead log of a living index into a new "

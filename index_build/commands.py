@@ -75,7 +75,7 @@ def inspect(args: argparse.Namespace) -> None:
 def generate(args: argparse.Namespace) -> None:
     from index_build.sources import write_synthetic
 
-    cfg = SyntheticConfig(n=args.n, d=args.dim, seed=args.seed)
+    cfg = SyntheticConfig(n=args.n, d=args.dim, seed=args.seed, profile=args.profile)
     if args.stream:
         from ebr.data.synthetic import write_stream
 

@@ -50,3 +50,25 @@ def test_write_stream_matches_generate(tmp_path):
     assert (xq @ np.asarray(xb).T).max(axis=1).min() > 0.5  # each near its anchor row
     again = write_stream(cfg, tmp_path / "t")
     assert again["corpus"].read_bytes() == paths["corpus"].read_bytes()
+
+
+def test_minilm_profile_follows_the_fitted_spectrum():
+    """The 'minilm' profile: unit vectors sharing a common mean, anisotropic queries offset
+    from the documents (bench/fit_generator.py compares it with SciFact in full); seeded."""
+    import pytest
+
+    from ebr.data.synthetic import MINILM_FIT
+
+    cfg = SyntheticConfig(n=3000, d=384, nq=600, nq_train=8, profile="minilm", seed=3)
+    ds = generate(cfg)
+    assert np.allclose(np.linalg.norm(ds.xb, axis=1), 1, atol=1e-5)
+    assert np.array_equal(ds.xb, generate(cfg).xb)
+    assert abs(np.linalg.norm(ds.xb.mean(0)) - MINILM_FIT["mean_norm"]) < 0.05
+    second = np.linalg.eigvalsh(ds.xq.T @ ds.xq / len(ds.xq))[::-1]
+    iso = generate(SyntheticConfig(n=3000, d=384, nq=600, nq_train=8, seed=3)).xq
+    second_iso = np.linalg.eigvalsh(iso.T @ iso / len(iso))[::-1]
+    assert second[:10].sum() / second.sum() > 0.2 > second_iso[:10].sum() / second_iso.sum()
+    assert abs(np.linalg.norm(ds.xq.mean(0) - ds.xb.mean(0)) - MINILM_FIT["query_offset"]) < 0.05
+    assert abs((ds.xq @ ds.xb.T).max(1).mean() - MINILM_FIT["query_top1"]) < 0.06
+    with pytest.raises(ValueError, match="profile"):
+        SyntheticConfig(profile="bert")
