@@ -157,6 +157,10 @@ def create_app(settings: Settings | None = None, shard_backends: ShardBackends |
         from service.batcher import MicroBatcher
 
         state.batcher = MicroBatcher(settings.micro_batch_max, settings.micro_batch_inflight)
+    if settings.text_batch_max > 0:
+        from service.batcher import TextBatcher
+
+        state.text_batcher = TextBatcher(settings.text_batch_max)
 
     lifespan = _lifespan(state)
 

@@ -12,6 +12,7 @@ the parameters it asked for.
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ from ebr.search.sharded import ShardedSearcher
 from ebr.spec import SearchParams
 from ebr.types import SearchResult, SearchStats
 
-__all__ = ["MicroBatcher"]
+__all__ = ["MicroBatcher", "TextBatcher"]
 
 Key = tuple[int, SearchParams]
 
@@ -80,3 +81,57 @@ class MicroBatcher:
             if key in self._queued and self._running.get(key, 0) < self.inflight:
                 self._dispatch(key)  # what queued meanwhile runs now, as one batch
         job.add_done_callback(done)
+
+
+class TextBatcher:
+    """Concurrent text queries encoded together: the encoder, not the index, is what a text
+    query costs (MiniLM: ~4 ms per query in a batch of 64, ~10 ms alone, against ~0.2 ms of
+    search), and a batch amortises it. Same rule as :class:`MicroBatcher`, no timer: a text
+    arriving while the encoder is idle is encoded at once; texts arriving while it is busy
+    queue and go, up to ``max_batch`` at a time, in its next call. The encoder runs on its own
+    thread, one call at a time, so it never takes the search threads."""
+
+    def __init__(self, max_batch: int = 64) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        self.max_batch = max_batch
+        self._queue: list[tuple[Any, str, asyncio.Future[np.ndarray]]] = []
+        self._running = False
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="ebr-encode")
+        self.batches = 0
+        self.texts = 0
+
+    async def encode(self, encoder: Any, text: str) -> np.ndarray:
+        """float32 [1, d]: ``text`` through ``encoder`` (a TextEncoder), in a shared call."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[np.ndarray] = loop.create_future()
+        self._queue.append((encoder, text, fut))
+        if not self._running:
+            self._running = True
+            loop.create_task(self._drain())
+        return await fut
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._queue:
+                batch, self._queue = self._queue[:self.max_batch], self._queue[self.max_batch:]
+                groups: dict[int, tuple[Any, list[tuple[str, asyncio.Future[np.ndarray]]]]] = {}
+                for enc, text, fut in batch:  # a reload may bring another encoder
+                    groups.setdefault(id(enc), (enc, []))[1].append((text, fut))
+                for enc, items in groups.values():
+                    try:
+                        x = await loop.run_in_executor(self._thread, enc.encode,
+                                                       [t for t, _ in items])
+                    except Exception as e:  # each waiting request answers it
+                        for _, fut in items:
+                            if not fut.done():
+                                fut.set_exception(e)
+                        continue
+                    for row, (_, fut) in enumerate(items):
+                        if not fut.done():
+                            fut.set_result(x[row:row + 1])
+                self.batches += 1
+                self.texts += len(batch)
+        finally:
+            self._running = False

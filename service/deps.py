@@ -68,6 +68,7 @@ class ServiceState:
     reload_lock: threading.Lock = field(default_factory=threading.Lock)
     shard_backends: ShardBackends | None = None  # sharded indexes: index -> backend per shard (None: local)
     batcher: Any = None  # service.batcher.MicroBatcher when micro-batching is on
+    text_batcher: Any = None  # service.batcher.TextBatcher unless text_batch_max is 0
     served_identity: Any = None  # service.generations.index_identity of the served build
     refused: Refusal | None = None  # the last build refused since the served one was loaded
     # writes run here, one at a time (they are serialised by the log anyway): a write waiting

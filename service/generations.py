@@ -86,9 +86,19 @@ def open_generation(settings: Settings, directory: Path | None = None,
                 from ebr.io.encoder import TextEncoder
 
                 encoder = TextEncoder(oi.manifest.encoder, base_dir=oi.path).load()
+                _encoder_threads(settings)
             except (ImportError, ValueError, OSError) as e:
                 logger.warning("text queries disabled: %s", e)
     return _live_searcher(oi, path), encoder, version_of(oi.manifest)
+
+
+def _encoder_threads(settings: Settings) -> None:
+    """torch's threads for the encoder: ``encoder_threads``, or the cores over the workers
+    (``python -m service`` sets OMP_NUM_THREADS for faiss, which torch would take too)."""
+    import torch
+
+    n = settings.encoder_threads or max(1, (os.cpu_count() or 1) // settings.workers)
+    torch.set_num_threads(n)
 
 
 def _live_searcher(oi: OpenIndex, path: Path) -> Searcher:

@@ -62,6 +62,12 @@ class Settings(BaseModel):
                                       "meanwhile queue and run together (0: off)")
     micro_batch_max: int = Field(32, ge=1, le=1024, description="most /search requests in one "
                                  "micro-batch")
+    text_batch_max: int = Field(64, ge=0, le=1024, description="text queries arriving while "
+                                "the encoder is busy are encoded together in one call, up to "
+                                "this many (no timer: alone, a text is encoded at once; 0: "
+                                "each text encoded alone)")
+    encoder_threads: int = Field(0, ge=0, le=256, description="torch threads of the text "
+                                 "encoder per worker; 0: cores / workers (at least 1)")
     watch_seconds: float = Field(2.0, ge=0, description="look this often whether index_dir "
                                  "holds a new build (flipped symlink, renamed directory) and "
                                  "load it, verified, as /admin/reload does; this is what "

@@ -2,6 +2,7 @@
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,6 +91,37 @@ def test_beir_build_and_text_search(beir_dir, tmp_path, monkeypatch, caplog):
                                     "params": {"candidates": 6, "nprobe": 1}})
         assert r.status_code == 200, r.text
         assert r.json()["result"]["hits"][0]["id"] == "d3"
+    _concurrent_texts_share_encoder_calls(out)
+
+
+def _concurrent_texts_share_encoder_calls(out: Path) -> None:
+    """Texts sent together are encoded in shared calls (TextBatcher) and answered as each
+    alone would be; a /search/batch's texts go through the encoder in one call."""
+    import asyncio
+
+    import httpx
+
+    texts = ["treating diabetes", "insulin resistance", "heart disease", "blood pressure",
+             "vitamin d", "sleep apnea", "gene expression", "cancer therapy"] * 3
+    app = create_app(Settings(index_dir=str(out), watch_seconds=0))
+    with TestClient(app) as c:
+        body = {"k": 3, "params": {"candidates": 6, "nprobe": 1}}
+        alone = [[h["id"] for h in c.post("/search", json={**body, "text": t}).json()[
+            "result"]["hits"]] for t in texts[:8]]
+        state = app.state.ebr
+        before = state.text_batcher.batches
+
+        async def together() -> list[list[str]]:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as h:
+                rs = await asyncio.gather(*(h.post("/search", json={**body, "text": t})
+                                            for t in texts))
+            return [[x["id"] for x in r.json()["result"]["hits"]] for r in rs]
+        got = asyncio.run(together())
+        assert got == alone * 3
+        assert state.text_batcher.batches - before < len(texts)  # shared calls
+        r = c.post("/search/batch", json={"searches": [{**body, "text": t} for t in texts[:8]]})
+        assert [[h["id"] for h in x["hits"]] for x in r.json()["result"]] == alone
 
 
 def test_finetuned_encoder_build(beir_dir, tmp_path, monkeypatch, encoder):

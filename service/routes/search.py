@@ -50,12 +50,13 @@ _ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorResponse}, 403: 
            429: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
 
 
-def _query_vector(req: SearchRequest, gen: Generation, where: str) -> np.ndarray:
+def _query_vector(req: SearchRequest, gen: Generation, where: str,
+                  encoded: np.ndarray | None = None) -> np.ndarray:
     searcher = gen.searcher
     if req.text is not None:
         if gen.encoder is None:
             raise InputError(f"{where}text: this index has no text encoder loaded; send 'vector'")
-        return gen.encoder.encode([req.text])
+        return encoded if encoded is not None else gen.encoder.encode([req.text])
     vec = req.vector if req.vector is not None else []
     if len(vec) != searcher.index.dim:
         raise InputError(f"{where}vector: dimension {len(vec)} does not match the index "
@@ -98,11 +99,12 @@ def _params(req: SearchRequest, state: ServiceState, searcher: Searcher | Sharde
         raise SearchParamError(f"{where}params.{e.param}: {e.problem}") from None
 
 
-def _prepare(req: SearchRequest, state: ServiceState, gen: Generation, where: str = ""
-             ) -> tuple[np.ndarray, SearchParams | None]:
-    """Validate one search: (query row [1, d], two-stage params or None for exact mode)."""
+def _prepare(req: SearchRequest, state: ServiceState, gen: Generation, where: str = "",
+             encoded: np.ndarray | None = None) -> tuple[np.ndarray, SearchParams | None]:
+    """Validate one search: (query row [1, d], two-stage params or None for exact mode);
+    ``encoded``: its text's vector, encoded already."""
     searcher = gen.searcher
-    x = _query_vector(req, gen, where)
+    x = _query_vector(req, gen, where, encoded)
     k_max = k_limit(state.settings, max(searcher.ntotal, 1))
     if req.k > k_max:  # one bound for both modes
         raise SearchParamError(f"{where}k: must be <= {k_max}, got {req.k}")
@@ -214,8 +216,14 @@ def _filtered(req: SearchRequest, state: ServiceState, gen: Generation, x: np.nd
 
 def _many(reqs: list[SearchRequest], state: ServiceState, gen: Generation,
           prefix: str = "searches") -> list[dict[str, Any]]:
-    """Validate all, then one batched search per distinct parameter set (exact ones alone)."""
-    prepared = [_prepare(r, state, gen, f"{prefix}[{i}]." if prefix else "")
+    """Validate all, then one batched search per distinct parameter set (exact ones alone);
+    the batch's texts go through the encoder in one call."""
+    texts = [i for i, r in enumerate(reqs) if r.text is not None]
+    encoded = {}
+    if len(texts) > 1 and gen.encoder is not None:
+        xs = gen.encoder.encode([cast(str, reqs[i].text) for i in texts])
+        encoded = {i: xs[j:j + 1] for j, i in enumerate(texts)}
+    prepared = [_prepare(r, state, gen, f"{prefix}[{i}]." if prefix else "", encoded.get(i))
                 for i, r in enumerate(reqs)]
     _check_budget(reqs, [p for _, p in prepared], state)
     filters = {i: _filter(r, gen, f"{prefix}[{i}]." if prefix else "")
@@ -262,6 +270,9 @@ async def run_search(req: SearchRequest, state: ServiceState, gen: Generation) -
     concurrent vector searches with the same parameters share one batched search; text, exact
     and ``with_vector`` requests, and everything when it is off, run alone in the thread pool."""
     t0 = time.perf_counter()
+    if req.text is not None and state.text_batcher is not None and gen.encoder is not None:
+        x = await state.text_batcher.encode(gen.encoder, req.text)  # shared with concurrent texts
+        req = req.model_copy(update={"text": None, "vector": x[0].tolist()})
     batcher = state.batcher
     if batcher is None or req.text is not None or req.params.exact or req.with_vector or \
             req.with_payload is not False or req.filter is not None or \
