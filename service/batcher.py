@@ -20,7 +20,7 @@ import numpy as np
 from ebr.search.searcher import Searcher
 from ebr.search.sharded import ShardedSearcher
 from ebr.spec import SearchParams
-from ebr.types import SearchResult, SearchStats
+from ebr.types import Encoder, SearchResult, SearchStats
 
 __all__ = ["MicroBatcher", "TextBatcher"]
 
@@ -95,13 +95,13 @@ class TextBatcher:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self.max_batch = max_batch
-        self._queue: list[tuple[Any, str, asyncio.Future[np.ndarray]]] = []
+        self._queue: list[tuple[Encoder, str, asyncio.Future[np.ndarray]]] = []
         self._running = False
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="ebr-encode")
         self.batches = 0
         self.texts = 0
 
-    async def encode(self, encoder: Any, text: str) -> np.ndarray:
+    async def encode(self, encoder: Encoder, text: str) -> np.ndarray:
         """float32 [1, d]: ``text`` through ``encoder`` (a TextEncoder), in a shared call."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[np.ndarray] = loop.create_future()
@@ -116,7 +116,7 @@ class TextBatcher:
         try:
             while self._queue:
                 batch, self._queue = self._queue[:self.max_batch], self._queue[self.max_batch:]
-                groups: dict[int, tuple[Any, list[tuple[str, asyncio.Future[np.ndarray]]]]] = {}
+                groups: dict[int, tuple[Encoder, list[tuple[str, asyncio.Future[np.ndarray]]]]] = {}
                 for enc, text, fut in batch:  # a reload may bring another encoder
                     groups.setdefault(id(enc), (enc, []))[1].append((text, fut))
                 for enc, items in groups.values():
