@@ -118,12 +118,11 @@ def run(task: dict[str, Any]) -> dict[str, Any]:
         n_pseudo = {"real": 0, "pseudo": 10_000, "real+pseudo": 10_000, "oracle": 0}[kind]
         if q is None:
             n_pseudo = 10_000
-        cfg = DistillConfig(loss=task.get("loss", "mse"), top_k=task.get("top_k", 100),
-                            n_pseudo=n_pseudo, time_budget_s=task["budget"],
-                            val_nprobe=nprobe,
-                            query_weighting=task.get("weighting", DistillConfig.query_weighting),
-                            train_query_map=task.get("train_query_map"),
-                            **task.get("config", {}))
+        settings = {"loss": task.get("loss", "mse"), "top_k": task.get("top_k", 100),
+                    "n_pseudo": n_pseudo, "time_budget_s": task["budget"], "val_nprobe": nprobe,
+                    "query_weighting": task.get("weighting", DistillConfig.query_weighting),
+                    "train_query_map": task.get("train_query_map")}
+        cfg = DistillConfig(**{**settings, **task.get("config", {})})
         trainer = DistillVQTrainer(cfg, queries=q)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
