@@ -252,8 +252,6 @@ def _delay(attempt: int, backoff: float, cap: float, resp: httpx.Response | None
 
 
 def _chunks(items: Sequence[_T], size: int) -> list[Sequence[_T]]:
-    if size < 1:
-        raise InputError(f"batch_size must be >= 1, got {size}")
     return [items[a:a + size] for a in range(0, len(items), size)] or [items]
 
 
@@ -262,6 +260,8 @@ class _Base:
                  backoff: float, max_backoff: float, batch_size: int, seed: int | None) -> None:
         if retries < 0 or backoff < 0 or max_backoff < 0:
             raise InputError("retries, backoff and max_backoff must be >= 0")
+        if batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
         self.url, self.retries, self.backoff = url.rstrip("/"), retries, backoff
         self.max_backoff, self.batch_size = max_backoff, batch_size
         self.headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
@@ -294,8 +294,6 @@ def _query(q: Query | Mapping[str, JsonValue]) -> JsonObject:
 def _document_batches(docs: Iterable[Document | Mapping[str, JsonValue]], size: int
                       ) -> Iterator[list[JsonObject]]:
     """Request bodies' document lists, ``size`` at a time, built as they are sent."""
-    if size < 1:
-        raise InputError(f"batch_size must be >= 1, got {size}")
     batch: list[JsonObject] = []
     for d in docs:
         batch.append(d.body() if isinstance(d, Document) else dict(d))

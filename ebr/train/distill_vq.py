@@ -50,11 +50,12 @@ import numpy as np
 import torch
 
 from ebr.errors import SpecError
+from ebr.io.vecs import chunks
 from ebr.metric import Metric, normalize_rows
 from ebr.quant.encode import ScoreAware
 from ebr.quant.trainers import Codebooks
 from ebr.spec import IndexSpec
-from ebr.train.distill_model import locate, pseudo_queries, query_spectrum
+from ebr.train.distill_model import locate, pseudo_queries, query_spectrum, recall_of
 from ebr.train.distill_run import DistillRun, Pairs
 from ebr.train.loop import LoopResult, run_epochs
 from ebr.train.sampling import TrainingPairs, split_pairs
@@ -76,15 +77,14 @@ def served_rerank_recall(cb: Codebooks, xt: np.ndarray, q: np.ndarray, truth: np
     from ebr.quant.faiss_index import ivf_params
 
     index = cb.empty_index()
-    for a in range(0, len(xt), 65_536):
-        cb.add(index, np.ascontiguousarray(xt[a:a + 65_536], dtype=np.float32))
+    for _, block in chunks(xt):
+        cb.add(index, block)
     index = lift_rq(index)
     xq = np.ascontiguousarray(q if cb.query_map is None else q @ cb.query_map.T,
                               dtype=np.float32)
     k = min(candidates, len(xt))
     _, ids = index.search(xq, k, params=ivf_params(index, nprobe, None, False))
-    return float(np.mean([len(set(a[a >= 0].tolist()) & set(t.tolist())) / len(t)
-                          for a, t in zip(ids, truth, strict=True)]))
+    return recall_of(torch.from_numpy(ids), truth)
 
 
 class DistillVQTrainer:
