@@ -151,9 +151,9 @@ def run(task: dict[str, Any]) -> dict[str, Any]:
         # end to end, what users see: the exact re-rank of the top C, and the IVF coverage
         # (every document of the probed lists re-ranked: what any codes could reach)
         kc = min(RERANK_C, len(ds["xb"]))
-        rr, _ = s.search(ds["xq"], SearchParams(k=10, nprobe=nprobe, candidates=kc))
+        served, _ = s.search(ds["xq"], SearchParams(k=10, nprobe=nprobe, candidates=kc))
         allc, _ = s.search(ds["xq"], SearchParams(k=10, nprobe=nprobe, candidates=len(ds["xb"])))
-        out[f"rerank_r@10_C{RERANK_C}"] = recall_vs_exact(rr.ids, ex.ids, 10)
+        out[f"rerank_r@10_C{RERANK_C}"] = recall_vs_exact(served.ids, ex.ids, 10)
         out["coverage_r@10"] = recall_vs_exact(allc.ids, ex.ids, 10)
         if trainer is not None:
             out["train_s"] = trainer.info["seconds"]["total"]
@@ -182,7 +182,7 @@ def run(task: dict[str, Any]) -> dict[str, Any]:
                 rr, _ = s.search(ds["xq"], SearchParams(k=10, nprobe=p, candidates=100))
                 by_nprobe[p] = labels(rr.ids)["ndcg@10"]
             out["rerank_nDCG@10_C100"] = by_nprobe[nprobe]
-            out[f"rerank_nDCG@10_C{RERANK_C}"] = labels(rr.ids)["ndcg@10"]
+            out[f"rerank_nDCG@10_C{RERANK_C}"] = labels(served.ids)["ndcg@10"]
             out["rerank_nDCG@10_C100_allprobe"] = by_nprobe[nlist]
             out["rerank_nDCG@10_C100_by_nprobe"] = by_nprobe
             out["nprobe_within_0.005"] = next(

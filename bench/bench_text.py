@@ -1,16 +1,18 @@
 """Text queries over HTTP against the encoder's own batched rate (issue 22, item 3).
 
-    python bench/bench_text.py [--seconds 20] [--clients 1 4 8 32] [--workers 1]
-                               [--out bench/results]
+    python bench/bench_text.py [--seconds 20] [--clients 1 4 8 32] [--workers 1] [--alone]
+                               [--runtimes torch onnx onnx-int8] [--out bench/results]
 
 Builds (once) an index of SciFact's precomputed MiniLM corpus vectors that records the MiniLM
 encoder (so the service takes text), then, in one run:
-  1. in-process: the same MiniLM encodes all the query texts in one call (batch 64): the
-     encoder's batched rate, the ceiling of any server;
+  1. in-process, per encoder runtime (torch, ONNX Runtime fp32, ONNX Runtime int8): the
+     MiniLM encodes 640 query texts in one call (batch 64): the encoder's batched rate, the
+     ceiling of any server; and SciFact nDCG@10 of exact search with the test queries encoded
+     by that runtime (the corpus vectors are the precomputed torch ones);
   2. HTTP POST /search with {"text": ...}: --clients concurrent ebr.client.AsyncClient
      connections for --seconds each, with the TextBatcher (concurrent texts encoded in one
-     call, EBR_TEXT_BATCH_MAX=64) and without it (EBR_TEXT_BATCH_MAX=0: each text encoded
-     alone, as before).
+     call, EBR_TEXT_BATCH_MAX=64) on each runtime (EBR_ENCODER_RUNTIME), and with --alone
+     without it (EBR_TEXT_BATCH_MAX=0: each text encoded alone).
 Reports queries/s, p50/p99 latency and the ratio to the encoder's batched rate. The clients
 share the 2 cores with the server. Writes text.json and text.md.
 """
@@ -24,6 +26,7 @@ import os
 import subprocess
 import sys
 import time
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -51,17 +54,20 @@ def _index(work: Path) -> Path:
 
 
 async def _load(url: str, texts: list[str], clients: int, seconds: float) -> dict:
+    """``clients`` concurrent clients, each its own ebr.client.AsyncClient (one connection:
+    one shared httpx pool of many connections costs the load generator ~2.5x the CPU per
+    request at 32, on the cores the server needs)."""
     from ebr.client import AsyncClient
     from ebr.errors import EbrError
 
     lat: list[float] = []
     errors = 0
     stop = time.perf_counter() + seconds
-    async with AsyncClient(url, timeout=60, retries=0, max_connections=clients) as c:
 
-        async def worker(i: int) -> None:
-            nonlocal errors
-            j = i
+    async def worker(i: int) -> None:
+        nonlocal errors
+        j = i
+        async with AsyncClient(url, timeout=60, retries=0, max_connections=1) as c:
             while time.perf_counter() < stop:
                 t0 = time.perf_counter()
                 try:
@@ -71,20 +77,21 @@ async def _load(url: str, texts: list[str], clients: int, seconds: float) -> dic
                 lat.append(time.perf_counter() - t0)
                 j += clients
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker(i) for i in range(clients)))
-        dt = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(clients)))
+    dt = time.perf_counter() - t0
     ms = np.array(lat) * 1e3
     return {"queries": len(lat), "errors": errors, "qps": round(len(lat) / dt, 1),
             "p50_ms": round(float(np.percentile(ms, 50)), 1),
             "p99_ms": round(float(np.percentile(ms, 99)), 1)}
 
 
-def _serve(index: Path, port: int, workers: int, batch: int):
+def _serve(index: Path, port: int, workers: int, batch: int, runtime: str):
     from ebr.client import Client
 
     env = {**os.environ, "EBR_INDEX_DIR": str(index), "EBR_PORT": str(port),
-           "EBR_TEXT_BATCH_MAX": str(batch), "EBR_MAX_INFLIGHT_PER_CLIENT": "0"}
+           "EBR_TEXT_BATCH_MAX": str(batch), "EBR_MAX_INFLIGHT_PER_CLIENT": "0",
+           "EBR_ENCODER_RUNTIME": runtime}
     server = subprocess.Popen([sys.executable, "-m", "service", "--workers", str(workers)],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -97,23 +104,19 @@ def _serve(index: Path, port: int, workers: int, batch: int):
     raise SystemExit("server did not become ready")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seconds", type=float, default=20.0)
-    ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8, 32])
-    ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--port", type=int, default=8791)
-    ap.add_argument("--work", default=str(ROOT / "runs" / "bench-text"))
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
-    args = ap.parse_args()
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    index = _index(work)
-    texts = [json.loads(line)["text"] for line in
-             (DATA / "queries.jsonl").read_text().splitlines() if line.strip()]
+def _encoder_rows(texts: list[str], runtime: str) -> list[dict]:
+    """In-process rates of one runtime, and SciFact nDCG@10 of exact search over the
+    precomputed (torch) corpus vectors with the test queries encoded by this runtime."""
+    from ebr.eval.metrics import label_metrics
+    from ebr.io.beir import load_ids, load_qrels
     from ebr.io.encoder import TextEncoder
 
-    enc = TextEncoder(batch_size=64).load()
+    enc = TextEncoder(batch_size=64, runtime=runtime,
+                      threads=int(os.environ.get("EBR_BENCH_ENCODER_THREADS", "2"))).load()
+    if runtime == "torch":
+        import torch
+
+        torch.set_num_threads(int(os.environ.get("EBR_BENCH_ENCODER_THREADS", "2")))
     enc.encode(texts[:64])  # warm
     t0 = time.perf_counter()
     enc.encode(texts[:640])
@@ -122,37 +125,81 @@ def main() -> None:
     for t in texts[:64]:
         enc.encode([t])
     alone = 64 / (time.perf_counter() - t0)
-    del enc
-    rows = [{"mode": "in-process MiniLM, 640 texts in one call (batch 64)", "clients": "-",
+    qrels = load_qrels(DATA / "qrels" / "test.tsv")
+    qids = list(qrels)
+    by_id = {json.loads(line)["_id"]: json.loads(line)["text"] for line in
+             (DATA / "queries.jsonl").read_text().splitlines() if line.strip()}
+    xq = enc.encode([by_id[q] for q in qids])
+    xb = np.load(DATA / "embeddings" / "corpus_all-MiniLM-L6-v2.f32.npy")
+    ids = load_ids(DATA / "corpus.jsonl")
+    top = np.argsort(-(xq @ xb.T), axis=1)[:, :10]
+    ndcg = label_metrics([[ids[i] for i in row] for row in top], [qrels[q] for q in qids])
+    base = {"runtime": runtime, "clients": "-", "ndcg@10_exact": round(ndcg["ndcg@10"], 4)}
+    return [{**base, "mode": "in-process, 640 texts in one call (batch 64)",
              "qps": round(batched, 1)},
-            {"mode": "in-process MiniLM, one text per call", "clients": "-",
-             "qps": round(alone, 1)}]
-    print(rows, flush=True)
-    for batch, name in ((64, "HTTP /search text, TextBatcher (64)"),
-                        (0, "HTTP /search text, each text alone")):
-        server, url = _serve(index, args.port, args.workers, batch)
-        try:
-            asyncio.run(_load(url, texts, 4, 3.0))  # warm
-            for clients in args.clients:
-                r = asyncio.run(_load(url, texts, clients, args.seconds))
-                rows.append({"mode": name, "clients": clients, **r,
-                             "vs_encoder_batched": round(r["qps"] / batched, 3)})
-                print(rows[-1], flush=True)
-        finally:
-            server.terminate()
-            server.wait(30)
+            {**base, "mode": "in-process, one text per call", "qps": round(alone, 1)}]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8, 32])
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--runtimes", nargs="+", default=["torch", "onnx", "onnx-int8"],
+                    choices=["torch", "onnx", "onnx-int8"])
+    ap.add_argument("--alone", action="store_true",
+                    help="also serve each text alone (EBR_TEXT_BATCH_MAX=0), per runtime")
+    ap.add_argument("--port", type=int, default=8791)
+    ap.add_argument("--work", default=str(ROOT / "runs" / "bench-text"))
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--name", default="text")
+    args = ap.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    index = _index(work)
+    texts = [json.loads(line)["text"] for line in
+             (DATA / "queries.jsonl").read_text().splitlines() if line.strip()]
+    rows: list[dict] = []
+    for runtime in args.runtimes:  # each in a fresh process: torch's threads stay its own
+        ctx = get_context("spawn")
+        with ctx.Pool(1) as pool:
+            rows += pool.apply(_encoder_rows, (texts, runtime))
+        print(rows[-2:], flush=True)
+    batched = {r["runtime"]: r["qps"] for r in rows if "one call" in r["mode"]}
+    for runtime in args.runtimes:
+        modes = [(64, "HTTP /search text, TextBatcher (64)")]
+        if args.alone:
+            modes.append((0, "HTTP /search text, each text alone"))
+        for batch, name in modes:
+            server, url = _serve(index, args.port, args.workers, batch, runtime)
+            try:
+                asyncio.run(_load(url, texts, 4, 3.0))  # warm
+                for clients in args.clients:
+                    r = asyncio.run(_load(url, texts, clients, args.seconds))
+                    rows.append({"runtime": runtime, "mode": name, "clients": clients, **r,
+                                 "vs_encoder_batched": round(r["qps"] / batched[runtime], 3)})
+                    print(rows[-1], flush=True)
+            finally:
+                server.terminate()
+                server.wait(30)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"workers": args.workers, "seconds": args.seconds, "cpus": os.cpu_count(),
-            "index": "SciFact MiniLM IVF64,PQ48 (k 10, server defaults nprobe 16, C 100)"}
-    (out / "text.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    cols = ["mode", "clients", "qps", "p50_ms", "p99_ms", "errors", "vs_encoder_batched"]
-    md = ["# Text queries over HTTP against the encoder's batched rate", "",
-          f"`python bench/bench_text.py` ({args.workers} worker(s), {args.seconds:g} s per "
-          f"row, {os.cpu_count()} cores shared by clients and server)", "",
+            "index": "SciFact MiniLM IVF64,PQ48 (k 10, server defaults nprobe 16, C 100)",
+            "ndcg": "exact search, SciFact test queries encoded by the runtime, corpus vectors "
+                    "precomputed by torch"}
+    (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    cols = ["runtime", "mode", "clients", "qps", "p50_ms", "p99_ms", "errors",
+            "vs_encoder_batched", "ndcg@10_exact"]
+    cmd = " ".join(["python bench/bench_text.py", *sys.argv[1:]])
+    md = ["# Text queries over HTTP against the encoder's batched rate, per encoder runtime", "",
+          f"`{cmd}` ({args.workers} worker(s), {args.seconds:g} s per row, "
+          f"{os.cpu_count()} cores shared by clients and server). vs_encoder_batched: HTTP "
+          "queries/s over the same runtime's in-process batched rate. ndcg@10_exact: "
+          f"{meta['ndcg']}.", "",
           "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     md += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
-    (out / "text.md").write_text("\n".join(md) + "\n")
+    (out / f"{args.name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))  # noqa: T201 - a script's output
 
 

@@ -83,22 +83,30 @@ def open_generation(settings: Settings, directory: Path | None = None,
             encoder = old  # same packaged model: keep it loaded across reloads
         else:  # another model, or a fine-tuned one that lives in the index directory
             try:
-                from ebr.io.encoder import TextEncoder
-
-                encoder = TextEncoder(oi.manifest.encoder, base_dir=oi.path).load()
-                _encoder_threads(settings)
+                encoder = _load_encoder(oi.manifest.encoder, oi.path, settings)
             except (ImportError, ValueError, OSError) as e:
                 logger.warning("text queries disabled: %s", e)
     return _live_searcher(oi, path), encoder, version_of(oi.manifest)
 
 
-def _encoder_threads(settings: Settings) -> None:
-    """torch's threads for the encoder: ``encoder_threads``, or the cores over the workers
-    (``python -m service`` sets OMP_NUM_THREADS for faiss, which torch would take too)."""
+def _load_encoder(info: dict[str, object], base_dir: Path, settings: Settings) -> TextEncoder:
+    """The index's text encoder on ``settings.encoder_runtime``, with ``encoder_threads``
+    threads, or the cores over the workers (``python -m service`` sets OMP_NUM_THREADS for
+    faiss, which the encoder would take too). ONNX Runtime missing or unable to take the model:
+    torch, said in the log."""
+
+    threads = settings.encoder_threads or max(1, (os.cpu_count() or 1) // settings.workers)
+    if settings.encoder_runtime != "torch":
+        try:
+            return TextEncoder(info, base_dir=base_dir, runtime=settings.encoder_runtime,
+                               threads=threads).load()
+        except (ImportError, ValueError, OSError) as e:
+            logger.warning("encoder runtime %s unavailable (%s): using torch",
+                           settings.encoder_runtime, e)
     import torch
 
-    n = settings.encoder_threads or max(1, (os.cpu_count() or 1) // settings.workers)
-    torch.set_num_threads(n)
+    torch.set_num_threads(threads)
+    return TextEncoder(info, base_dir=base_dir).load()
 
 
 def _live_searcher(oi: OpenIndex, path: Path) -> Searcher:

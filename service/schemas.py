@@ -277,6 +277,8 @@ class IndexInfo(BaseModel):
     codebooks: dict[str, Any]
     encoder: dict[str, Any] | None
     text_queries: bool
+    encoder_runtime: str | None = Field(None, description="what runs the text encoder here: "
+                                        "onnx, onnx-int8 or torch (EBR_ENCODER_RUNTIME)")
     towers: dict[str, Any] | None = Field(
         None, description="BiDR stage 2: how the towers were trained, whether they are applied")
     memory: dict[str, float]

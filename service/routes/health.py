@@ -53,6 +53,7 @@ def index_info(gen: GenerationDep, state: StateDep) -> IndexInfo:
         index_version=gen.version, generation=gen.number, codebooks=m.codebooks,
         encoder=m.encoder,
         text_queries=gen.encoder is not None,
+        encoder_runtime=gen.encoder.runtime if gen.encoder is not None else None,
         towers=None if not m.build.get("towers") else
         {k: v for k, v in m.build["towers"].items() if k != "history"},
         memory={k: float(v) for k, v in oi.memory().items()},

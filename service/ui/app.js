@@ -154,7 +154,7 @@ function renderIndex(info) {
     ["manifest sha256", info.manifest_sha256, "manifest-sha256"],
     ["written since build", info.live ? `${info.live.delta_live} live rows, `
       + `${info.live.tombstones} tombstones, epoch ${info.live.epoch}` : null],
-    ["text queries", info.text_queries ? `yes (${(info.encoder || {}).name || "encoder"})` : "no"],
+    ["text queries", info.text_queries ? `yes (${(info.encoder || {}).name || "encoder"}, ${info.encoder_runtime})` : "no"],
   ]);
   const cb = info.codebooks || {};
   facts($("codebooks"), [

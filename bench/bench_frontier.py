@@ -1,0 +1,490 @@
+"""Recall per byte on the 2026 frontier, side by side in one run (issue 22, item 1).
+
+    python bench/bench_frontier.py [--sets scifact siftsmall generator] [--bytes 8 16 32 48]
+                                   [--gen-n 1000000] [--methods ...] [--budget 120]
+                                   [--work runs/frontier] [--out bench/results] [--name frontier]
+
+For each set and each budget B of code bytes per vector, every method is built in a fresh
+process (its build time is its own) with the same IVF list count and searched at the same
+nprobe, one query at a time on one thread:
+
+  ebr     kmeans       IVF,PQ<B>: faiss k-means codebooks
+          opq          OPQ<B>,IVF,PQ<B> (--codebooks opq)
+          rq           IVF,RQ<B> (faiss residual quantizer, 8-bit codebooks)
+          distill      OPQ<B>,IVF,PQ<B> --codebooks distill (the README's recipe; pseudo-queries
+                       or the set's training queries, labels unused; guarded end to end)
+          distill_rq   IVF,RQ<B> --codebooks distill
+          bidr         BiDR, stages 1 + 2 (linear query tower) on OPQ<B>, with the set's
+                       labelled training queries (SciFact only)
+  peers   rabitq       faiss PCAR<d'>,IVF,RaBitQ: 1 bit per (rotated) dimension + 8 bytes of
+                       factors; d' the largest multiple of 8 whose code fits B (no PCA when
+                       d' = d)
+          rabitq4      faiss PCAR<d'>,IVF,RaBitQ4 (extended RaBitQ, 4 bits per dimension)
+          pq4fs        faiss IVF,PQ<2B>x4fs (4-bit PQ, FastScan SIMD tables)
+          scann        ScaNN tree (same leaves) + asymmetric hashing with 4-bit codes at B
+                       bytes (dims per block = d / 2B), anisotropic loss (threshold 0.2)
+          scann_soar   the same with SOAR spilling (lambda 1.5): each vector in 2 lists, so
+                       twice its codes in RAM
+
+Every row re-ranks its coarse top C exactly with the dense vectors (ebr reads its mapped dense
+store; the peers read the same vectors from a memory map), so re-ranked figures compare codes,
+not re-rankers. Per row: coarse recall@100 against exact, re-ranked recall@10 at C = 100 and
+200, nDCG@10 against qrels where they exist (C = 200), QPS (coarse + re-rank at C = 100), build
+seconds, and RAM per vector: what each added vector costs, its codes (x copies for SOAR) + an
+8-byte id, beside the fixed part (centroids, codebooks, rotations, query maps) in MB.
+Sets: SciFact (MiniLM 384-d, 300 test queries, qrels), siftsmall (128-d, L2, 100 queries) and
+the built-in generator's ``minilm`` profile (a fitted MiniLM spectrum, anisotropic queries) at
+--gen-n x 384 with 1,000 queries, written once under --work. Writes <name>.json, <name>.md and
+<name>.png (re-ranked recall@10 against RAM bytes per vector, and against QPS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DATA = ROOT.parent / "shared" / "data"
+EBR = ["kmeans", "opq", "rq", "distill", "distill_rq", "bidr"]
+PEERS = ["rabitq", "rabitq4", "pq4fs", "scann", "scann_soar"]
+K, C_SERVE, C_WIDE, QPS_QUERIES = 10, 100, 200, 300
+
+
+def _sets(gen_n: int) -> dict[str, tuple[int, int, str]]:
+    """nlist, nprobe, metric per set."""
+    nlist = 2 ** round(math.log2(4 * math.sqrt(gen_n)))
+    return {"scifact": (32, 8, "ip"), "siftsmall": (64, 8, "l2"),
+            "generator": (nlist, 32, "ip")}
+
+
+def _generator(work: Path, n: int) -> Path:
+    """The generator's minilm profile at n x 384, its queries and their exact top-100, once."""
+    from ebr.data.synthetic import SyntheticConfig, write_stream
+
+    out = work / f"generator-minilm-{n}"
+    if not (out / "exact_top100.npy").exists():
+        write_stream(SyntheticConfig(n=n, d=384, nq=1000, profile="minilm"), out)
+        _exact(out)
+    return out
+
+
+def _exact(out: Path) -> None:
+    import faiss
+
+    from ebr.io.vecs import read_vecs
+
+    xb = read_vecs(out / "corpus.fbin")
+    xq = np.load(out / "queries_test.npy")
+    flat = faiss.IndexFlatIP(xb.shape[1])
+    for i in range(0, len(xb), 200_000):
+        flat.add(np.ascontiguousarray(xb[i:i + 200_000]))
+    _, ids = flat.search(xq, 100)
+    np.save(out / "exact_top100.npy", ids)
+
+
+def load(name: str, data: Path, work: Path, gen_n: int) -> dict[str, Any] | None:
+    from ebr.io.beir import load_ids, load_qrels
+    from ebr.io.vecs import read_vecs
+
+    if name == "scifact":
+        d = data / "scifact"
+        emb = d / "embeddings"
+        if not emb.exists():
+            return None
+        return {"xb": np.load(emb / "corpus_all-MiniLM-L6-v2.f32.npy"),
+                "ids": load_ids(d / "corpus.jsonl"),
+                "xq": np.load(emb / "queries_test_all-MiniLM-L6-v2.f32.npy"),
+                "qids": load_ids(emb / "queries_test_ids.txt"),
+                "qrels": load_qrels(d / "qrels" / "test.tsv"),
+                "xtrain": np.load(emb / "queries_train_all-MiniLM-L6-v2.f32.npy"),
+                "train_ids": load_ids(emb / "queries_train_ids.txt"),
+                "train_qrels": load_qrels(d / "qrels" / "train.tsv")}
+    if name == "siftsmall":
+        d = data / "siftsmall"
+        if not d.exists():
+            return None
+        return {"xb": np.array(read_vecs(d / "siftsmall_base.fvecs")), "ids": None,
+                "xq": np.array(read_vecs(d / "siftsmall_query.fvecs")), "qids": None,
+                "qrels": None, "xtrain": None}
+    out = _generator(work, gen_n)
+    return {"xb": read_vecs(out / "corpus.fbin"), "ids": None,
+            "xq": np.load(out / "queries_test.npy"), "qids": None, "qrels": None,
+            "xtrain": None, "exact": np.load(out / "exact_top100.npy")}
+
+
+def _largest_dim(d: int, budget: int, factory: str) -> int | None:
+    """The largest d' (multiple of 8, <= d) whose faiss ``factory`` code fits ``budget``."""
+    import faiss
+
+    for dp in range(d - d % 8, 7, -8):
+        ivf = faiss.extract_index_ivf(faiss.index_factory(dp, factory.format(nlist=1)))
+        if ivf.code_size <= budget:
+            return dp
+    return None
+
+
+class _Peer:
+    """A faiss or ScaNN index over the set, searched for its coarse top C."""
+
+    def __init__(self, method: str, xb: np.ndarray, nlist: int, nprobe: int, metric: str,
+                 budget: int) -> None:
+        import faiss
+
+        d = xb.shape[1]
+        self.kind = method
+        self.nprobe = nprobe
+        self.copies = 1
+        fm = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
+        if method.startswith("scann"):
+            import scann
+
+            dims = max(1, math.ceil(d / (2 * budget)))
+            b = scann.scann_ops_pybind.builder(
+                np.ascontiguousarray(xb), C_WIDE, "dot_product" if metric == "ip"
+                else "squared_l2")
+            tree = {"num_leaves": nlist, "num_leaves_to_search": nprobe,
+                    "training_sample_size": min(len(xb), 250_000)}
+            if method == "scann_soar":
+                tree["soar_lambda"] = 1.5
+                tree["overretrieve_factor"] = 2.0
+                self.copies = 2
+            b = b.tree(**tree).score_ah(dims, anisotropic_quantization_threshold=0.2
+                                        if metric == "ip" else float("nan"))
+            self.scann = b.build()
+            self.code_bytes = math.ceil(math.ceil(d / dims) / 2)
+            self.fixed_bytes = (nlist + 16) * d * 4  # leaf centres, AH codebooks
+            self.spec = f"scann leaves {nlist}, AH {dims} dims/block x 4 bit" + (
+                ", SOAR 1.5" if self.copies == 2 else "")
+            return
+        if method == "pq4fs":
+            if d % (2 * budget):
+                raise ValueError(f"PQ{2 * budget} does not divide d = {d}")
+            factory = f"IVF{nlist},PQ{2 * budget}x4fs"
+        else:
+            tail = "RaBitQ" if method == "rabitq" else "RaBitQ4"
+            dp = _largest_dim(d, budget, "IVF{nlist}," + tail)
+            if dp is None:
+                raise ValueError(f"{tail} cannot fit {budget} bytes")
+            factory = (f"PCAR{dp}," if dp < d else "") + f"IVF{nlist},{tail}"
+        self.spec = factory
+        index = faiss.index_factory(d, factory, fm)
+        sample = xb[np.random.default_rng(0).choice(len(xb), min(len(xb), 100_000),
+                                                     replace=False)]
+        index.train(np.ascontiguousarray(sample))
+        for i in range(0, len(xb), 100_000):
+            index.add(np.ascontiguousarray(xb[i:i + 100_000]))
+        self.index = index
+        self.ivf = faiss.extract_index_ivf(index)
+        self.ivf.nprobe = nprobe
+        self.code_bytes = self.ivf.code_size
+        # centroids, the PCA matrix, PQ codebooks (RaBitQ has none)
+        dp = self.ivf.d
+        self.fixed_bytes = nlist * dp * 4 + (d * dp * 4 if dp < d else 0) + (
+            16 * d * 4 if method == "pq4fs" else 0)
+
+    def coarse(self, xq: np.ndarray, c: int) -> np.ndarray:
+        if self.kind.startswith("scann"):
+            ids, _ = self.scann.search_batched(np.ascontiguousarray(xq), final_num_neighbors=c,
+                                               leaves_to_search=self.nprobe)
+            return np.asarray(ids, dtype=np.int64)
+        _, ids = self.index.search(np.ascontiguousarray(xq), c)
+        return ids
+
+
+def _rerank(xb: np.ndarray, xq: np.ndarray, cand: np.ndarray, metric: str) -> np.ndarray:
+    out = np.full((len(xq), K), -1, dtype=np.int64)
+    for i, (q, c) in enumerate(zip(xq, cand, strict=True)):
+        c = c[c >= 0]
+        c = np.unique(c)  # SOAR may return a document twice
+        v = xb[np.sort(c)]
+        c = np.sort(c)
+        s = v @ q if metric == "ip" else -((v - q) ** 2).sum(1)
+        top = np.argsort(-s, kind="stable")[:K]
+        out[i, :len(top)] = c[top]
+    return out
+
+
+def _recall(ids: np.ndarray, exact: np.ndarray, k: int) -> float:
+    return float(np.mean([len(set(a[:k].tolist()) & set(b[:k].tolist())) / k
+                          for a, b in zip(ids, exact, strict=True)]))
+
+
+def run(task: dict[str, Any]) -> dict[str, Any]:
+    """One build + evaluation, in its own process."""
+    import logging
+
+    import faiss
+
+    logging.basicConfig(level=logging.WARNING)
+    from ebr.eval.metrics import label_metrics
+
+    ds = load(task["set"], Path(task["data"]), Path(task["work"]), task["gen_n"])
+    assert ds is not None
+    nlist, nprobe, metric = _sets(task["gen_n"])[task["set"]]
+    xb, xq, budget, method = ds["xb"], ds["xq"], task["bytes"], task["method"]
+    n = len(xb)
+    faiss.omp_set_num_threads(2)
+    row: dict[str, Any] = {"set": task["set"], "method": method, "bytes": budget,
+                           "system": "ebr" if method in EBR else "peer", "nlist": nlist,
+                           "nprobe": nprobe}
+    exact = ds.get("exact")
+    if exact is None:
+        flat = faiss.IndexFlatIP(xb.shape[1]) if metric == "ip" else faiss.IndexFlatL2(
+            xb.shape[1])
+        flat.add(np.ascontiguousarray(xb))
+        _, exact = flat.search(xq, 100)
+    with tempfile.TemporaryDirectory(dir=task["work"]) as tmp:
+        t0 = time.perf_counter()
+        try:
+            if method in EBR:
+                searcher, spec, ram, fixed = _ebr(method, ds, Path(tmp), nlist, nprobe, metric, budget,
+                                           task["budget"])
+                coarse_fn, final_fn = _ebr_fns(searcher, nprobe)
+            else:
+                peer = _Peer(method, xb, nlist, nprobe, metric, budget)
+                spec = peer.spec
+                ram = peer.code_bytes * peer.copies + 8.0
+                fixed = peer.fixed_bytes
+                dense = np.memmap(Path(tmp) / "dense.f32", dtype=np.float32, mode="w+",
+                                  shape=xb.shape)
+                for i in range(0, n, 100_000):
+                    dense[i:i + 100_000] = xb[i:i + 100_000]
+                dense.flush()
+                dense = np.memmap(Path(tmp) / "dense.f32", dtype=np.float32, mode="r",
+                                  shape=xb.shape)
+
+                def coarse_fn(q: np.ndarray, c: int, peer: _Peer = peer) -> np.ndarray:
+                    return peer.coarse(q, c)
+
+                def final_fn(q: np.ndarray, c: int, peer: _Peer = peer,
+                             dense: np.ndarray = dense) -> np.ndarray:
+                    return _rerank(dense, q, peer.coarse(q, c), metric)
+        except (ValueError, RuntimeError) as e:
+            row["skipped"] = str(e)[:200]
+            print(json.dumps(row), flush=True)
+            return row
+        row["build_s"] = round(time.perf_counter() - t0, 1)
+        row["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        row["spec"] = spec
+        row["ram_B/vec"] = round(ram, 1)
+        row["fixed_MB"] = round(fixed / 2**20, 2)
+        faiss.omp_set_num_threads(1)
+        coarse = coarse_fn(xq, 100)
+        row["coarse_r@100"] = round(_recall(coarse, exact, 100), 4)
+        finals = {c: final_fn(xq, c) for c in (C_SERVE, C_WIDE)}
+        for c, ids in finals.items():
+            row[f"rerank_r@10_C{c}"] = round(_recall(ids, exact, 10), 4)
+        if ds["qrels"] is not None:
+            rel = [ds["qrels"].get(q, {}) for q in ds["qids"]]
+            ranked = [[ds["ids"][i] if i >= 0 else None for i in r] for r in finals[C_WIDE]]
+            row["nDCG@10_C200"] = round(label_metrics(ranked, rel)["ndcg@10"], 4)
+            row["exact_nDCG@10"] = round(label_metrics(
+                [[ds["ids"][i] for i in r[:10]] for r in exact], rel)["ndcg@10"], 4)
+        qs = xq[:QPS_QUERIES]
+        passes = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            for q in qs:
+                final_fn(q[None, :], C_SERVE)
+            passes.append(time.perf_counter() - t0)
+        row["qps"] = round(len(qs) / min(passes), 1)
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def _ebr(method: str, ds: dict[str, Any], tmp: Path, nlist: int, nprobe: int, metric: str,
+         budget: int, train_budget: float) -> tuple[Any, str, float, float]:
+    from ebr.index.reader import open_index
+    from ebr.index.writer import write_index
+    from ebr.metric import Metric
+    from ebr.search.searcher import Searcher
+    from ebr.spec import BuildParams, IndexSpec
+
+    rq = method in ("rq", "distill_rq")
+    opq = method in ("opq", "distill", "bidr")
+    spec = IndexSpec.parse(f"IVF{nlist},RQ{budget}" if rq else
+                           (f"OPQ{budget}," if opq else "") + f"IVF{nlist},PQ{budget}")
+    trainer = dense = None
+    codebooks = {"kmeans": "kmeans", "opq": "opq", "rq": "kmeans"}.get(method, "distill")
+    if codebooks == "distill":
+        from ebr.train.distill_vq import DistillConfig, DistillVQTrainer
+
+        cfg = DistillConfig(val_nprobe=nprobe, time_budget_s=train_budget)
+        if method == "bidr":
+            if ds.get("train_qrels") is None:
+                raise ValueError("BiDR needs labelled training queries")
+            from ebr.train.bidr import BiDRConfig, BiDRDenseTrainer
+            from ebr.train.sampling import TrainingPairs
+
+            pairs = TrainingPairs.from_qrels(ds["xtrain"], ds["train_ids"], ds["train_qrels"],
+                                             ds["ids"], len(ds["xb"]))
+            trainer = DistillVQTrainer(cfg, pairs=pairs, corpus=ds["xb"])
+            dense = BiDRDenseTrainer(pairs, BiDRConfig(tower="linear", nprobe=nprobe))
+        else:
+            trainer = DistillVQTrainer(cfg, queries=ds["xtrain"])
+    write_index(tmp / "i", ds["xb"], BuildParams(spec=spec, metric=Metric.parse(metric),
+                                                 codebooks=codebooks),
+                ds["ids"], trainer=trainer, dense_trainer=dense)
+    oi = open_index(tmp / "i")
+    kept = ""
+    if trainer is not None and trainer.info.get("guard"):
+        kept = f" (guard kept {trainer.info['guard']['kept']})"
+    mem = oi.memory()
+    per_vector = (mem["codes_bytes"] + mem["list_ids_bytes"]) / oi.ntotal
+    fixed = mem["coarse_ram_bytes"] + mem["query_side_bytes"] - per_vector * oi.ntotal
+    return Searcher(oi), f"{spec} {codebooks}{kept}", float(per_vector), float(fixed)
+
+
+def _ebr_fns(s: Any, nprobe: int) -> tuple[Any, Any]:
+    from ebr.spec import SearchParams
+
+    def coarse_fn(q: np.ndarray, c: int) -> np.ndarray:
+        res, _ = s.search(q, SearchParams(k=c, nprobe=nprobe, candidates=c, rerank=False))
+        return res.ids
+
+    def final_fn(q: np.ndarray, c: int) -> np.ndarray:
+        res, _ = s.search(q, SearchParams(k=K, nprobe=nprobe, candidates=c))
+        return res.ids
+
+    return coarse_fn, final_fn
+
+
+def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = sorted({r["set"] for r in rows if "qps" in r})
+    fig, axes = plt.subplots(2, len(sets), figsize=(5.5 * len(sets), 8), squeeze=False)
+    for j, name in enumerate(sets):
+        for method in EBR + PEERS:
+            pts = sorted((r["ram_B/vec"], r["qps"], r[f"rerank_r@10_C{C_WIDE}"]) for r in rows
+                         if r["set"] == name and r["method"] == method and "qps" in r)
+            if not pts:
+                continue
+            style = "-o" if method in EBR else "--s"
+            axes[0][j].plot([p[0] for p in pts], [p[2] for p in pts], style, label=method)
+            axes[1][j].plot([p[1] for p in pts], [p[2] for p in pts], style, label=method)
+        axes[0][j].set_title(f"{name}: re-ranked recall@10 (C = {C_WIDE})")
+        axes[0][j].set_xlabel("RAM bytes per vector")
+        axes[1][j].set_xlabel("QPS (one thread, C = 100)")
+        axes[1][j].set_xscale("log")
+        for ax in axes[:, j]:
+            ax.set_ylabel("recall@10 vs exact")
+            ax.grid(alpha=0.3)
+        axes[0][j].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _summary(rows: list[dict[str, Any]]) -> list[str]:
+    """The goal, per set: ebr's best learned code at 16 bytes against the best peer at 32."""
+    lines = []
+    key = f"rerank_r@10_C{C_WIDE}"
+    for name in sorted({r["set"] for r in rows}):
+        ok = [r for r in rows if r["set"] == name and key in r]
+        learned = [r for r in ok if r["bytes"] == 16 and r["method"] in
+                   ("distill", "distill_rq", "bidr")]
+        peers32 = [r for r in ok if r["bytes"] == 32 and r["system"] == "peer"]
+        if not learned or not peers32:
+            continue
+        a = max(learned, key=lambda r: r[key])
+        b = max(peers32, key=lambda r: r[key])
+        lines.append(f"- **{name}**: ebr {a['method']} at 16 B: recall@10 {a[key]:.4f}, "
+                     f"{a['qps']} QPS; best peer at 32 B, {b['method']}: {b[key]:.4f}, "
+                     f"{b['qps']} QPS -> {'reached' if a[key] >= b[key] else 'not reached'} "
+                     f"({a[key] - b[key]:+.4f}), QPS {a['qps'] / b['qps']:.2f}x")
+        for budget in sorted({r["bytes"] for r in ok}):
+            at = [r for r in ok if r["bytes"] == budget]
+            best = max(at, key=lambda r: r[key])
+            be = max((r for r in at if r["system"] == "ebr"), key=lambda r: r[key], default=None)
+            bp = max((r for r in at if r["system"] == "peer"), key=lambda r: r[key],
+                     default=None)
+            if be and bp:
+                lines.append(f"  - {budget} B: best {best['method']} ({best[key]:.4f}); ebr "
+                             f"{be['method']} {be[key]:.4f} vs peer {bp['method']} "
+                             f"{bp[key]:.4f} ({be[key] - bp[key]:+.4f})")
+    return lines
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--sets", nargs="+", default=["scifact", "siftsmall", "generator"])
+    ap.add_argument("--bytes", type=int, nargs="+", default=[8, 16, 32, 48])
+    ap.add_argument("--methods", nargs="+", default=EBR + PEERS, choices=EBR + PEERS)
+    ap.add_argument("--gen-n", type=int, default=1_000_000)
+    ap.add_argument("--budget", type=float, default=120.0,
+                    help="Distill-VQ / BiDR training time budget per build, seconds")
+    ap.add_argument("--work", default=str(ROOT / "runs" / "frontier"))
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--name", default="frontier")
+    args = ap.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    if "generator" in args.sets:
+        _generator(work, args.gen_n)
+    rows: list[dict[str, Any]] = []
+    ctx = get_context("spawn")
+    for name in args.sets:
+        if load(name, Path(args.data), work, args.gen_n) is None:
+            print(f"{name}: data absent, skipped", flush=True)
+            continue
+        for budget in args.bytes:
+            for method in args.methods:
+                if method == "bidr" and name != "scifact":
+                    continue
+                task = {"set": name, "method": method, "bytes": budget, "data": args.data,
+                        "work": str(work), "gen_n": args.gen_n, "budget": args.budget}
+                with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+                    try:
+                        rows.append(pool.submit(run, task).result())
+                    except Exception as e:  # noqa: BLE001 - one failed build is a row
+                        rows.append({**{k: task[k] for k in ("set", "method", "bytes")},
+                                     "system": "ebr" if method in EBR else "peer",
+                                     "skipped": f"{type(e).__name__}: {str(e)[:200]}"})
+                        print(rows[-1], flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = " ".join(["python bench/bench_frontier.py", *sys.argv[1:]])
+    meta = {"command": cmd, "cpus": os.cpu_count(), "gen_n": args.gen_n,
+            "k": K, "C": [C_SERVE, C_WIDE], "qps": "one thread, one query per call, "
+            f"coarse + exact re-rank of C = {C_SERVE}, best of 2 passes over "
+            f"{QPS_QUERIES} queries"}
+    (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    cols = ["set", "bytes", "method", "spec", "ram_B/vec", "fixed_MB", "coarse_r@100", "rerank_r@10_C100",
+            "rerank_r@10_C200", "nDCG@10_C200", "qps", "build_s", "skipped"]
+    md = ["# Recall per byte: ebr's codes and the frontier's, side by side", "",
+          f"`{cmd}` ({os.cpu_count()} cores; every row built in its own process in this one "
+          f"run; nprobe per set as in the table; {meta['qps']}; exact nDCG@10 on SciFact: "
+          f"{next((r['exact_nDCG@10'] for r in rows if 'exact_nDCG@10' in r), '-')})", "",
+          "## The goal: ebr's best learned code at 16 bytes vs the best peer at 32", "",
+          *_summary(rows), "",
+          "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    md += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
+    md += ["", f"![recall per byte]({args.name}.png)"]
+    (out / f"{args.name}.md").write_text("\n".join(md) + "\n")
+    if any("qps" in r for r in rows):
+        _plot(rows, out / f"{args.name}.png")
+    print("\n".join(md))  # noqa: T201 - a script's output
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
