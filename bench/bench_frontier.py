@@ -1,6 +1,6 @@
 """Recall per byte on the 2026 frontier, side by side in one run (issue 22, item 1).
 
-    python bench/bench_frontier.py [--sets scifact siftsmall generator] [--bytes 8 16 32 48]
+    python bench/bench_frontier.py [--sets scifact siftsmall debian generator] [--bytes 8 16 32 48]
                                    [--gen-n 1000000] [--methods ...] [--budget 120]
                                    [--work runs/frontier] [--out bench/results] [--name frontier]
 
@@ -15,7 +15,8 @@ nprobe, one query at a time on one thread:
                        or the set's training queries, labels unused; guarded end to end)
           distill_rq   IVF,RQ<B> --codebooks distill
           bidr         BiDR, stages 1 + 2 (linear query tower) on OPQ<B>, with the set's
-                       labelled training queries (SciFact only)
+                       labelled training queries (SciFact; Debian, whose test positives no
+                       training query labels)
   peers   rabitq       faiss PCAR<d'>,IVF,RaBitQ: 1 bit per (rotated) dimension + 8 bytes of
                        factors; d' the largest multiple of 8 whose code fits B (no PCA when
                        d' = d)
@@ -32,7 +33,9 @@ not re-rankers. Per row: coarse recall@100 against exact, re-ranked recall@10 at
 200, nDCG@10 against qrels where they exist (C = 200), QPS (coarse + re-rank at C = 100), build
 seconds, and RAM per vector: what each added vector costs, its codes (x copies for SOAR) + an
 8-byte id, beside the fixed part (centroids, codebooks, rotations, query maps) in MB.
-Sets: SciFact (MiniLM 384-d, 300 test queries, qrels), siftsmall (128-d, L2, 100 queries) and
+Sets: SciFact (MiniLM 384-d, 300 test queries, qrels), siftsmall (128-d, L2, 100 queries),
+``debian`` (bench/make_debian_corpus.py's unseen corpus: 30k package descriptions, 500 train
+and 500 test summaries as queries, IVF256 at nprobe 32, when built) and
 the built-in generator's ``minilm`` profile (a fitted MiniLM spectrum, anisotropic queries) at
 --gen-n x 384 with 1,000 queries, written once under --work. Writes <name>.json, <name>.md and
 <name>.png (re-ranked recall@10 against RAM bytes per vector, and against QPS).
@@ -59,6 +62,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 DATA = ROOT.parent / "shared" / "data"
+DEBIAN = ROOT / "runs" / "debian-packages"
 EBR = ["kmeans", "opq", "rq", "distill", "distill_rq", "bidr"]
 PEERS = ["rabitq", "rabitq4", "pq4fs", "scann", "scann_soar"]
 K, C_SERVE, C_WIDE, QPS_QUERIES = 10, 100, 200, 300
@@ -68,7 +72,7 @@ def _sets(gen_n: int) -> dict[str, tuple[int, int, str]]:
     """nlist, nprobe, metric per set."""
     nlist = 2 ** round(math.log2(4 * math.sqrt(gen_n)))
     return {"scifact": (32, 8, "ip"), "siftsmall": (64, 8, "l2"),
-            "generator": (nlist, 32, "ip")}
+            "generator": (nlist, 32, "ip"), "debian": (256, 32, "ip")}
 
 
 def _generator(work: Path, n: int) -> Path:
@@ -102,6 +106,19 @@ def load(name: str, data: Path, work: Path, gen_n: int) -> dict[str, Any] | None
 
     if name == "scifact":
         d = data / "scifact"
+        emb = d / "embeddings"
+        if not emb.exists():
+            return None
+        return {"xb": np.load(emb / "corpus_all-MiniLM-L6-v2.f32.npy"),
+                "ids": load_ids(d / "corpus.jsonl"),
+                "xq": np.load(emb / "queries_test_all-MiniLM-L6-v2.f32.npy"),
+                "qids": load_ids(emb / "queries_test_ids.txt"),
+                "qrels": load_qrels(d / "qrels" / "test.tsv"),
+                "xtrain": np.load(emb / "queries_train_all-MiniLM-L6-v2.f32.npy"),
+                "train_ids": load_ids(emb / "queries_train_ids.txt"),
+                "train_qrels": load_qrels(d / "qrels" / "train.tsv")}
+    if name == "debian":  # the unseen corpus of bench/make_debian_corpus.py, when built
+        d = DEBIAN
         emb = d / "embeddings"
         if not emb.exists():
             return None
@@ -426,7 +443,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(DATA))
-    ap.add_argument("--sets", nargs="+", default=["scifact", "siftsmall", "generator"])
+    ap.add_argument("--sets", nargs="+", default=["scifact", "siftsmall", "debian", "generator"])
     ap.add_argument("--bytes", type=int, nargs="+", default=[8, 16, 32, 48])
     ap.add_argument("--methods", nargs="+", default=EBR + PEERS, choices=EBR + PEERS)
     ap.add_argument("--gen-n", type=int, default=1_000_000)
@@ -448,7 +465,7 @@ def main() -> int:
             continue
         for budget in args.bytes:
             for method in args.methods:
-                if method == "bidr" and name != "scifact":
+                if method == "bidr" and name not in ("scifact", "debian"):
                     continue
                 task = {"set": name, "method": method, "bytes": budget, "data": args.data,
                         "work": str(work), "gen_n": args.gen_n, "budget": args.budget}

@@ -1,20 +1,31 @@
-"""Cost curve of a single-node build and serve (issue 6): N in {100k, 300k, 1M} x 384.
+"""Cost curve of a single-node build and serve (issues 6, 22): N from 100k to 10M x 384.
 
-    python bench/bench_scale.py [--n 100000 300000 1000000] [--dim 384] [--spec-m 16]
-                                [--distill-budget 120] [--work /tmp/ebr-scale] [--out bench/results]
+    python bench/bench_scale.py [--n 100000 1000000 3000000 10000000] [--dim 384] [--spec-m 16]
+                                [--profile minilm] [--distill-budget 0] [--target 0.95]
+                                [--nprobes 16 32 64 128 256] [--candidates 100 200 400 800]
+                                [--shards 2 | --shards] [--no-verify]
+                                [--work /tmp/ebr-scale] [--out bench/results] [--name scale]
 
 Per N, each step in a fresh process (its peak RSS is its own):
-  generate  the built-in generator streams corpus.fbin to disk (bounded memory)
-  build     k-means IVF-PQ (nlist = 4 sqrt N or --nlist, PQ16, 100k training sample), encoding and the
-            dense store written sequentially; optionally Distill-VQ with pseudo-queries and a
-            time budget (--distill-budget 0 turns it off)
-  serve     open the index (checksums verified), then 500 queries at nprobe 32, C = 200:
-            recall@10 against exact search, single-query QPS, and the process' private memory
-            (RssAnon) vs mapped file pages (RssFile, page cache the kernel can reclaim)
+  generate  the built-in generator (--profile, default minilm: MiniLM's fitted spectrum)
+            streams corpus.fbin to disk (bounded memory)
+  build     k-means IVF-PQ (nlist = 4 sqrt N or --nlist, PQ16, 100k training sample), encoding
+            and the dense store written sequentially; optionally Distill-VQ with pseudo-queries
+            and a time budget (--distill-budget 0 turns it off)
+  exact     brute force over the dense store for the test queries' top-10 (saved once)
+  serve     cold start: the dense store evicted from the page cache (posix_fadvise DONTNEED),
+            open the index (checksums verified unless --no-verify); the first --sweep-queries
+            queries choose nprobe and C from the grid (the cheapest reaching --target
+            recall@10); the rest are answered one at a time, cold (page cache evicted again)
+            with mapped reads alone (_cold_mmap), cold with the hybrid read path
+            (ebr.io.vecs.RowPrefetch: rows read together once gathers turn slow; _cold), then
+            warm (with it, and _warm_mmap without): recall@10, QPS, p50/p99, the share of the
+            dense store resident, and the
+            process' private memory (RssAnon) vs mapped file pages (RssFile, page cache)
   shards   the same build written by Ray Data into --shards shards (same codebooks: trained
            once with the same seed and sample), served by in-process fan-out with exact merge;
            reports whether every query's top-10 equals the single-node index's
-Writes scale.json, scale.md and scale.png (build seconds and peak RSS against N).
+Writes <name>.json, <name>.md and <name>.png (build seconds, peak RSS and QPS against N).
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import sys
 import time
@@ -46,14 +58,24 @@ def _status() -> dict[str, int]:
     return out
 
 
+def _data_dir(task: dict[str, Any]) -> Path:
+    return Path(task["work"]) / f"data-{task['profile']}-{task['n']}"
+
+
+def _index_dir(task: dict[str, Any], shards: int = 1) -> Path:
+    tag = "distill" if task["distill_budget"] else "kmeans"
+    return Path(task["work"]) / (f"index-{task['profile']}-{tag}-{task['n']}" +
+                                 (f"-s{shards}" if shards > 1 else ""))
+
+
 def generate(task: dict[str, Any]) -> dict[str, Any]:
     from ebr.data.synthetic import SyntheticConfig, write_stream
 
-    out = Path(task["work"]) / f"data-{task['n']}"
+    out = _data_dir(task)
     t0 = time.perf_counter()
     if not (out / "corpus.fbin").exists():
         write_stream(SyntheticConfig(n=task["n"], d=task["dim"], nq=task["nq"],
-                                     n_clusters=256), out)
+                                     n_clusters=256, profile=task["profile"]), out)
     return {"generate_s": round(time.perf_counter() - t0, 1),
             "generate_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
                                           / 1024)}
@@ -71,14 +93,14 @@ def build(task: dict[str, Any]) -> dict[str, Any]:
     n = task["n"]
     nlist = task["nlist"] or 2 ** round(math.log2(4 * math.sqrt(n)))
     spec = IndexSpec.parse(f"IVF{nlist},PQ{task['m']}")
-    x = load_vectors(Path(task["work"]) / f"data-{n}" / "corpus.fbin")
+    x = load_vectors(_data_dir(task) / "corpus.fbin")
     trainer = None
     if task["distill_budget"]:
         from ebr.train.distill_vq import DistillConfig, DistillVQTrainer
 
         trainer = DistillVQTrainer(DistillConfig(time_budget_s=task["distill_budget"],
                                                  val_nprobe=32))
-    out = Path(task["work"]) / f"index-{n}"
+    out = _index_dir(task)
     m = write_index(out, x, BuildParams(spec=spec, metric=Metric.IP, train_size=100_000,
                                         codebooks="distill" if trainer else "kmeans"),
                     trainer=trainer, overwrite=True)
@@ -96,43 +118,168 @@ def build(task: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def serve(task: dict[str, Any]) -> dict[str, Any]:
+def exact(task: dict[str, Any]) -> dict[str, Any]:
+    """Exact top-10 of the test queries (brute force over the dense store), saved once: its own
+    process, so the serving processes never map the whole store."""
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    from ebr.eval.metrics import recall_vs_exact
     from ebr.index.reader import open_index
     from ebr.search.exact import exact_search
     from ebr.search.searcher import Searcher
-    from ebr.spec import SearchParams
 
-    n = task["n"]
-    base = _status()
+    path = _index_dir(task) / "exact_top10.npy"
     t0 = time.perf_counter()
-    oi = open_index(Path(task["work"]) / f"index-{n}")
-    open_s = time.perf_counter() - t0
-    s = Searcher(oi)
-    xq = np.load(Path(task["work"]) / f"data-{n}" / "queries_test.npy")
-    p = SearchParams(k=10, nprobe=32, candidates=200)
-    s.search(xq[:20], p)
-    lat = []
-    ids = []
+    if not path.exists():
+        oi = open_index(_index_dir(task), verify_checksums=False)
+        xq = np.load(_data_dir(task) / "queries_test.npy")
+        ex = exact_search(Searcher(oi).prepare_queries(xq), oi.dense, 10, oi.metric)
+        np.save(path, ex.ids)
+    return {"exact_s": round(time.perf_counter() - t0, 1)}
+
+
+def _dense_files(index: Path) -> list[Path]:
+    from ebr.io import layout
+
+    return [index / name for name in layout.DENSE.values() if (index / name).exists()]
+
+
+def _drop_cache(index: Path, mapped: Any = None) -> None:
+    """Evict the dense store from the page cache. ``mapped``: this process' array over it,
+    whose faulted-in pages are unmapped first (the kernel keeps pages that a process maps)."""
+    import mmap
+
+    base = mapped
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = getattr(base, "base", None) if not isinstance(base, memoryview) else base.obj
+    if base is not None:
+        base.madvise(mmap.MADV_DONTNEED)
+    for f in _dense_files(index):
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def _resident_fraction(index: Path) -> float:
+    """Share of the dense store's pages in the page cache (mincore over a fresh mapping)."""
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    total = resident = 0
+    for f in _dense_files(index):
+        size = f.stat().st_size
+        npages = -(-size // mmap.PAGESIZE)
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+            if addr in (None, ctypes.c_void_p(-1).value):
+                raise OSError(ctypes.get_errno(), f"mmap {f}")
+            try:
+                vec = np.zeros(npages, dtype=np.uint8)
+                if libc.mincore(addr, size, vec.ctypes.data) != 0:
+                    raise OSError(ctypes.get_errno(), f"mincore {f}")
+                resident += int((vec & 1).sum())
+                total += npages
+            finally:
+                libc.munmap(addr, size)
+        finally:
+            os.close(fd)
+    return resident / max(total, 1)
+
+
+def _timed(s: Any, xq: np.ndarray, p: Any) -> tuple[np.ndarray, list[float]]:
+    lat, ids = [], []
     for i in range(len(xq)):
         t = time.perf_counter()
         r, _ = s.search(xq[i], p)
         lat.append(time.perf_counter() - t)
         ids.append(r.ids[0])
+    return np.array(ids), lat
+
+
+def _lat(lat: list[float], tag: str) -> dict[str, float]:
+    return {f"qps{tag}": round(len(lat) / sum(lat)),
+            f"p50_ms{tag}": round(1e3 * float(np.median(lat)), 3),
+            f"p99_ms{tag}": round(1e3 * float(np.percentile(lat, 99)), 3)}
+
+
+def serve(task: dict[str, Any]) -> dict[str, Any]:
+    """Cold start, then warm: evict the dense store from the page cache, open the index (its
+    coarse part into RAM), and answer the test queries one at a time (cold: every re-rank read
+    can miss); then choose nprobe and C (the fastest setting of the grid reaching
+    --target recall@10) and answer them again, warm."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    from ebr.eval.metrics import recall_vs_exact
+    from ebr.index.reader import open_index
+    from ebr.search.searcher import Searcher
+    from ebr.spec import SearchParams
+
+    index = _index_dir(task)
+    ex = np.load(index / "exact_top10.npy")
+    xq = np.load(_data_dir(task) / "queries_test.npy")
+    _drop_cache(index)
+    cold_resident = _resident_fraction(index)
+    base = _status()
+    t0 = time.perf_counter()
+    oi = open_index(index, verify_checksums=task["verify"])
+    open_s = time.perf_counter() - t0
+    s = Searcher(oi)
+    # the grid, on a warm-up slice first (it also warms the coarse stage, not the dense rows)
+    sweep = []
+    head = xq[:task["sweep_queries"]]
+    for nprobe in task["nprobes"]:
+        for cands in task["candidates"]:
+            r, _ = s.search(head, SearchParams(k=10, nprobe=nprobe, candidates=cands))
+            sweep.append({"nprobe": nprobe, "C": cands,
+                          "recall@10": recall_vs_exact(r.ids, ex[:len(head)], 10)})
+    # cold: the chosen setting's first pass over the held-out rest, right after eviction
+    ok = [r for r in sweep if r["recall@10"] >= task["target"]]
+    # cost model: the coarse scan grows with nprobe, the re-rank with C (one read each)
+    pick = min(ok, key=lambda r: (r["nprobe"] * 8 + r["C"])) if ok else \
+        max(sweep, key=lambda r: r["recall@10"])
+    p = SearchParams(k=10, nprobe=pick["nprobe"], candidates=pick["C"])
+    rest = xq[task["sweep_queries"]:]
+    pre = oi.prefetch
+    assert pre is not None
+    threshold = pre.slow_us_per_row
+    # cold, mapped reads alone (the hybrid path held off), then cold with it, then warm
+    pre.slow_us_per_row, pre.active = float("inf"), False
+    _drop_cache(index, oi.dense)  # the sweep read some rows: evict again
+    _, cold_mmap = _timed(s, rest, p)
+    _drop_cache(index, oi.dense)
+    pre.slow_us_per_row = threshold
+    ids, cold = _timed(s, rest, p)
+    after_cold = _resident_fraction(index)
+    hinted = pre.hinted_rows
+    _timed(s, rest, p)  # the rows these queries read are all in the page cache now
+    ids, warm = _timed(s, rest, p)
+    pre.slow_us_per_row, pre.active = float("inf"), False
+    _, warm_mmap = _timed(s, rest, p)
     st = _status()
-    ex = exact_search(s.prepare_queries(xq), oi.dense, 10, oi.metric)
     mem = oi.memory()
-    return {"open_s": round(open_s, 1), "recall@10": recall_vs_exact(np.array(ids), ex.ids, 10),
-            "qps": round(len(lat) / sum(lat)), "p50_ms": round(1e3 * float(np.median(lat)), 3),
-            "p99_ms": round(1e3 * float(np.percentile(lat, 99)), 3),
+    return {"open_s": round(open_s, 1), "nprobe": pick["nprobe"], "C": pick["C"],
+            "recall@10": recall_vs_exact(ids, ex[task["sweep_queries"]:], 10),
+            **_lat(warm, ""), **_lat(cold, "_cold"), **_lat(cold_mmap, "_cold_mmap"),
+            **_lat(warm_mmap, "_warm_mmap"), "rows_hinted_cold": hinted,
+            "dense_resident_cold": round(cold_resident, 4),
+            "dense_resident_after_cold_pass": round(after_cold, 4),
             "serve_rss_anon_mb": round((st["RssAnon"] - base["RssAnon"]) / 1e6, 1),
             "serve_rss_anon_total_mb": round(st["RssAnon"] / 1e6, 1),
             "serve_rss_file_mb": round(st["RssFile"] / 1e6, 1),
             "coarse_ram_mb": round(mem["coarse_ram_bytes"] / 1e6, 1),
-            "coarse_B_per_vec": round(mem["coarse_ram_bytes_per_vector"], 1)}
+            "coarse_B_per_vec": round(mem["coarse_ram_bytes_per_vector"], 1),
+            "sweep": sweep}
 
 
 def build_ray(task: dict[str, Any]) -> dict[str, Any]:
@@ -147,8 +294,7 @@ def build_ray(task: dict[str, Any]) -> dict[str, Any]:
     n = task["n"]
     nlist = task["nlist"] or 2 ** round(math.log2(4 * math.sqrt(n)))
     t0 = time.perf_counter()
-    build_on_ray(Path(task["work"]) / f"index-{n}-s{task['shards']}",
-                 Path(task["work"]) / f"data-{n}" / "corpus.fbin",
+    build_on_ray(_index_dir(task, task["shards"]), _data_dir(task) / "corpus.fbin",
                  BuildParams(spec=IndexSpec.parse(f"IVF{nlist},PQ{task['m']}"),
                              metric=Metric.IP, train_size=100_000), task["shards"],
                  overwrite=True)
@@ -170,11 +316,10 @@ def serve_shards(task: dict[str, Any]) -> dict[str, Any]:
     from ebr.search.sharded import ShardedSearcher
     from ebr.spec import SearchParams
 
-    n = task["n"]
-    si = open_sharded(Path(task["work"]) / f"index-{n}-s{task['shards']}")
+    si = open_sharded(_index_dir(task, task["shards"]))
     s = ShardedSearcher(si)
-    single = Searcher(open_index(Path(task["work"]) / f"index-{n}"))
-    xq = np.load(Path(task["work"]) / f"data-{n}" / "queries_test.npy")
+    single = Searcher(open_index(_index_dir(task)))
+    xq = np.load(_data_dir(task) / "queries_test.npy")
     p = SearchParams(k=10, nprobe=32, candidates=200)
     s.search(xq[:20], p)
     lat, ids = [], []
@@ -212,19 +357,34 @@ def main() -> int:
                     help="also build with Ray Data into this many shards and serve by fan-out")
     ap.add_argument("--distill-budget", type=float, default=0.0,
                     help="Distill-VQ time budget in seconds (0: k-means codebooks)")
+    ap.add_argument("--profile", default="minilm", choices=["minilm", "clusters"],
+                    help="the generator's profile (minilm: fitted to MiniLM's spectrum)")
+    ap.add_argument("--target", type=float, default=0.95,
+                    help="re-ranked recall@10 the chosen nprobe and C must reach")
+    ap.add_argument("--nprobes", type=int, nargs="+", default=[16, 32, 64, 128, 256])
+    ap.add_argument("--candidates", type=int, nargs="+", default=[100, 200, 400, 800])
+    ap.add_argument("--sweep-queries", type=int, default=200,
+                    help="test queries that choose nprobe and C; the rest are timed")
+    ap.add_argument("--no-verify", action="store_true",
+                    help="skip the sha256 of every file at open (sizes are still checked)")
     ap.add_argument("--work", default="/tmp/ebr-scale")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--name", default="scale")
     args = ap.parse_args()
+    if args.sweep_queries >= args.nq:
+        raise SystemExit("--sweep-queries must leave test queries to time")
     rows: list[dict[str, Any]] = []
     shard_rows: list[dict[str, Any]] = []
     for n in args.n:
         task = {"n": n, "dim": args.dim, "m": args.spec_m, "nq": args.nq, "work": args.work,
-                "distill_budget": args.distill_budget, "nlist": args.nlist}
+                "distill_budget": args.distill_budget, "nlist": args.nlist,
+                "profile": args.profile, "target": args.target, "nprobes": args.nprobes,
+                "candidates": args.candidates, "sweep_queries": args.sweep_queries,
+                "verify": not args.no_verify}
         row: dict[str, Any] = {"N": n, "dim": args.dim}
-        for step in (generate, build, serve):
+        for step in (generate, build, exact, serve):
             row.update(_in_child(step, task))
-            print(json.dumps(row), flush=True)
+            print(json.dumps({k: v for k, v in row.items() if k != "sweep"}), flush=True)
         row["build_us_per_vec"] = round(1e6 * row["build_s"] / n, 1)
         rows.append(row)
         for k in args.shards:
@@ -236,15 +396,19 @@ def main() -> int:
             shard_rows.append(srow)
     from ebr.eval.report import write_report
 
-    meta = {"title": f"ebr single-node cost curve: N x {args.dim}, PQ{args.spec_m}, "
-                     "nprobe 32, C = 200, 2 cores",
+    meta = {"title": f"ebr single-node cost curve: N x {args.dim} (generator profile "
+                     f"{args.profile}), PQ{args.spec_m}, nprobe and C chosen per N for "
+                     f"recall@10 >= {args.target}, 2 cores",
+            "command": " ".join(["python bench/bench_scale.py", *sys.argv[1:]]),
             "codebooks": "Distill-VQ (pseudo-queries, budget "
                          f"{args.distill_budget:.0f} s)" if args.distill_budget else "k-means"}
     cols = ["N", "spec", "generate_s", "build_s", "train_s", "kmeans_s", "distill_s",
             "encode_write_s", "coarse_checksums_s", "build_us_per_vec", "build_peak_rss_mb",
             "disk_mb", "coarse_ram_mb", "coarse_B_per_vec", "open_s", "serve_rss_anon_mb",
-            "serve_rss_anon_total_mb", "serve_rss_file_mb", "recall@10", "qps", "p50_ms",
-            "p99_ms"]
+            "serve_rss_anon_total_mb", "serve_rss_file_mb", "nprobe", "C", "recall@10", "qps",
+            "p50_ms", "p99_ms", "qps_warm_mmap", "qps_cold", "p50_ms_cold", "p99_ms_cold",
+            "qps_cold_mmap", "p50_ms_cold_mmap", "p99_ms_cold_mmap",
+            "dense_resident_cold", "dense_resident_after_cold_pass"]
     for r in rows:
         r["shards"] = 1
     paths = write_report(args.out, args.name, meta, rows, plot=False, columns=cols)
@@ -284,8 +448,9 @@ def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
     ax[1].plot(n, [r["serve_rss_anon_total_mb"] for r in rows], "s-", label="serve RssAnon")
     ax[1].plot(n, [r["disk_mb"] for r in rows], "^--", label="index on disk")
     ax[1].set_ylabel("MB")
-    ax[2].plot(n, [r["qps"] for r in rows], "o-", label="single-query QPS")
-    ax[2].set_ylabel("QPS (nprobe 32, C 200)")
+    ax[2].plot(n, [r["qps"] for r in rows], "o-", label="single-query QPS, warm")
+    ax[2].plot(n, [r["qps_cold"] for r in rows], "s--", label="cold (page cache dropped)")
+    ax[2].set_ylabel("QPS (nprobe, C for recall@10 >= target)")
     for a in ax:
         a.set_xscale("log")
         a.set_xlabel("N vectors")

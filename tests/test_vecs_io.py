@@ -101,3 +101,46 @@ def test_release_rows_drops_pages_keeps_data(tmp_path):
             assert before - rss_file() > 15e6
         assert float(np.asarray(m, dtype=np.float64).sum()) == total
     release_rows(x, 0, 10)  # in-memory: a no-op
+
+
+def test_row_prefetch_switches_on_slow_gathers_and_keeps_results(tmp_path, index_ip, ds_ip):
+    """The hybrid read path: off while gathers are fast, on after a slow one (then every row
+    of a gather is hinted to the kernel first), off again after calm_queries fast ones; the
+    re-rank's answers are the same either way."""
+    from ebr.index.reader import open_index
+    from ebr.io.vecs import RowPrefetch
+    from ebr.search.searcher import Searcher
+    from ebr.spec import SearchParams
+
+    x = np.arange(40, dtype=np.float32).reshape(10, 4)
+    write_bin(tmp_path / "d.fbin", x)
+    p = RowPrefetch(tmp_path / "d.fbin", 16, slow_us_per_row=5.0, calm_queries=3)
+    p.hint(np.array([[1, 2, -1]]))
+    assert not p.active and p.hinted_rows == 0  # warm: nothing asked
+    p.observe(1e-3, 10)  # 100 us per row: from disk
+    assert p.active and p.switches == 1
+    p.hint(np.array([[3, 3, 9, -1], [9, 0, -1, -1]]))
+    assert p.hinted_rows == 3  # distinct valid rows
+    for _ in range(2):
+        p.observe(1e-6, 10)
+    assert p.active
+    p.observe(1e-3, 10)  # slow again: the calm count restarts
+    for _ in range(3):
+        p.observe(1e-6, 10)
+    assert not p.active and p.switches == 2
+    p.observe(1.0, 0)  # no rows read: no signal
+    assert not p.active
+    with pytest.raises(ValueError):
+        RowPrefetch(tmp_path / "d.fbin", 0)
+    p.close()
+
+    plain = Searcher(open_index(index_ip, prefetch=False))
+    hybrid = Searcher(open_index(index_ip))
+    assert plain.index.prefetch is None and hybrid.index.prefetch is not None
+    hybrid.index.prefetch.active = True  # as after a cold gather
+    sp = SearchParams(k=10, nprobe=8, candidates=100)
+    a, _ = plain.search(ds_ip.xq[:20], sp)
+    b, _ = hybrid.search(ds_ip.xq[:20], sp)
+    np.testing.assert_array_equal(a.ids, b.ids)
+    np.testing.assert_allclose(a.scores, b.scores)
+    assert hybrid.index.prefetch.hinted_rows > 0

@@ -23,7 +23,7 @@ from ebr.errors import CorruptFileError, IndexFormatError
 from ebr.index.guard import FileGuard
 from ebr.io import layout
 from ebr.io.manifest import Manifest, read_manifest, verify_files
-from ebr.io.vecs import read_bin
+from ebr.io.vecs import RowPrefetch, read_bin
 from ebr.metric import Metric
 from ebr.quant.faiss_index import coarse_ram_bytes, extract_ivfpq, serves_l2_as_ip
 from ebr.spec import IndexSpec
@@ -51,6 +51,7 @@ class OpenIndex:
     query_map: np.ndarray | None = None  # [d, d]: coarse-stage queries are W q
     query_tower: Tower | None = None  # BiDR: re-rank queries are f_q(q); the store holds f_d(v)
     guard: FileGuard | None = None  # keeps the mapped files from changing under a search
+    prefetch: RowPrefetch | None = None  # the re-rank's hybrid read path (ebr.io.vecs)
 
     def using(self) -> AbstractContextManager[None]:
         """``with index.using():`` around every read of the mapped coarse or dense bytes:
@@ -115,6 +116,7 @@ def open_index(
     mmap: bool = True,
     precompute_tables: bool = False,
     guard: bool = True,
+    prefetch: bool = True,
 ) -> OpenIndex:
     """Open an index directory read-only.
 
@@ -126,6 +128,8 @@ def open_index(
         so the RAM figure is the codes'.
     guard: hold the mapped files (coarse index, dense store) with an :class:`FileGuard`
         (taken before they are verified), so a change on disk is refused, not a crash.
+    prefetch: the hybrid read path of the re-rank (:class:`ebr.io.vecs.RowPrefetch`): rows
+        read together from disk when the store is cold, mapped reads alone when it is warm.
     """
     path = Path(directory)
     manifest = read_manifest(path)
@@ -145,13 +149,16 @@ def open_index(
     dense = read_bin(path / layout.DENSE[manifest.dense_dtype], mmap=True, random_access=True)
     _expect(path / layout.DENSE[manifest.dense_dtype], "shape", dense.shape,
             (manifest.ntotal, manifest.dim))
+    row_prefetch = RowPrefetch(path / layout.DENSE[manifest.dense_dtype],
+                               manifest.dim * dense.dtype.itemsize) if prefetch else None
     query_map, query_tower = _query_side(path, manifest)
     logger.info("opened %s: %s, %d x %d, %s%s", path, spec, manifest.ntotal, manifest.dim,
                 metric.value, ", with BiDR towers" if query_tower is not None else "")
     return OpenIndex(path=path, manifest=manifest, spec=spec, metric=metric, coarse=coarse,
                      ivfpq=ivfpq, dense=dense, ids=_read_ids(path, manifest),
                      normalize=bool(manifest.build.get("params", {}).get("normalize", False)),
-                     query_map=query_map, query_tower=query_tower, guard=file_guard)
+                     query_map=query_map, query_tower=query_tower, guard=file_guard,
+                     prefetch=row_prefetch)
 
 
 def _open_coarse(path: Path, manifest: Manifest, spec: IndexSpec, metric: Metric, mmap: bool,

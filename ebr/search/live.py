@@ -95,7 +95,7 @@ class LiveSearcher(Searcher):
         base_cand = np.where(in_base, cand, -1)  # padding to the end: faiss' compiled path
         base_cand = np.take_along_axis(base_cand, np.argsort(~in_base, axis=1, kind="stable"), 1)
         ids, scores, rows = rerank(dq, base_cand, self.index.dense, self.index.metric, k,
-                                   padded_at_end=True)
+                                   padded_at_end=True, prefetch=self.index.prefetch)
         in_delta = cand >= n_base
         if in_delta.any():
             d_rows = np.unique(cand[in_delta])

@@ -9,9 +9,12 @@ smaller id.
 
 from __future__ import annotations
 
+import time
+
 import faiss
 import numpy as np
 
+from ebr.io.vecs import RowPrefetch
 from ebr.metric import Metric
 
 __all__ = ["rerank", "topk"]
@@ -74,7 +77,8 @@ def _compiled_ok(xq: np.ndarray, cand: np.ndarray, dense: np.ndarray,
 
 
 def rerank(xq: np.ndarray, cand: np.ndarray, dense: np.ndarray, metric: Metric,
-           k: int, padded_at_end: bool = False) -> tuple[np.ndarray, np.ndarray, int]:
+           k: int, padded_at_end: bool = False, prefetch: RowPrefetch | None = None
+           ) -> tuple[np.ndarray, np.ndarray, int]:
     """Exact scores of each query's candidates, top-k.
 
     xq: float32 [nq, d]; cand: int64 [nq, c] row ids (``-1`` padding); dense: [n, d] memmap.
@@ -82,7 +86,19 @@ def rerank(xq: np.ndarray, cand: np.ndarray, dense: np.ndarray, metric: Metric,
     compiled by-index kernels (rows read = valid candidates); others (float16) through numpy
     (distinct rows of the batch, read once, sorted). ``padded_at_end``: the caller guarantees
     every row's ``-1`` padding is trailing (faiss results), which skips that check.
+    ``prefetch``: the store's hybrid read path (cold rows read together; see RowPrefetch).
     """
+    if prefetch is None:
+        return _rerank(xq, cand, dense, metric, k, padded_at_end)
+    prefetch.hint(cand)
+    t0 = time.perf_counter()
+    out = _rerank(xq, cand, dense, metric, k, padded_at_end)
+    prefetch.observe(time.perf_counter() - t0, out[2])
+    return out
+
+
+def _rerank(xq: np.ndarray, cand: np.ndarray, dense: np.ndarray, metric: Metric,
+            k: int, padded_at_end: bool) -> tuple[np.ndarray, np.ndarray, int]:
     if _compiled_ok(xq, cand, dense, padded_at_end):
         return _rerank_compiled(xq, cand, dense, metric, k)
     nq, c = cand.shape

@@ -128,7 +128,8 @@ class Searcher(ResultRows):
             n_cand = int(per_query.sum())
             if params.rerank:  # faiss pads results with -1 at the end of each row
                 ids, scores, rows = rerank(self.dense_queries(xq), cand, self.index.dense,
-                                           self.index.metric, params.k, padded_at_end=True)
+                                           self.index.metric, params.k, padded_at_end=True,
+                                           prefetch=self.index.prefetch)
             else:
                 ids = cand[:, :params.k]
                 scores, rows = self._coarse_scores(D[:, :params.k], xm), 0

@@ -71,7 +71,7 @@ def shard_answer(oi: OpenIndex, start: int, xq: np.ndarray, params: SearchParams
             return (np.where(valid, cand + start, -1), np.where(valid, cscores, -np.inf),
                     np.full(cand.shape, -np.inf, np.float32), np.array([t1 - t0, 0.0]))
         res_ids, res_sc, _ = rerank(s.dense_queries(xq), cand, oi.dense, oi.metric, kc,
-                                    padded_at_end=True)
+                                    padded_at_end=True, prefetch=oi.prefetch)
         t2 = time.perf_counter()
     res = SearchResult(res_ids, res_sc)  # every candidate, with its exact score
     order = np.argsort(np.where(res.ids >= 0, res.ids, np.iinfo(np.int64).max), axis=1)
