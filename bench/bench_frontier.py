@@ -30,7 +30,8 @@ nprobe, one query at a time on one thread:
 Every row re-ranks its coarse top C exactly with the dense vectors (ebr reads its mapped dense
 store; the peers read the same vectors from a memory map), so re-ranked figures compare codes,
 not re-rankers. Per row: coarse recall@100 against exact, re-ranked recall@10 at C = 100 and
-200, nDCG@10 against qrels where they exist (C = 200), QPS (coarse + re-rank at C = 100), build
+200, nDCG@10 against qrels where they exist (C = 200), for ebr's codes the IVF coverage (recall@10
+with every document of the probed lists re-ranked), QPS (coarse + re-rank at C = 100), build
 seconds, and RAM per vector: what each added vector costs, its codes (x copies for SOAR) + an
 8-byte id, beside the fixed part (centroids, codebooks, rotations, query maps) in MB.
 Sets: SciFact (MiniLM 384-d, 300 test queries, qrels), siftsmall (128-d, L2, 100 queries),
@@ -89,9 +90,9 @@ def _generator(work: Path, n: int) -> Path:
 def _exact(out: Path) -> None:
     import faiss
 
-    from ebr.io.vecs import read_vecs
+    from ebr.io.vecs import load_vectors
 
-    xb = read_vecs(out / "corpus.fbin")
+    xb = load_vectors(out / "corpus.fbin")
     xq = np.load(out / "queries_test.npy")
     flat = faiss.IndexFlatIP(xb.shape[1])
     for i in range(0, len(xb), 200_000):
@@ -102,7 +103,7 @@ def _exact(out: Path) -> None:
 
 def load(name: str, data: Path, work: Path, gen_n: int) -> dict[str, Any] | None:
     from ebr.io.beir import load_ids, load_qrels
-    from ebr.io.vecs import read_vecs
+    from ebr.io.vecs import load_vectors, read_vecs
 
     if name == "scifact":
         d = data / "scifact"
@@ -138,7 +139,7 @@ def load(name: str, data: Path, work: Path, gen_n: int) -> dict[str, Any] | None
                 "xq": np.array(read_vecs(d / "siftsmall_query.fvecs")), "qids": None,
                 "qrels": None, "xtrain": None}
     out = _generator(work, gen_n)
-    return {"xb": read_vecs(out / "corpus.fbin"), "ids": None,
+    return {"xb": load_vectors(out / "corpus.fbin"), "ids": None,
             "xq": np.load(out / "queries_test.npy"), "qids": None, "qrels": None,
             "xtrain": None, "exact": np.load(out / "exact_top100.npy")}
 
@@ -305,6 +306,8 @@ def run(task: dict[str, Any]) -> dict[str, Any]:
         finals = {c: final_fn(xq, c) for c in (C_SERVE, C_WIDE)}
         for c, ids in finals.items():
             row[f"rerank_r@10_C{c}"] = round(_recall(ids, exact, 10), 4)
+        if method in EBR and method != "bidr":  # every document of the probed lists
+            row["coverage_r@10"] = round(_recall(final_fn(xq, n), exact, 10), 4)
         if ds["qrels"] is not None:
             rel = [ds["qrels"].get(q, {}) for q in ds["qids"]]
             ranked = [[ds["ids"][i] if i >= 0 else None for i in r] for r in finals[C_WIDE]]
@@ -421,11 +424,17 @@ def _summary(rows: list[dict[str, Any]]) -> list[str]:
         if not learned or not peers32:
             continue
         a = max(learned, key=lambda r: r[key])
-        b = max(peers32, key=lambda r: r[key])
-        lines.append(f"- **{name}**: ebr {a['method']} at 16 B: recall@10 {a[key]:.4f}, "
-                     f"{a['qps']} QPS; best peer at 32 B, {b['method']}: {b[key]:.4f}, "
-                     f"{b['qps']} QPS -> {'reached' if a[key] >= b[key] else 'not reached'} "
-                     f"({a[key] - b[key]:+.4f}), QPS {a['qps'] / b['qps']:.2f}x")
+        for label, pool in (("best peer", peers32),
+                            ("best peer without spilling (one copy of each code)",
+                             [r for r in peers32 if r["method"] != "scann_soar"])):
+            if not pool:
+                continue
+            b = max(pool, key=lambda r: r[key])
+            lines.append(f"- **{name}**, {label} at 32 B: {b['method']} {b[key]:.4f} "
+                         f"({b['ram_B/vec']} B/vector, {b['qps']} QPS); ebr {a['method']} at "
+                         f"16 B: {a[key]:.4f} ({a['ram_B/vec']} B/vector, {a['qps']} QPS) -> "
+                         f"{'reached' if a[key] >= b[key] else 'not reached'} "
+                         f"({a[key] - b[key]:+.4f}), QPS {a['qps'] / b['qps']:.2f}x")
         for budget in sorted({r["bytes"] for r in ok}):
             at = [r for r in ok if r["bytes"] == budget]
             best = max(at, key=lambda r: r[key])
@@ -452,7 +461,15 @@ def main() -> int:
     ap.add_argument("--work", default=str(ROOT / "runs" / "frontier"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--name", default="frontier")
+    ap.add_argument("--rows-from", help="write the tables from the JSON rows a run printed "
+                    "(its log), without building anything")
     args = ap.parse_args()
+    cmd = " ".join(["python bench/bench_frontier.py", *sys.argv[1:]])
+    if args.rows_from:  # re-render the tables of a run from the rows it printed
+        rows = [json.loads(line) for line in Path(args.rows_from).read_text().splitlines()
+                if line.startswith("{")]
+        _write(rows, Path(args.out), args.name, cmd)
+        return 0
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     if "generator" in args.sets:
@@ -476,31 +493,34 @@ def main() -> int:
                         rows.append({**{k: task[k] for k in ("set", "method", "bytes")},
                                      "system": "ebr" if method in EBR else "peer",
                                      "skipped": f"{type(e).__name__}: {str(e)[:200]}"})
-                        print(rows[-1], flush=True)
-    out = Path(args.out)
+                        print(json.dumps(rows[-1]), flush=True)
+    _write(rows, Path(args.out), args.name, cmd)
+    return 0
+
+
+def _write(rows: list[dict[str, Any]], out: Path, name: str, cmd: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    cmd = " ".join(["python bench/bench_frontier.py", *sys.argv[1:]])
-    meta = {"command": cmd, "cpus": os.cpu_count(), "gen_n": args.gen_n,
+    meta = {"command": cmd, "cpus": os.cpu_count(),
             "k": K, "C": [C_SERVE, C_WIDE], "qps": "one thread, one query per call, "
             f"coarse + exact re-rank of C = {C_SERVE}, best of 2 passes over "
             f"{QPS_QUERIES} queries"}
-    (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    exact = {r["set"]: r["exact_nDCG@10"] for r in rows if "exact_nDCG@10" in r}
     cols = ["set", "bytes", "method", "spec", "ram_B/vec", "fixed_MB", "coarse_r@100", "rerank_r@10_C100",
-            "rerank_r@10_C200", "nDCG@10_C200", "qps", "build_s", "skipped"]
+            "rerank_r@10_C200", "nDCG@10_C200", "coverage_r@10", "qps", "build_s", "skipped"]
     md = ["# Recall per byte: ebr's codes and the frontier's, side by side", "",
           f"`{cmd}` ({os.cpu_count()} cores; every row built in its own process in this one "
-          f"run; nprobe per set as in the table; {meta['qps']}; exact nDCG@10 on SciFact: "
-          f"{next((r['exact_nDCG@10'] for r in rows if 'exact_nDCG@10' in r), '-')})", "",
+          f"run; nprobe per set as in the table; {meta['qps']}; exact nDCG@10: "
+          + (", ".join(f"{s} {v}" for s, v in exact.items()) or "-") + ")", "",
           "## The goal: ebr's best learned code at 16 bytes vs the best peer at 32", "",
           *_summary(rows), "",
           "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     md += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
-    md += ["", f"![recall per byte]({args.name}.png)"]
-    (out / f"{args.name}.md").write_text("\n".join(md) + "\n")
+    md += ["", f"![recall per byte]({name}.png)"]
+    (out / f"{name}.md").write_text("\n".join(md) + "\n")
     if any("qps" in r for r in rows):
-        _plot(rows, out / f"{args.name}.png")
+        _plot(rows, out / f"{name}.png")
     print("\n".join(md))  # noqa: T201 - a script's output
-    return 0
 
 
 if __name__ == "__main__":

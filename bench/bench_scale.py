@@ -144,7 +144,7 @@ def _dense_files(index: Path) -> list[Path]:
     return [index / name for name in layout.DENSE.values() if (index / name).exists()]
 
 
-def _drop_cache(index: Path, mapped: Any = None) -> None:
+def drop_cache(index: Path, mapped: Any = None) -> None:
     """Evict the dense store from the page cache. ``mapped``: this process' array over it,
     whose faulted-in pages are unmapped first (the kernel keeps pages that a process maps)."""
     import mmap
@@ -163,7 +163,7 @@ def _drop_cache(index: Path, mapped: Any = None) -> None:
             os.close(fd)
 
 
-def _resident_fraction(index: Path) -> float:
+def resident_fraction(index: Path) -> float:
     """Share of the dense store's pages in the page cache (mincore over a fresh mapping)."""
     import ctypes
     import mmap
@@ -228,8 +228,8 @@ def serve(task: dict[str, Any]) -> dict[str, Any]:
     index = _index_dir(task)
     ex = np.load(index / "exact_top10.npy")
     xq = np.load(_data_dir(task) / "queries_test.npy")
-    _drop_cache(index)
-    cold_resident = _resident_fraction(index)
+    drop_cache(index)
+    cold_resident = resident_fraction(index)
     base = _status()
     t0 = time.perf_counter()
     oi = open_index(index, verify_checksums=task["verify"])
@@ -255,12 +255,12 @@ def serve(task: dict[str, Any]) -> dict[str, Any]:
     threshold = pre.slow_us_per_row
     # cold, mapped reads alone (the hybrid path held off), then cold with it, then warm
     pre.slow_us_per_row, pre.active = float("inf"), False
-    _drop_cache(index, oi.dense)  # the sweep read some rows: evict again
+    drop_cache(index, oi.dense)  # the sweep read some rows: evict again
     _, cold_mmap = _timed(s, rest, p)
-    _drop_cache(index, oi.dense)
+    drop_cache(index, oi.dense)
     pre.slow_us_per_row = threshold
     ids, cold = _timed(s, rest, p)
-    after_cold = _resident_fraction(index)
+    after_cold = resident_fraction(index)
     hinted = pre.hinted_rows
     _timed(s, rest, p)  # the rows these queries read are all in the page cache now
     ids, warm = _timed(s, rest, p)

@@ -114,10 +114,15 @@ def test_row_prefetch_switches_on_slow_gathers_and_keeps_results(tmp_path, index
 
     x = np.arange(40, dtype=np.float32).reshape(10, 4)
     write_bin(tmp_path / "d.fbin", x)
-    p = RowPrefetch(tmp_path / "d.fbin", 16, slow_us_per_row=5.0, calm_queries=3)
+    p = RowPrefetch(tmp_path / "d.fbin", 16, slow_us_per_row=20.0, slow_queries=2,
+                    calm_queries=3)
     p.hint(np.array([[1, 2, -1]]))
     assert not p.active and p.hinted_rows == 0  # warm: nothing asked
-    p.observe(1e-3, 10)  # 100 us per row: from disk
+    p.observe(1e-3, 10)  # 100 us per row: from disk, or the scheduler
+    p.observe(1e-6, 10)
+    p.observe(1e-3, 10)
+    assert not p.active  # one slow gather at a time is not a cold store
+    p.observe(1e-3, 10)
     assert p.active and p.switches == 1
     p.hint(np.array([[3, 3, 9, -1], [9, 0, -1, -1]]))
     assert p.hinted_rows == 3  # distinct valid rows

@@ -252,25 +252,30 @@ class RowPrefetch:
     A mapped gather of cold rows faults them in one at a time (one disk round trip each, ~11 ms
     for 200 rows in bench_rerank_io.py), where reads issued together overlap (a pool of preads:
     ~4.5 ms) and warm mapped reads cost ~0.02 ms, which any per-row system call would multiply.
-    So: :meth:`observe` the time of each gather per row read; after a slow one (more than
-    ``slow_us_per_row``: rows came from disk), :meth:`hint` asks the kernel for every row of
-    the next gathers before they run (``posix_fadvise(WILLNEED)``: asynchronous reads, issued
-    together, that the gather then finds in the page cache); after ``calm_queries`` fast
-    gathers in a row, it stops asking. Warm, it costs two clock reads per gather.
+    So: :meth:`observe` the time of each gather per row read; after ``slow_queries`` slow ones
+    in a row (more than ``slow_us_per_row``: rows came from disk; one alone may be the
+    scheduler), :meth:`hint` asks the kernel for every row of the next gathers before they run
+    (``posix_fadvise(WILLNEED)``: asynchronous reads, issued together, that the gather then
+    finds in the page cache); after ``calm_queries`` fast gathers in a row, it stops asking.
+    Warm, it costs two clock reads per gather.
     Safe to share between threads (the switch is a flag; a lost update costs one hint).
     """
 
     def __init__(self, path: str | os.PathLike[str], row_bytes: int,
-                 slow_us_per_row: float = 5.0, calm_queries: int = 16) -> None:
-        if row_bytes <= 0 or slow_us_per_row <= 0 or calm_queries < 1:
-            raise ValueError("row_bytes and slow_us_per_row must be > 0, calm_queries >= 1")
+                 slow_us_per_row: float = 20.0, slow_queries: int = 2,
+                 calm_queries: int = 16) -> None:
+        if row_bytes <= 0 or slow_us_per_row <= 0 or slow_queries < 1 or calm_queries < 1:
+            raise ValueError("row_bytes and slow_us_per_row must be > 0, slow_queries and "
+                             "calm_queries >= 1")
         self.row_bytes = row_bytes
         self.slow_us_per_row = slow_us_per_row
+        self.slow_queries = slow_queries
         self.calm_queries = calm_queries
         self.active = False
         self.hinted_rows = 0
         self.switches = 0
         self._calm = 0
+        self._slow = 0
         self._lock = threading.Lock()
         self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         self._finalizer = weakref.finalize(self, os.close, self._fd)
@@ -294,14 +299,17 @@ class RowPrefetch:
         with self._lock:
             if slow:
                 self._calm = 0
-                if not self.active:
+                self._slow += 1
+                if not self.active and self._slow >= self.slow_queries:
                     self.active = True
                     self.switches += 1
-            elif self.active:
-                self._calm += 1
-                if self._calm >= self.calm_queries:
-                    self.active = False
-                    self.switches += 1
+            else:
+                self._slow = 0
+                if self.active:
+                    self._calm += 1
+                    if self._calm >= self.calm_queries:
+                        self.active = False
+                        self.switches += 1
 
     def close(self) -> None:
         self._finalizer()
