@@ -461,14 +461,16 @@ def main() -> int:
     ap.add_argument("--work", default=str(ROOT / "runs" / "frontier"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--name", default="frontier")
-    ap.add_argument("--rows-from", help="write the tables from the JSON rows a run printed "
-                    "(its log), without building anything")
+    ap.add_argument("--rows-from", nargs="+", help="write the tables from the JSON rows "
+                    "runs printed (their logs), without building anything")
+    ap.add_argument("--command", help="with --rows-from: the commands that printed the rows, "
+                    "for the tables' header")
     args = ap.parse_args()
     cmd = " ".join(["python bench/bench_frontier.py", *sys.argv[1:]])
-    if args.rows_from:  # re-render the tables of a run from the rows it printed
-        rows = [json.loads(line) for line in Path(args.rows_from).read_text().splitlines()
-                if line.startswith("{")]
-        _write(rows, Path(args.out), args.name, cmd)
+    if args.rows_from:  # re-render the tables of runs from the rows they printed
+        rows = [json.loads(line) for f in args.rows_from
+                for line in Path(f).read_text().splitlines() if line.startswith("{")]
+        _write(rows, Path(args.out), args.name, args.command or cmd)
         return 0
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
