@@ -367,6 +367,9 @@ def main() -> int:
                     help="test queries that choose nprobe and C; the rest are timed")
     ap.add_argument("--no-verify", action="store_true",
                     help="skip the sha256 of every file at open (sizes are still checked)")
+    ap.add_argument("--steps", nargs="+", default=["generate", "build", "exact", "serve"],
+                    choices=["generate", "build", "exact", "serve"],
+                    help="steps to run (serve alone: a new grid on indexes already built)")
     ap.add_argument("--work", default="/tmp/ebr-scale")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--name", default="scale")
@@ -383,9 +386,12 @@ def main() -> int:
                 "verify": not args.no_verify}
         row: dict[str, Any] = {"N": n, "dim": args.dim}
         for step in (generate, build, exact, serve):
+            if step.__name__ not in args.steps:
+                continue
             row.update(_in_child(step, task))
             print(json.dumps({k: v for k, v in row.items() if k != "sweep"}), flush=True)
-        row["build_us_per_vec"] = round(1e6 * row["build_s"] / n, 1)
+        if "build_s" in row:
+            row["build_us_per_vec"] = round(1e6 * row["build_s"] / n, 1)
         rows.append(row)
         for k in args.shards:
             t = {**task, "shards": k}
@@ -425,7 +431,8 @@ def main() -> int:
         data = json.loads(Path(paths["json"]).read_text())
         data["shard_rows"] = shard_rows
         Path(paths["json"]).write_text(json.dumps(data, indent=2, default=str))
-    _plot(Path(args.out) / f"{args.name}.png", rows)
+    if all("build_s" in r for r in rows):  # a serve-only run has no build figures to plot
+        _plot(Path(args.out) / f"{args.name}.png", rows)
     print(Path(paths["md"]).read_text())
     return 0
 
