@@ -13,12 +13,14 @@ Core (no dependencies inside ebr but each other)
 
 Input                      (ebr.io, ebr.data)
     ebr.io.vecs            .npy / .fvecs / .fbin readers and writers; sampled,         [test_vecs_io]
-                           chunked and gathered rows of files larger than RAM
+                           chunked and gathered rows of files larger than RAM;
+                           RowPrefetch, the re-rank's hybrid (cold: read together) path
     ebr.io.manifest        manifest.json: format version, sha256 per file and of      [test_index]
                            itself (manifest_sha256), provenance
     ebr.io.layout          the fixed file names of an index directory
     ebr.io.beir            BEIR corpus/queries/qrels, cached corpus embeddings         [test_text]
-    ebr.io.encoder         offline MiniLM text encoder (extra 'text'; lazy torch)      [test_text]
+    ebr.io.encoder         offline MiniLM text encoder (extra 'text'; lazy torch), on  [test_text]
+                           torch or ONNX Runtime (exported once, fp32 or int8)
     ebr.data.synthetic     seeded clustered corpus + queries + planted qrels           [test_synthetic]
 
 Codes                      (ebr.quant, ebr.towers, ebr.train_config)
