@@ -90,6 +90,18 @@ def test_onnx_runtimes_match_torch(encoder, caplog):
         TextEncoder(runtime="tensorrt")
 
 
+@pytest.mark.parametrize("pooling", [{"pooling_mode": "cls"},
+                                     {"pooling_mode_cls_token": True,
+                                      "pooling_mode_mean_tokens": False}])
+def test_onnx_export_refuses_a_model_that_does_not_mean_pool(tmp_path, pooling):
+    from ebr.io.encoder import onnx_graph
+
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    with pytest.raises(ValueError, match="mean"):
+        onnx_graph(tmp_path, int8=False, cache_dir=tmp_path / "cache")
+
+
 def test_cache_second_build_does_not_encode(beir_dir, tmp_path, encoder, caplog):
     ids, x, path = cached_corpus_embeddings(beir_dir, encoder, tmp_path / "cache")
     assert ids == [d[0] for d in DOCS] and x.shape == (6, 384) and path.exists()
@@ -183,10 +195,14 @@ def test_finetuned_encoder_build(beir_dir, tmp_path, monkeypatch, encoder):
     np.testing.assert_allclose(np.asarray(oi.dense), tuned.encode(texts), atol=1e-5)
     assert not np.allclose(np.asarray(oi.dense), encoder.encode(texts), atol=1e-4)  # it moved
     with TestClient(create_app(Settings(index_dir=str(out)))) as c:
+        # the fine-tuned weights, exported to ONNX on their own digest
+        assert c.get("/index").json()["encoder_runtime"] == "onnx"
         r = c.post("/search", json={"text": "treating diabetes", "k": 2,
                                     "params": {"candidates": 6, "nprobe": 1}})
         assert r.status_code == 200, r.text
         assert r.json()["result"]["hits"][0]["id"] == "d3"
+    onnx_tuned = TextEncoder(enc, base_dir=out, runtime="onnx").encode(texts)
+    assert float((onnx_tuned * tuned.encode(texts)).sum(1).min()) > 0.9999
     raw = bytearray((out / "encoder" / "model.safetensors").read_bytes())
     raw[-10] ^= 0xFF
     (out / "encoder" / "model.safetensors").write_bytes(bytes(raw))

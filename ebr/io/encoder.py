@@ -208,9 +208,13 @@ def _check_mean_pooling(model_dir: Path) -> None:
     pooling = model_dir / "1_Pooling" / "config.json"
     if pooling.exists():
         cfg = json.loads(pooling.read_text())
-        if not cfg.get("pooling_mode_mean_tokens") or any(
+        if "pooling_mode" in cfg:  # sentence-transformers >= 6 writes one mode by name
+            mean = cfg["pooling_mode"] == "mean"
+        else:  # older releases: one flag per mode
+            mean = bool(cfg.get("pooling_mode_mean_tokens")) and not any(
                 v for k, v in cfg.items() if k.startswith("pooling_mode_") and
-                k != "pooling_mode_mean_tokens" and v):
+                k != "pooling_mode_mean_tokens")
+        if not mean:
             raise ValueError(f"{model_dir} does not pool by the mean of its tokens; "
                              "use the torch encoder runtime")
 
