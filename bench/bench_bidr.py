@@ -72,20 +72,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 def load(data: Path) -> dict[str, Any] | None:
-    from ebr.io.beir import load_ids, load_qrels
+    from benchkit import embedded_beir
 
-    sci = data / "scifact"
-    emb = sci / "embeddings"
-    if not emb.exists():
-        return None
-    return {"xb": np.load(emb / "corpus_all-MiniLM-L6-v2.f32.npy"),
-            "ids": load_ids(sci / "corpus.jsonl"),
-            "xq": np.load(emb / "queries_test_all-MiniLM-L6-v2.f32.npy"),
-            "qids": load_ids(emb / "queries_test_ids.txt"),
-            "qrels": load_qrels(sci / "qrels" / "test.tsv"),
-            "xtrain": np.load(emb / "queries_train_all-MiniLM-L6-v2.f32.npy"),
-            "train_ids": load_ids(emb / "queries_train_ids.txt"),
-            "train_qrels": load_qrels(sci / "qrels" / "train.tsv")}
+    return embedded_beir(data / "scifact")
 
 
 def run(task: dict[str, Any]) -> list[dict[str, Any]]:

@@ -46,30 +46,12 @@ RERANK_C = 200  # the end-to-end figures' candidate count
 
 
 def load(name: str, data: Path) -> dict[str, Any] | None:
-    from ebr.io.beir import load_ids, load_qrels
+    from benchkit import embedded_beir
+
     from ebr.io.vecs import read_vecs
 
-    if name == "scifact":
-        emb = data / "scifact" / "embeddings"
-        if not emb.exists():
-            return None
-        return {"xb": np.load(emb / "corpus_all-MiniLM-L6-v2.f32.npy"),
-                "ids": load_ids(data / "scifact" / "corpus.jsonl"),
-                "xq": np.load(emb / "queries_test_all-MiniLM-L6-v2.f32.npy"),
-                "qids": load_ids(emb / "queries_test_ids.txt"),
-                "qrels": load_qrels(data / "scifact" / "qrels" / "test.tsv"),
-                "xtrain": np.load(emb / "queries_train_all-MiniLM-L6-v2.f32.npy")}
-    if name == "debian":
-        d = Path(DEBIAN)
-        if not (d / "embeddings").exists():
-            return None
-        emb = d / "embeddings"
-        return {"xb": np.load(emb / "corpus_all-MiniLM-L6-v2.f32.npy"),
-                "ids": load_ids(d / "corpus.jsonl"),
-                "xq": np.load(emb / "queries_test_all-MiniLM-L6-v2.f32.npy"),
-                "qids": load_ids(emb / "queries_test_ids.txt"),
-                "qrels": load_qrels(d / "qrels" / "test.tsv"),
-                "xtrain": np.load(emb / "queries_train_all-MiniLM-L6-v2.f32.npy")}
+    if name in ("scifact", "debian"):  # labels of the training queries go unused here
+        return embedded_beir(data / "scifact" if name == "scifact" else Path(DEBIAN))
     if name == "siftsmall":
         d = data / "siftsmall"
         if not d.exists():

@@ -102,35 +102,12 @@ def _exact(out: Path) -> None:
 
 
 def load(name: str, data: Path, work: Path, gen_n: int) -> dict[str, Any] | None:
-    from ebr.io.beir import load_ids, load_qrels
+    from benchkit import embedded_beir
+
     from ebr.io.vecs import load_vectors, read_vecs
 
-    if name == "scifact":
-        d = data / "scifact"
-        emb = d / "embeddings"
-        if not emb.exists():
-            return None
-        return {"xb": np.load(emb / "corpus_all-MiniLM-L6-v2.f32.npy"),
-                "ids": load_ids(d / "corpus.jsonl"),
-                "xq": np.load(emb / "queries_test_all-MiniLM-L6-v2.f32.npy"),
-                "qids": load_ids(emb / "queries_test_ids.txt"),
-                "qrels": load_qrels(d / "qrels" / "test.tsv"),
-                "xtrain": np.load(emb / "queries_train_all-MiniLM-L6-v2.f32.npy"),
-                "train_ids": load_ids(emb / "queries_train_ids.txt"),
-                "train_qrels": load_qrels(d / "qrels" / "train.tsv")}
-    if name == "debian":  # the unseen corpus of bench/make_debian_corpus.py, when built
-        d = DEBIAN
-        emb = d / "embeddings"
-        if not emb.exists():
-            return None
-        return {"xb": np.load(emb / "corpus_all-MiniLM-L6-v2.f32.npy"),
-                "ids": load_ids(d / "corpus.jsonl"),
-                "xq": np.load(emb / "queries_test_all-MiniLM-L6-v2.f32.npy"),
-                "qids": load_ids(emb / "queries_test_ids.txt"),
-                "qrels": load_qrels(d / "qrels" / "test.tsv"),
-                "xtrain": np.load(emb / "queries_train_all-MiniLM-L6-v2.f32.npy"),
-                "train_ids": load_ids(emb / "queries_train_ids.txt"),
-                "train_qrels": load_qrels(d / "qrels" / "train.tsv")}
+    if name in ("scifact", "debian"):  # debian: bench/make_debian_corpus.py's, when built
+        return embedded_beir(data / "scifact" if name == "scifact" else DEBIAN)
     if name == "siftsmall":
         d = data / "siftsmall"
         if not d.exists():
@@ -226,10 +203,8 @@ class _Peer:
 def _rerank(xb: np.ndarray, xq: np.ndarray, cand: np.ndarray, metric: str) -> np.ndarray:
     out = np.full((len(xq), K), -1, dtype=np.int64)
     for i, (q, c) in enumerate(zip(xq, cand, strict=True)):
-        c = c[c >= 0]
-        c = np.unique(c)  # SOAR may return a document twice
-        v = xb[np.sort(c)]
-        c = np.sort(c)
+        c = np.unique(c[c >= 0])  # sorted; SOAR may return a document twice
+        v = xb[c]
         s = v @ q if metric == "ip" else -((v - q) ** 2).sum(1)
         top = np.argsort(-s, kind="stable")[:K]
         out[i, :len(top)] = c[top]

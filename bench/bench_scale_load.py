@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,37 +33,15 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_scale import drop_cache, resident_fraction  # noqa: E402
+from benchkit import closed_loop  # noqa: E402
 
 
 async def _load(url: str, xq: np.ndarray, clients: int, seconds: float,
                 params: dict[str, int]) -> dict[str, float]:
-    from ebr.client import AsyncClient
-    from ebr.errors import EbrError
+    async def send(c: Any, j: int) -> object:
+        return await c.search(vector=xq[j % len(xq)].tolist(), k=10, **params)
 
-    lat: list[float] = []
-    errors = 0
-    stop = time.perf_counter() + seconds
-
-    async def worker(i: int) -> None:
-        nonlocal errors
-        j = i
-        async with AsyncClient(url, timeout=60, retries=0, max_connections=1) as c:
-            while time.perf_counter() < stop:
-                t0 = time.perf_counter()
-                try:
-                    await c.search(vector=xq[j % len(xq)].tolist(), k=10, **params)
-                except EbrError:
-                    errors += 1
-                lat.append(time.perf_counter() - t0)
-                j += clients
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(worker(i) for i in range(clients)))
-    dt = time.perf_counter() - t0
-    ms = np.array(lat) * 1e3
-    return {"queries": len(lat), "errors": errors, "qps": round(len(lat) / dt, 1),
-            "p50_ms": round(float(np.percentile(ms, 50)), 2),
-            "p99_ms": round(float(np.percentile(ms, 99)), 2)}
+    return await closed_loop(url, clients, seconds, send)
 
 
 def main() -> int:

@@ -28,6 +28,7 @@ import sys
 import time
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -54,36 +55,12 @@ def _index(work: Path) -> Path:
 
 
 async def _load(url: str, texts: list[str], clients: int, seconds: float) -> dict:
-    """``clients`` concurrent clients, each its own ebr.client.AsyncClient (one connection:
-    one shared httpx pool of many connections costs the load generator ~2.5x the CPU per
-    request at 32, on the cores the server needs)."""
-    from ebr.client import AsyncClient
-    from ebr.errors import EbrError
+    from benchkit import closed_loop
 
-    lat: list[float] = []
-    errors = 0
-    stop = time.perf_counter() + seconds
+    async def send(c: Any, j: int) -> object:
+        return await c.search(text=texts[j % len(texts)], k=10)
 
-    async def worker(i: int) -> None:
-        nonlocal errors
-        j = i
-        async with AsyncClient(url, timeout=60, retries=0, max_connections=1) as c:
-            while time.perf_counter() < stop:
-                t0 = time.perf_counter()
-                try:
-                    await c.search(text=texts[j % len(texts)], k=10)
-                except EbrError:
-                    errors += 1
-                lat.append(time.perf_counter() - t0)
-                j += clients
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(worker(i) for i in range(clients)))
-    dt = time.perf_counter() - t0
-    ms = np.array(lat) * 1e3
-    return {"queries": len(lat), "errors": errors, "qps": round(len(lat) / dt, 1),
-            "p50_ms": round(float(np.percentile(ms, 50)), 1),
-            "p99_ms": round(float(np.percentile(ms, 99)), 1)}
+    return await closed_loop(url, clients, seconds, send, digits=1)
 
 
 def _serve(index: Path, port: int, workers: int, batch: int, runtime: str):

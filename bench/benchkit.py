@@ -1,0 +1,70 @@
+"""What several benchmarks share: the embedded BEIR sets they read, and the closed-loop HTTP
+load they generate. Imported by the bench scripts (their directory is on sys.path)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MINILM = "all-MiniLM-L6-v2"
+
+
+def embedded_beir(d: Path) -> dict[str, Any] | None:
+    """A BEIR directory with precomputed MiniLM vectors in ``embeddings/`` (the shared SciFact,
+    bench/make_debian_corpus.py's corpus): corpus and test-query vectors, their ids, the test
+    qrels, and the training queries with their ids and qrels. None when the vectors are absent."""
+    from ebr.io.beir import load_ids, load_qrels
+
+    emb = d / "embeddings"
+    if not emb.exists():
+        return None
+    return {"xb": np.load(emb / f"corpus_{MINILM}.f32.npy"),
+            "ids": load_ids(d / "corpus.jsonl"),
+            "xq": np.load(emb / f"queries_test_{MINILM}.f32.npy"),
+            "qids": load_ids(emb / "queries_test_ids.txt"),
+            "qrels": load_qrels(d / "qrels" / "test.tsv"),
+            "xtrain": np.load(emb / f"queries_train_{MINILM}.f32.npy"),
+            "train_ids": load_ids(emb / "queries_train_ids.txt"),
+            "train_qrels": load_qrels(d / "qrels" / "train.tsv")}
+
+
+async def closed_loop(url: str, clients: int, seconds: float,
+                      send: Callable[[Any, int], Awaitable[object]],
+                      digits: int = 2) -> dict[str, float]:
+    """``clients`` concurrent clients for ``seconds``, each its own ebr.client.AsyncClient with
+    one connection (one shared httpx pool of many connections costs the load generator ~2.5x
+    the CPU per request at 32, on the cores the server needs); client i sends
+    ``send(client, j)`` for j = i, i + clients, ... Queries/s, p50/p99 latency (ms, rounded
+    to ``digits``), errors."""
+    from ebr.client import AsyncClient
+    from ebr.errors import EbrError
+
+    lat: list[float] = []
+    errors = 0
+    stop = time.perf_counter() + seconds
+
+    async def worker(i: int) -> None:
+        nonlocal errors
+        j = i
+        async with AsyncClient(url, timeout=60, retries=0, max_connections=1) as c:
+            while time.perf_counter() < stop:
+                t0 = time.perf_counter()
+                try:
+                    await send(c, j)
+                except EbrError:
+                    errors += 1
+                lat.append(time.perf_counter() - t0)
+                j += clients
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(clients)))
+    dt = time.perf_counter() - t0
+    ms = np.array(lat) * 1e3
+    return {"queries": len(lat), "errors": errors, "qps": round(len(lat) / dt, 1),
+            "p50_ms": round(float(np.percentile(ms, 50)), digits),
+            "p99_ms": round(float(np.percentile(ms, 99)), digits)}
