@@ -146,8 +146,11 @@ def run(task: dict[str, Any]) -> dict[str, Any]:
             aware = trainer.info.get("score_aware", {})
             out["eta"] = None if aware.get("off") else aware.get("eta")
             out["eta_candidates"] = aware.get("candidates")
-            guard = trainer.info.get("guard")
+            guard = trainer.info.get("guard") or trainer.info.get("run_choice")
             out["kept"] = guard["kept"] if guard else "learned (no guard)"
+            out["held_out"] = guard["held_out_rerank_recall@10"] if guard else None
+            out["weighted"] = trainer.info.get("query_weighting") is not None
+            out["opq_start"] = "start" in trainer.info
         if ds["qrels"] is not None:
             rel = [ds["qrels"].get(q, {}) for q in ds["qids"]]
 

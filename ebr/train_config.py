@@ -79,6 +79,12 @@ class DistillConfig:
     # on the held-out queries, both as served (re-ranked recall@10 at val_nprobe and
     # val_candidates), and keep the better: learning never ends below its start.
     guard: bool = True
+    # PQ specs without OPQ start from OPQ's rotation (free: the same bytes per vector), the best
+    # unsupervised start for product codes (Debian 16 B re-ranked recall@10 0.923 against
+    # k-means' 0.875; SciFact 0.926 against 0.907), and the guard then compares with plain OPQ,
+    # so --codebooks distill never ends below --codebooks opq. Not with labelled pairs (BiDR
+    # stage 1 is measured from the spec as given).
+    opq_start: bool = True
     patience: int = 3
     time_budget_s: float | None = None
     seed: int = 0
@@ -97,6 +103,12 @@ class DistillConfig:
     # (0.956 kept, against 0.981 reached from plain k-means; test Recall@100 at C = 100 0.878
     # against 0.916; bench/results/bidr.md)
     weight_with_labels: bool = False
+    # With query weighting on (inner product, no labels), train from the unweighted start too
+    # (each run on half the time budget) and keep whichever serves the held-out queries
+    # better end to end: neither start wins everywhere (OPQ16 at 16 B, re-ranked recall@10 at
+    # C = 200: SciFact weighted 0.934 / unweighted 0.926, Debian 0.924 / 0.923 with a higher
+    # nDCG@10 unweighted; the weighted lists lose IVF coverage there, 0.911 against 0.935).
+    choose_weighting: bool = True
     # Score-aware codes (inner-product RQ / LSQ only; ebr.quant.anisotropic): candidate weights
     # eta of the error along each document's direction. The one with the best held-out recall
     # on the initial codebooks is kept for training and export (1.0: faiss' codes as they are;

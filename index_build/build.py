@@ -193,6 +193,7 @@ def _distill_trainer(args: argparse.Namespace, pairs: Any = None, corpus: Any = 
                         val_split=args.val_split, seed=args.seed,
                         select=args.distill_select, val_nprobe=args.distill_val_nprobe,
                         val_candidates=args.distill_val_candidates, guard=args.distill_guard,
+                        choose_weighting=args.choose_weighting, opq_start=args.opq_start,
                         **({} if args.score_aware is None else
                            {"score_aware_eta": args.score_aware}))
     return DistillVQTrainer(cfg, queries=queries, niter=args.niter, progress=args.progress,

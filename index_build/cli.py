@@ -140,6 +140,15 @@ def _distill_args(p: argparse.ArgumentParser) -> None:
                     "over the training queries, shrunk toward plain k-means by this fraction "
                     "in (0, 1]; 0 turns it off (default %(default)s). Not applied with --train-qrels: "
                     "the contrastive term did better from plain k-means")
+    dv.add_argument("--choose-weighting", action=argparse.BooleanOptionalAction,
+                    default=_default(DistillConfig, "choose_weighting"),
+                    help="with query weighting, train from the unweighted start too (half the "
+                    "time budget each) and keep the run that serves the held-out queries "
+                    "better end to end (default on)")
+    dv.add_argument("--opq-start", action=argparse.BooleanOptionalAction,
+                    default=_default(DistillConfig, "opq_start"),
+                    help="a PQ spec without OPQ starts from OPQ's rotation (same bytes per "
+                    "vector), and the guard compares with plain OPQ (default on)")
     dv.add_argument("--score-aware", type=_etas, metavar="ETAS",
                     help="inner-product RQ / LSQ: candidate weights of the error along each "
                     "document's direction, comma-separated; the best on the held-out queries "

@@ -74,8 +74,19 @@ def test_build_distill_cli(tmp_path):
     cb = oi.manifest.codebooks
     assert cb["method"] == "distill" and cb["training_queries"] == "real (200)"
     assert cb["validation_metric"] == "val_recall" and "guard" not in cb
+    # the start: OPQ's rotation added to the PQ spec; weighted and unweighted runs compared
+    assert "OPQ rotation added" in cb["start"]
+    assert set(cb["run_choice"]["held_out_rerank_recall@10"]) == {"learned",
+                                                                  "learned_unweighted"}
     assert cb["distill"]["ivf_weight"] == 0.5 and cb["ivf_weight"] == 0.5
     assert cb["distill"]["loss"] == "mse+listnet" and oi.query_map is not None
+    one = tmp_path / "one"  # the spec as given, one run
+    assert main(["--no-progress", "build", "--input", str(tmp_path / "x.npy"), "--out", str(one),
+                 "--spec", "IVF8,PQ4", "--niter", "5", "--codebooks", "distill",
+                 "--train-queries", str(tmp_path / "q.npy"), "--distill-epochs", "1",
+                 "--no-opq-start", "--no-choose-weighting", "--no-distill-guard"]) == 0
+    cb = open_index(one).manifest.codebooks
+    assert "start" not in cb and "run_choice" not in cb and cb["query_weighting"] is not None
     # RQ: the score-aware candidates from the command line, and 'off'
     for flag, want in (("3", {"3"}), ("off", None)):
         rq = tmp_path / f"rq-{flag}"

@@ -75,8 +75,9 @@ def test_config_validation():
 
 
 # the training mechanics, watched on the coarse figure with no end-to-end guard (both are
-# tested on their own below): on 3,000 documents the re-ranked recall saturates at 1.0
-MECH = {"select": "coarse", "guard": False}
+# tested on their own below): on 3,000 documents the re-ranked recall saturates at 1.0; one
+# run from the spec as given (no OPQ start, no second, unweighted run)
+MECH = {"select": "coarse", "guard": False, "opq_start": False, "choose_weighting": False}
 CFG = DistillConfig(max_epochs=4, patience=10, batch_size=64, n_random=256, top_k=50, n_pseudo=1500,
                     val_nprobe=4, val_k=20, seed=3, **MECH)
 
@@ -375,40 +376,49 @@ def test_served_rerank_recall_is_what_the_served_index_gives(tmp_path, ds_ip):
         assert got == pytest.approx(want) and 0 < got < 1
 
 
-@pytest.mark.parametrize("rigged", [None, "plain", "learned"])
-def test_guard_keeps_the_better_of_learned_and_plain(tmp_path, ds_ip, monkeypatch, rigged):
-    """End to end on the held-out queries, learned or faiss' plain codebooks, whichever is
-    better (a tie: plain). Rigged measures force each branch: where plain wins nothing
-    learned is exported (no query map, the method is k-means)."""
+@pytest.mark.parametrize("rigged", [None, "plain", "learned", "learned_unweighted"])
+def test_guard_keeps_the_best_of_the_runs_and_plain_opq(tmp_path, ds_ip, monkeypatch, rigged):
+    """End to end on the held-out queries: the weighted run, the unweighted run or faiss'
+    plain codebooks, whichever is best (a tie: plain). A PQ spec without OPQ starts from OPQ,
+    and plain OPQ is what it must beat (``--codebooks distill`` never ends below
+    ``--codebooks opq``). Rigged measures force each branch: where plain wins nothing learned
+    is exported (no query map, the method is OPQ)."""
     import ebr.train.distill_vq as dvq
 
-    if rigged is not None:
-        real = dvq.served_rerank_recall
+    real = dvq.served_rerank_recall
+    seen: list[tuple[bool, bool]] = []  # (has a query map, has a weighting transform)
 
-        def measure(cb, *args):  # the learned codebooks carry the query map, plain ones none
-            v = real(cb, *args)
-            return v + (0.5 if (cb.query_map is None) == (rigged == "plain") else 0.0)
-        monkeypatch.setattr(dvq, "served_rerank_recall", measure)
-    kept = rigged
+    def measure(cb, *args):
+        v = real(cb, *args)
+        weighted = cb.provenance.get("query_weighting") is not None
+        name = "plain" if cb.query_map is None else (
+            "learned" if weighted else "learned_unweighted")
+        seen.append((cb.query_map is not None, weighted))
+        return v + (0.5 if name == rigged else 0.0)
+    monkeypatch.setattr(dvq, "served_rerank_recall", measure)
     cfg = DistillConfig(max_epochs=2, patience=10, batch_size=64, n_random=128, top_k=20,
                         n_pseudo=1000, val_nprobe=2, val_candidates=20, seed=3,
-                        select="coarse", query_weighting=None)
+                        select="coarse")
     tr = DistillVQTrainer(cfg)
     write_index(tmp_path / "i", ds_ip.xb, BuildParams(spec=IndexSpec.parse("IVF16,PQ4"),
                                                      codebooks="distill", kmeans_niter=5),
                 trainer=tr)
     g = tr.info["guard"]
     got = g["held_out_rerank_recall@10"]
-    assert g["kept"] == ("learned" if got["learned"] > got["plain"] else "plain")
+    assert list(got) == ["plain", "learned", "learned_unweighted"]  # the order of ties
+    assert sorted(seen) == [(False, False), (True, False), (True, True)]
+    assert g["kept"] == max(got, key=lambda k: got[k])
     assert (g["nprobe"], g["candidates"]) == (2, 20)
-    if kept is not None:
-        assert g["kept"] == kept
+    if rigged is not None:
+        assert g["kept"] == rigged
     m = json.loads((tmp_path / "i" / "manifest.json").read_text())
-    assert m["codebooks"]["guard"]["kept"] == g["kept"]
-    assert ("query_map.fbin" in m["files"]) == (g["kept"] == "learned")
+    cb = m["codebooks"]
+    assert cb["guard"]["kept"] == g["kept"] and "OPQ rotation added" in cb["start"]
+    assert ("query_map.fbin" in m["files"]) == (g["kept"] != "plain")
+    assert (cb["query_weighting"] is None) == (g["kept"] == "learned_unweighted")
     if g["kept"] == "plain":
-        assert m["codebooks"]["method"] == "kmeans" and m["codebooks"]["learned_not_kept"]
-    s = Searcher(open_index(tmp_path / "i"))  # either way, served and exact at full probe
+        assert cb["method"] == "opq" and cb["learned_not_kept"]
+    s = Searcher(open_index(tmp_path / "i"))  # whichever, served and exact at full probe
     res, _ = s.search(ds_ip.xq, SearchParams(k=5, nprobe=16, candidates=s.index.ntotal))
     np.testing.assert_array_equal(res.ids, s.exact(ds_ip.xq, 5).ids)
 

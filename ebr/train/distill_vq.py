@@ -42,7 +42,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import faiss
@@ -55,7 +55,7 @@ from ebr.metric import Metric, normalize_rows
 from ebr.quant.encode import ScoreAware
 from ebr.quant.trainers import Codebooks
 from ebr.spec import IndexSpec
-from ebr.train.distill_model import locate, pseudo_queries, query_spectrum, recall_of
+from ebr.train.distill_model import DistillVQ, locate, pseudo_queries, query_spectrum, recall_of
 from ebr.train.distill_run import DistillRun, Pairs
 from ebr.train.loop import LoopResult, run_epochs
 from ebr.train.sampling import TrainingPairs, split_pairs
@@ -85,6 +85,20 @@ def served_rerank_recall(cb: Codebooks, xt: np.ndarray, q: np.ndarray, truth: np
     k = min(candidates, len(xt))
     _, ids = index.search(xq, k, params=ivf_params(index, nprobe, None, False))
     return recall_of(torch.from_numpy(ids), truth)
+
+
+@dataclass
+class _Run:
+    """One training run's outcome (the trainer holds the kept run's as its own state)."""
+
+    index: faiss.Index
+    metric: Metric
+    list_centroids: np.ndarray
+    query_map: np.ndarray | None
+    score_aware: ScoreAware | None
+    history: list[dict[str, float]]
+    info: dict[str, Any]
+    model: DistillVQ
 
 
 class DistillVQTrainer:
@@ -118,64 +132,114 @@ class DistillVQTrainer:
         self.codebooks: Codebooks | None = None  # what the last fit returned
         # (held-out queries, their exact top 10 in the sample, nprobe) for the guard
         self._held_out: tuple[np.ndarray, np.ndarray, int] | None = None
+        self.model: DistillVQ | None = None  # the kept run's student
+        self._run: _Run | None = None
 
     # -- CodebookTrainer ------------------------------------------------------------------
     def fit(self, xt: np.ndarray, spec: IndexSpec, metric: Metric, seed: int) -> Codebooks:
         """The contract: the distilled index, the k-means lists documents keep, the query map
-        and score-aware encoding; the training's record as provenance."""
+        and score-aware encoding; the training's record as provenance.
+
+        The start: a PQ spec without OPQ gets OPQ's rotation (``opq_start``). With query
+        weighting, a second run from the unweighted start (``choose_weighting``); the runs'
+        codebooks and faiss' plain ones compete end to end on the held-out queries (the
+        guard), see :meth:`_guard`."""
+        cfg = self.config
+        start = spec
+        if cfg.opq_start and self.pairs is None and not spec.is_additive and not spec.opq:
+            spec = replace(spec, opq=True)
+        two = (cfg.choose_weighting and cfg.query_weighting is not None
+               and metric is Metric.IP and (self.pairs is None or cfg.weight_with_labels))
+        if two and cfg.time_budget_s is not None:  # each run gets half
+            cfg = replace(cfg, time_budget_s=cfg.time_budget_s / 2)
+        runs = {"learned": self._fit_once(cfg, xt, spec, metric, seed)}
+        if two and self._held_out is not None:
+            runs["learned_unweighted"] = self._fit_once(replace(cfg, query_weighting=None),
+                                                        xt, spec, metric, seed)
+        if spec != start:
+            for run in runs.values():
+                run.info["start"] = f"OPQ rotation added to {start} (same bytes per vector)"
+        self._restore(runs["learned"])
+        if self._held_out is not None and (cfg.guard or len(runs) > 1):
+            return self._guard(runs, xt, spec, metric, seed, plain=cfg.guard)
+        return self._codebooks()
+
+    def _fit_once(self, cfg: DistillConfig, xt: np.ndarray, spec: IndexSpec, metric: Metric,
+                  seed: int) -> _Run:
+        """One training run (self's state is that run's after it)."""
         # same seed, same codebooks: torch's CPU scatter-adds (the gradients of the selected
         # centroids and codewords) otherwise sum in thread order
         was = torch.are_deterministic_algorithms_enabled()
         torch.use_deterministic_algorithms(True)
         try:
-            index, list_centroids = self._train(xt, spec, metric, seed)
+            index, list_centroids, model = self._train(cfg, xt, spec, metric, seed)
         finally:
             torch.use_deterministic_algorithms(was)
-        self.codebooks = Codebooks(index, metric, self.describe(), list_centroids,
-                                   self.query_map, self.score_aware)
-        if self.config.guard and self._held_out is not None:
-            self.codebooks = self._guard(self.codebooks, xt, spec, metric, seed)
-        return self.codebooks
+        return _Run(index, metric, list_centroids, self.query_map, self.score_aware,
+                    self.history, self.info, model)
 
-    def _guard(self, learned: Codebooks, xt: np.ndarray, spec: IndexSpec, metric: Metric,
-               seed: int) -> Codebooks:
-        """The learned codebooks, or faiss' plain ones for the same spec (k-means, OPQ when
-        the spec has it) where those do better on the held-out queries end to end: both
-        served as the writer fills and the searcher searches them, the re-ranked recall@10
-        at the validation nprobe and candidate count; a tie keeps the plain ones (a learned
-        change is kept only where it helps). Learning never ends below its start."""
+    def _restore(self, run: _Run) -> None:
+        self.query_map, self.score_aware, self.history = (run.query_map, run.score_aware,
+                                                          run.history)
+        self.info, self.model, self._run = run.info, run.model, run
+        self.codebooks = self._codebooks()
+
+    def _codebooks(self) -> Codebooks:
+        run = self._run
+        if run is None:
+            raise RuntimeError("no training run yet")
+        return Codebooks(run.index, run.metric, self.describe(), run.list_centroids,
+                         self.query_map, self.score_aware)
+
+    def _guard(self, runs: dict[str, _Run], xt: np.ndarray, spec: IndexSpec, metric: Metric,
+               seed: int, plain: bool = True) -> Codebooks:
+        """The best of the learned runs and (``plain``) faiss' plain codebooks for the spec
+        (k-means, or OPQ when the spec has it or the start added it), each served as the writer
+        fills and the searcher searches it: the re-ranked recall@10 of the held-out queries at
+        the validation nprobe and candidate count. A tie keeps the plain ones (a learned change
+        is kept only where it helps), then the first run. Learning never ends below its
+        start."""
         from ebr.quant.trainers import KMeansTrainer
 
-        plain = KMeansTrainer(niter=self.niter).fit(xt, spec, metric, seed)
         q, truth, nprobe = self._held_out  # type: ignore[misc]
         c = self.config.val_candidates
-        got = {name: served_rerank_recall(cb, xt, q, truth, nprobe, c)
-               for name, cb in (("learned", learned), ("plain", plain))}
-        kept = "learned" if got["learned"] > got["plain"] else "plain"  # a tie: nothing learned
+        got: dict[str, float] = {}
+        plain_cb = None
+        if plain:
+            plain_cb = KMeansTrainer(niter=self.niter).fit(xt, spec, metric, seed)
+            got["plain"] = served_rerank_recall(plain_cb, xt, q, truth, nprobe, c)
+        for name, run in runs.items():
+            self._restore(run)
+            got[name] = served_rerank_recall(self._codebooks(), xt, q, truth, nprobe, c)
+        kept = max(got, key=lambda name: got[name])  # the first of equals: plain, then runs
+        self._restore(runs[kept] if kept in runs else runs["learned"])
         record = {"held_out_rerank_recall@10": got, "nprobe": nprobe, "candidates": c,
                   "kept": kept}
-        self.info["guard"] = record
-        logger.info("distill: held-out re-ranked recall@10 at nprobe %d, C %d: learned %.4f, "
-                    "plain %s %.4f: %s kept", nprobe, c, got["learned"],
-                    plain.provenance["method"], got["plain"], kept)
-        if kept == "learned":
-            return Codebooks(learned.index, metric, self.describe(), learned.list_centroids,
-                             learned.query_map, learned.score_aware)
+        # without plain codebooks competing it is the choice between the runs, not a guard
+        self.info = {**self.info, "guard" if plain else "run_choice": record}
+        logger.info("distill: held-out re-ranked recall@10 at nprobe %d, C %d: %s: %s kept",
+                    nprobe, c, ", ".join(f"{k} {v:.4f}" for k, v in got.items()), kept)
+        if kept != "plain":
+            return self._set(self._codebooks())
+        assert plain_cb is not None  # kept == "plain" only when plain competed
         self.query_map, self.score_aware = None, None
-        return Codebooks(plain.index, metric, {**self.describe(),
-                                               "method": plain.provenance["method"],
-                                               "learned_not_kept": True})
+        return self._set(Codebooks(plain_cb.index, metric, {
+            **self.describe(), "method": plain_cb.provenance["method"],
+            "learned_not_kept": True}))
 
-    def _train(self, xt: np.ndarray, spec: IndexSpec, metric: Metric, seed: int
-               ) -> tuple[faiss.Index, np.ndarray]:
-        """(the trained index, the k-means list centroids its documents keep)."""
-        cfg = self.config
+    def _set(self, cb: Codebooks) -> Codebooks:
+        self.codebooks = cb
+        return cb
+
+    def _train(self, cfg: DistillConfig, xt: np.ndarray, spec: IndexSpec, metric: Metric,
+               seed: int) -> tuple[faiss.Index, np.ndarray, DistillVQ]:
+        """(the trained index, the k-means list centroids its documents keep, the student)."""
         t_start = time.perf_counter()
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
         x_init = np.ascontiguousarray(xt, dtype=np.float32)
-        labelled, val_pairs, xt = self._split_pairs(x_init, rng)
-        xq, kind = self._training_queries(xt, rng, labelled)
+        labelled, val_pairs, xt = self._split_pairs(cfg, x_init, rng)
+        xq, kind = self._training_queries(cfg, xt, rng, labelled)
         run = DistillRun(cfg, spec, metric, seed, self.niter, rng, t_start, x_init, xt, xq,
                          labelled, val_pairs)
         aware = run.choose_score_aware()
@@ -200,16 +264,15 @@ class DistillVQTrainer:
         self.score_aware = None if run.eta == 1.0 else ScoreAware(run.eta, self.query_map,
                                                                  cfg.score_aware_passes)
         self.model = model
-        self.info = self._record(run, kind, result, aware, spectrum)
+        self.info = self._record(cfg, run, kind, result, aware, spectrum)
         logger.info("distill: %s after %d epochs, %s@%d %.4f -> %.4f (%.1f s)", result.stopped,
                     len(self.history) - 1, run.watch, cfg.val_k, self.history[0][run.watch],
                     result.best, time.perf_counter() - t_start)
-        return index, run.centroids0
+        return index, run.centroids0, model
 
-    def _record(self, run: DistillRun, kind: str, result: LoopResult, aware: dict[str, Any],
-                spectrum: dict[str, float]) -> dict[str, Any]:
+    def _record(self, cfg: DistillConfig, run: DistillRun, kind: str, result: LoopResult,
+                aware: dict[str, Any], spectrum: dict[str, float]) -> dict[str, Any]:
         """What the manifest records of the training (with :meth:`describe`)."""
-        cfg = self.config
         info: dict[str, Any] = {
             "training_queries": kind, "n_train_queries": int(len(run.train_q)),
             "n_val_queries": int(run.nval), "temperature": float(run.tau),
@@ -241,14 +304,13 @@ class DistillVQTrainer:
                 "history": self.history}
 
     # -- helpers ----------------------------------------------------------------------------
-    def _split_pairs(self, xt: np.ndarray, rng: np.random.Generator) -> tuple[
-            Pairs | None, Pairs | None, np.ndarray]:
+    def _split_pairs(self, cfg: DistillConfig, xt: np.ndarray, rng: np.random.Generator
+                     ) -> tuple[Pairs | None, Pairs | None, np.ndarray]:
         """Labelled pairs in training-sample coordinates: (train queries, positives as rows
         of the returned sample), (val queries, val positives), and the sample with the
         positives it lacked appended (training only: nothing of it is exported)."""
         if self.pairs is None:
             return None, None, xt
-        cfg = self.config
         pairs = self.pairs
         if pairs.queries.shape[1] != xt.shape[1]:
             raise SpecError(f"training pairs are {pairs.queries.shape[1]}-d, vectors "
@@ -270,10 +332,8 @@ class DistillVQTrainer:
         val = (queries[va], [pos[i] for i in va]) if nval else None
         return (queries[tr], [pos[i] for i in tr]), val, xt
 
-    def _training_queries(self, xt: np.ndarray, rng: np.random.Generator,
-                          labelled: Pairs | None = None
-                          ) -> tuple[np.ndarray, str]:
-        cfg = self.config
+    def _training_queries(self, cfg: DistillConfig, xt: np.ndarray, rng: np.random.Generator,
+                          labelled: Pairs | None = None) -> tuple[np.ndarray, str]:
         parts, kinds = [], []
         if labelled is not None:
             parts.append(labelled[0])
