@@ -1,13 +1,18 @@
-"""BiDR on SciFact (issue 4): labelled training, 16 bytes per vector in RAM, re-rank from disk.
+"""BiDR (issue 4): labelled training, 16 bytes per vector in RAM, re-rank from disk.
 
-    python bench/bench_bidr.py [--spec IVF32,PQ16] [--nprobe 8 32] [--C 100 200]
-                               [--out bench/results] [--name bidr]
+    python bench/bench_bidr.py [--set scifact|debian|generator] [--spec IVF32,PQ16]
+                               [--nprobe 8 32] [--C 100 200] [--out bench/results] [--name bidr]
 
-Trains on the 809 SciFact train queries with their qrels, evaluates on the 300 test queries
-(nDCG@10, Recall@10, Recall@100 against qrels) for:
+Sets: SciFact (809 labelled train queries, 300 test queries), ``debian`` (the unseen corpus of
+bench/make_debian_corpus.py: 500 labelled train queries, 500 test queries whose positives
+no training query cites) and ``generator`` (the generator's realistic profile, 100k x 384,
+planted qrels). Trains on the train queries with their qrels and evaluates on the test
+queries: nDCG@10, Recall@10, Recall@100 against qrels, and end to end against exact search
+on the base embeddings (the re-ranked recall@10 at each C, coarse recall@100 of the codes,
+and the IVF coverage: recall@10 with every candidate of the probed lists re-ranked), for:
 
     a  exact search on the base MiniLM embeddings (no compression)
-    b  faiss k-means IVFPQ + re-rank
+    b  faiss k-means IVFPQ + re-rank, and faiss OPQ + IVFPQ (the unsupervised bar)
     c  Distill-VQ (train queries, labels unused) + re-rank
     d  BiDR stage 1 only: Distill-VQ + the contrastive term (labels) + re-rank
     e  BiDR stages 1 + 2 (towers on the stage-1 shortlists), per sampler
@@ -43,6 +48,7 @@ DATA = ROOT.parent / "shared" / "data"
 VARIANTS: dict[str, dict[str, Any]] = {
     "a exact (base)": {"exact_only": True},
     "b faiss IVFPQ": {"codebooks": "kmeans"},
+    "b faiss OPQ+IVFPQ": {"codebooks": "opq"},
     "c Distill-VQ": {"codebooks": "distill"},
     "d BiDR stage 1": {"codebooks": "distill", "labels": True},
     "e BiDR 1+2 random_walk": {"codebooks": "distill", "labels": True, "towers": "linear",
@@ -71,10 +77,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def load(data: Path) -> dict[str, Any] | None:
-    from benchkit import embedded_beir
+SETS = {"scifact": ("IVF32,PQ16", [8, 32]), "debian": ("IVF256,PQ16", [32]),
+        "generator": ("IVF512,PQ16", [32])}  # default spec, nprobes
+DEBIAN = ROOT / "runs" / "debian-packages"
 
-    return embedded_beir(data / "scifact")
+
+def load(name: str, data: Path) -> dict[str, Any] | None:
+    from benchkit import embedded_beir, generated_set
+
+    if name == "generator":
+        return generated_set()
+    return embedded_beir(data / "scifact" if name == "scifact" else DEBIAN)
 
 
 def run(task: dict[str, Any]) -> list[dict[str, Any]]:
@@ -82,17 +95,25 @@ def run(task: dict[str, Any]) -> list[dict[str, Any]]:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    from ebr.eval.metrics import label_metrics
+    import faiss
+
+    from ebr.eval.metrics import label_metrics, recall_vs_exact
     from ebr.index.reader import open_index
     from ebr.index.writer import write_index
     from ebr.metric import Metric
     from ebr.search.searcher import Searcher
     from ebr.spec import BuildParams, IndexSpec, SearchParams
 
-    ds = load(Path(task["data"]))
+    ds = load(task["set"], Path(task["data"]))
     assert ds is not None
     v = VARIANTS[task["variant"]]
     spec = IndexSpec.parse(task["spec"])
+    if v.get("codebooks") == "opq" and not spec.opq:
+        spec = IndexSpec.parse(f"OPQ{spec.pq_m},{spec}")
+    # exact search on the base embeddings: what the codes are measured against end to end
+    truth = faiss.knn(np.ascontiguousarray(ds["xq"], dtype=np.float32),
+                      np.ascontiguousarray(ds["xb"], dtype=np.float32), 100,
+                      metric=faiss.METRIC_INNER_PRODUCT)[1]
     trainer = dense = pairs = None
     if v.get("labels") or v.get("towers"):
         from ebr.train.sampling import TrainingPairs
@@ -165,10 +186,17 @@ def run(task: dict[str, Any]) -> list[dict[str, Any]]:
             if v.get("exact_only"):
                 return rows
         for nprobe in task["nprobes"]:
+            p = min(nprobe, oi.nlist)
+            coarse, _ = s.search(ds["xq"], SearchParams(k=100, nprobe=p, candidates=100,
+                                                        rerank=False))
+            allc, _ = s.search(ds["xq"], SearchParams(k=10, nprobe=p, candidates=oi.ntotal))
+            vs_exact = {"coarse r@100 vs exact": recall_vs_exact(coarse.ids, truth, 100),
+                        "coverage r@10": recall_vs_exact(allc.ids, truth, 10)}
             for c in task["Cs"]:
-                res, _ = s.search(ds["xq"], SearchParams(k=100, nprobe=min(nprobe, oi.nlist),
-                                                         candidates=c))
-                rows.append({**base, "nprobe": nprobe, "C": c, **metrics(s, res.ids)})
+                res, _ = s.search(ds["xq"], SearchParams(k=100, nprobe=p, candidates=c))
+                rows.append({**base, "nprobe": nprobe, "C": c, **metrics(s, res.ids),
+                             "r@10 vs exact": recall_vs_exact(res.ids[:, :10], truth, 10),
+                             **vs_exact})
     print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -177,8 +205,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(DATA))
-    ap.add_argument("--spec", default="IVF32,PQ16")
-    ap.add_argument("--nprobe", type=int, nargs="+", default=[8, 32])
+    ap.add_argument("--set", choices=list(SETS), default="scifact")
+    ap.add_argument("--spec", help="default: IVF32,PQ16 (scifact), IVF256,PQ16 (debian), "
+                    "IVF512,PQ16 (generator)")
+    ap.add_argument("--nprobe", type=int, nargs="+", help="default: 8 32 (scifact), 32")
     ap.add_argument("--C", type=int, nargs="+", default=[100, 200])
     ap.add_argument("--train-nprobe", type=int, default=32,
                     help="nprobe of the stage-1 validation and the stage-2 shortlists")
@@ -186,11 +216,14 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--name", default="bidr")
     args = ap.parse_args()
-    if load(Path(args.data)) is None:
-        print(f"SciFact embeddings not found under {args.data}", file=sys.stderr)
+    spec, nprobes = SETS[args.set]
+    args.spec, args.nprobe = args.spec or spec, args.nprobe or nprobes
+    if load(args.set, Path(args.data)) is None:
+        print(f"{args.set}: embeddings not found", file=sys.stderr)
         return 1
-    tasks = [{"variant": name, "data": args.data, "spec": args.spec, "nprobes": args.nprobe,
-              "Cs": args.C, "train_nprobe": args.train_nprobe} for name in args.variants]
+    tasks = [{"variant": name, "set": args.set, "data": args.data, "spec": args.spec,
+              "nprobes": args.nprobe, "Cs": args.C, "train_nprobe": args.train_nprobe}
+             for name in args.variants]
     rows: list[dict[str, Any]] = []
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"),
                              max_tasks_per_child=1) as pool:
@@ -198,11 +231,14 @@ def main() -> int:
             rows += r
     from ebr.eval.report import write_report
 
-    meta = {"title": "BiDR on SciFact: 809 labelled train queries, 300 test queries, "
-                     f"{args.spec} (16 B/vector codes), re-rank from disk",
-            "spec": args.spec, "train_nprobe": args.train_nprobe,
+    ds = load(args.set, Path(args.data))
+    assert ds is not None
+    meta = {"title": f"BiDR on {args.set}: {len(ds['train_qrels'])} labelled train queries, "
+                     f"{len(ds['qids'])} test queries, {args.spec}, re-rank from disk",
+            "set": args.set, "spec": args.spec, "train_nprobe": args.train_nprobe,
             "test_queries_unseen": "test queries none of whose positives a train query cites"}
-    cols = ["variant", "nprobe", "C", "nDCG@10", "R@10", "R@100", "unseen nDCG@10",
+    cols = ["variant", "nprobe", "C", "nDCG@10", "r@10 vs exact", "coarse r@100 vs exact",
+            "coverage r@10", "R@10", "R@100", "unseen nDCG@10",
             "unseen R@100", "seen nDCG@10", "seen R@100", "codes_B/vec", "ram_B/vec", "towers",
             "stage1_s", "stage1_val", "stage2_s", "stage2_epochs", "stage2_val_nDCG@10",
             "build_s", "peak_rss_mb"]

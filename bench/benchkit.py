@@ -1,5 +1,6 @@
-"""What several benchmarks share: the embedded BEIR sets they read, and the closed-loop HTTP
-load they generate. Imported by the bench scripts (their directory is on sys.path)."""
+"""What several benchmarks share: the embedded BEIR sets they read (and the generator's in the
+same shape), and the closed-loop HTTP load they generate. Imported by the bench scripts (their
+directory is on sys.path)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,23 @@ def embedded_beir(d: Path) -> dict[str, Any] | None:
             "xtrain": np.load(emb / f"queries_train_{MINILM}.f32.npy"),
             "train_ids": load_ids(emb / "queries_train_ids.txt"),
             "train_qrels": load_qrels(d / "qrels" / "train.tsv")}
+
+
+def generated_set(n: int = 100_000, d: int = 384) -> dict[str, Any]:
+    """The generator's realistic profile (``minilm``: the spectrum fitted to MiniLM on SciFact)
+    in :func:`embedded_beir`'s shape: string ids, the planted qrels of the test and the
+    training queries."""
+    from ebr.data.synthetic import SyntheticConfig, generate
+
+    g = generate(SyntheticConfig(n=n, d=d, nq=500, nq_train=1000, profile="minilm"))
+
+    def qrels(rows: list[list[int]]) -> dict[str, dict[str, int]]:
+        return {str(i): {str(r): 1 for r in rel} for i, rel in enumerate(rows)}
+
+    return {"xb": g.xb, "ids": [str(i) for i in range(len(g.xb))], "xq": g.xq,
+            "qids": [str(i) for i in range(len(g.xq))], "qrels": qrels(g.qrels),
+            "xtrain": g.xq_train, "train_ids": [str(i) for i in range(len(g.xq_train))],
+            "train_qrels": qrels(g.qrels_train)}
 
 
 async def closed_loop(url: str, clients: int, seconds: float,

@@ -82,8 +82,9 @@ class DistillConfig:
     # PQ specs without OPQ start from OPQ's rotation (free: the same bytes per vector), the best
     # unsupervised start for product codes (Debian 16 B re-ranked recall@10 0.923 against
     # k-means' 0.875; SciFact 0.926 against 0.907), and the guard then compares with plain OPQ,
-    # so --codebooks distill never ends below --codebooks opq. Not with labelled pairs (BiDR
-    # stage 1 is measured from the spec as given).
+    # so --codebooks distill never ends below --codebooks opq. BiDR stage 1 too: on the
+    # Debian corpus (never-labelled test positives) from IVF256,PQ16 its lists covered 0.891
+    # of the exact top 10 and BiDR's nDCG@10 was 0.6625, below OPQ's 0.6643.
     opq_start: bool = True
     patience: int = 3
     time_budget_s: float | None = None

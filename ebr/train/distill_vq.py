@@ -146,7 +146,7 @@ class DistillVQTrainer:
         guard), see :meth:`_guard`."""
         cfg = self.config
         start = spec
-        if cfg.opq_start and self.pairs is None and not spec.is_additive and not spec.opq:
+        if cfg.opq_start and not spec.is_additive and not spec.opq:
             spec = replace(spec, opq=True)
         two = (cfg.choose_weighting and cfg.query_weighting is not None
                and metric is Metric.IP and (self.pairs is None or cfg.weight_with_labels))
