@@ -7,7 +7,9 @@ products do. No labels: the dense scores are the teacher.
               <S^-1 q, S^1/2 x> = <q, x> and the squared quantization error of S^1/2 x equals
               the squared score error averaged over the queries: the MSE distillation loss
               over every document, minimised in closed form by the k-means below
-    init      faiss k-means IVF-PQ (or OPQ + IVF-PQ) on the (weighted) training sample
+    init      faiss k-means IVF-PQ (or OPQ + IVF-PQ: a PQ spec gets OPQ's rotation by default,
+              the same bytes) on the (weighted) training sample; with weighting, a second run
+              from the unweighted start, and the guard keeps the best of both and plain
     teacher   t_qd = <q, v_d> (or -||q - v_d||^2), candidates = teacher top-K per query,
               the other queries' candidates in the batch, and random corpus documents
     student   s^ivf_qd = <W q, o(d)>,  s^pq_qd = <W q, o(d) + u^_d>   (L2: negated distances)
