@@ -437,3 +437,24 @@ def test_rerank_selection_watches_the_end_to_end_figure(tmp_path, ds_ip):
         DistillConfig(select="ndcg")
     with pytest.raises(SpecError, match="val_candidates"):
         DistillConfig(val_candidates=5)
+
+
+def test_learning_that_hurts_is_not_kept(tmp_path, ds_ip):
+    """Seeded, nothing rigged: learning rates a hundred times too high wreck every epoch on the
+    held-out queries, so the best epoch is the start, which is plain OPQ's codebooks; the guard
+    finds them tied and keeps the plain ones: nothing learned is exported."""
+    cfg = DistillConfig(max_epochs=2, patience=10, batch_size=64, n_random=128, top_k=20,
+                        n_pseudo=1000, val_nprobe=2, val_candidates=20, seed=3,
+                        query_weighting=None, lr_centroids=0.3, lr_codebooks=0.3)
+    tr = DistillVQTrainer(cfg)
+    write_index(tmp_path / "i", ds_ip.xb, BuildParams(spec=IndexSpec.parse("IVF16,PQ4"),
+                                                     codebooks="distill", kmeans_niter=5),
+                trainer=tr)
+    h = [r["val_rerank_recall"] for r in tr.history]
+    assert max(h[1:]) < h[0] - 0.05, h  # every learned epoch is worse on the held-out queries
+    assert tr.info["best_val"] == h[0]
+    g = tr.info["guard"]["held_out_rerank_recall@10"]
+    assert g["learned"] == g["plain"] and tr.info["guard"]["kept"] == "plain"
+    m = json.loads((tmp_path / "i" / "manifest.json").read_text())
+    assert m["codebooks"]["method"] == "opq" and m["codebooks"]["learned_not_kept"]
+    assert "query_map.fbin" not in m["files"]
