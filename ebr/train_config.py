@@ -106,9 +106,9 @@ class DistillConfig:
     weight_with_labels: bool = False
     # With query weighting on (inner product, no labels), train from the unweighted start too
     # (each run on half the time budget) and keep whichever serves the held-out queries
-    # better end to end: neither start wins everywhere (OPQ16 at 16 B, re-ranked recall@10 at
-    # C = 200: SciFact weighted 0.934 / unweighted 0.926, Debian 0.924 / 0.923 with a higher
-    # nDCG@10 unweighted; the weighted lists lose IVF coverage there, 0.911 against 0.935).
+    # better end to end: neither start wins everywhere (16 B from OPQ, held-out re-ranked
+    # recall@10 of the weighted / unweighted run: SciFact 0.944 / 0.941, the unseen Debian
+    # corpus 0.908 / 0.936, whose weighted lists cover less; bench/results/distill_default.md).
     choose_weighting: bool = True
     # Score-aware codes (inner-product RQ / LSQ only; ebr.quant.anisotropic): candidate weights
     # eta of the error along each document's direction. The one with the best held-out recall
