@@ -163,8 +163,10 @@ class DistillVQTrainer:
                 run.info["start"] = f"OPQ rotation added to {start} (same bytes per vector)"
         self._restore(runs["learned"])
         if self._held_out is not None and (cfg.guard or len(runs) > 1):
-            return self._guard(runs, xt, spec, metric, seed, plain=cfg.guard)
-        return self._codebooks()
+            self.codebooks = self._guard(runs, xt, spec, metric, seed, plain=cfg.guard)
+        else:
+            self.codebooks = self._codebooks()
+        return self.codebooks
 
     def _fit_once(self, cfg: DistillConfig, xt: np.ndarray, spec: IndexSpec, metric: Metric,
                   seed: int) -> _Run:
@@ -184,7 +186,6 @@ class DistillVQTrainer:
         self.query_map, self.score_aware, self.history = (run.query_map, run.score_aware,
                                                           run.history)
         self.info, self.model, self._run = run.info, run.model, run
-        self.codebooks = self._codebooks()
 
     def _codebooks(self) -> Codebooks:
         run = self._run
@@ -222,16 +223,12 @@ class DistillVQTrainer:
         logger.info("distill: held-out re-ranked recall@10 at nprobe %d, C %d: %s: %s kept",
                     nprobe, c, ", ".join(f"{k} {v:.4f}" for k, v in got.items()), kept)
         if kept != "plain":
-            return self._set(self._codebooks())
+            return self._codebooks()
         assert plain_cb is not None  # kept == "plain" only when plain competed
         self.query_map, self.score_aware = None, None
-        return self._set(Codebooks(plain_cb.index, metric, {
-            **self.describe(), "method": plain_cb.provenance["method"],
-            "learned_not_kept": True}))
-
-    def _set(self, cb: Codebooks) -> Codebooks:
-        self.codebooks = cb
-        return cb
+        return Codebooks(plain_cb.index, metric, {**self.describe(),
+                                                  "method": plain_cb.provenance["method"],
+                                                  "learned_not_kept": True})
 
     def _train(self, cfg: DistillConfig, xt: np.ndarray, spec: IndexSpec, metric: Metric,
                seed: int) -> tuple[faiss.Index, np.ndarray, DistillVQ]:
