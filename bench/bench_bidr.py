@@ -79,15 +79,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 SETS = {"scifact": ("IVF32,PQ16", [8, 32]), "debian": ("IVF256,PQ16", [32]),
         "generator": ("IVF512,PQ16", [32])}  # default spec, nprobes
-DEBIAN = ROOT / "runs" / "debian-packages"
 
 
 def load(name: str, data: Path) -> dict[str, Any] | None:
-    from benchkit import embedded_beir, generated_set
+    from benchkit import embedded_set, generated_set
 
-    if name == "generator":
-        return generated_set()
-    return embedded_beir(data / "scifact" if name == "scifact" else DEBIAN)
+    return generated_set() if name == "generator" else embedded_set(name, data)
 
 
 def run(task: dict[str, Any]) -> list[dict[str, Any]]:
@@ -218,7 +215,8 @@ def main() -> int:
     args = ap.parse_args()
     spec, nprobes = SETS[args.set]
     args.spec, args.nprobe = args.spec or spec, args.nprobe or nprobes
-    if load(args.set, Path(args.data)) is None:
+    ds = load(args.set, Path(args.data))  # each build's process loads its own copy
+    if ds is None:
         print(f"{args.set}: embeddings not found", file=sys.stderr)
         return 1
     tasks = [{"variant": name, "set": args.set, "data": args.data, "spec": args.spec,
@@ -231,8 +229,6 @@ def main() -> int:
             rows += r
     from ebr.eval.report import write_report
 
-    ds = load(args.set, Path(args.data))
-    assert ds is not None
     meta = {"title": f"BiDR on {args.set}: {len(ds['train_qrels'])} labelled train queries, "
                      f"{len(ds['qids'])} test queries, {args.spec}, re-rank from disk",
             "set": args.set, "spec": args.spec, "train_nprobe": args.train_nprobe,

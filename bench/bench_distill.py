@@ -34,7 +34,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 DATA = ROOT.parent / "shared" / "data"
-DEBIAN = ROOT / "runs" / "debian-packages"
 SETS = {  # nlist, nprobe, metric
     "scifact": (32, 8, "ip"),
     "siftsmall": (64, 8, "l2"),
@@ -50,12 +49,12 @@ RERANK_C = 200  # the end-to-end figures' candidate count
 
 
 def load(name: str, data: Path) -> dict[str, Any] | None:
-    from benchkit import embedded_beir, generated_set
+    from benchkit import embedded_set, generated_set
 
     from ebr.io.vecs import read_vecs
 
     if name in ("scifact", "debian"):  # labels of the training queries go unused here
-        return embedded_beir(data / "scifact" if name == "scifact" else Path(DEBIAN))
+        return embedded_set(name, data)
     if name == "generator":
         return generated_set()
     if name == "siftsmall":
@@ -185,6 +184,8 @@ def run(task: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> int:
+    from benchkit import DEBIAN
+
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(DATA))
@@ -222,7 +223,7 @@ def main() -> int:
              for s in args.sets for b in args.bytes for m in args.methods
              for nb in (args.nbits if m.endswith(("rq", "lsq")) else [8])
              if (s in ("synthetic", "generator") or (Path(args.data) / s).exists()
-                 or (s == "debian" and (Path(DEBIAN) / "embeddings").exists()))]
+                 or (s == "debian" and (DEBIAN / "embeddings").exists()))]
     if args.score_aware_off:
         tasks = [t2 for t in tasks for t2 in (
             [t, {**t, "config": {"score_aware_eta": ()}, "ablation": "score_aware=off"}]

@@ -63,7 +63,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 DATA = ROOT.parent / "shared" / "data"
-DEBIAN = ROOT / "runs" / "debian-packages"
 EBR = ["kmeans", "opq", "rq", "distill", "distill_rq", "bidr"]
 PEERS = ["rabitq", "rabitq4", "pq4fs", "scann", "scann_soar"]
 K, C_SERVE, C_WIDE, QPS_QUERIES = 10, 100, 200, 300
@@ -102,12 +101,12 @@ def _exact(out: Path) -> None:
 
 
 def load(name: str, data: Path, work: Path, gen_n: int) -> dict[str, Any] | None:
-    from benchkit import embedded_beir
+    from benchkit import embedded_set
 
     from ebr.io.vecs import load_vectors, read_vecs
 
     if name in ("scifact", "debian"):  # debian: bench/make_debian_corpus.py's, when built
-        return embedded_beir(data / "scifact" if name == "scifact" else DEBIAN)
+        return embedded_set(name, data)
     if name == "siftsmall":
         d = data / "siftsmall"
         if not d.exists():

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 
 MINILM = "all-MiniLM-L6-v2"
+# the unseen corpus that bench/make_debian_corpus.py builds (absent until it is built)
+DEBIAN = Path(__file__).resolve().parents[1] / "runs" / "debian-packages"
 
 
 def embedded_beir(d: Path) -> dict[str, Any] | None:
@@ -32,6 +34,12 @@ def embedded_beir(d: Path) -> dict[str, Any] | None:
             "xtrain": np.load(emb / f"queries_train_{MINILM}.f32.npy"),
             "train_ids": load_ids(emb / "queries_train_ids.txt"),
             "train_qrels": load_qrels(d / "qrels" / "train.tsv")}
+
+
+def embedded_set(name: str, data: Path) -> dict[str, Any] | None:
+    """:func:`embedded_beir` of ``scifact`` (under the shared ``data``) or ``debian``
+    (:data:`DEBIAN`)."""
+    return embedded_beir(data / "scifact" if name == "scifact" else DEBIAN)
 
 
 def generated_set(n: int = 100_000, d: int = 384) -> dict[str, Any]:
