@@ -1,18 +1,22 @@
 """Text queries over HTTP against the encoder's own batched rate (issue 22, item 3).
 
     python bench/bench_text.py [--seconds 20] [--clients 1 4 8 32] [--workers 1] [--alone]
+                               [--load-generators wrk python] [--lanes 0 1]
                                [--runtimes torch onnx onnx-int8] [--out bench/results]
 
 Builds (once) an index of SciFact's precomputed MiniLM corpus vectors that records the MiniLM
 encoder (so the service takes text), then, in one run:
   1. in-process, per encoder runtime (torch, ONNX Runtime fp32, ONNX Runtime int8): the
-     MiniLM encodes 640 query texts in one call (batch 64): the encoder's batched rate, the
-     ceiling of any server; and SciFact nDCG@10 of exact search with the test queries encoded
-     by that runtime (the corpus vectors are the precomputed torch ones);
-  2. HTTP POST /search with {"text": ...}: --clients concurrent ebr.client.AsyncClient
-     connections for --seconds each, with the TextBatcher (concurrent texts encoded in one
-     call, EBR_TEXT_BATCH_MAX=64) on each runtime (EBR_ENCODER_RUNTIME), and with --alone
-     without it (EBR_TEXT_BATCH_MAX=0: each text encoded alone).
+     MiniLM encodes 640 query texts in each configuration of CONFIGS (passes of 64, 16, 8
+     texts; one 2-thread call, or two 1-thread calls at once on ONNX Runtime): the best of
+     them is the encoder's batched rate, the ceiling of any server; and SciFact nDCG@10 of
+     exact search with the test queries encoded by that runtime (the corpus vectors are the
+     precomputed torch ones);
+  2. HTTP POST /search with {"text": ...}: --clients concurrent connections for --seconds
+     each, sent by wrk (C; apt-get install wrk) and by ebr.client.AsyncClient (Python, one
+     connection per client; --load-generators), with the TextBatcher (concurrent texts
+     encoded in one call, EBR_TEXT_BATCH_MAX=64) on each runtime (EBR_ENCODER_RUNTIME), and
+     with --alone without it (EBR_TEXT_BATCH_MAX=0: each text encoded alone).
 Reports queries/s, p50/p99 latency and the ratio to the encoder's batched rate. The clients
 share the 2 cores with the server. Writes text.json and text.md.
 """
@@ -23,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -54,6 +59,15 @@ def _index(work: Path) -> Path:
     return out
 
 
+def _load_wrk(url: str, texts: list[str], clients: int, seconds: float) -> dict:
+    from benchkit import wrk_loop
+
+    from ebr.client import Query
+
+    bodies = [json.dumps(Query(text=t, k=10).body()) for t in texts]
+    return wrk_loop(url, "/search", bodies, clients, seconds, digits=1)
+
+
 async def _load(url: str, texts: list[str], clients: int, seconds: float) -> dict:
     from benchkit import closed_loop
 
@@ -63,12 +77,12 @@ async def _load(url: str, texts: list[str], clients: int, seconds: float) -> dic
     return await closed_loop(url, clients, seconds, send, digits=1)
 
 
-def _serve(index: Path, port: int, workers: int, batch: int, runtime: str):
+def _serve(index: Path, port: int, workers: int, batch: int, runtime: str, lanes: int):
     from ebr.client import Client
 
     env = {**os.environ, "EBR_INDEX_DIR": str(index), "EBR_PORT": str(port),
            "EBR_TEXT_BATCH_MAX": str(batch), "EBR_MAX_INFLIGHT_PER_CLIENT": "0",
-           "EBR_ENCODER_RUNTIME": runtime}
+           "EBR_ENCODER_RUNTIME": runtime, "EBR_ENCODER_LANES": str(lanes)}
     server = subprocess.Popen([sys.executable, "-m", "service", "--workers", str(workers)],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -81,27 +95,47 @@ def _serve(index: Path, port: int, workers: int, batch: int, runtime: str):
     raise SystemExit("server did not become ready")
 
 
+# the in-process configurations whose best rate is the ceiling: (texts per forward pass,
+# threads per call, calls at once); ONNX Runtime also as 2 single-threaded calls at once
+CONFIGS = [(64, 2, 1), (16, 2, 1), (8, 2, 1), (16, 1, 2), (8, 1, 2)]
+
+
 def _encoder_rows(texts: list[str], runtime: str) -> list[dict]:
     """In-process rates of one runtime, and SciFact nDCG@10 of exact search over the
     precomputed (torch) corpus vectors with the test queries encoded by this runtime."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from ebr.eval.metrics import label_metrics
     from ebr.io.beir import load_ids, load_qrels
     from ebr.io.encoder import TextEncoder
 
-    enc = TextEncoder(batch_size=64, runtime=runtime,
-                      threads=int(os.environ.get("EBR_BENCH_ENCODER_THREADS", "2"))).load()
-    if runtime == "torch":
-        import torch
+    rows = []
+    enc = None
+    for batch, threads, lanes in CONFIGS:
+        if runtime == "torch" and lanes > 1:
+            continue  # torch's calls run one at a time (TextEncoder serializes them)
+        enc = TextEncoder(batch_size=batch, runtime=runtime, threads=threads).load()
+        if runtime == "torch":
+            import torch
 
-        torch.set_num_threads(int(os.environ.get("EBR_BENCH_ENCODER_THREADS", "2")))
-    enc.encode(texts[:64])  # warm
-    t0 = time.perf_counter()
-    enc.encode(texts[:640])
-    batched = 640 / (time.perf_counter() - t0)
+            torch.set_num_threads(threads)
+        enc.encode(texts[:64])  # warm
+        part = 640 // lanes
+        with ThreadPoolExecutor(lanes) as pool:
+            t0 = time.perf_counter()
+            list(pool.map(enc.encode, [texts[i * part:(i + 1) * part] for i in range(lanes)]))
+            rate = 640 / (time.perf_counter() - t0)
+        rows.append({"mode": f"in-process, 640 texts in {lanes} call(s) at once, "
+                             f"{threads} thread(s) each, passes of {batch}",
+                     "qps": round(rate, 1)})
+    if enc is None:
+        raise SystemExit("no in-process configuration ran")
     t0 = time.perf_counter()
     for t in texts[:64]:
         enc.encode([t])
-    alone = 64 / (time.perf_counter() - t0)
+    rows.append({"mode": "in-process, one text per call (2 threads)" if runtime == "torch" else
+                 "in-process, one text per call (1 thread)",
+                 "qps": round(64 / (time.perf_counter() - t0), 1)})
     qrels = load_qrels(DATA / "qrels" / "test.tsv")
     qids = list(qrels)
     by_id = {json.loads(line)["_id"]: json.loads(line)["text"] for line in
@@ -111,10 +145,8 @@ def _encoder_rows(texts: list[str], runtime: str) -> list[dict]:
     ids = load_ids(DATA / "corpus.jsonl")
     top = np.argsort(-(xq @ xb.T), axis=1)[:, :10]
     ndcg = label_metrics([[ids[i] for i in row] for row in top], [qrels[q] for q in qids])
-    base = {"runtime": runtime, "clients": "-", "ndcg@10_exact": round(ndcg["ndcg@10"], 4)}
-    return [{**base, "mode": "in-process, 640 texts in one call (batch 64)",
-             "qps": round(batched, 1)},
-            {**base, "mode": "in-process, one text per call", "qps": round(alone, 1)}]
+    return [{"runtime": runtime, "clients": "-", "ndcg@10_exact": round(ndcg["ndcg@10"], 4),
+             **r} for r in rows]
 
 
 def main() -> None:
@@ -126,6 +158,12 @@ def main() -> None:
                     choices=["torch", "onnx", "onnx-int8"])
     ap.add_argument("--alone", action="store_true",
                     help="also serve each text alone (EBR_TEXT_BATCH_MAX=0), per runtime")
+    ap.add_argument("--load-generators", nargs="+", choices=["wrk", "python"],
+                    default=["wrk", "python"] if shutil.which("wrk") else ["python"],
+                    help="who sends the requests: wrk (C, ~0.05 ms of CPU per request) and/or "
+                         "ebr.client.AsyncClient (~2.5 ms); both share the cores with the server")
+    ap.add_argument("--lanes", type=int, nargs="+", default=[0],
+                    help="EBR_ENCODER_LANES of the server, one pass each (0: its default)")
     ap.add_argument("--port", type=int, default=8791)
     ap.add_argument("--work", default=str(ROOT / "runs" / "bench-text"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
@@ -150,24 +188,30 @@ def main() -> None:
         rows += before
         print(before, flush=True)
         http: list[dict] = []
-        modes = [(64, "HTTP /search text, TextBatcher (64)")]
+        modes = [(64, lanes, f"HTTP /search text, TextBatcher (64), "
+                              f"{'lanes auto' if lanes == 0 else f'{lanes} lane(s)'}")
+                 for lanes in args.lanes]
         if args.alone:
-            modes.append((0, "HTTP /search text, each text alone"))
-        for batch, name in modes:
-            server, url = _serve(index, args.port, args.workers, batch, runtime)
+            modes.append((0, 0, "HTTP /search text, each text alone"))
+        for batch, lanes, name in modes:
+            server, url = _serve(index, args.port, args.workers, batch, runtime, lanes)
             try:
                 asyncio.run(_load(url, texts, 4, 3.0))  # warm
-                for clients in args.clients:
-                    r = asyncio.run(_load(url, texts, clients, args.seconds))
-                    http.append({"runtime": runtime, "mode": name, "clients": clients, **r})
-                    print(http[-1], flush=True)
+                for gen in args.load_generators:
+                    for clients in args.clients:
+                        r = (_load_wrk(url, texts, clients, args.seconds) if gen == "wrk" else
+                             asyncio.run(_load(url, texts, clients, args.seconds)))
+                        http.append({"runtime": runtime, "mode": name, "load": gen,
+                                     "clients": clients, **r})
+                        print(http[-1], flush=True)
             finally:
                 server.terminate()
                 server.wait(30)
         after = in_process(runtime)
         for b, a in zip(before, after, strict=True):
             b["qps_after"] = a["qps"]
-        ceiling = max(before[0]["qps"], after[0]["qps"])
+        ceiling = max(r[k] for r in before for k in ("qps", "qps_after")
+                      if "one text" not in r["mode"])
         for r in http:
             r["vs_encoder_batched"] = round(r["qps"] / ceiling, 3)
         rows += http
@@ -178,7 +222,7 @@ def main() -> None:
             "ndcg": "exact search, SciFact test queries encoded by the runtime, corpus vectors "
                     "precomputed by torch"}
     (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    cols = ["runtime", "mode", "clients", "qps", "qps_after", "p50_ms", "p99_ms", "errors",
+    cols = ["runtime", "mode", "load", "clients", "qps", "qps_after", "p50_ms", "p99_ms", "errors",
             "vs_encoder_batched", "ndcg@10_exact"]
     cmd = " ".join(["python bench/bench_text.py", *sys.argv[1:]])
     md = ["# Text queries over HTTP against the encoder's batched rate, per encoder runtime", "",

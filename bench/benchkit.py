@@ -94,3 +94,60 @@ async def closed_loop(url: str, clients: int, seconds: float,
     return {"queries": len(lat), "errors": errors, "qps": round(len(lat) / dt, 1),
             "p50_ms": round(float(np.percentile(ms, 50)), digits),
             "p99_ms": round(float(np.percentile(ms, 99)), digits)}
+
+
+_WRK_LUA = """
+local bodies = {%s}
+local counter = 0
+function setup(thread)
+  thread:set("first", counter)
+  counter = counter + 1
+end
+function init(args)
+  i = first
+end
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+function request()
+  i = i + 1
+  return wrk.format(nil, nil, nil, bodies[(i %% #bodies) + 1])
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("EBR_WRK %%d %%d %%d %%d %%d %%d\\n", summary.requests,
+    summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def wrk_loop(url: str, path: str, bodies: list[str], clients: int, seconds: float,
+             threads: int = 1, digits: int = 2) -> dict[str, float]:
+    """The same closed loop as :func:`closed_loop` (``clients`` connections, each sending its
+    next request when the last is answered), driven by ``wrk`` (C, epoll, one thread by
+    default): a load generator that costs the shared cores ~0.05 ms per request instead of
+    Python's ~2.5 ms. ``bodies``: JSON request bodies sent in turn. Non-2xx replies, socket
+    errors and timeouts count as errors. Raises FileNotFoundError when wrk is not installed
+    (Debian: ``apt-get install wrk``)."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    exe = shutil.which("wrk")
+    if exe is None:
+        raise FileNotFoundError("wrk is not installed (apt-get install wrk)")
+    if any("]==]" in b for b in bodies):
+        raise ValueError("a body holds the Lua long-string terminator ]==]")
+    lua = _WRK_LUA % ", ".join(f"[==[{b}]==]" for b in bodies)
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as f:
+        f.write(lua)
+        f.flush()
+        out = subprocess.run([exe, "-t", str(threads), "-c", str(clients), "-d", f"{max(1, round(seconds))}s",
+                              "--timeout", "60s", "-s", f.name, url.rstrip("/") + path],
+                             capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr.strip()}")
+    line = next(x for x in out.stdout.splitlines() if x.startswith("EBR_WRK "))
+    n, dur_us, status, sock, p50, p99 = (int(v) for v in line.split()[1:])
+    return {"queries": n, "errors": status + sock, "qps": round(n / (dur_us / 1e6), 1),
+            "p50_ms": round(p50 / 1e3, digits), "p99_ms": round(p99 / 1e3, digits)}

@@ -160,7 +160,8 @@ def create_app(settings: Settings | None = None, shard_backends: ShardBackends |
     if settings.text_batch_max > 0:
         from service.batcher import TextBatcher
 
-        state.text_batcher = TextBatcher(settings.text_batch_max)
+        state.text_batcher = TextBatcher(settings.text_batch_max,
+                                         settings.resolved_encoder_lanes())
 
     lifespan = _lifespan(state)
 

@@ -90,23 +90,24 @@ def open_generation(settings: Settings, directory: Path | None = None,
 
 
 def _load_encoder(info: dict[str, object], base_dir: Path, settings: Settings) -> TextEncoder:
-    """The index's text encoder on ``settings.encoder_runtime``, with ``encoder_threads``
-    threads, or the cores over the workers (``python -m service`` sets OMP_NUM_THREADS for
-    faiss, which the encoder would take too). ONNX Runtime missing or unable to take the model:
-    torch, said in the log."""
-
-    threads = settings.encoder_threads or max(1, (os.cpu_count() or 1) // settings.workers)
+    """The index's text encoder on ``settings.encoder_runtime``: each call with
+    ``resolved_encoder_threads`` threads (``python -m service`` sets OMP_NUM_THREADS for
+    faiss, which the encoder would take too), in passes of ``encoder_batch`` texts. ONNX
+    Runtime missing or unable to take the model: torch, said in the log; torch's calls run one
+    at a time, with the worker's cores."""
     if settings.encoder_runtime != "torch":
         try:
             return TextEncoder(info, base_dir=base_dir, runtime=settings.encoder_runtime,
-                               threads=threads).load()
+                               batch_size=settings.encoder_batch,
+                               threads=settings.resolved_encoder_threads()).load()
         except (ImportError, ValueError, OSError) as e:
             logger.warning("encoder runtime %s unavailable (%s): using torch",
                            settings.encoder_runtime, e)
     import torch
 
-    torch.set_num_threads(threads)
-    return TextEncoder(info, base_dir=base_dir).load()
+    torch.set_num_threads(settings.encoder_threads or
+                          max(1, (os.cpu_count() or 1) // settings.workers))
+    return TextEncoder(info, base_dir=base_dir, batch_size=settings.encoder_batch).load()
 
 
 def _live_searcher(oi: OpenIndex, path: Path) -> Searcher:

@@ -71,8 +71,15 @@ class Settings(BaseModel):
         "as torch, ~3x faster for a text alone; exported once to EBR_ENCODER_CACHE_DIR), "
         "onnx-int8 (int8 weights: ~2x faster again in a batch, cosine to torch ~0.99) or torch "
         "(sentence-transformers); onnx falls back to torch when ONNX Runtime is missing")
-    encoder_threads: int = Field(0, ge=0, le=256, description="threads of the text encoder "
-                                 "per worker; 0: cores / workers (at least 1)")
+    encoder_lanes: int = Field(0, ge=0, le=64, description="text-encoder calls that run at "
+                               "once per worker, each on its own thread with its own batch; "
+                               "0: auto, one per core (cores / workers, at least 1) on ONNX "
+                               "Runtime, 1 on torch")
+    encoder_threads: int = Field(0, ge=0, le=256, description="threads of each text-encoder "
+                                 "call; 0: cores / (workers x lanes), at least 1")
+    encoder_batch: int = Field(16, ge=1, le=1024, description="texts per encoder forward "
+                               "pass: a call's texts are sorted by length and run in passes of "
+                               "this many, so a short text is not padded to a long one's length")
     watch_seconds: float = Field(2.0, ge=0, description="look this often whether index_dir "
                                  "holds a new build (flipped symlink, renamed directory) and "
                                  "load it, verified, as /admin/reload does; this is what "
@@ -134,6 +141,22 @@ class Settings(BaseModel):
             return self.search_threads
         cores = cores or os.cpu_count() or 1
         return max(4, 2 * cores // (self.workers * self.faiss_threads))
+
+    def resolved_encoder_lanes(self, cores: int | None = None) -> int:
+        """``encoder_lanes``, with 0 resolved: torch runs one call at a time (its calls are
+        serialized by the encoder), ONNX Runtime one single-threaded call per core."""
+        if self.encoder_lanes:
+            return self.encoder_lanes
+        if self.encoder_runtime == "torch":
+            return 1
+        return max(1, (cores or os.cpu_count() or 1) // self.workers)
+
+    def resolved_encoder_threads(self, cores: int | None = None) -> int:
+        """``encoder_threads``, with 0 resolved: the worker's cores shared by its lanes."""
+        if self.encoder_threads:
+            return self.encoder_threads
+        cores = cores or os.cpu_count() or 1
+        return max(1, cores // (self.workers * self.resolved_encoder_lanes(cores)))
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:

@@ -218,6 +218,65 @@ def test_micro_batching_shares_searches(index_ip, ds_ip):
     assert all(1 <= s <= 8 for s in sizes)
 
 
+def test_text_batcher_lanes_run_calls_at_once_and_answer_each_text():
+    """TextBatcher with 2 lanes: at most 2 encoder calls at once, never more; texts queued
+    while both run go together in the next call; each request gets its own text's row, and an
+    encoder failure answers only the requests of its call."""
+    import asyncio
+    import threading
+    import time
+
+    from service.batcher import TextBatcher
+
+    class Fake:
+        def __init__(self) -> None:
+            self.lock, self.now, self.most, self.calls = threading.Lock(), 0, 0, []
+
+        def encode(self, texts: list[str]) -> np.ndarray:
+            with self.lock:
+                self.now += 1
+                self.most = max(self.most, self.now)
+                self.calls.append(list(texts))
+            time.sleep(0.05)
+            with self.lock:
+                self.now -= 1
+            if "boom" in texts:
+                raise ValueError("encoder failed")
+            return np.array([[float(t[1:]), 0.0] for t in texts], dtype=np.float32)
+
+    fake = Fake()
+    batcher = TextBatcher(max_batch=8, lanes=2)
+
+    async def run() -> list[object]:
+        async def one(t: str) -> object:
+            try:
+                return float((await batcher.encode(fake, t))[0, 0])
+            except ValueError as e:
+                return str(e)
+        return await asyncio.gather(*(one(f"t{i}") for i in range(20)), one("boom"))
+
+    got = dict(zip([f"t{i}" for i in range(20)] + ["boom"], asyncio.run(run()), strict=True))
+    failed = next(c for c in fake.calls if "boom" in c)
+    assert len(failed) > 1 and all(got[t] == "encoder failed" for t in failed)
+    assert all(got[t] == float(t[1:]) for t in got if t not in failed)
+    assert fake.most == 2  # both lanes ran at once, never a third call
+    # all 21 queued before the lanes started: full calls of 8, what was left in the last
+    assert sorted(map(len, fake.calls)) == [5, 8, 8]
+    assert batcher.texts == 21 and batcher._running == 0
+    with pytest.raises(ValueError):
+        TextBatcher(lanes=0)
+
+
+def test_encoder_lanes_and_threads_resolve_from_the_cores():
+    onnx = Settings(index_dir="x", encoder_runtime="onnx")
+    assert (onnx.resolved_encoder_lanes(8), onnx.resolved_encoder_threads(8)) == (8, 1)
+    two = Settings(index_dir="x", encoder_runtime="onnx", workers=2, encoder_lanes=2)
+    assert (two.resolved_encoder_lanes(8), two.resolved_encoder_threads(8)) == (2, 2)
+    torch = Settings(index_dir="x", encoder_runtime="torch")
+    assert (torch.resolved_encoder_lanes(8), torch.resolved_encoder_threads(8)) == (1, 8)
+    assert Settings(index_dir="x", encoder_threads=3).resolved_encoder_threads(8) == 3
+
+
 def _comparable(body):
     """A reply without what differs between two runs: timings and the server's time."""
     if isinstance(body, dict):

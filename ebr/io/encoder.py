@@ -90,6 +90,10 @@ class TextEncoder:
         self._session: InferenceSession | None = None
         self._tokenizer: Tokenizer | None = None
         self._lock = threading.Lock()
+        # concurrent calls: ONNX Runtime's session runs them in parallel; the tokenizer and
+        # sentence-transformers' model are not meant to be shared between threads
+        self._tokenize_lock = threading.Lock()
+        self._torch_lock = threading.Lock()
 
     @property
     def dim(self) -> int:
@@ -167,7 +171,8 @@ class TextEncoder:
         tok, session = self._tokenizer, self._session
         if tok is None or session is None:
             raise RuntimeError("text encoder not loaded")
-        encs = tok.encode_batch(texts)
+        with self._tokenize_lock:
+            encs = tok.encode_batch(texts)
         lengths = np.array([len(e.ids) for e in encs])
         order = np.argsort(-lengths, kind="stable")  # similar lengths share a batch: less padding
         out = np.empty((len(texts), self.dim), dtype=np.float32)
@@ -190,9 +195,10 @@ class TextEncoder:
             if not texts:
                 return np.zeros((0, self.dim), dtype=np.float32)
             return self._encode_onnx(list(texts))
-        x = self.model.encode(list(texts), batch_size=self.batch_size,
-                               normalize_embeddings=bool(self.info.get("normalize", True)),
-                               convert_to_numpy=True, show_progress_bar=progress)
+        with self._torch_lock:
+            x = self.model.encode(list(texts), batch_size=self.batch_size,
+                                  normalize_embeddings=bool(self.info.get("normalize", True)),
+                                  convert_to_numpy=True, show_progress_bar=progress)
         return np.asarray(x, dtype=np.float32).reshape(len(texts), -1)
 
 
