@@ -92,13 +92,13 @@ def open_generation(settings: Settings, directory: Path | None = None,
 def _load_encoder(info: dict[str, object], base_dir: Path, settings: Settings) -> TextEncoder:
     """The index's text encoder on ``settings.encoder_runtime``: each call with
     ``resolved_encoder_threads`` threads (``python -m service`` sets OMP_NUM_THREADS for
-    faiss, which the encoder would take too), in passes of ``encoder_batch`` texts. ONNX
+    faiss, which the encoder would take too), in passes of ``resolved_encoder_batch`` texts. ONNX
     Runtime missing or unable to take the model: torch, said in the log; torch's calls run one
     at a time, with the worker's cores."""
     if settings.encoder_runtime != "torch":
         try:
             return TextEncoder(info, base_dir=base_dir, runtime=settings.encoder_runtime,
-                               batch_size=settings.encoder_batch,
+                               batch_size=settings.resolved_encoder_batch(),
                                threads=settings.resolved_encoder_threads()).load()
         except (ImportError, ValueError, OSError) as e:
             logger.warning("encoder runtime %s unavailable (%s): using torch",
@@ -107,7 +107,7 @@ def _load_encoder(info: dict[str, object], base_dir: Path, settings: Settings) -
 
     torch.set_num_threads(settings.encoder_threads or
                           max(1, (os.cpu_count() or 1) // settings.workers))
-    return TextEncoder(info, base_dir=base_dir, batch_size=settings.encoder_batch).load()
+    return TextEncoder(info, base_dir=base_dir, batch_size=settings.resolved_encoder_batch("torch")).load()
 
 
 def _live_searcher(oi: OpenIndex, path: Path) -> Searcher:

@@ -77,9 +77,11 @@ class Settings(BaseModel):
                                "Runtime, 1 on torch")
     encoder_threads: int = Field(0, ge=0, le=256, description="threads of each text-encoder "
                                  "call; 0: cores / (workers x lanes), at least 1")
-    encoder_batch: int = Field(16, ge=1, le=1024, description="texts per encoder forward "
+    encoder_batch: int = Field(0, ge=0, le=1024, description="texts per encoder forward "
                                "pass: a call's texts are sorted by length and run in passes of "
-                               "this many, so a short text is not padded to a long one's length")
+                               "this many, so a short text is not padded to a long one's "
+                               "length; 0: auto, 8 on ONNX Runtime (small passes pad least), "
+                               "64 on torch (each pass has a fixed cost)")
     watch_seconds: float = Field(2.0, ge=0, description="look this often whether index_dir "
                                  "holds a new build (flipped symlink, renamed directory) and "
                                  "load it, verified, as /admin/reload does; this is what "
@@ -150,6 +152,12 @@ class Settings(BaseModel):
         if self.encoder_runtime == "torch":
             return 1
         return max(1, (cores or os.cpu_count() or 1) // self.workers)
+
+    def resolved_encoder_batch(self, runtime: str | None = None) -> int:
+        """``encoder_batch``, with 0 resolved for ``runtime`` (default: ``encoder_runtime``)."""
+        if self.encoder_batch:
+            return self.encoder_batch
+        return 64 if (runtime or self.encoder_runtime) == "torch" else 8
 
     def resolved_encoder_threads(self, cores: int | None = None) -> int:
         """``encoder_threads``, with 0 resolved: the worker's cores shared by its lanes."""

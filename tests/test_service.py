@@ -275,6 +275,9 @@ def test_encoder_lanes_and_threads_resolve_from_the_cores():
     torch = Settings(index_dir="x", encoder_runtime="torch")
     assert (torch.resolved_encoder_lanes(8), torch.resolved_encoder_threads(8)) == (1, 8)
     assert Settings(index_dir="x", encoder_threads=3).resolved_encoder_threads(8) == 3
+    assert (onnx.resolved_encoder_batch(), torch.resolved_encoder_batch()) == (8, 64)
+    assert onnx.resolved_encoder_batch("torch") == 64  # the fallback when ONNX is missing
+    assert Settings(index_dir="x", encoder_batch=5).resolved_encoder_batch("torch") == 5
 
 
 def _comparable(body):
