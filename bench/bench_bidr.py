@@ -64,6 +64,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                  "sampler": "random_walk"},
     "ablation: k-means + stage 2": {"codebooks": "kmeans", "towers": "linear",
                                     "sampler": "random_walk"},
+    "ablation: k-means + stage 2, debiased loss": {"codebooks": "kmeans", "towers": "linear",
+                                                   "sampler": "random_walk",
+                                                   "loss": "debiased"},
+    "ablation: k-means + stage 2, per-query temperature": {
+        "codebooks": "kmeans", "towers": "linear", "sampler": "random_walk",
+        "query_temperature": True},
+    "ablation: k-means + stage 2, hard-negative mixing": {
+        "codebooks": "kmeans", "towers": "linear", "sampler": "random_walk",
+        "mix_negatives": 16},
     "ablation: stage 1 weight 1": {"codebooks": "distill", "labels": True,
                                    "contrastive_weight": 1.0},
     "ablation: stage 1 with query weighting": {"codebooks": "distill", "labels": True,
@@ -134,7 +143,9 @@ def run(task: dict[str, Any]) -> list[dict[str, Any]]:
         dense = BiDRDenseTrainer(pairs, BiDRConfig(
             tower=v["towers"], sampler=v["sampler"], nprobe=task["train_nprobe"],
             train_doc_tower=v.get("doc_tower", False), lr=v.get("lr", 1e-4),
-            val_split=v.get("val_split", "query")))
+            val_split=v.get("val_split", "query"), loss=v.get("loss", "infonce"),
+            query_temperature=v.get("query_temperature", False),
+            mix_negatives=v.get("mix_negatives", 0)))
     # test queries whose positives no train claim cites
     train_docs = {d for q in ds["train_qrels"].values() for d in q}
     rel = [ds["qrels"].get(q, {}) for q in ds["qids"]]

@@ -14,11 +14,13 @@ from ebr.errors import SpecError
 from ebr.towers import TOWER_KINDS
 
 __all__ = ["DistillConfig", "BiDRConfig", "EncoderFineTuneConfig", "LOSS_NAMES", "SAMPLERS",
+           "BIDR_LOSSES",
            "VAL_SPLITS"]
 
 LOSS_NAMES = ("listnet", "kl_div", "mse", "margin_mse")  # ebr.train.losses.LOSSES
 SAMPLERS = ("random_walk", "snowball", "random")  # ebr.train.sampling.batches
 VAL_SPLITS = ("query", "document")  # ebr.train.sampling.split_pairs
+BIDR_LOSSES = ("infonce", "debiased")  # ebr.train.losses.info_nce / debiased_info_nce
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,12 @@ class BiDRConfig:
     temperature: InfoNCE temperature in score units; None: the mean spread (std) of the
         queries' shortlist scores (about 0.05 for cosine MiniLM).
     weight_decay: AdamW decay pulls the residual weights back to 0, i.e. towards the identity.
+    loss: ``infonce``, or ``debiased`` (Chuang et al. 2020: the negatives' mean exp-score
+        corrected for a share ``debias_prior`` of unlabelled positives among them).
+    query_temperature: each training query's temperature is the spread of its own shortlist
+        scores instead of the mean spread of all.
+    mix_negatives: synthetic negatives per query, each a random convex mix of two of its 8
+        hardest negatives in the batch (MoCHi-style hard-negative mixing; 0: off).
     train_doc_tower / lr: the defaults (query tower only, lr 1e-4) are the conservative choice
         measured on SciFact (bench/results/bidr.md): both towers at lr 1e-3 reach a higher
         nDCG@10 overall (0.777 vs 0.701) but lose 0.07 on queries whose relevant documents were
@@ -190,6 +198,10 @@ class BiDRConfig:
     temperature: float | None = None
     lr: float = 1e-4
     weight_decay: float = 0.01
+    loss: str = "infonce"
+    debias_prior: float = 0.1
+    query_temperature: bool = False
+    mix_negatives: int = 0
     max_epochs: int = 20
     patience: int = 3
     val_fraction: float = 0.15
@@ -211,6 +223,12 @@ class BiDRConfig:
             raise SpecError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.val_split not in VAL_SPLITS:
             raise SpecError(f"val_split must be one of {VAL_SPLITS}, got {self.val_split!r}")
+        if self.loss not in BIDR_LOSSES:
+            raise SpecError(f"loss must be one of {BIDR_LOSSES}, got {self.loss!r}")
+        if not 0.0 <= self.debias_prior < 1.0:
+            raise SpecError(f"debias_prior must be in [0, 1), got {self.debias_prior}")
+        if self.mix_negatives < 0:
+            raise SpecError(f"mix_negatives must be >= 0, got {self.mix_negatives}")
         if not (self.train_query_tower or self.train_doc_tower):
             raise SpecError("train at least one of the query and document towers")
 

@@ -36,7 +36,7 @@ from ebr.quant.faiss_index import ivf_params
 from ebr.spec import build_nprobe
 from ebr.towers import Tower
 from ebr.train.loop import deadline, run_epochs
-from ebr.train.losses import info_nce
+from ebr.train.losses import debiased_info_nce, info_nce
 from ebr.train.sampling import (
     ShortlistGraph,
     TrainingPairs,
@@ -212,6 +212,11 @@ class _TowerRun:
                   if p.requires_grad]
         self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.tau = cfg.temperature or _calibrate_tau(queries, xd, sl, self.to_local, metric)
+        # per query: the spread of its own shortlist's scores, scaled so their mean is tau
+        self.tau_q = (torch.from_numpy(_query_spreads(queries, xd, sl, self.to_local, metric,
+                                                      self.tau))
+                      if cfg.query_temperature else None)
+        self.normalize = normalize
         self.val_sl = sl[va]
         self.val_pos = [pairs.positives[i] for i in va]
         nval = len(va)
@@ -245,8 +250,15 @@ class _TowerRun:
             cand = candidates(batch, self.pos_tr, self.graph, cfg.hard_negatives, self.rng)
             q = self.qnet(self.xq_t[self.tr[batch]])
             dv = self.dnet(self.xd_t[torch.from_numpy(self.to_local(cand.docs))])
-            loss = info_nce(_scores(q, dv, self.metric), torch.from_numpy(cand.target),
-                            self.tau, torch.from_numpy(cand.valid))
+            scores = _scores(q, dv, self.metric)
+            target = torch.from_numpy(cand.target)
+            valid = torch.from_numpy(cand.valid)
+            if cfg.mix_negatives:
+                scores, valid = self._mixed(q, dv, scores, target, valid)
+            tau: float | torch.Tensor = (self.tau if self.tau_q is None else
+                                         self.tau_q[self.tr[batch]][:, None])
+            loss = (info_nce(scores, target, tau, valid) if cfg.loss == "infonce" else
+                    debiased_info_nce(scores, target, tau, valid, cfg.debias_prior))
             self.opt.zero_grad()
             loss.backward()
             self.opt.step()
@@ -254,9 +266,49 @@ class _TowerRun:
         return losses
 
 
+    def _mixed(self, q: torch.Tensor, dv: torch.Tensor, scores: torch.Tensor,
+               target: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``mix_negatives`` synthetic negatives per query appended to its scores: convex
+        mixes of two of its 8 hardest valid negatives (detached: they move the query only)."""
+        b, m = scores.shape
+        neg = valid.clone()
+        neg[torch.arange(b), target] = False
+        hard = scores.detach().masked_fill(~neg, float("-inf")).topk(min(8, m), dim=1)
+        n = self.cfg.mix_negatives
+        gen = torch.Generator().manual_seed(int(self.rng.integers(2 ** 31)))
+        pick = torch.randint(hard.indices.shape[1], (b, n, 2), generator=gen)
+        idx = hard.indices.gather(1, pick.reshape(b, -1)).reshape(b, n, 2)
+        ok = torch.isfinite(hard.values.gather(1, pick.reshape(b, -1)).reshape(b, n, 2)).all(-1)
+        alpha = torch.rand(b, n, 1, generator=gen)
+        d = dv.detach()
+        mix = alpha * d[idx[..., 0]] + (1.0 - alpha) * d[idx[..., 1]]
+        if self.normalize:
+            mix = torch.nn.functional.normalize(mix, dim=-1)
+        ip = (q[:, None, :] * mix).sum(-1)
+        extra = ip if self.metric is Metric.IP else \
+            2 * ip - (mix * mix).sum(-1) - (q * q).sum(-1)[:, None]
+        return torch.cat([scores, extra], 1), torch.cat([valid, ok], 1)
+
+
 def _load_states(nets: tuple[TowerNet, TowerNet], states: tuple[Any, ...]) -> None:
     for net, state in zip(nets, states, strict=True):
         net.load_state_dict(state)
+
+
+def _query_spreads(queries: np.ndarray, xd: np.ndarray, sl: np.ndarray, to_local: Any,
+                   metric: Metric, tau: float) -> np.ndarray:
+    """float32 [Q]: each query's shortlist score spread (std), scaled to mean ``tau``; a
+    query with fewer than 2 shortlisted rows gets ``tau``."""
+    out = np.full(len(queries), np.nan, dtype=np.float64)
+    for i, (q, row) in enumerate(zip(queries, sl, strict=True)):
+        loc = to_local(row[row >= 0])
+        if loc.size >= 2:
+            out[i] = float(_scores(torch.from_numpy(q[None].astype(np.float32)),
+                                   torch.from_numpy(xd[loc]), metric).numpy().std())
+    ok = np.isfinite(out) & (out > 0)
+    out[ok] *= tau / out[ok].mean() if ok.any() else 1.0
+    out[~ok] = tau
+    return out.astype(np.float32)
 
 
 def _calibrate_tau(queries: np.ndarray, xd: np.ndarray, sl: np.ndarray, to_local: Any,

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from ebr.train_config import LOSS_NAMES
 
-__all__ = ["listnet", "kl_div", "mse", "margin_mse", "info_nce", "LOSSES", "DistillLoss"]
+__all__ = ["listnet", "kl_div", "mse", "margin_mse", "info_nce", "debiased_info_nce", "LOSSES",
+           "DistillLoss"]
 
 DistillLoss = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 _NEG = -1e9
@@ -61,7 +62,7 @@ def margin_mse(teacher: torch.Tensor, student: torch.Tensor, tau: float = 1.0,
     return mse(t, s, tau, mask)
 
 
-def info_nce(scores: torch.Tensor, target: torch.Tensor, tau: float = 1.0,
+def info_nce(scores: torch.Tensor, target: torch.Tensor, tau: float | torch.Tensor = 1.0,
              valid: torch.Tensor | None = None) -> torch.Tensor:
     """Contrastive loss with labels (BiDR): -log softmax(s/tau)[target] per query, mean.
 
@@ -69,6 +70,30 @@ def info_nce(scores: torch.Tensor, target: torch.Tensor, tau: float = 1.0,
     that must not count as negatives (the query's other positives).
     """
     return F.cross_entropy(_masked(scores / tau, valid), target)
+
+
+def debiased_info_nce(scores: torch.Tensor, target: torch.Tensor,
+                      tau: float | torch.Tensor = 1.0, valid: torch.Tensor | None = None,
+                      prior: float = 0.1) -> torch.Tensor:
+    """Debiased contrastive loss (Chuang et al., NeurIPS 2020): the negatives are unlabelled
+    documents, a share ``prior`` of which are in truth relevant; their mean exp-score is
+    corrected for it, g = max((mean_n e^{s_n} - prior e^{s_p}) / (1 - prior), e^{-1/tau}),
+    and the loss is -log(e^{s_p} / (e^{s_p} + N g)) per query (N its valid negatives), mean.
+    Same arguments as :func:`info_nce`; ``tau`` may be a [B, 1] tensor (one per query).
+    ``prior`` = 0 is InfoNCE over the same columns."""
+    if not 0.0 <= prior < 1.0:
+        raise ValueError(f"prior must be in [0, 1), got {prior}")
+    s = scores / tau
+    rows = torch.arange(len(s))
+    neg = torch.ones_like(s, dtype=torch.bool) if valid is None else valid.clone()
+    neg[rows, target] = False
+    top = s.masked_fill(~neg, _NEG).amax(-1).clamp(min=s[rows, target]).detach()
+    pos = s[rows, target] - top
+    e_neg = (s - top[:, None]).exp() * neg
+    n = neg.sum(-1).clamp(min=1)
+    floor = (-1.0 / torch.as_tensor(tau).reshape(-1)) - top  # e^{-1/tau}, shifted like s
+    g = torch.maximum((e_neg.sum(-1) / n - prior * pos.exp()) / (1.0 - prior), floor.exp())
+    return (-pos + torch.log(pos.exp() + n * g)).mean()
 
 
 LOSSES: dict[str, DistillLoss] = {"listnet": listnet, "kl_div": kl_div, "mse": mse,
