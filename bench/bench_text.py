@@ -188,9 +188,11 @@ def main() -> None:
         rows += before
         print(before, flush=True)
         http: list[dict] = []
-        modes = [(64, lanes, f"HTTP /search text, TextBatcher (64), "
-                              f"{'lanes auto' if lanes == 0 else f'{lanes} lane(s)'}")
-                 for lanes in args.lanes]
+        # torch runs one call at a time whatever the setting: one pass for it
+        lanes_list = dict.fromkeys(1 if runtime == "torch" else x for x in args.lanes)
+        modes = [(64, lanes, "HTTP /search text, TextBatcher (64), " +
+                  (f"lanes auto ({os.cpu_count() if runtime != 'torch' else 1})" if lanes == 0
+                   else f"{lanes} lane(s)")) for lanes in lanes_list]
         if args.alone:
             modes.append((0, 0, "HTTP /search text, each text alone"))
         for batch, lanes, name in modes:
