@@ -270,16 +270,20 @@ async def run_search(req: SearchRequest, state: ServiceState, gen: Generation) -
     concurrent vector searches with the same parameters share one batched search; text, exact
     and ``with_vector`` requests, and everything when it is off, run alone in the thread pool."""
     t0 = time.perf_counter()
+    encoded = None
     if req.text is not None and state.text_batcher is not None and gen.encoder is not None:
-        x = await state.text_batcher.encode(gen.encoder, req.text)  # shared with concurrent texts
-        req = req.model_copy(update={"text": None, "vector": x[0].tolist()})
+        # shared with concurrent texts
+        encoded = await state.text_batcher.encode(gen.encoder, req.text)
     batcher = state.batcher
-    if batcher is None or req.text is not None or req.params.exact or req.with_vector or \
-            req.with_payload is not False or req.filter is not None or \
+    if batcher is None or (req.text is not None and encoded is None) or req.params.exact or \
+            req.with_vector or req.with_payload is not False or req.filter is not None or \
             req.with_coarse:  # not batched
+        if encoded is not None:
+            req = req.model_copy(update={"text": None, "vector": encoded[0].tolist()})
         result = (await run_in_threadpool(_many, [req], state, gen, ""))[0]
     else:
-        x, maybe = _prepare(req, state, gen)  # validation only: cheap, on the event loop
+        # validation only: cheap, on the event loop
+        x, maybe = _prepare(req, state, gen, "", encoded)
         params = cast(SearchParams, maybe)  # not exact mode, so never None
         _check_budget([req], [params], state)
         res, st, row, n = await batcher.search(gen.searcher, x, params)
