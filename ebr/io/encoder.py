@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
+from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
     from onnxruntime import InferenceSession
@@ -167,7 +168,7 @@ class TextEncoder:
                     path.name)
         self._tokenizer, self._session = tok, session
 
-    def _encode_onnx(self, texts: list[str]) -> np.ndarray:
+    def _encode_onnx(self, texts: list[str], progress: bool = False) -> np.ndarray:
         tok, session = self._tokenizer, self._session
         if tok is None or session is None:
             raise RuntimeError("text encoder not loaded")
@@ -176,7 +177,8 @@ class TextEncoder:
         lengths = np.array([len(e.ids) for e in encs])
         order = np.argsort(-lengths, kind="stable")  # similar lengths share a batch: less padding
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        for i in range(0, len(texts), self.batch_size):
+        for i in tqdm(range(0, len(texts), self.batch_size), desc="encode", unit="batch",
+                      disable=not progress):
             rows = order[i:i + self.batch_size]
             width = int(lengths[rows].max())
             ids = np.zeros((len(rows), width), dtype=np.int64)
@@ -194,7 +196,7 @@ class TextEncoder:
         if self.runtime != "torch":
             if not texts:
                 return np.zeros((0, self.dim), dtype=np.float32)
-            return self._encode_onnx(list(texts))
+            return self._encode_onnx(list(texts), progress)
         with self._torch_lock:
             x = self.model.encode(list(texts), batch_size=self.batch_size,
                                   normalize_embeddings=bool(self.info.get("normalize", True)),
