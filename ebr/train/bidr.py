@@ -265,7 +265,6 @@ class _TowerRun:
             losses.append(float(loss.detach()))
         return losses
 
-
     def _mixed(self, q: torch.Tensor, dv: torch.Tensor, scores: torch.Tensor,
                target: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``mix_negatives`` synthetic negatives per query appended to its scores: convex
