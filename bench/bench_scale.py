@@ -373,12 +373,26 @@ def main() -> int:
     ap.add_argument("--work", default="/tmp/ebr-scale")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--name", default="scale")
+    ap.add_argument("--rows-from", help="write the report from the JSON rows a run printed "
+                    "(its log; the last row per N), without running anything")
+    ap.add_argument("--command", help="with --rows-from: the command that printed the rows")
     args = ap.parse_args()
     if args.sweep_queries >= args.nq:
         raise SystemExit("--sweep-queries must leave test queries to time")
     rows: list[dict[str, Any]] = []
     shard_rows: list[dict[str, Any]] = []
-    for n in args.n:
+    if args.rows_from:
+        last: dict[tuple[int, int], dict[str, Any]] = {}
+        for line in Path(args.rows_from).read_text().splitlines():
+            if line.startswith("{"):
+                r = json.loads(line)
+                last[(r["N"], r.get("shards", 1))] = r
+        rows = [r for (_, k), r in sorted(last.items()) if k == 1]
+        shard_rows = [r for (_, k), r in sorted(last.items()) if k > 1]
+        for r in rows:
+            if "build_s" in r:
+                r["build_us_per_vec"] = round(1e6 * r["build_s"] / r["N"], 1)
+    for n in [] if args.rows_from else args.n:
         task = {"n": n, "dim": args.dim, "m": args.spec_m, "nq": args.nq, "work": args.work,
                 "distill_budget": args.distill_budget, "nlist": args.nlist,
                 "profile": args.profile, "target": args.target, "nprobes": args.nprobes,
@@ -405,7 +419,7 @@ def main() -> int:
     meta = {"title": f"ebr single-node cost curve: N x {args.dim} (generator profile "
                      f"{args.profile}), PQ{args.spec_m}, nprobe and C chosen per N for "
                      f"recall@10 >= {args.target}, 2 cores",
-            "command": " ".join(["python bench/bench_scale.py", *sys.argv[1:]]),
+            "command": args.command or " ".join(["python bench/bench_scale.py", *sys.argv[1:]]),
             "codebooks": "Distill-VQ (pseudo-queries, budget "
                          f"{args.distill_budget:.0f} s)" if args.distill_budget else "k-means"}
     cols = ["N", "spec", "generate_s", "build_s", "train_s", "kmeans_s", "distill_s",
