@@ -1,7 +1,7 @@
 """Text queries over HTTP against the encoder's own batched rate (issue 22, item 3).
 
     python bench/bench_text.py [--seconds 20] [--clients 1 4 8 32] [--workers 1] [--alone]
-                               [--load-generators wrk python] [--lanes 0 1]
+                               [--load-generators wrk python] [--lanes 1 2]
                                [--runtimes torch onnx onnx-int8] [--out bench/results]
 
 Builds (once) an index of SciFact's precomputed MiniLM corpus vectors that records the MiniLM
@@ -162,8 +162,8 @@ def main() -> None:
                     default=["wrk", "python"] if shutil.which("wrk") else ["python"],
                     help="who sends the requests: wrk (C, ~0.05 ms of CPU per request) and/or "
                          "ebr.client.AsyncClient (~2.5 ms); both share the cores with the server")
-    ap.add_argument("--lanes", type=int, nargs="+", default=[0],
-                    help="EBR_ENCODER_LANES of the server, one pass each (0: its default)")
+    ap.add_argument("--lanes", type=int, nargs="+", default=[1],
+                    help="EBR_ENCODER_LANES of the server, one pass each")
     ap.add_argument("--port", type=int, default=8791)
     ap.add_argument("--work", default=str(ROOT / "runs" / "bench-text"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
@@ -190,11 +190,10 @@ def main() -> None:
         http: list[dict] = []
         # torch runs one call at a time whatever the setting: one pass for it
         lanes_list = dict.fromkeys(1 if runtime == "torch" else x for x in args.lanes)
-        modes = [(64, lanes, "HTTP /search text, TextBatcher (64), " +
-                  (f"lanes auto ({os.cpu_count() if runtime != 'torch' else 1})" if lanes == 0
-                   else f"{lanes} lane(s)")) for lanes in lanes_list]
+        modes = [(64, lanes, f"HTTP /search text, TextBatcher (64), {lanes} lane(s)")
+                 for lanes in lanes_list]
         if args.alone:
-            modes.append((0, 0, "HTTP /search text, each text alone"))
+            modes.append((0, 1, "HTTP /search text, each text alone"))
         for batch, lanes, name in modes:
             server, url = _serve(index, args.port, args.workers, batch, runtime, lanes)
             try:

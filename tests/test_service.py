@@ -269,11 +269,11 @@ def test_text_batcher_lanes_run_calls_at_once_and_answer_each_text():
 
 def test_encoder_lanes_and_threads_resolve_from_the_cores():
     onnx = Settings(index_dir="x", encoder_runtime="onnx")
-    assert (onnx.resolved_encoder_lanes(8), onnx.resolved_encoder_threads(8)) == (8, 1)
+    assert (onnx.resolved_encoder_lanes(), onnx.resolved_encoder_threads(8)) == (1, 8)
     two = Settings(index_dir="x", encoder_runtime="onnx", workers=2, encoder_lanes=2)
-    assert (two.resolved_encoder_lanes(8), two.resolved_encoder_threads(8)) == (2, 2)
-    torch = Settings(index_dir="x", encoder_runtime="torch")
-    assert (torch.resolved_encoder_lanes(8), torch.resolved_encoder_threads(8)) == (1, 8)
+    assert (two.resolved_encoder_lanes(), two.resolved_encoder_threads(8)) == (2, 2)
+    torch = Settings(index_dir="x", encoder_runtime="torch", encoder_lanes=4)
+    assert (torch.resolved_encoder_lanes(), torch.resolved_encoder_threads(8)) == (1, 8)
     assert Settings(index_dir="x", encoder_threads=3).resolved_encoder_threads(8) == 3
     assert (onnx.resolved_encoder_batch(), torch.resolved_encoder_batch()) == (8, 64)
     assert onnx.resolved_encoder_batch("torch") == 64  # the fallback when ONNX is missing
