@@ -343,6 +343,18 @@ def _in_child(fn: Any, task: dict[str, Any]) -> dict[str, Any]:
         return pool.submit(fn, task).result()
 
 
+def _printed_rows(log: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(single-node rows, shard rows) from the JSON rows a run printed: the last per (N,
+    shards), each printed row holding every step run so far."""
+    last: dict[tuple[int, int], dict[str, Any]] = {}
+    for line in log.read_text().splitlines():
+        if line.startswith("{"):
+            r = json.loads(line)
+            last[(r["N"], r.get("shards", 1))] = r
+    ordered = sorted(last.items())
+    return ([r for (_, k), r in ordered if k == 1], [r for (_, k), r in ordered if k > 1])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -382,16 +394,7 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     shard_rows: list[dict[str, Any]] = []
     if args.rows_from:
-        last: dict[tuple[int, int], dict[str, Any]] = {}
-        for line in Path(args.rows_from).read_text().splitlines():
-            if line.startswith("{"):
-                r = json.loads(line)
-                last[(r["N"], r.get("shards", 1))] = r
-        rows = [r for (_, k), r in sorted(last.items()) if k == 1]
-        shard_rows = [r for (_, k), r in sorted(last.items()) if k > 1]
-        for r in rows:
-            if "build_s" in r:
-                r["build_us_per_vec"] = round(1e6 * r["build_s"] / r["N"], 1)
+        rows, shard_rows = _printed_rows(Path(args.rows_from))
     for n in [] if args.rows_from else args.n:
         task = {"n": n, "dim": args.dim, "m": args.spec_m, "nq": args.nq, "work": args.work,
                 "distill_budget": args.distill_budget, "nlist": args.nlist,
@@ -404,8 +407,6 @@ def main() -> int:
                 continue
             row.update(_in_child(step, task))
             print(json.dumps({k: v for k, v in row.items() if k != "sweep"}), flush=True)
-        if "build_s" in row:
-            row["build_us_per_vec"] = round(1e6 * row["build_s"] / n, 1)
         rows.append(row)
         for k in args.shards:
             t = {**task, "shards": k}
@@ -431,6 +432,8 @@ def main() -> int:
             "dense_resident_cold", "dense_resident_after_cold_pass"]
     for r in rows:
         r["shards"] = 1
+        if "build_s" in r:
+            r["build_us_per_vec"] = round(1e6 * r["build_s"] / r["N"], 1)
     paths = write_report(args.out, args.name, meta, rows, plot=False, columns=cols)
     if shard_rows:
         from ebr.eval.report import markdown_table

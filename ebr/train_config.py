@@ -14,8 +14,7 @@ from ebr.errors import SpecError
 from ebr.towers import TOWER_KINDS
 
 __all__ = ["DistillConfig", "BiDRConfig", "EncoderFineTuneConfig", "LOSS_NAMES", "SAMPLERS",
-           "BIDR_LOSSES",
-           "VAL_SPLITS"]
+           "VAL_SPLITS", "BIDR_LOSSES"]
 
 LOSS_NAMES = ("listnet", "kl_div", "mse", "margin_mse")  # ebr.train.losses.LOSSES
 SAMPLERS = ("random_walk", "snowball", "random")  # ebr.train.sampling.batches

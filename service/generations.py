@@ -105,8 +105,7 @@ def _load_encoder(info: dict[str, object], base_dir: Path, settings: Settings) -
                            settings.encoder_runtime, e)
     import torch
 
-    torch.set_num_threads(settings.encoder_threads or
-                          max(1, (os.cpu_count() or 1) // settings.workers))
+    torch.set_num_threads(settings.resolved_encoder_threads(runtime="torch"))
     return TextEncoder(info, base_dir=base_dir, batch_size=settings.resolved_encoder_batch("torch")).load()
 
 

@@ -145,9 +145,10 @@ class Settings(BaseModel):
         cores = cores or os.cpu_count() or 1
         return max(4, 2 * cores // (self.workers * self.faiss_threads))
 
-    def resolved_encoder_lanes(self) -> int:
-        """``encoder_lanes``; 1 on torch (the encoder serializes its calls)."""
-        return 1 if self.encoder_runtime == "torch" else self.encoder_lanes
+    def resolved_encoder_lanes(self, runtime: str | None = None) -> int:
+        """``encoder_lanes`` for ``runtime`` (default: ``encoder_runtime``); 1 on torch (the
+        encoder serializes its calls)."""
+        return 1 if (runtime or self.encoder_runtime) == "torch" else self.encoder_lanes
 
     def resolved_encoder_batch(self, runtime: str | None = None) -> int:
         """``encoder_batch``, with 0 resolved for ``runtime`` (default: ``encoder_runtime``)."""
@@ -155,12 +156,13 @@ class Settings(BaseModel):
             return self.encoder_batch
         return 64 if (runtime or self.encoder_runtime) == "torch" else 8
 
-    def resolved_encoder_threads(self, cores: int | None = None) -> int:
+    def resolved_encoder_threads(self, cores: int | None = None,
+                                 runtime: str | None = None) -> int:
         """``encoder_threads``, with 0 resolved: the worker's cores shared by its lanes."""
         if self.encoder_threads:
             return self.encoder_threads
         cores = cores or os.cpu_count() or 1
-        return max(1, cores // (self.workers * self.resolved_encoder_lanes()))
+        return max(1, cores // (self.workers * self.resolved_encoder_lanes(runtime)))
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:

@@ -272,6 +272,8 @@ def test_encoder_lanes_and_threads_resolve_from_the_cores():
     assert (onnx.resolved_encoder_lanes(), onnx.resolved_encoder_threads(8)) == (1, 8)
     two = Settings(index_dir="x", encoder_runtime="onnx", workers=2, encoder_lanes=2)
     assert (two.resolved_encoder_lanes(), two.resolved_encoder_threads(8)) == (2, 2)
+    # the torch fallback of an ONNX setting: one call at a time with the worker's cores
+    assert two.resolved_encoder_threads(8, runtime="torch") == 4
     torch = Settings(index_dir="x", encoder_runtime="torch", encoder_lanes=4)
     assert (torch.resolved_encoder_lanes(), torch.resolved_encoder_threads(8)) == (1, 8)
     assert Settings(index_dir="x", encoder_threads=3).resolved_encoder_threads(8) == 3

@@ -294,16 +294,24 @@ def _load_states(nets: tuple[TowerNet, TowerNet], states: tuple[Any, ...]) -> No
         net.load_state_dict(state)
 
 
-def _query_spreads(queries: np.ndarray, xd: np.ndarray, sl: np.ndarray, to_local: Any,
-                   metric: Metric, tau: float) -> np.ndarray:
-    """float32 [Q]: each query's shortlist score spread (std), scaled to mean ``tau``; a
-    query with fewer than 2 shortlisted rows gets ``tau``."""
+def _spreads(queries: np.ndarray, xd: np.ndarray, sl: np.ndarray, to_local: Any,
+             metric: Metric) -> np.ndarray:
+    """float64 [Q]: the std of each query's base scores over its shortlist; NaN for a query
+    with fewer than 2 shortlisted rows."""
     out = np.full(len(queries), np.nan, dtype=np.float64)
-    for i, (q, row) in enumerate(zip(queries, sl, strict=True)):
+    for i, (q, row) in enumerate(zip(queries, sl, strict=False)):
         loc = to_local(row[row >= 0])
         if loc.size >= 2:
             out[i] = float(_scores(torch.from_numpy(q[None].astype(np.float32)),
                                    torch.from_numpy(xd[loc]), metric).numpy().std())
+    return out
+
+
+def _query_spreads(queries: np.ndarray, xd: np.ndarray, sl: np.ndarray, to_local: Any,
+                   metric: Metric, tau: float) -> np.ndarray:
+    """float32 [Q]: each query's shortlist score spread, scaled to mean ``tau``; a query with
+    fewer than 2 shortlisted rows (or no spread) gets ``tau``."""
+    out = _spreads(queries, xd, sl, to_local, metric)
     ok = np.isfinite(out) & (out > 0)
     out[ok] *= tau / out[ok].mean() if ok.any() else 1.0
     out[~ok] = tau
@@ -313,12 +321,6 @@ def _query_spreads(queries: np.ndarray, xd: np.ndarray, sl: np.ndarray, to_local
 def _calibrate_tau(queries: np.ndarray, xd: np.ndarray, sl: np.ndarray, to_local: Any,
                    metric: Metric) -> float:
     """Mean std of the base scores over each query's shortlist (first 256 queries)."""
-    spreads = []
-    for q, row in zip(queries[:256], sl[:256], strict=False):
-        loc = to_local(row[row >= 0])
-        if loc.size < 2:
-            continue
-        s = _scores(torch.from_numpy(q[None].astype(np.float32)),
-                    torch.from_numpy(xd[loc]), metric).numpy()
-        spreads.append(float(s.std()))
-    return float(max(np.mean(spreads) if spreads else 1.0, 1e-6))
+    spreads = _spreads(queries[:256], xd, sl[:256], to_local, metric)
+    spreads = spreads[np.isfinite(spreads)]
+    return float(max(spreads.mean() if spreads.size else 1.0, 1e-6))
