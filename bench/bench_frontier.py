@@ -317,7 +317,8 @@ def _ebr(method: str, ds: dict[str, Any], tmp: Path, nlist: int, nprobe: int, me
     if codebooks == "distill":
         from ebr.train.distill_vq import DistillConfig, DistillVQTrainer
 
-        cfg = DistillConfig(val_nprobe=nprobe, time_budget_s=train_budget)
+        cfg = DistillConfig(val_nprobe=nprobe, time_budget_s=train_budget,
+                            corpus_size=len(ds["xb"]))
         if method == "bidr":
             if ds.get("train_qrels") is None:
                 raise ValueError("BiDR needs labelled training queries")

@@ -98,8 +98,9 @@ def build(task: dict[str, Any]) -> dict[str, Any]:
     if task["distill_budget"]:
         from ebr.train.distill_vq import DistillConfig, DistillVQTrainer
 
-        trainer = DistillVQTrainer(DistillConfig(time_budget_s=task["distill_budget"],
-                                                 val_nprobe=32))
+        trainer = DistillVQTrainer(DistillConfig(
+            time_budget_s=task["distill_budget"], val_nprobe=task["distill_val_nprobe"],
+            val_candidates=task["distill_val_candidates"], corpus_size=n))
     out = _index_dir(task)
     m = write_index(out, x, BuildParams(spec=spec, metric=Metric.IP, train_size=100_000,
                                         codebooks="distill" if trainer else "kmeans"),
@@ -369,6 +370,10 @@ def main() -> int:
                     help="also build with Ray Data into this many shards and serve by fan-out")
     ap.add_argument("--distill-budget", type=float, default=0.0,
                     help="Distill-VQ time budget in seconds (0: k-means codebooks)")
+    ap.add_argument("--distill-val-nprobe", type=int, default=16,
+                    help="the serving nprobe the Distill-VQ guard validates at")
+    ap.add_argument("--distill-val-candidates", type=int, default=1600,
+                    help="the serving C the guard validates at (scaled to the training sample)")
     ap.add_argument("--profile", default="minilm", choices=["minilm", "clusters"],
                     help="the generator's profile (minilm: fitted to MiniLM's spectrum)")
     ap.add_argument("--target", type=float, default=0.95,
@@ -398,6 +403,8 @@ def main() -> int:
     for n in [] if args.rows_from else args.n:
         task = {"n": n, "dim": args.dim, "m": args.spec_m, "nq": args.nq, "work": args.work,
                 "distill_budget": args.distill_budget, "nlist": args.nlist,
+                "distill_val_nprobe": args.distill_val_nprobe,
+                "distill_val_candidates": args.distill_val_candidates,
                 "profile": args.profile, "target": args.target, "nprobes": args.nprobes,
                 "candidates": args.candidates, "sweep_queries": args.sweep_queries,
                 "verify": not args.no_verify}

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 from ebr.errors import SpecError
@@ -76,6 +78,13 @@ class DistillConfig:
     # result falls (issue 21: RQ16 +9.6 points coarse, below OPQ end to end).
     select: str = "rerank"
     val_candidates: int = 200
+    # Documents the index will serve, when more than the training sample (None: the sample is
+    # the corpus). Validation runs in the sample, whose lists hold n_sample / corpus_size of
+    # the documents, so as many fewer of them score near each query's 10th best: the serving
+    # C is scaled to the sample (sample_candidates). Unscaled, a 100k sample of 10M at
+    # C = 1,600 saturates (plain OPQ and the learned runs 0.999 at C = 200) and no learned
+    # step can show a gain (bench/results/scale_10m_distill.md).
+    corpus_size: int | None = None
     # After training, compare the learned codebooks with faiss' plain ones for the same spec
     # on the held-out queries, both as served (re-ranked recall@10 at val_nprobe and
     # val_candidates), and keep the better: learning never ends below its start.
@@ -161,6 +170,17 @@ class DistillConfig:
             raise SpecError(f"val_candidates must be >= 10, got {self.val_candidates}")
         if self.val_nprobe is not None and self.val_nprobe < 1:
             raise SpecError(f"val_nprobe must be >= 1, got {self.val_nprobe}")
+        if self.corpus_size is not None and self.corpus_size < 1:
+            raise SpecError(f"corpus_size must be >= 1 or None, got {self.corpus_size}")
+
+    def sample_candidates(self, n_sample: int) -> int:
+        """``val_candidates`` as a sample of ``n_sample`` documents sees it: the 10 sought
+        plus the others re-ranked, scaled by the sample's share of ``corpus_size`` (rounded
+        up), since the documents that score between a query's 10th best and its coarse
+        C-th are as many fewer as the sample is smaller."""
+        if self.corpus_size is None or self.corpus_size <= n_sample:
+            return self.val_candidates
+        return 10 + math.ceil((self.val_candidates - 10) * n_sample / self.corpus_size)
 
 
 @dataclass(frozen=True)

@@ -202,6 +202,7 @@ def _distill_trainer(args: argparse.Namespace, pairs: Any = None, corpus: Any = 
                         select=args.distill_select, val_nprobe=args.distill_val_nprobe,
                         val_candidates=args.distill_val_candidates, guard=args.distill_guard,
                         choose_weighting=args.choose_weighting, opq_start=args.opq_start,
+                        corpus_size=None if corpus is None else len(corpus),
                         **({} if args.score_aware is None else
                            {"score_aware_eta": args.score_aware}))
     return DistillVQTrainer(cfg, queries=queries, niter=args.niter, progress=args.progress,

@@ -121,7 +121,9 @@ def _distill_args(p: argparse.ArgumentParser) -> None:
                     "(default nlist / 4)")
     dv.add_argument("--distill-val-candidates", type=int, metavar="C",
                     default=_default(DistillConfig, "val_candidates"),
-                    help="candidate count of the re-ranked measure: set it to the serving C")
+                    help="candidate count of the re-ranked measure: set it to the serving C "
+                    "(measured in the training sample, it is scaled by the sample's share of "
+                    "the corpus)")
     dv.add_argument("--distill-guard", action=argparse.BooleanOptionalAction,
                     default=_default(DistillConfig, "guard"),
                     help="after training, keep faiss' plain codebooks for the spec instead "

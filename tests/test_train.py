@@ -398,7 +398,7 @@ def test_guard_keeps_the_best_of_the_runs_and_plain_opq(tmp_path, ds_ip, monkeyp
     monkeypatch.setattr(dvq, "served_rerank_recall", measure)
     cfg = DistillConfig(max_epochs=2, patience=10, batch_size=64, n_random=128, top_k=20,
                         n_pseudo=1000, val_nprobe=2, val_candidates=20, seed=3,
-                        select="coarse")
+                        select="coarse", corpus_size=2 * len(ds_ip.xb))
     tr = DistillVQTrainer(cfg)
     write_index(tmp_path / "i", ds_ip.xb, BuildParams(spec=IndexSpec.parse("IVF16,PQ4"),
                                                      codebooks="distill", kmeans_niter=5),
@@ -408,7 +408,8 @@ def test_guard_keeps_the_best_of_the_runs_and_plain_opq(tmp_path, ds_ip, monkeyp
     assert list(got) == ["plain", "learned", "learned_unweighted"]  # the order of ties
     assert sorted(seen) == [(False, False), (True, False), (True, True)]
     assert g["kept"] == max(got, key=lambda k: got[k])
-    assert (g["nprobe"], g["candidates"]) == (2, 20)
+    # the serving C, 20, scaled to a sample of half the corpus: the 10 sought + 10 / 2
+    assert (g["nprobe"], g["candidates"], g["sample"]) == (2, 15, len(ds_ip.xb))
     if rigged is not None:
         assert g["kept"] == rigged
     m = json.loads((tmp_path / "i" / "manifest.json").read_text())
@@ -437,6 +438,19 @@ def test_rerank_selection_watches_the_end_to_end_figure(tmp_path, ds_ip):
         DistillConfig(select="ndcg")
     with pytest.raises(SpecError, match="val_candidates"):
         DistillConfig(val_candidates=5)
+
+
+def test_validation_candidates_scale_to_the_sample():
+    """A 100k sample of 10M served at C = 1,600: 10 + 1,590 / 100, rounded up; a sample that
+    is the corpus keeps the serving C."""
+    assert DistillConfig(val_candidates=1600, corpus_size=10_000_000).sample_candidates(
+        100_000) == 26
+    assert DistillConfig(val_candidates=200, corpus_size=1_000_000).sample_candidates(
+        100_000) == 29
+    assert DistillConfig(val_candidates=200, corpus_size=50_000).sample_candidates(50_000) == 200
+    assert DistillConfig(val_candidates=200).sample_candidates(10) == 200
+    with pytest.raises(SpecError, match="corpus_size"):
+        DistillConfig(corpus_size=0)
 
 
 def test_learning_that_hurts_is_not_kept(tmp_path, ds_ip):

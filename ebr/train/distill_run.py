@@ -161,15 +161,16 @@ class DistillRun:
     def validate(self) -> dict[str, float]:
         """Held-out figures as the exported index would search, at ``val_nprobe``: coarse
         recall@val_k against the teacher; end to end, the share of the teacher's top 10
-        within the coarse top ``val_candidates`` (the re-ranked recall@10 at that candidate
-        count, since the re-rank is exact); with labels, the held-out positives' recall."""
+        within the coarse top ``val_candidates`` scaled to the sample (``sample_candidates``:
+        the re-ranked recall@10 at that candidate count, since the re-rank is exact); with labels, the held-out positives' recall."""
         if self.val_truth is None:
             return {"val_recall": float("nan"), "val_rerank_recall": float("nan")}
-        k, c = self.val_truth.shape[1], max(self.val_truth.shape[1], self.cfg.val_candidates)
+        served = self.cfg.sample_candidates(self.n)
+        k, c = self.val_truth.shape[1], max(self.val_truth.shape[1], served)
         found = self.model.coarse_search(torch.from_numpy(self.val_q), self.xr, self.assign,
                                          self.nprobe, min(c, self.n), codes=self.codes)
         out = {"val_recall": recall_of(found[:, :k], self.val_truth),
-               "val_rerank_recall": recall_of(found[:, :self.cfg.val_candidates],
+               "val_rerank_recall": recall_of(found[:, :served],
                                               self.val_truth[:, :10])}
         if self.val_pairs is not None:
             out["val_positive_recall"] = recall_of(found[:, :k], self.val_pairs[1])

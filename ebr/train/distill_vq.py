@@ -205,7 +205,7 @@ class DistillVQTrainer:
         from ebr.quant.trainers import KMeansTrainer
 
         q, truth, nprobe = self._held_out  # type: ignore[misc]
-        c = self.config.val_candidates
+        c = self.config.sample_candidates(len(xt))  # the serving C, scaled to the sample
         got: dict[str, float] = {}
         plain_cb = None
         if plain:
@@ -217,7 +217,7 @@ class DistillVQTrainer:
         kept = max(got, key=lambda name: got[name])  # the first of equals: plain, then runs
         self._restore(runs[kept] if kept in runs else runs["learned"])
         record = {"held_out_rerank_recall@10": got, "nprobe": nprobe, "candidates": c,
-                  "kept": kept}
+                  "sample": len(xt), "kept": kept}
         # without plain codebooks competing it is the choice between the runs, not a guard
         self.info = {**self.info, "guard" if plain else "run_choice": record}
         logger.info("distill: held-out re-ranked recall@10 at nprobe %d, C %d: %s: %s kept",
