@@ -162,7 +162,8 @@ class DistillRun:
         """Held-out figures as the exported index would search, at ``val_nprobe``: coarse
         recall@val_k against the teacher; end to end, the share of the teacher's top 10
         within the coarse top ``val_candidates`` scaled to the sample (``sample_candidates``:
-        the re-ranked recall@10 at that candidate count, since the re-rank is exact); with labels, the held-out positives' recall."""
+        the re-ranked recall@10 at that candidate count, since the re-rank is exact); with
+        labels, the held-out positives' recall."""
         if self.val_truth is None:
             return {"val_recall": float("nan"), "val_rerank_recall": float("nan")}
         served = self.cfg.sample_candidates(self.n)
