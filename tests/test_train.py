@@ -385,17 +385,17 @@ def test_guard_keeps_the_best_of_the_runs_and_plain_opq(tmp_path, ds_ip, monkeyp
     is exported (no query map, the method is OPQ)."""
     import ebr.train.distill_vq as dvq
 
-    real = dvq.served_rerank_recall
+    real = dvq.served_recalls
     seen: list[tuple[bool, bool]] = []  # (has a query map, has a weighting transform)
 
     def measure(cb, *args):
-        v = real(cb, *args)
+        v, coarse = real(cb, *args)
         weighted = cb.provenance.get("query_weighting") is not None
         name = "plain" if cb.query_map is None else (
             "learned" if weighted else "learned_unweighted")
         seen.append((cb.query_map is not None, weighted))
-        return v + (0.5 if name == rigged else 0.0)
-    monkeypatch.setattr(dvq, "served_rerank_recall", measure)
+        return v + (0.5 if name == rigged else 0.0), coarse
+    monkeypatch.setattr(dvq, "served_recalls", measure)
     cfg = DistillConfig(max_epochs=2, patience=10, batch_size=64, n_random=128, top_k=20,
                         n_pseudo=1000, val_nprobe=2, val_candidates=20, seed=3,
                         select="coarse", corpus_size=2 * len(ds_ip.xb))
@@ -407,7 +407,10 @@ def test_guard_keeps_the_best_of_the_runs_and_plain_opq(tmp_path, ds_ip, monkeyp
     got = g["held_out_rerank_recall@10"]
     assert list(got) == ["plain", "learned", "learned_unweighted"]  # the order of ties
     assert sorted(seen) == [(False, False), (True, False), (True, True)]
-    assert g["kept"] == max(got, key=lambda k: got[k])
+    best = max(got, key=lambda k: got[k])
+    assert best in g["tied"] and g["kept"] in g["tied"]
+    coarse = g["held_out_coarse_recall@100"]
+    assert g["kept"] == max(g["tied"], key=lambda k: coarse[k])
     # the serving C, 20, scaled to a sample of half the corpus: the 10 sought + 10 / 2
     assert (g["nprobe"], g["candidates"], g["sample"]) == (2, 15, len(ds_ip.xb))
     if rigged is not None:
@@ -440,6 +443,28 @@ def test_rerank_selection_watches_the_end_to_end_figure(tmp_path, ds_ip):
         DistillConfig(val_candidates=5)
 
 
+def test_guard_ties_within_noise_go_to_coarse_recall():
+    """Re-ranked recalls within one standard error of the best (paired, per query) are tied,
+    and the tie goes to the best coarse recall; a clear gain is kept whatever the coarse
+    recall; exact ties keep the first (plain)."""
+    from ebr.train.distill_vq import _best_within_noise
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.5, 1.0, 500)
+    noise = rng.normal(0, 0.05, 500)
+    noise -= noise.mean()  # the gains below are exactly what is added
+    near = {"plain": base, "learned": base + noise + 0.001}  # +0.001, SE ~0.002
+    assert _best_within_noise(near, {"plain": 0.70, "learned": 0.66}) == (
+        "plain", ["plain", "learned"])
+    assert _best_within_noise(near, {"plain": 0.60, "learned": 0.66})[0] == "learned"
+    clear = {"plain": base, "learned": base + noise + 0.05}
+    assert _best_within_noise(clear, {"plain": 0.70, "learned": 0.10}) == ("learned",
+                                                                          ["learned"])
+    same = {"plain": base, "learned": base.copy()}
+    assert _best_within_noise(same, {"plain": 0.5, "learned": 0.5}) == (
+        "plain", ["plain", "learned"])
+
+
 def test_validation_candidates_scale_to_the_sample():
     """A 100k sample of 10M served at C = 1,600: 10 + 1,590 / 100, rounded up; a sample that
     is the corpus keeps the serving C."""
@@ -469,6 +494,7 @@ def test_learning_that_hurts_is_not_kept(tmp_path, ds_ip):
     assert tr.info["best_val"] == h[0]
     g = tr.info["guard"]["held_out_rerank_recall@10"]
     assert g["learned"] == g["plain"] and tr.info["guard"]["kept"] == "plain"
+    assert tr.info["guard"]["tied"][:2] == ["plain", "learned"]
     m = json.loads((tmp_path / "i" / "manifest.json").read_text())
     assert m["codebooks"]["method"] == "opq" and m["codebooks"]["learned_not_kept"]
     assert "query_map.fbin" not in m["files"]

@@ -64,17 +64,18 @@ from ebr.train.sampling import TrainingPairs, split_pairs
 from ebr.train_config import DistillConfig
 from ebr.types import JsonObject
 
-__all__ = ["DistillConfig", "DistillVQTrainer", "served_rerank_recall"]
+__all__ = ["DistillConfig", "DistillVQTrainer", "served_recalls", "served_rerank_recall"]
 
 logger = logging.getLogger(__name__)
 
 
-def served_rerank_recall(cb: Codebooks, xt: np.ndarray, q: np.ndarray, truth: np.ndarray,
-                         nprobe: int, candidates: int) -> float:
+def served_recalls(cb: Codebooks, xt: np.ndarray, q: np.ndarray, truth: np.ndarray,
+                   nprobe: int, candidates: int) -> tuple[np.ndarray, float]:
     """Codebooks as served: ``xt`` encoded as the writer encodes documents, ``q`` mapped as
-    the searcher maps queries, coarse top ``candidates`` at ``nprobe``; the share of
-    ``truth`` (each query's exact top 10 among ``xt``) in it, i.e. the re-ranked
-    recall@10 at that candidate count."""
+    the searcher maps queries, searched at ``nprobe``. Returns each query's share of its
+    exact top 10 among ``xt`` (``truth[:, :10]``) in the coarse top ``candidates``, i.e. its
+    re-ranked recall@10 at that candidate count, and the coarse recall@K of the codes against
+    ``truth`` (K its width, 100 as the validation keeps it)."""
     from ebr.quant.additive import lift_rq
     from ebr.quant.faiss_index import ivf_params
 
@@ -84,9 +85,35 @@ def served_rerank_recall(cb: Codebooks, xt: np.ndarray, q: np.ndarray, truth: np
     index = lift_rq(index)
     xq = np.ascontiguousarray(q if cb.query_map is None else q @ cb.query_map.T,
                               dtype=np.float32)
-    k = min(candidates, len(xt))
+    k = min(max(candidates, truth.shape[1]), len(xt))
     _, ids = index.search(xq, k, params=ivf_params(index, nprobe, None, False))
-    return recall_of(torch.from_numpy(ids), truth)
+    per_query = np.array([len(set(a[a >= 0].tolist()) & set(b.tolist())) / len(b)
+                          for a, b in zip(ids[:, :candidates], truth[:, :10], strict=True)])
+    return per_query, recall_of(torch.from_numpy(ids[:, :truth.shape[1]]), truth)
+
+
+def served_rerank_recall(cb: Codebooks, xt: np.ndarray, q: np.ndarray, truth: np.ndarray,
+                         nprobe: int, candidates: int) -> float:
+    """The mean re-ranked recall@10 of :func:`served_recalls`."""
+    return float(served_recalls(cb, xt, q, truth, nprobe, candidates)[0].mean())
+
+
+def _best_within_noise(per_query: dict[str, np.ndarray], coarse: dict[str, float]
+                       ) -> tuple[str, list[str]]:
+    """(the kept candidate, those tied with the best on the re-ranked recall): the best mean
+    per-query recall, and every candidate whose paired difference to it is at most one
+    standard error, are tied; of them the highest coarse recall wins, ties in the given
+    order."""
+    names = list(per_query)
+    best = max(names, key=lambda k: per_query[k].mean())  # the first of equals
+    n = len(per_query[best])
+    tied = []
+    for name in names:
+        diff = per_query[best] - per_query[name]
+        se = float(diff.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
+        if diff.mean() <= se:
+            tied.append(name)
+    return max(tied, key=lambda k: coarse[k]), tied
 
 
 @dataclass
@@ -132,7 +159,7 @@ class DistillVQTrainer:
         self.history: list[dict[str, float]] = []
         self.info: dict[str, Any] = {}
         self.codebooks: Codebooks | None = None  # what the last fit returned
-        # (held-out queries, their exact top 10 in the sample, nprobe) for the guard
+        # (held-out queries, their exact top val_k in the sample, nprobe) for the guard
         self._held_out: tuple[np.ndarray, np.ndarray, int] | None = None
         self.model: DistillVQ | None = None  # the kept run's student
         self._run: _Run | None = None
@@ -198,30 +225,39 @@ class DistillVQTrainer:
                seed: int, plain: bool = True) -> Codebooks:
         """The best of the learned runs and (``plain``) faiss' plain codebooks for the spec
         (k-means, or OPQ when the spec has it or the start added it), each served as the writer
-        fills and the searcher searches it: the re-ranked recall@10 of the held-out queries at
-        the validation nprobe and candidate count. A tie keeps the plain ones (a learned change
-        is kept only where it helps), then the first run. Learning never ends below its
-        start."""
+        fills and the searcher searches it, on the held-out queries at the validation nprobe
+        and candidate count: the best re-ranked recall@10, what users see. Those within one
+        standard error of it (of the per-query differences) are tied on that measure, and the
+        tie goes to the best coarse recall@100 (the same recall at a smaller C), then to the
+        plain ones (a learned change is kept only where it helps), then to the first run.
+        Learning never ends below its start."""
         from ebr.quant.trainers import KMeansTrainer
 
         q, truth, nprobe = self._held_out  # type: ignore[misc]
         c = self.config.sample_candidates(len(xt))  # the serving C, scaled to the sample
-        got: dict[str, float] = {}
+        per_query: dict[str, np.ndarray] = {}
+        coarse: dict[str, float] = {}
         plain_cb = None
         if plain:
             plain_cb = KMeansTrainer(niter=self.niter).fit(xt, spec, metric, seed)
-            got["plain"] = served_rerank_recall(plain_cb, xt, q, truth, nprobe, c)
+            per_query["plain"], coarse["plain"] = served_recalls(plain_cb, xt, q, truth,
+                                                                 nprobe, c)
         for name, run in runs.items():
             self._restore(run)
-            got[name] = served_rerank_recall(self._codebooks(), xt, q, truth, nprobe, c)
-        kept = max(got, key=lambda name: got[name])  # the first of equals: plain, then runs
+            per_query[name], coarse[name] = served_recalls(self._codebooks(), xt, q, truth,
+                                                           nprobe, c)
+        kept, tied = _best_within_noise(per_query, coarse)
         self._restore(runs[kept] if kept in runs else runs["learned"])
-        record = {"held_out_rerank_recall@10": got, "nprobe": nprobe, "candidates": c,
-                  "sample": len(xt), "kept": kept}
+        record = {"held_out_rerank_recall@10": {k: float(v.mean()) for k, v in
+                                                per_query.items()},
+                  f"held_out_coarse_recall@{truth.shape[1]}": coarse, "tied": tied,
+                  "nprobe": nprobe, "candidates": c, "sample": len(xt), "kept": kept}
         # without plain codebooks competing it is the choice between the runs, not a guard
         self.info = {**self.info, "guard" if plain else "run_choice": record}
-        logger.info("distill: held-out re-ranked recall@10 at nprobe %d, C %d: %s: %s kept",
-                    nprobe, c, ", ".join(f"{k} {v:.4f}" for k, v in got.items()), kept)
+        logger.info("distill: held-out re-ranked recall@10 at nprobe %d, C %d: %s (tied within "
+                    "one standard error: %s, coarse recall %s): %s kept", nprobe, c,
+                    ", ".join(f"{k} {v.mean():.4f}" for k, v in per_query.items()),
+                    ", ".join(tied), ", ".join(f"{k} {coarse[k]:.4f}" for k in tied), kept)
         if kept != "plain":
             return self._codebooks()
         assert plain_cb is not None  # kept == "plain" only when plain competed
@@ -256,7 +292,7 @@ class DistillVQTrainer:
             snapshot=lambda: copy.deepcopy(model.state_dict()), restore=model.load_state_dict,
             budget_spent=run.budget_spent, progress=self.progress)
         self.history = result.history
-        self._held_out = (run.val_q, run.val_truth[:, :10], run.nprobe) \
+        self._held_out = (run.val_q, run.val_truth, run.nprobe) \
             if run.val_truth is not None and run.val_pairs is None else None
         index = run.export()
         self.query_map = model.query_map.detach().numpy().copy()
