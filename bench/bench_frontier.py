@@ -486,8 +486,8 @@ def _write(rows: list[dict[str, Any]], out: Path, name: str, cmd: str) -> None:
     cols = ["set", "bytes", "method", "spec", "ram_B/vec", "fixed_MB", "coarse_r@100", "rerank_r@10_C100",
             "rerank_r@10_C200", "nDCG@10_C200", "coverage_r@10", "qps", "build_s", "skipped"]
     md = ["# Recall per byte: ebr's codes and the frontier's, side by side", "",
-          f"`{cmd}` ({os.cpu_count()} cores; every row built in its own process in this one "
-          f"run; nprobe per set as in the table; {meta['qps']}; exact nDCG@10: "
+          f"`{cmd}` ({os.cpu_count()} cores; every row built in its own process in the run "
+          f"that printed it; nprobe per set as in the table; {meta['qps']}; exact nDCG@10: "
           + (", ".join(f"{s} {v}" for s, v in exact.items()) or "-") + ")", "",
           "## The goal: ebr's best learned code at 16 bytes vs the best peer at 32", "",
           *_summary(rows), "",
