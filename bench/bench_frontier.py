@@ -190,6 +190,11 @@ class _Peer:
         self.fixed_bytes = nlist * dp * 4 + (d * dp * 4 if dp < d else 0) + (
             16 * d * 4 if method == "pq4fs" else 0)
 
+    def set_nprobe(self, nprobe: int) -> None:
+        self.nprobe = nprobe
+        if not self.kind.startswith("scann"):
+            self.ivf.nprobe = nprobe
+
     def coarse(self, xq: np.ndarray, c: int) -> np.ndarray:
         if self.kind.startswith("scann"):
             ids, _ = self.scann.search_batched(np.ascontiguousarray(xq), final_num_neighbors=c,
@@ -246,6 +251,9 @@ def run(task: dict[str, Any]) -> dict[str, Any]:
                 searcher, spec, ram, fixed = _ebr(method, ds, Path(tmp), nlist, nprobe, metric, budget,
                                            task["budget"])
                 coarse_fn, final_fn = _ebr_fns(searcher, nprobe)
+
+                def at_nprobe(p: int, s: Any = searcher) -> Any:
+                    return _ebr_fns(s, p)[1]
             else:
                 peer = _Peer(method, xb, nlist, nprobe, metric, budget)
                 spec = peer.spec
@@ -265,6 +273,10 @@ def run(task: dict[str, Any]) -> dict[str, Any]:
                 def final_fn(q: np.ndarray, c: int, peer: _Peer = peer,
                              dense: np.ndarray = dense) -> np.ndarray:
                     return _rerank(dense, q, peer.coarse(q, c), metric)
+
+                def at_nprobe(p: int, peer: _Peer = peer, f: Any = final_fn) -> Any:
+                    peer.set_nprobe(p)
+                    return f
         except (ValueError, RuntimeError) as e:
             row["skipped"] = str(e)[:200]
             print(json.dumps(row), flush=True)
@@ -288,16 +300,28 @@ def run(task: dict[str, Any]) -> dict[str, Any]:
             row["nDCG@10_C200"] = round(label_metrics(ranked, rel)["ndcg@10"], 4)
             row["exact_nDCG@10"] = round(label_metrics(
                 [[ds["ids"][i] for i in r[:10]] for r in exact], rel)["ndcg@10"], 4)
-        qs = xq[:QPS_QUERIES]
-        passes = []
-        for _ in range(2):
-            t0 = time.perf_counter()
-            for q in qs:
-                final_fn(q[None, :], C_SERVE)
-            passes.append(time.perf_counter() - t0)
-        row["qps"] = round(len(qs) / min(passes), 1)
+        row["qps"] = _qps(final_fn, xq, C_SERVE, 2)
+        if task.get("sweep"):  # the recall-QPS curve at C = 200, nprobe by nprobe
+            row["sweep"] = []
+            for p in sorted(p for p in task["sweep"] if p <= nlist):
+                f = at_nprobe(p)
+                row["sweep"].append({"nprobe": p,
+                                     "r@10": round(_recall(f(xq, C_WIDE), exact, 10), 4),
+                                     "qps": _qps(f, xq, C_WIDE, 3)})
     print(json.dumps(row), flush=True)
     return row
+
+
+def _qps(final_fn: Any, xq: np.ndarray, c: int, passes: int) -> float:
+    """Queries per second, one query per call, best of ``passes`` over QPS_QUERIES queries."""
+    qs = xq[:QPS_QUERIES]
+    best = math.inf
+    for _ in range(passes):
+        t0 = time.perf_counter()
+        for q in qs:
+            final_fn(q[None, :], c)
+        best = min(best, time.perf_counter() - t0)
+    return round(len(qs) / best, 1)
 
 
 def _ebr(method: str, ds: dict[str, Any], tmp: Path, nlist: int, nprobe: int, metric: str,
@@ -367,6 +391,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     sets = sorted({r["set"] for r in rows if "qps" in r})
     fig, axes = plt.subplots(2, len(sets), figsize=(5.5 * len(sets), 8), squeeze=False)
     for j, name in enumerate(sets):
+        swept = [r for r in rows if r["set"] == name and r.get("sweep")]
         for method in EBR + PEERS:
             pts = sorted((r["ram_B/vec"], r["qps"], r[f"rerank_r@10_C{C_WIDE}"]) for r in rows
                          if r["set"] == name and r["method"] == method and "qps" in r)
@@ -374,10 +399,18 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
                 continue
             style = "-o" if method in EBR else "--s"
             axes[0][j].plot([p[0] for p in pts], [p[2] for p in pts], style, label=method)
-            axes[1][j].plot([p[1] for p in pts], [p[2] for p in pts], style, label=method)
+            if not swept:
+                axes[1][j].plot([p[1] for p in pts], [p[2] for p in pts], style, label=method)
+        for r in swept:  # one recall-QPS curve per swept row, nprobe by nprobe
+            style = "-o" if r["system"] == "ebr" else "--s"
+            axes[1][j].plot([p["qps"] for p in r["sweep"]], [p["r@10"] for p in r["sweep"]],
+                            style, label=f"{r['method']} {r['bytes']} B", markersize=3)
         axes[0][j].set_title(f"{name}: re-ranked recall@10 (C = {C_WIDE})")
         axes[0][j].set_xlabel("RAM bytes per vector")
-        axes[1][j].set_xlabel("QPS (one thread, C = 100)")
+        axes[1][j].set_xlabel(f"QPS (one thread, C = {C_WIDE}, nprobe swept)" if swept
+                              else "QPS (one thread, C = 100)")
+        if swept:
+            axes[1][j].legend(fontsize=7)
         axes[1][j].set_xscale("log")
         for ax in axes[:, j]:
             ax.set_ylabel("recall@10 vs exact")
@@ -410,6 +443,8 @@ def _summary(rows: list[dict[str, Any]]) -> list[str]:
                          f"16 B: {a[key]:.4f} ({a['ram_B/vec']} B/vector, {a['qps']} QPS) -> "
                          f"{'reached' if a[key] >= b[key] else 'not reached'} "
                          f"({a[key] - b[key]:+.4f}), QPS {a['qps'] / b['qps']:.2f}x")
+        target = max(peers32, key=lambda r: r[key])[key]
+        lines += _equal_recall(learned, peers32, target)
         for budget in sorted({r["bytes"] for r in ok}):
             at = [r for r in ok if r["bytes"] == budget]
             best = max(at, key=lambda r: r[key])
@@ -421,6 +456,56 @@ def _summary(rows: list[dict[str, Any]]) -> list[str]:
                              f"{be['method']} {be[key]:.4f} vs peer {bp['method']} "
                              f"{bp[key]:.4f} ({be[key] - bp[key]:+.4f})")
     return lines
+
+
+def _fastest(row: dict[str, Any], target: float) -> dict[str, Any] | None:
+    """The swept point of ``row`` with the most QPS whose recall@10 (C = 200) reaches target."""
+    pts = [p for p in row.get("sweep", []) if p["r@10"] >= target]
+    return max(pts, key=lambda p: p["qps"]) if pts else None
+
+
+def _equal_recall(learned: list[dict[str, Any]], peers: list[dict[str, Any]],
+                  target: float) -> list[str]:
+    """QPS at equal recall: each system at its fastest swept nprobe that reaches ``target``."""
+    swept = [r for r in learned + peers if r.get("sweep")]
+    if not swept:
+        return []
+    lines = [f"- **QPS at equal recall** (re-ranked recall@10 >= {target:.4f}, the best 32-byte "
+             f"peer's at the table's nprobe; C = {C_WIDE}; each row at its fastest swept nprobe "
+             "that reaches it):"]
+    best: dict[str, tuple[float, str]] = {}
+    for r in swept:
+        pt = _fastest(r, target)
+        side = "ebr" if r in learned else "peer"
+        if pt is None:
+            top = max(p["r@10"] for p in r["sweep"])
+            lines.append(f"  - {side} {r['method']} {r['bytes']} B: never reaches it "
+                         f"(best {top:.4f} over nprobe {[p['nprobe'] for p in r['sweep']]})")
+            continue
+        lines.append(f"  - {side} {r['method']} {r['bytes']} B: {pt['qps']} QPS at nprobe "
+                     f"{pt['nprobe']} (recall@10 {pt['r@10']:.4f})")
+        if pt["qps"] > best.get(side, (0.0, ""))[0]:
+            best[side] = (pt["qps"], f"{r['method']} {r['bytes']} B")
+    if len(best) == 2:
+        (qe, ne), (qp, np_) = best["ebr"], best["peer"]
+        lines.append(f"  - ebr {ne} against the fastest peer, {np_}: **{qe / qp:.2f}x** its QPS "
+                     f"at recall@10 >= {target:.4f}")
+    return lines
+
+
+def _sweep_table(rows: list[dict[str, Any]]) -> list[str]:
+    swept = [r for r in rows if r.get("sweep")]
+    if not swept:
+        return []
+    probes = sorted({p["nprobe"] for r in swept for p in r["sweep"]})
+    md = ["", f"## Recall against QPS: re-ranked recall@10 / QPS at C = {C_WIDE}, by nprobe", "",
+          "| set | bytes | method | " + " | ".join(f"nprobe {p}" for p in probes) + " |",
+          "|" + "---|" * (3 + len(probes))]
+    for r in swept:
+        at = {p["nprobe"]: f"{p['r@10']:.4f} / {p['qps']:.0f}" for p in r["sweep"]}
+        md.append(f"| {r['set']} | {r['bytes']} | {r['method']} | "
+                  + " | ".join(at.get(p, "") for p in probes) + " |")
+    return md
 
 
 def main() -> int:
@@ -436,6 +521,9 @@ def main() -> int:
     ap.add_argument("--work", default=str(ROOT / "runs" / "frontier"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--name", default="frontier")
+    ap.add_argument("--sweep-nprobe", type=int, nargs="+",
+                    help="also measure re-ranked recall@10 and QPS at C = 200 at each of these "
+                    "nprobe values (the recall-QPS curve; QPS at equal recall)")
     ap.add_argument("--rows-from", nargs="+", help="write the tables from the JSON rows "
                     "runs printed (their logs), without building anything")
     ap.add_argument("--command", help="with --rows-from: the commands that printed the rows, "
@@ -462,7 +550,8 @@ def main() -> int:
                 if method == "bidr" and name not in ("scifact", "debian"):
                     continue
                 task = {"set": name, "method": method, "bytes": budget, "data": args.data,
-                        "work": str(work), "gen_n": args.gen_n, "budget": args.budget}
+                        "work": str(work), "gen_n": args.gen_n, "budget": args.budget,
+                        "sweep": args.sweep_nprobe}
                 with ProcessPoolExecutor(1, mp_context=ctx) as pool:
                     try:
                         rows.append(pool.submit(run, task).result())
@@ -493,6 +582,7 @@ def _write(rows: list[dict[str, Any]], out: Path, name: str, cmd: str) -> None:
           *_summary(rows), "",
           "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     md += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
+    md += _sweep_table(rows)
     md += ["", f"![recall per byte]({name}.png)"]
     (out / f"{name}.md").write_text("\n".join(md) + "\n")
     if any("qps" in r for r in rows):

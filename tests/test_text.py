@@ -79,7 +79,8 @@ def test_onnx_runtimes_match_torch(encoder, caplog):
         if runtime == "onnx":
             np.testing.assert_allclose(alone, x[2], atol=1e-5)  # alone = in a padded batch
         else:  # int8 activations are scaled per call: a text's batch mates nudge its vector
-            assert float(alone @ x[2]) > 0.99
+            # (0.989-0.99+ between runs), so alone it is held to the same floor against torch
+            assert float(alone @ ref[2]) > floor
         assert enc.encode([]).shape == (0, 384)
     assert caplog.text.count("exporting") <= 1  # int8 quantizes the cached fp32 graph
     caplog.clear()
