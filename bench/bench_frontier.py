@@ -3,6 +3,7 @@
     python bench/bench_frontier.py [--sets scifact siftsmall debian generator] [--bytes 8 16 32 48]
                                    [--gen-n 1000000] [--methods ...] [--budget 120]
                                    [--work runs/frontier] [--out bench/results] [--name frontier]
+                                   [--sweep-nprobe 4 8 16 32 64] [--probe flat|hnsw]
 
 For each set and each budget B of code bytes per vector, every method is built in a fresh
 process (its build time is its own) with the same IVF list count and searched at the same
@@ -34,6 +35,12 @@ not re-rankers. Per row: coarse recall@100 against exact, re-ranked recall@10 at
 with every document of the probed lists re-ranked), QPS (coarse + re-rank at C = 100), build
 seconds, and RAM per vector: what each added vector costs, its codes (x copies for SOAR) + an
 8-byte id, beside the fixed part (centroids, codebooks, rotations, query maps) in MB.
+With --sweep-nprobe, each row is also searched at each of those nprobe values (re-ranked
+recall@10 and QPS at C = 200: the recall-QPS curve), and the goal is also stated as QPS at equal
+recall: each row at its fastest swept nprobe that reaches the best recall any 32-byte peer
+reaches. --probe hnsw picks every row's lists with a graph over its centroids (ebr's
+``probe="hnsw"``; faiss ``IVF<n>_HNSW32`` for the faiss peers, with the same beam; ScaNN keeps
+its own tree); the default scores every centroid, as faiss does.
 Sets: SciFact (MiniLM 384-d, 300 test queries, qrels), siftsmall (128-d, L2, 100 queries),
 ``debian`` (bench/make_debian_corpus.py's unseen corpus: 30k package descriptions, 500 train
 and 500 test summaries as queries, IVF256 at nprobe 32, when built) and
@@ -183,17 +190,46 @@ class _Peer:
             index.add(np.ascontiguousarray(xb[i:i + 100_000]))
         self.index = index
         self.ivf = faiss.extract_index_ivf(index)
-        self.ivf.nprobe = nprobe
+        self.quantizers = {"flat": self.ivf.quantizer}
+        self.set_nprobe(nprobe)
         self.code_bytes = self.ivf.code_size
         # centroids, the PCA matrix, PQ codebooks (RaBitQ has none)
         dp = self.ivf.d
         self.fixed_bytes = nlist * dp * 4 + (d * dp * 4 if dp < d else 0) + (
             16 * d * 4 if method == "pq4fs" else 0)
 
+    def use_probe(self, kind: str) -> bool:
+        """Pick lists by scoring every centroid (flat) or with ebr's graph over them (hnsw:
+        the same graph and beam as ebr.quant.probe). False where the peer has no such choice
+        (ScaNN's tree)."""
+        import faiss
+
+        from ebr.quant.probe import EF_CONSTRUCTION, HNSW_M
+
+        if self.kind.startswith("scann"):
+            return kind == "flat"
+        if kind not in self.quantizers:
+            flat = faiss.downcast_index(self.quantizers["flat"])
+            graph = faiss.IndexHNSWFlat(flat.d, HNSW_M, flat.metric_type)
+            graph.hnsw.efConstruction = EF_CONSTRUCTION
+            graph.add(flat.reconstruct_n(0, flat.ntotal))
+            self.quantizers[kind] = graph
+        self.ivf.own_fields = False  # both quantizers live as long as this object
+        self.ivf.quantizer = self.quantizers[kind]
+        self.set_nprobe(self.nprobe)
+        return True
+
     def set_nprobe(self, nprobe: int) -> None:
+        import faiss
+
+        from ebr.quant.probe import ef_search
+
         self.nprobe = nprobe
         if not self.kind.startswith("scann"):
             self.ivf.nprobe = nprobe
+            q = faiss.downcast_index(self.ivf.quantizer)
+            if isinstance(q, faiss.IndexHNSW):  # the beam ebr's probe uses at this nprobe
+                q.hnsw.efSearch = ef_search(nprobe)
 
     def coarse(self, xq: np.ndarray, c: int) -> np.ndarray:
         if self.kind.startswith("scann"):
@@ -204,15 +240,27 @@ class _Peer:
         return ids
 
 
-def _rerank(xb: np.ndarray, xq: np.ndarray, cand: np.ndarray, metric: str) -> np.ndarray:
-    out = np.full((len(xq), K), -1, dtype=np.int64)
-    for i, (q, c) in enumerate(zip(xq, cand, strict=True)):
-        c = np.unique(c[c >= 0])  # sorted; SOAR may return a document twice
-        v = xb[c]
-        s = v @ q if metric == "ip" else -((v - q) ** 2).sum(1)
-        top = np.argsort(-s, kind="stable")[:K]
-        out[i, :len(top)] = c[top]
-    return out
+def _rerank(xb: np.ndarray, xq: np.ndarray, cand: np.ndarray, metric: str,
+            dedupe: bool) -> np.ndarray:
+    """The peers' re-rank: ebr's own (``ebr.search.rerank``, faiss' compiled by-index kernel
+    over the mapped rows), so QPS compares codes and probes, not re-rankers. ``dedupe``: SOAR
+    may return a document twice; keep its first place."""
+    from ebr.metric import Metric
+    from ebr.search.rerank import rerank
+
+    cand = np.ascontiguousarray(cand, dtype=np.int64)
+    if dedupe:
+        out = np.full_like(cand, -1)
+        for i, row in enumerate(cand):
+            row = row[row >= 0]
+            _, first = np.unique(row, return_index=True)
+            out[i, :len(first)] = row[np.sort(first)]
+        cand = out
+    else:  # faiss pads with -1 at the end; ScaNN returns fewer: pad is all we need
+        cand = np.where(cand >= 0, cand, -1)
+    ids, _, _ = rerank(np.ascontiguousarray(xq, dtype=np.float32), cand, xb,
+                       Metric.parse(metric), K, padded_at_end=not dedupe and cand.shape[1] > 0)
+    return ids
 
 
 def _recall(ids: np.ndarray, exact: np.ndarray, k: int) -> float:
@@ -248,14 +296,16 @@ def run(task: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         try:
             if method in EBR:
-                searcher, spec, ram, fixed = _ebr(method, ds, Path(tmp), nlist, nprobe, metric, budget,
-                                           task["budget"])
-                coarse_fn, final_fn = _ebr_fns(searcher, nprobe)
+                searchers, spec, ram, fixed = _ebr(method, ds, Path(tmp), nlist, nprobe,
+                                                   metric, budget, task["budget"])
+                coarse_fn, final_fn = _ebr_fns(searchers(task["probe"]), nprobe)
 
-                def at_nprobe(p: int, s: Any = searcher) -> Any:
-                    return _ebr_fns(s, p)[1]
+                def at_nprobe(p: int, probe: str, s: Any = searchers) -> Any:
+                    return _ebr_fns(s(probe), p)[1]
             else:
                 peer = _Peer(method, xb, nlist, nprobe, metric, budget)
+                if not peer.use_probe(task["probe"]):
+                    raise ValueError(f"{method} picks its lists its own way (no {task['probe']})")
                 spec = peer.spec
                 ram = peer.code_bytes * peer.copies + 8.0
                 fixed = peer.fixed_bytes
@@ -272,9 +322,11 @@ def run(task: dict[str, Any]) -> dict[str, Any]:
 
                 def final_fn(q: np.ndarray, c: int, peer: _Peer = peer,
                              dense: np.ndarray = dense) -> np.ndarray:
-                    return _rerank(dense, q, peer.coarse(q, c), metric)
+                    return _rerank(dense, q, peer.coarse(q, c), metric, peer.copies > 1)
 
-                def at_nprobe(p: int, peer: _Peer = peer, f: Any = final_fn) -> Any:
+                def at_nprobe(p: int, probe: str, peer: _Peer = peer, f: Any = final_fn) -> Any:
+                    if not peer.use_probe(probe):
+                        return None
                     peer.set_nprobe(p)
                     return f
         except (ValueError, RuntimeError) as e:
@@ -301,15 +353,26 @@ def run(task: dict[str, Any]) -> dict[str, Any]:
             row["exact_nDCG@10"] = round(label_metrics(
                 [[ds["ids"][i] for i in r[:10]] for r in exact], rel)["ndcg@10"], 4)
         row["qps"] = _qps(final_fn, xq, C_SERVE, 2)
-        if task.get("sweep"):  # the recall-QPS curve at C = 200, nprobe by nprobe
-            row["sweep"] = []
-            for p in sorted(p for p in task["sweep"] if p <= nlist):
-                f = at_nprobe(p)
-                row["sweep"].append({"nprobe": p,
-                                     "r@10": round(_recall(f(xq, C_WIDE), exact, 10), 4),
-                                     "qps": _qps(f, xq, C_WIDE, 3)})
+        row["probe"] = task["probe"]
+        if task.get("sweep"):
+            row["sweep"] = _sweep(at_nprobe, task, nlist, xq, exact)
     print(json.dumps(row), flush=True)
     return row
+
+
+def _sweep(at_nprobe: Any, task: dict[str, Any], nlist: int, xq: np.ndarray,
+           exact: np.ndarray) -> list[dict[str, Any]]:
+    """The recall-QPS curve at C = 200, nprobe by nprobe, for each probe in turn."""
+    points = []
+    for probe in task["sweep_probes"]:
+        for p in sorted(p for p in task["sweep"] if p <= nlist):
+            f = at_nprobe(p, probe)
+            if f is None:  # this row has no such probe
+                break
+            points.append({"probe": probe, "nprobe": p,
+                           "r@10": round(_recall(f(xq, C_WIDE), exact, 10), 4),
+                           "qps": _qps(f, xq, C_WIDE, 3)})
+    return points
 
 
 def _qps(final_fn: Any, xq: np.ndarray, c: int, passes: int) -> float:
@@ -358,14 +421,22 @@ def _ebr(method: str, ds: dict[str, Any], tmp: Path, nlist: int, nprobe: int, me
     write_index(tmp / "i", ds["xb"], BuildParams(spec=spec, metric=Metric.parse(metric),
                                                  codebooks=codebooks),
                 ds["ids"], trainer=trainer, dense_trainer=dense)
-    oi = open_index(tmp / "i")
+    opened: dict[str, Searcher] = {}
+
+    def searchers(probe: str) -> Searcher:
+        """The index opened with that probe (``flat`` or ``hnsw``), once."""
+        if probe not in opened:
+            opened[probe] = Searcher(open_index(tmp / "i", probe=probe))  # type: ignore[arg-type]
+        return opened[probe]
+
+    oi = searchers("flat").index
     kept = ""
     if trainer is not None and trainer.info.get("guard"):
         kept = f" (guard kept {trainer.info['guard']['kept']})"
     mem = oi.memory()
     per_vector = (mem["codes_bytes"] + mem["list_ids_bytes"]) / oi.ntotal
     fixed = mem["coarse_ram_bytes"] + mem["query_side_bytes"] - per_vector * oi.ntotal
-    return Searcher(oi), f"{spec} {codebooks}{kept}", float(per_vector), float(fixed)
+    return searchers, f"{spec} {codebooks}{kept}", float(per_vector), float(fixed)
 
 
 def _ebr_fns(s: Any, nprobe: int) -> tuple[Any, Any]:
@@ -401,10 +472,13 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
             axes[0][j].plot([p[0] for p in pts], [p[2] for p in pts], style, label=method)
             if not swept:
                 axes[1][j].plot([p[1] for p in pts], [p[2] for p in pts], style, label=method)
-        for r in swept:  # one recall-QPS curve per swept row, nprobe by nprobe
-            style = "-o" if r["system"] == "ebr" else "--s"
-            axes[1][j].plot([p["qps"] for p in r["sweep"]], [p["r@10"] for p in r["sweep"]],
-                            style, label=f"{r['method']} {r['bytes']} B", markersize=3)
+        for r in swept:  # one recall-QPS curve per swept row and probe, nprobe by nprobe
+            for kind in sorted({p.get("probe", "flat") for p in r["sweep"]}):
+                pts = [p for p in r["sweep"] if p.get("probe", "flat") == kind]
+                style = ("-" if r["system"] == "ebr" else "--") + ("o" if kind == "flat"
+                                                                   else "^")
+                axes[1][j].plot([p["qps"] for p in pts], [p["r@10"] for p in pts], style,
+                                label=f"{r['method']} {r['bytes']} B, {kind}", markersize=3)
         axes[0][j].set_title(f"{name}: re-ranked recall@10 (C = {C_WIDE})")
         axes[0][j].set_xlabel("RAM bytes per vector")
         axes[1][j].set_xlabel(f"QPS (one thread, C = {C_WIDE}, nprobe swept)" if swept
@@ -443,7 +517,8 @@ def _summary(rows: list[dict[str, Any]]) -> list[str]:
                          f"16 B: {a[key]:.4f} ({a['ram_B/vec']} B/vector, {a['qps']} QPS) -> "
                          f"{'reached' if a[key] >= b[key] else 'not reached'} "
                          f"({a[key] - b[key]:+.4f}), QPS {a['qps'] / b['qps']:.2f}x")
-        target = max(peers32, key=lambda r: r[key])[key]
+        # the best recall any 32-byte peer reaches, at the table's nprobe or any swept one
+        target = max(max([r[key]] + [p["r@10"] for p in r.get("sweep", [])]) for r in peers32)
         lines += _equal_recall(learned, peers32, target)
         for budget in sorted({r["bytes"] for r in ok}):
             at = [r for r in ok if r["bytes"] == budget]
@@ -458,38 +533,47 @@ def _summary(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _fastest(row: dict[str, Any], target: float) -> dict[str, Any] | None:
-    """The swept point of ``row`` with the most QPS whose recall@10 (C = 200) reaches target."""
-    pts = [p for p in row.get("sweep", []) if p["r@10"] >= target]
+def _fastest(row: dict[str, Any], target: float, probe: str) -> dict[str, Any] | None:
+    """The swept point of ``row`` with ``probe`` with the most QPS whose recall@10 (C = 200)
+    reaches target."""
+    pts = [p for p in row.get("sweep", []) if p.get("probe", "flat") == probe
+           and p["r@10"] >= target]
     return max(pts, key=lambda p: p["qps"]) if pts else None
 
 
 def _equal_recall(learned: list[dict[str, Any]], peers: list[dict[str, Any]],
                   target: float) -> list[str]:
-    """QPS at equal recall: each system at its fastest swept nprobe that reaches ``target``."""
+    """QPS at equal recall: each row at its fastest swept nprobe that reaches ``target``,
+    probe by probe (rows of the same probe compare: each probe's curves were measured back to
+    back on the same built index)."""
     swept = [r for r in learned + peers if r.get("sweep")]
     if not swept:
         return []
-    lines = [f"- **QPS at equal recall** (re-ranked recall@10 >= {target:.4f}, the best 32-byte "
-             f"peer's at the table's nprobe; C = {C_WIDE}; each row at its fastest swept nprobe "
-             "that reaches it):"]
-    best: dict[str, tuple[float, str]] = {}
-    for r in swept:
-        pt = _fastest(r, target)
-        side = "ebr" if r in learned else "peer"
-        if pt is None:
-            top = max(p["r@10"] for p in r["sweep"])
-            lines.append(f"  - {side} {r['method']} {r['bytes']} B: never reaches it "
-                         f"(best {top:.4f} over nprobe {[p['nprobe'] for p in r['sweep']]})")
-            continue
-        lines.append(f"  - {side} {r['method']} {r['bytes']} B: {pt['qps']} QPS at nprobe "
-                     f"{pt['nprobe']} (recall@10 {pt['r@10']:.4f})")
-        if pt["qps"] > best.get(side, (0.0, ""))[0]:
-            best[side] = (pt["qps"], f"{r['method']} {r['bytes']} B")
-    if len(best) == 2:
-        (qe, ne), (qp, np_) = best["ebr"], best["peer"]
-        lines.append(f"  - ebr {ne} against the fastest peer, {np_}: **{qe / qp:.2f}x** its QPS "
-                     f"at recall@10 >= {target:.4f}")
+    lines = [f"- **QPS at equal recall** (re-ranked recall@10 >= {target:.4f}, the best any "
+             f"32-byte peer reaches at any nprobe; C = {C_WIDE}; each row at its fastest swept "
+             "nprobe that reaches it):"]
+    probes = sorted({p.get("probe", "flat") for r in swept for p in r["sweep"]})
+    for probe in probes:
+        best: dict[str, tuple[float, str]] = {}
+        for r in swept:
+            mine = [p for p in r["sweep"] if p.get("probe", "flat") == probe]
+            if not mine:
+                continue
+            side = "ebr" if r in learned else "peer"
+            pt = _fastest(r, target, probe)
+            if pt is None:
+                lines.append(f"  - {probe} probe, {side} {r['method']} {r['bytes']} B: never "
+                             f"reaches it (best {max(p['r@10'] for p in mine):.4f})")
+                continue
+            lines.append(f"  - {probe} probe, {side} {r['method']} {r['bytes']} B: "
+                         f"{pt['qps']} QPS at nprobe {pt['nprobe']} (recall@10 "
+                         f"{pt['r@10']:.4f})")
+            if pt["qps"] > best.get(side, (0.0, ""))[0]:
+                best[side] = (pt["qps"], f"{r['method']} {r['bytes']} B")
+        if len(best) == 2:
+            (qe, ne), (qp, np_) = best["ebr"], best["peer"]
+            lines.append(f"  - {probe} probe: ebr {ne} against the fastest peer, {np_}: "
+                         f"**{qe / qp:.2f}x** its QPS at recall@10 >= {target:.4f}")
     return lines
 
 
@@ -499,13 +583,23 @@ def _sweep_table(rows: list[dict[str, Any]]) -> list[str]:
         return []
     probes = sorted({p["nprobe"] for r in swept for p in r["sweep"]})
     md = ["", f"## Recall against QPS: re-ranked recall@10 / QPS at C = {C_WIDE}, by nprobe", "",
-          "| set | bytes | method | " + " | ".join(f"nprobe {p}" for p in probes) + " |",
-          "|" + "---|" * (3 + len(probes))]
+          "| set | bytes | method | probe | " + " | ".join(f"nprobe {p}" for p in probes) + " |",
+          "|" + "---|" * (4 + len(probes))]
     for r in swept:
-        at = {p["nprobe"]: f"{p['r@10']:.4f} / {p['qps']:.0f}" for p in r["sweep"]}
-        md.append(f"| {r['set']} | {r['bytes']} | {r['method']} | "
-                  + " | ".join(at.get(p, "") for p in probes) + " |")
+        for kind in sorted({p.get("probe", "flat") for p in r["sweep"]}):
+            at = {p["nprobe"]: f"{p['r@10']:.4f} / {p['qps']:.0f}" for p in r["sweep"]
+                  if p.get("probe", "flat") == kind}
+            md.append(f"| {r['set']} | {r['bytes']} | {r['method']} | {kind} | "
+                      + " | ".join(at.get(p, "") for p in probes) + " |")
     return md
+
+
+def _method(value: str) -> str:
+    name, _, budgets = value.partition(":")
+    if name not in EBR + PEERS or (budgets and not all(b.isdigit() for b in budgets.split(","))):
+        raise argparse.ArgumentTypeError(f"{value!r}: a method of {EBR + PEERS}, optionally "
+                                         "with :B[,B...]")
+    return value
 
 
 def main() -> int:
@@ -514,7 +608,9 @@ def main() -> int:
     ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--sets", nargs="+", default=["scifact", "siftsmall", "debian", "generator"])
     ap.add_argument("--bytes", type=int, nargs="+", default=[8, 16, 32, 48])
-    ap.add_argument("--methods", nargs="+", default=EBR + PEERS, choices=EBR + PEERS)
+    ap.add_argument("--methods", nargs="+", default=EBR + PEERS, type=_method,
+                    help=f"of {' '.join(EBR + PEERS)}; NAME:B[,B...] builds it at those "
+                    "--bytes only (e.g. distill:16 rabitq:32)")
     ap.add_argument("--gen-n", type=int, default=1_000_000)
     ap.add_argument("--budget", type=float, default=120.0,
                     help="Distill-VQ / BiDR training time budget per build, seconds")
@@ -524,6 +620,13 @@ def main() -> int:
     ap.add_argument("--sweep-nprobe", type=int, nargs="+",
                     help="also measure re-ranked recall@10 and QPS at C = 200 at each of these "
                     "nprobe values (the recall-QPS curve; QPS at equal recall)")
+    ap.add_argument("--probe", choices=["flat", "hnsw"], default="flat",
+                    help="how every row picks its lists: flat (every centroid scored, faiss' "
+                    "default) or hnsw (a graph over the centroids: ebr's probe, and the same "
+                    "graph and beam swapped into the faiss peers; ScaNN keeps its tree)")
+    ap.add_argument("--sweep-probes", nargs="+", choices=["flat", "hnsw"],
+                    help="with --sweep-nprobe: the probes each row's curve is measured with, "
+                    "one after the other on the same built index (default: --probe)")
     ap.add_argument("--rows-from", nargs="+", help="write the tables from the JSON rows "
                     "runs printed (their logs), without building anything")
     ap.add_argument("--command", help="with --rows-from: the commands that printed the rows, "
@@ -546,12 +649,14 @@ def main() -> int:
             print(f"{name}: data absent, skipped", flush=True)
             continue
         for budget in args.bytes:
-            for method in args.methods:
+            for method in [m.split(":")[0] for m in args.methods
+                           if ":" not in m or str(budget) in m.split(":")[1].split(",")]:
                 if method == "bidr" and name not in ("scifact", "debian"):
                     continue
                 task = {"set": name, "method": method, "bytes": budget, "data": args.data,
                         "work": str(work), "gen_n": args.gen_n, "budget": args.budget,
-                        "sweep": args.sweep_nprobe}
+                        "sweep": args.sweep_nprobe, "probe": args.probe,
+                        "sweep_probes": args.sweep_probes or [args.probe]}
                 with ProcessPoolExecutor(1, mp_context=ctx) as pool:
                     try:
                         rows.append(pool.submit(run, task).result())

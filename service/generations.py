@@ -74,7 +74,8 @@ def open_generation(settings: Settings, directory: Path | None = None,
         si = open_sharded(path, verify_checksums=settings.verify_checksums)
         backends = shard_backends(si) if shard_backends is not None else None
         return ShardedSearcher(si, backends), None, version_of(si.manifest)
-    oi = open_index(path, verify_checksums=settings.verify_checksums)
+    oi = open_index(path, verify_checksums=settings.verify_checksums,
+                    probe=settings.coarse_probe)
     encoder = None
     if oi.manifest.encoder and settings.text_encoder == "auto":
         old = previous.current.encoder if previous is not None and previous.current else None

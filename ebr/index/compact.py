@@ -52,7 +52,7 @@ def compact(index_dir: str | os.PathLike[str], *, verify_checksums: bool = True,
     and swap it in (module docstring). Returns the new manifest."""
     t0 = time.perf_counter()
     target = Path(os.path.realpath(index_dir))
-    base = open_index(target, verify_checksums=verify_checksums)
+    base = open_index(target, verify_checksums=verify_checksums, probe="flat")
     live = open_live(base, target)
     try:
         with live.reading():  # the snapshot: everything up to live.last_lsn

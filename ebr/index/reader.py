@@ -26,6 +26,7 @@ from ebr.io.manifest import Manifest, read_manifest, verify_files
 from ebr.io.vecs import RowPrefetch, read_bin
 from ebr.metric import Metric
 from ebr.quant.faiss_index import coarse_ram_bytes, extract_ivfpq, serves_l2_as_ip
+from ebr.quant.probe import Probe, ProbeKind, build_probe
 from ebr.spec import IndexSpec
 from ebr.towers import Tower
 from ebr.types import ExternalId
@@ -52,6 +53,7 @@ class OpenIndex:
     query_tower: Tower | None = None  # BiDR: re-rank queries are f_q(q); the store holds f_d(v)
     guard: FileGuard | None = None  # keeps the mapped files from changing under a search
     prefetch: RowPrefetch | None = None  # the re-rank's hybrid read path (ebr.io.vecs)
+    probe: Probe | None = None  # a graph over the centroids picks the lists (ebr.quant.probe)
 
     def using(self) -> AbstractContextManager[None]:
         """``with index.using():`` around every read of the mapped coarse or dense bytes:
@@ -117,6 +119,7 @@ def open_index(
     precompute_tables: bool = False,
     guard: bool = True,
     prefetch: bool = True,
+    probe: ProbeKind = "auto",
 ) -> OpenIndex:
     """Open an index directory read-only.
 
@@ -130,6 +133,9 @@ def open_index(
         (taken before they are verified), so a change on disk is refused, not a crash.
     prefetch: the hybrid read path of the re-rank (:class:`ebr.io.vecs.RowPrefetch`): rows
         read together from disk when the store is cold, mapped reads alone when it is warm.
+    probe: how a query's lists are chosen (:mod:`ebr.quant.probe`): ``auto`` a graph over the
+        centroids when there are >= 1,024 lists and it finds the flat scan's lists, ``flat``
+        every centroid scored, ``hnsw`` the graph always (an error where it cannot serve).
     """
     path = Path(directory)
     manifest = read_manifest(path)
@@ -146,6 +152,7 @@ def open_index(
     except Exception as e:
         raise IndexFormatError(f"{path}/manifest.json: {e}") from None
     coarse, ivfpq = _open_coarse(path, manifest, spec, metric, mmap, precompute_tables)
+    list_probe = build_probe(coarse, probe)
     dense = read_bin(path / layout.DENSE[manifest.dense_dtype], mmap=True, random_access=True)
     _expect(path / layout.DENSE[manifest.dense_dtype], "shape", dense.shape,
             (manifest.ntotal, manifest.dim))
@@ -158,7 +165,7 @@ def open_index(
                      ivfpq=ivfpq, dense=dense, ids=_read_ids(path, manifest),
                      normalize=bool(manifest.build.get("params", {}).get("normalize", False)),
                      query_map=query_map, query_tower=query_tower, guard=file_guard,
-                     prefetch=row_prefetch)
+                     prefetch=row_prefetch, probe=list_probe)
 
 
 def _open_coarse(path: Path, manifest: Manifest, spec: IndexSpec, metric: Metric, mmap: bool,

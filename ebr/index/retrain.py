@@ -61,7 +61,7 @@ def retrain(index_dir: str | os.PathLike[str], params: BuildParams | None = None
     default the index's own build parameters; ``trainer``: e.g. a Distill-VQ trainer)."""
     target = Path(os.path.realpath(index_dir))
     compact(target, verify_checksums=False, progress=progress)
-    oi = open_index(target)
+    oi = open_index(target, probe="flat")
     m = oi.manifest
     if m.towers:
         raise InputError(f"{target}: the dense store holds BiDR tower outputs, not the "

@@ -22,6 +22,7 @@ from ebr.index.reader import OpenIndex
 from ebr.io.vecs import check_vectors
 from ebr.metric import Metric, faiss_scores_to_ebr, normalize_rows
 from ebr.quant.faiss_index import ivf_params
+from ebr.quant.probe import scan_preassigned
 from ebr.search.exact import exact_search
 from ebr.search.rerank import rerank
 from ebr.spec import SearchParams
@@ -98,10 +99,17 @@ class Searcher(ResultRows):
         needs no coarse scores."""
         if self.index.query_map is not None:
             xq = np.ascontiguousarray(xq @ self.index.query_map.T, dtype=np.float32)
+        probe = self.index.probe
         sp = self._ivf_params.get(nprobe)
         if sp is None:  # read-only during a search: one object per nprobe, shared by threads
-            sp = self._ivf_params.setdefault(nprobe, ivf_params(self.index.coarse, nprobe))
-        D, ids = self.index.coarse.search(xq, candidates, params=sp)
+            sp = self._ivf_params.setdefault(nprobe, ivf_params(
+                self.index.coarse if probe is None else self.index.ivfpq, nprobe))
+        if probe is None:
+            D, ids = self.index.coarse.search(xq, candidates, params=sp)
+        else:  # the graph picks the lists, the IVF scans them (same codes, same scores)
+            xt = probe.queries(xq)
+            Dq, lists = probe.assign(xt, nprobe)
+            D, ids = scan_preassigned(self.index.coarse, xt, candidates, Dq, lists, sp)
         return ids, D, xq
 
     def _coarse_scores(self, D: np.ndarray, xm: np.ndarray) -> np.ndarray:

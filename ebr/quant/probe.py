@@ -1,0 +1,157 @@
+"""The coarse probe: which IVF lists a query scans.
+
+faiss' IVF scores every query against every centroid, a flat scan of nlist x d multiply-adds
+per query. One query at a time that is most of a search with many lists: 4,096 centroids of
+384 dimensions cost ~100-400 µs, more than scanning the codes of 32 lists. A graph over the
+centroids (faiss ``IndexHNSWFlat``) finds the same top-nprobe lists, with their exact scores,
+in a fraction of that; the IVF then scans the lists it is handed
+(``IndexIVF.search_preassigned``), so the codes, the scores and the results are the flat
+probe's whenever the graph finds the same lists.
+
+The graph is built when the index is opened (seconds for 16k centroids; nothing is stored),
+checked against the flat scan on probes drawn between centroids, and dropped, with a warning,
+when it does not find the same lists (:data:`MIN_AGREEMENT`): the flat scan is then used, as
+it is for indexes with few lists (:data:`AUTO_MIN_NLIST`) or whose quantizer is not a flat one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Literal
+
+import faiss
+import numpy as np
+
+from ebr.errors import SpecError
+
+__all__ = ["Probe", "ProbeKind", "PROBE_KINDS", "build_probe", "ef_search", "AUTO_MIN_NLIST",
+           "MIN_AGREEMENT", "scan_preassigned"]
+
+logger = logging.getLogger(__name__)
+
+ProbeKind = Literal["auto", "flat", "hnsw"]
+PROBE_KINDS: tuple[str, ...] = ("auto", "flat", "hnsw")
+AUTO_MIN_NLIST = 1024  # below: the flat scan is ~nlist x d / 1,024^2 of the work, cheap
+MIN_AGREEMENT = 0.99  # share of the flat probe's lists the graph must find on the check
+HNSW_M = 32
+EF_CONSTRUCTION = 200
+CHECK_PROBES = 512
+CHECK_NPROBE = 32
+
+
+def ef_search(nprobe: int) -> int:
+    """efSearch for nprobe lists: the graph's beam, wider than the lists it returns."""
+    return max(32, 2 * nprobe)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A graph over an IVF's centroids that picks the lists a query scans.
+
+    ``transform``: the pre-transform chain (OPQ rotation, query weighting) queries pass before
+    the IVF, applied here because the IVF is handed transformed queries. ``agreement``: the
+    share of the flat probe's top lists the graph found on the open-time check."""
+
+    graph: faiss.IndexHNSWFlat
+    transform: faiss.IndexPreTransform | None
+    nlist: int
+    agreement: float
+    _params: dict[int, faiss.SearchParametersHNSW] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def queries(self, xq: np.ndarray) -> np.ndarray:
+        """The queries as the IVF sees them (after OPQ / weighting)."""
+        if self.transform is None:
+            return xq
+        chain = self.transform.chain
+        for i in range(chain.size()):
+            xq = chain.at(i).apply(xq)
+        return np.ascontiguousarray(xq, dtype=np.float32)
+
+    def assign(self, xt: np.ndarray, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, lists) [nq, nprobe] of transformed queries ``xt``: the lists to scan."""
+        nprobe = min(nprobe, self.nlist)
+        p = self._params.get(nprobe)
+        if p is None:
+            with self._lock:  # one parameter object per nprobe, read-only once made
+                p = self._params.get(nprobe)
+                if p is None:
+                    p = faiss.SearchParametersHNSW()
+                    p.efSearch = ef_search(nprobe)
+                    self._params[nprobe] = p
+        D, idx = self.graph.search(xt, nprobe, params=p)
+        return D, idx
+
+
+def scan_preassigned(index: faiss.Index, xt: np.ndarray, k: int, D: np.ndarray,
+                     lists: np.ndarray, params: faiss.SearchParametersIVF
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(distances, ids) [nq, k] from the given lists of the IVF in ``index`` (transformed
+    queries ``xt``; ``params`` the IVF's own, not a pre-transform's)."""
+    ivf = faiss.extract_index_ivf(index)
+    n = xt.shape[0]
+    xt = np.ascontiguousarray(xt, dtype=np.float32)
+    lists = np.ascontiguousarray(lists, dtype=np.int64)
+    D = np.ascontiguousarray(D, dtype=np.float32)
+    out_d = np.empty((n, k), dtype=np.float32)
+    out_i = np.empty((n, k), dtype=np.int64)
+    # the C++ call: faiss' Python wrapper of search_preassigned takes no parameters (the
+    # tombstone selector and nprobe travel in them)
+    ivf.search_preassigned_c(n, faiss.swig_ptr(xt), k, faiss.swig_ptr(lists), faiss.swig_ptr(D),
+                             faiss.swig_ptr(out_d), faiss.swig_ptr(out_i), False, params)
+    return out_d, out_i
+
+
+def build_probe(index: faiss.Index, kind: ProbeKind = "auto") -> Probe | None:
+    """The graph probe for the IVF in ``index``, or None where the flat scan serves.
+
+    kind: ``flat`` never builds one; ``hnsw`` builds it for any flat quantizer and raises if it
+    fails the check; ``auto`` builds it when nlist >= AUTO_MIN_NLIST and keeps it only if it
+    passes the check."""
+    if kind not in PROBE_KINDS:
+        raise SpecError(f"coarse probe must be one of {PROBE_KINDS}, got {kind!r}")
+    if kind == "flat":
+        return None
+    ivf = faiss.extract_index_ivf(index)
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    if not isinstance(quantizer, faiss.IndexFlat):
+        if kind == "hnsw":
+            raise SpecError(f"coarse probe hnsw needs a flat quantizer, this index has "
+                            f"{type(quantizer).__name__}")
+        return None
+    if kind == "auto" and ivf.nlist < AUTO_MIN_NLIST:
+        return None
+    centroids = quantizer.reconstruct_n(0, quantizer.ntotal)
+    graph = faiss.IndexHNSWFlat(ivf.d, HNSW_M, quantizer.metric_type)
+    graph.hnsw.efConstruction = EF_CONSTRUCTION
+    graph.add(centroids)
+    agreement = _agreement(quantizer, graph, centroids)
+    outer = faiss.downcast_index(index)
+    transform = outer if isinstance(outer, faiss.IndexPreTransform) else None
+    if agreement < MIN_AGREEMENT:
+        msg = (f"the centroid graph found {agreement:.4f} of the flat probe's lists (needs "
+               f">= {MIN_AGREEMENT})")
+        if kind == "hnsw":
+            raise SpecError(f"coarse probe hnsw: {msg}")
+        logger.warning("coarse probe: %s; scanning every centroid instead", msg)
+        return None
+    logger.info("coarse probe: a graph over %d centroids (agreement %.4f)", ivf.nlist, agreement)
+    return Probe(graph=graph, transform=transform, nlist=ivf.nlist, agreement=agreement)
+
+
+def _agreement(flat: faiss.Index, graph: faiss.IndexHNSWFlat, centroids: np.ndarray) -> float:
+    """Share of the flat probe's top-CHECK_NPROBE lists the graph finds, on points between two
+    random centroids (a query near a list boundary: the hard case)."""
+    rng = np.random.default_rng(0)
+    n = len(centroids)
+    a, b = rng.integers(0, n, CHECK_PROBES), rng.integers(0, n, CHECK_PROBES)
+    w = rng.uniform(0.3, 0.7, (CHECK_PROBES, 1)).astype(np.float32)
+    x = np.ascontiguousarray(w * centroids[a] + (1 - w) * centroids[b], dtype=np.float32)
+    k = min(CHECK_NPROBE, n)
+    _, want = flat.search(x, k)
+    p = faiss.SearchParametersHNSW()
+    p.efSearch = ef_search(k)
+    _, got = graph.search(x, k, params=p)
+    return float(np.mean([len(np.intersect1d(u, v)) / k for u, v in zip(want, got, strict=True)]))

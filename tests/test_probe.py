@@ -1,0 +1,108 @@
+"""The coarse probe (ebr.quant.probe): a graph over the centroids picks the lists, the IVF scans
+them; the results are the flat probe's, and a graph that would miss lists is never served."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ebr.errors import SpecError
+from ebr.index.live import open_live
+from ebr.index.reader import open_index
+from ebr.index.writer import write_index
+from ebr.metric import Metric
+from ebr.quant import probe as probe_mod
+from ebr.search.live import LiveSearcher
+from ebr.search.searcher import Searcher
+from ebr.spec import BuildParams, IndexSpec, SearchParams
+
+
+def _same(a: Searcher, b: Searcher, xq: np.ndarray, nprobe: int, c: int) -> None:
+    for rerank in (False, True):
+        p = SearchParams(k=10, nprobe=nprobe, candidates=c, rerank=rerank)
+        ra, _ = a.search(xq, p)
+        rb, _ = b.search(xq, p)
+        np.testing.assert_array_equal(ra.ids, rb.ids)
+        np.testing.assert_allclose(ra.scores, rb.scores, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def opq_index(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+    rng = np.random.default_rng(3)
+    centers = rng.standard_normal((64, 32)).astype(np.float32)
+    x = (centers[rng.integers(0, 64, 4000)] + 0.3 * rng.standard_normal((4000, 32))).astype(
+        np.float32)
+    out = tmp_path_factory.mktemp("opq") / "index"
+    write_index(out, x, BuildParams(spec=IndexSpec.parse("OPQ8,IVF64,PQ8"), metric=Metric.IP,
+                                    kmeans_niter=10))
+    return out, x
+
+
+@pytest.mark.parametrize("fixture", ["index_ip", "index_l2", "opq_index"])
+def test_graph_probe_gives_the_flat_probes_results(request, fixture):
+    """IP, L2 and an OPQ pre-transform: the same ids and scores, coarse and re-ranked, at a
+    few lists, some and all of them."""
+    got = request.getfixturevalue(fixture)
+    path = got[0] if isinstance(got, tuple) else got
+    flat = open_index(path, probe="flat")
+    graph = open_index(path, probe="hnsw")
+    assert flat.probe is None and graph.probe is not None
+    assert graph.probe.agreement == 1.0
+    rng = np.random.default_rng(0)
+    xq = flat.vectors(rng.integers(0, flat.ntotal, 25)) + 0.1 * rng.standard_normal(
+        (25, flat.dim)).astype(np.float32)
+    for nprobe in (1, 3, flat.nlist):
+        _same(Searcher(flat), Searcher(graph), xq, nprobe, 50)
+
+
+def test_auto_builds_the_graph_only_for_many_lists(index_ip, monkeypatch):
+    assert open_index(index_ip).probe is None  # 16 lists: the flat scan is cheap
+    monkeypatch.setattr(probe_mod, "AUTO_MIN_NLIST", 16)
+    assert open_index(index_ip).probe is not None
+
+
+def test_a_graph_that_misses_lists_is_not_served(index_ip, monkeypatch, caplog):
+    monkeypatch.setattr(probe_mod, "AUTO_MIN_NLIST", 16)
+    monkeypatch.setattr(probe_mod, "MIN_AGREEMENT", 1.01)  # no graph can pass
+    with caplog.at_level(logging.WARNING, logger="ebr.quant.probe"):
+        assert open_index(index_ip).probe is None
+    assert "scanning every centroid" in caplog.text
+    with pytest.raises(SpecError, match="found"):
+        open_index(index_ip, probe="hnsw")
+
+
+def test_probe_kind_is_checked(index_ip, tmp_path):
+    with pytest.raises(SpecError, match="coarse probe"):
+        open_index(index_ip, probe="ivf")  # type: ignore[arg-type]
+    # L2 RQ is served with a transformed quantizer: the graph cannot stand in for it
+    rng = np.random.default_rng(0)
+    write_index(tmp_path / "rq", rng.standard_normal((600, 16)).astype(np.float32),
+                BuildParams(spec=IndexSpec.parse("IVF8,RQ4x6"), metric=Metric.L2))
+    assert open_index(tmp_path / "rq").probe is None
+    with pytest.raises(SpecError, match="flat quantizer"):
+        open_index(tmp_path / "rq", probe="hnsw")
+
+
+def test_live_search_with_the_graph_keeps_tombstones_out(tmp_path):
+    """Deleted base documents stay out, written ones come in: the same answers as the flat
+    probe's live searcher."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((800, 16)).astype(np.float32)
+    write_index(tmp_path / "idx", x, BuildParams(spec=IndexSpec.parse("IVF16,PQ4"),
+                                                 metric=Metric.IP))
+    live = open_live(open_index(tmp_path / "idx", probe="hnsw"), tmp_path / "idx")
+    dead = list(range(0, 800, 7))
+    live.delete(dead)
+    live.upsert([10_000, 10_001], rng.standard_normal((2, 16)).astype(np.float32), None)
+    graph = LiveSearcher(live)
+    flat_live = open_live(open_index(tmp_path / "idx", probe="flat"), tmp_path / "idx",
+                          writable=False)
+    xq = rng.standard_normal((20, 16)).astype(np.float32)
+    for nprobe in (2, 16):
+        _same(LiveSearcher(flat_live), graph, xq, nprobe, 600)
+    res, _ = graph.search(xq, SearchParams(k=50, nprobe=16, candidates=600))
+    assert not set(graph.external_ids(res.ids.ravel())) & set(dead)
+    live.close()
