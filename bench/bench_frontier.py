@@ -28,14 +28,14 @@ nprobe, one query at a time on one thread:
           scann_soar   the same with SOAR spilling (lambda 1.5): each vector in 2 lists, so
                        twice its codes in RAM
 
-Every row re-ranks its coarse top C exactly with the dense vectors, all with ebr's compiled re-
-rank (ebr reads its mapped dense store; the peers read the same vectors from a memory map), so
-re-ranked figures and QPS compare codes and probes, not re-rankers. Per row: coarse recall@100
-against exact, re-ranked recall@10 at C = 100 and 200, nDCG@10 against qrels where they exist (C
-= 200), for ebr's codes the IVF coverage (recall@10 with every document of the probed lists re-
-ranked), QPS (coarse + re-rank at C = 100), build seconds, and RAM per vector: what each added
-vector costs, its codes (x copies for SOAR) + an 8-byte id, beside the fixed part (centroids,
-codebooks, rotations, query maps) in MB.
+Every row re-ranks its coarse top C exactly with the dense vectors, all with ebr's compiled
+re-rank (ebr reads its mapped dense store; the peers read the same vectors from a memory map),
+so re-ranked figures and QPS compare codes and probes, not re-rankers. Per row: coarse
+recall@100 against exact, re-ranked recall@10 at C = 100 and 200, nDCG@10 against qrels where
+they exist (C = 200), for ebr's codes the IVF coverage (recall@10 with every document of the
+probed lists re-ranked), QPS (coarse + re-rank at C = 100), build seconds, and RAM per vector:
+what each added vector costs, its codes (x copies for SOAR) + an 8-byte id, beside the fixed
+part (centroids, codebooks, rotations, query maps) in MB.
 With --sweep-nprobe, each row is also searched at each of those nprobe values (re-ranked
 recall@10 and QPS at C = 200: the recall-QPS curve), and the goal is also stated as QPS at equal
 recall: each row at its fastest swept nprobe that reaches the best recall any 32-byte peer
