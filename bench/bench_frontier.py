@@ -4,6 +4,7 @@
                                    [--gen-n 1000000] [--methods ...] [--budget 120]
                                    [--work runs/frontier] [--out bench/results] [--name frontier]
                                    [--sweep-nprobe 4 8 16 32 64] [--probe flat|hnsw]
+                                   [--sweep-probes flat hnsw]
 
 For each set and each budget B of code bytes per vector, every method is built in a fresh
 process (its build time is its own) with the same IVF list count and searched at the same
@@ -40,8 +41,9 @@ With --sweep-nprobe, each row is also searched at each of those nprobe values (r
 recall@10 and QPS at C = 200: the recall-QPS curve), and the goal is also stated as QPS at equal
 recall: each row at its fastest swept nprobe that reaches the best recall any 32-byte peer
 reaches. --probe hnsw picks every row's lists with a graph over its centroids (ebr's
-``probe="hnsw"``; faiss ``IVF<n>_HNSW32`` for the faiss peers, with the same beam; ScaNN keeps
-its own tree); the default scores every centroid, as faiss does.
+``probe="hnsw"``; the same graph and beam swapped into the faiss peers' IVF; ScaNN keeps its
+own tree); the default scores every centroid, as faiss does. --sweep-probes measures each
+row's curve with each probe in turn, on the same built index.
 Sets: SciFact (MiniLM 384-d, 300 test queries, qrels), siftsmall (128-d, L2, 100 queries),
 ``debian`` (bench/make_debian_corpus.py's unseen corpus: 30k package descriptions, 500 train
 and 500 test summaries as queries, IVF256 at nprobe 32, when built) and
@@ -205,16 +207,14 @@ class _Peer:
         (ScaNN's tree)."""
         import faiss
 
-        from ebr.quant.probe import EF_CONSTRUCTION, HNSW_M
+        from ebr.quant.probe import centroid_graph
 
         if self.kind.startswith("scann"):
             return kind == "flat"
         if kind not in self.quantizers:
             flat = faiss.downcast_index(self.quantizers["flat"])
-            graph = faiss.IndexHNSWFlat(flat.d, HNSW_M, flat.metric_type)
-            graph.hnsw.efConstruction = EF_CONSTRUCTION
-            graph.add(flat.reconstruct_n(0, flat.ntotal))
-            self.quantizers[kind] = graph
+            self.quantizers[kind] = centroid_graph(flat.reconstruct_n(0, flat.ntotal),
+                                                   flat.metric_type)
         self.ivf.own_fields = False  # both quantizers live as long as this object
         self.ivf.quantizer = self.quantizers[kind]
         self.set_nprobe(self.nprobe)
@@ -257,10 +257,9 @@ def _rerank(xb: np.ndarray, xq: np.ndarray, cand: np.ndarray, metric: str,
             _, first = np.unique(row, return_index=True)
             out[i, :len(first)] = row[np.sort(first)]
         cand = out
-    else:  # faiss pads with -1 at the end; ScaNN returns fewer: pad is all we need
-        cand = np.where(cand >= 0, cand, -1)
+    # faiss pads with -1 at the end of a row, and so does the de-duplication
     ids, _, _ = rerank(np.ascontiguousarray(xq, dtype=np.float32), cand, xb,
-                       Metric.parse(metric), K, padded_at_end=not dedupe and cand.shape[1] > 0)
+                       Metric.parse(metric), K, padded_at_end=True)
     return ids
 
 

@@ -30,7 +30,7 @@ def _same(a: Searcher, b: Searcher, xq: np.ndarray, nprobe: int, c: int) -> None
 
 
 @pytest.fixture(scope="module")
-def opq_index(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+def opq_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rng = np.random.default_rng(3)
     centers = rng.standard_normal((64, 32)).astype(np.float32)
     x = (centers[rng.integers(0, 64, 4000)] + 0.3 * rng.standard_normal((4000, 32))).astype(
@@ -38,15 +38,14 @@ def opq_index(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarra
     out = tmp_path_factory.mktemp("opq") / "index"
     write_index(out, x, BuildParams(spec=IndexSpec.parse("OPQ8,IVF64,PQ8"), metric=Metric.IP,
                                     kmeans_niter=10))
-    return out, x
+    return out
 
 
 @pytest.mark.parametrize("fixture", ["index_ip", "index_l2", "opq_index"])
 def test_graph_probe_gives_the_flat_probes_results(request, fixture):
     """IP, L2 and an OPQ pre-transform: the same ids and scores, coarse and re-ranked, at a
     few lists, some and all of them."""
-    got = request.getfixturevalue(fixture)
-    path = got[0] if isinstance(got, tuple) else got
+    path = request.getfixturevalue(fixture)
     flat = open_index(path, probe="flat")
     graph = open_index(path, probe="hnsw")
     assert flat.probe is None and graph.probe is not None

@@ -17,7 +17,6 @@ it is for indexes with few lists (:data:`AUTO_MIN_NLIST`) or whose quantizer is 
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -26,14 +25,14 @@ import numpy as np
 
 from ebr.errors import SpecError
 
-__all__ = ["Probe", "ProbeKind", "PROBE_KINDS", "build_probe", "ef_search", "AUTO_MIN_NLIST",
-           "MIN_AGREEMENT", "scan_preassigned"]
+__all__ = ["Probe", "ProbeKind", "PROBE_KINDS", "build_probe", "centroid_graph", "ef_search",
+           "AUTO_MIN_NLIST", "MIN_AGREEMENT"]
 
 logger = logging.getLogger(__name__)
 
 ProbeKind = Literal["auto", "flat", "hnsw"]
 PROBE_KINDS: tuple[str, ...] = ("auto", "flat", "hnsw")
-AUTO_MIN_NLIST = 1024  # below: the flat scan is ~nlist x d / 1,024^2 of the work, cheap
+AUTO_MIN_NLIST = 1024  # fewer lists: scoring every centroid is cheap enough
 MIN_AGREEMENT = 0.97  # share of the flat probe's lists the graph must find on the check
 HNSW_M = 32
 EF_CONSTRUCTION = 200
@@ -46,62 +45,60 @@ def ef_search(nprobe: int) -> int:
     return max(32, 2 * nprobe)
 
 
+def centroid_graph(centroids: np.ndarray, metric: int) -> faiss.IndexHNSWFlat:
+    """The HNSW graph over IVF centroids [nlist, d] under a faiss metric."""
+    graph = faiss.IndexHNSWFlat(centroids.shape[1], HNSW_M, metric)
+    graph.hnsw.efConstruction = EF_CONSTRUCTION
+    graph.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    return graph
+
+
 @dataclass(frozen=True)
 class Probe:
     """A graph over an IVF's centroids that picks the lists a query scans.
 
-    ``transform``: the pre-transform chain (OPQ rotation, query weighting) queries pass before
-    the IVF, applied here because the IVF is handed transformed queries. ``agreement``: the
-    share of the flat probe's top lists the graph found on the open-time check."""
+    ``ivf``: the IVF it picks lists of (owned by the index it was built from, which must
+    outlive the probe). ``transform``: the pre-transform chain (OPQ rotation, query weighting)
+    queries pass before the IVF, applied here because the IVF is handed transformed queries.
+    ``agreement``: the share of the flat probe's top lists the graph found on the open-time
+    check."""
 
     graph: faiss.IndexHNSWFlat
+    ivf: faiss.IndexIVF
     transform: faiss.IndexPreTransform | None
-    nlist: int
     agreement: float
     _params: dict[int, faiss.SearchParametersHNSW] = field(default_factory=dict, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def queries(self, xq: np.ndarray) -> np.ndarray:
         """The queries as the IVF sees them (after OPQ / weighting)."""
-        if self.transform is None:
-            return xq
-        chain = self.transform.chain
-        for i in range(chain.size()):
-            xq = chain.at(i).apply(xq)
+        if self.transform is not None:
+            chain = self.transform.chain
+            for i in range(chain.size()):
+                xq = chain.at(i).apply(xq)
         return np.ascontiguousarray(xq, dtype=np.float32)
 
-    def assign(self, xt: np.ndarray, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, lists) [nq, nprobe] of transformed queries ``xt``: the lists to scan."""
-        nprobe = min(nprobe, self.nlist)
+    def search(self, xq: np.ndarray, k: int, nprobe: int, params: faiss.SearchParametersIVF
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """(distances, ids) [nq, k], as the index's own search gives them: the graph picks
+        each query's nprobe lists, the IVF scans them. ``params``: the IVF's own (nprobe, the
+        tombstone or filter selector), not a pre-transform's."""
+        nprobe = min(nprobe, self.ivf.nlist)
         p = self._params.get(nprobe)
-        if p is None:
-            with self._lock:  # one parameter object per nprobe, read-only once made
-                p = self._params.get(nprobe)
-                if p is None:
-                    p = faiss.SearchParametersHNSW()
-                    p.efSearch = ef_search(nprobe)
-                    self._params[nprobe] = p
-        D, idx = self.graph.search(xt, nprobe, params=p)
-        return D, idx
-
-
-def scan_preassigned(index: faiss.Index, xt: np.ndarray, k: int, D: np.ndarray,
-                     lists: np.ndarray, params: faiss.SearchParametersIVF
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """(distances, ids) [nq, k] from the given lists of the IVF in ``index`` (transformed
-    queries ``xt``; ``params`` the IVF's own, not a pre-transform's)."""
-    ivf = faiss.extract_index_ivf(index)
-    n = xt.shape[0]
-    xt = np.ascontiguousarray(xt, dtype=np.float32)
-    lists = np.ascontiguousarray(lists, dtype=np.int64)
-    D = np.ascontiguousarray(D, dtype=np.float32)
-    out_d = np.empty((n, k), dtype=np.float32)
-    out_i = np.empty((n, k), dtype=np.int64)
-    # the C++ call: faiss' Python wrapper of search_preassigned takes no parameters (the
-    # tombstone selector and nprobe travel in them)
-    ivf.search_preassigned_c(n, faiss.swig_ptr(xt), k, faiss.swig_ptr(lists), faiss.swig_ptr(D),
-                             faiss.swig_ptr(out_d), faiss.swig_ptr(out_i), False, params)
-    return out_d, out_i
+        if p is None:  # read-only once made: one object per nprobe, shared by threads
+            p = faiss.SearchParametersHNSW()
+            p.efSearch = ef_search(nprobe)
+            p = self._params.setdefault(nprobe, p)
+        xt = self.queries(xq)
+        D, lists = self.graph.search(xt, nprobe, params=p)
+        n = xt.shape[0]
+        out_d = np.empty((n, k), dtype=np.float32)
+        out_i = np.empty((n, k), dtype=np.int64)
+        # the C++ call: faiss' Python wrapper of search_preassigned takes no parameters (the
+        # selector and nprobe travel in them)
+        self.ivf.search_preassigned_c(n, faiss.swig_ptr(xt), k, faiss.swig_ptr(lists),
+                                      faiss.swig_ptr(D), faiss.swig_ptr(out_d),
+                                      faiss.swig_ptr(out_i), False, params)
+        return out_d, out_i
 
 
 def build_probe(index: faiss.Index, kind: ProbeKind = "auto") -> Probe | None:
@@ -124,9 +121,7 @@ def build_probe(index: faiss.Index, kind: ProbeKind = "auto") -> Probe | None:
     if kind == "auto" and ivf.nlist < AUTO_MIN_NLIST:
         return None
     centroids = quantizer.reconstruct_n(0, quantizer.ntotal)
-    graph = faiss.IndexHNSWFlat(ivf.d, HNSW_M, quantizer.metric_type)
-    graph.hnsw.efConstruction = EF_CONSTRUCTION
-    graph.add(centroids)
+    graph = centroid_graph(centroids, quantizer.metric_type)
     agreement = _agreement(quantizer, graph, centroids)
     outer = faiss.downcast_index(index)
     transform = outer if isinstance(outer, faiss.IndexPreTransform) else None
@@ -138,7 +133,7 @@ def build_probe(index: faiss.Index, kind: ProbeKind = "auto") -> Probe | None:
         logger.warning("coarse probe: %s; scanning every centroid instead", msg)
         return None
     logger.info("coarse probe: a graph over %d centroids (agreement %.4f)", ivf.nlist, agreement)
-    return Probe(graph=graph, transform=transform, nlist=ivf.nlist, agreement=agreement)
+    return Probe(graph=graph, ivf=ivf, transform=transform, agreement=agreement)
 
 
 def _agreement(flat: faiss.Index, graph: faiss.IndexHNSWFlat, centroids: np.ndarray) -> float:

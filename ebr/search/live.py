@@ -22,7 +22,6 @@ from ebr.filters import Filter
 from ebr.index.live import LiveIndex
 from ebr.metric import exact_scores
 from ebr.quant.faiss_index import ivf_params
-from ebr.quant.probe import scan_preassigned
 from ebr.search.exact import exact_search
 from ebr.search.rerank import rerank, topk
 from ebr.search.searcher import Searcher
@@ -67,10 +66,8 @@ class LiveSearcher(Searcher):
             D, ids = base.coarse.search(xq, candidates,
                                         params=ivf_params(base.coarse, nprobe, excluded, only))
         else:  # the base's lists from the centroid graph (the segments keep their own probe)
-            xt = base.probe.queries(xq)
-            Dq, lists = base.probe.assign(xt, nprobe)
-            D, ids = scan_preassigned(base.coarse, xt, candidates, Dq, lists,
-                                      ivf_params(base.ivfpq, nprobe, excluded, only))
+            D, ids = base.probe.search(xq, candidates, nprobe,
+                                       ivf_params(base.ivfpq, nprobe, excluded, only))
         parts = [(D, ids)]
         with live.recent_lock:  # the recent rows and the large segment that goes with them
             big, recent = live.big, live.recent

@@ -22,7 +22,6 @@ from ebr.index.reader import OpenIndex
 from ebr.io.vecs import check_vectors
 from ebr.metric import Metric, faiss_scores_to_ebr, normalize_rows
 from ebr.quant.faiss_index import ivf_params
-from ebr.quant.probe import scan_preassigned
 from ebr.search.exact import exact_search
 from ebr.search.rerank import rerank
 from ebr.spec import SearchParams
@@ -107,9 +106,7 @@ class Searcher(ResultRows):
         if probe is None:
             D, ids = self.index.coarse.search(xq, candidates, params=sp)
         else:  # the graph picks the lists, the IVF scans them (same codes, same scores)
-            xt = probe.queries(xq)
-            Dq, lists = probe.assign(xt, nprobe)
-            D, ids = scan_preassigned(self.index.coarse, xt, candidates, Dq, lists, sp)
+            D, ids = probe.search(xq, candidates, nprobe, sp)
         return ids, D, xq
 
     def _coarse_scores(self, D: np.ndarray, xm: np.ndarray) -> np.ndarray:
