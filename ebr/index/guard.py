@@ -32,7 +32,6 @@ import os
 import signal
 import threading
 import weakref
-from collections.abc import Iterator
 from pathlib import Path
 
 from ebr.errors import IndexChangedError
@@ -124,22 +123,23 @@ class FileGuard:
                            os.strerror(e.errno or 0))
             return False
 
-    @contextlib.contextmanager
-    def use(self) -> Iterator[None]:
-        """Hold the files for one read of their mapped bytes."""
+    def use(self) -> _Use:
+        """Hold the files for one read of their mapped bytes: ``with guard.use():``."""
+        return _Use(self)
+
+    def _enter(self) -> None:
         with self._lock:
             if self.broken is None and not self.leased:
                 self._stat_check()
             if self.broken is not None:
                 raise IndexChangedError(self.broken)
             self._inflight += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._inflight -= 1
-                if self._inflight == 0:
-                    self._lock.notify_all()
+
+    def _exit(self) -> None:
+        with self._lock:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._lock.notify_all()
 
     def _stat_check(self) -> None:
         for path, fd, st, leased in self._files:
@@ -184,3 +184,19 @@ class FileGuard:
 
     def __del__(self) -> None:
         self.close()
+
+
+class _Use:
+    """``with guard.use():`` as a plain object, not a generator, on the search path's hot loop
+    (the state lives in the guard)."""
+
+    __slots__ = ("_guard",)
+
+    def __init__(self, guard: FileGuard) -> None:
+        self._guard = guard
+
+    def __enter__(self) -> None:
+        self._guard._enter()
+
+    def __exit__(self, *exc: object) -> None:
+        self._guard._exit()

@@ -89,12 +89,15 @@ class Probe:
             p.efSearch = ef_search(nprobe)
             p = self._params.setdefault(nprobe, p)
         xt = self.queries(xq)
-        D, lists = self.graph.search(xt, nprobe, params=p)
         n = xt.shape[0]
+        D = np.empty((n, nprobe), dtype=np.float32)
+        lists = np.empty((n, nprobe), dtype=np.int64)
+        self.graph.search_c(n, faiss.swig_ptr(xt), nprobe, faiss.swig_ptr(D),
+                            faiss.swig_ptr(lists), p)
         out_d = np.empty((n, k), dtype=np.float32)
         out_i = np.empty((n, k), dtype=np.int64)
-        # the C++ call: faiss' Python wrapper of search_preassigned takes no parameters (the
-        # selector and nprobe travel in them)
+        # the C++ calls: faiss' Python wrapper of search_preassigned takes no parameters (the
+        # selector and nprobe travel in them); the graph's wrapper only adds allocations
         self.ivf.search_preassigned_c(n, faiss.swig_ptr(xt), k, faiss.swig_ptr(lists),
                                       faiss.swig_ptr(D), faiss.swig_ptr(out_d),
                                       faiss.swig_ptr(out_i), False, params)
