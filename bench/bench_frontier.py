@@ -296,8 +296,10 @@ def run(task: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         try:
             if method in EBR:
-                searchers, spec, ram, fixed = _ebr(method, ds, Path(tmp), nlist, nprobe,
-                                                   metric, budget, task["budget"])
+                searchers, spec, ram, fixed, guard = _ebr(method, ds, Path(tmp), nlist,
+                                                          nprobe, metric, budget,
+                                                          task["budget"])
+                row["guard"] = guard  # the held-out figures it chose on (JSON only)
                 coarse_fn, final_fn = _ebr_fns(searchers(task["probe"]), nprobe)
 
                 def at_nprobe(p: int, probe: str, s: Any = searchers) -> Any:
@@ -388,7 +390,7 @@ def _qps(final_fn: Any, xq: np.ndarray, c: int, passes: int) -> float:
 
 
 def _ebr(method: str, ds: dict[str, Any], tmp: Path, nlist: int, nprobe: int, metric: str,
-         budget: int, train_budget: float) -> tuple[Any, str, float, float]:
+         budget: int, train_budget: float) -> tuple[Any, str, float, float, Any]:
     from ebr.index.reader import open_index
     from ebr.index.writer import write_index
     from ebr.metric import Metric
@@ -430,13 +432,14 @@ def _ebr(method: str, ds: dict[str, Any], tmp: Path, nlist: int, nprobe: int, me
         return opened[probe]
 
     oi = searchers("flat").index
-    kept = ""
+    kept, guard = "", None
     if trainer is not None and trainer.info.get("guard"):
-        kept = f" (guard kept {trainer.info['guard']['kept']})"
+        guard = trainer.info["guard"]
+        kept = f" (guard kept {guard['kept']})"
     mem = oi.memory()
     per_vector = (mem["codes_bytes"] + mem["list_ids_bytes"]) / oi.ntotal
     fixed = mem["coarse_ram_bytes"] + mem["query_side_bytes"] - per_vector * oi.ntotal
-    return searchers, f"{spec} {codebooks}{kept}", float(per_vector), float(fixed)
+    return searchers, f"{spec} {codebooks}{kept}", float(per_vector), float(fixed), guard
 
 
 def _ebr_fns(s: Any, nprobe: int) -> tuple[Any, Any]:

@@ -88,6 +88,12 @@ class DistillConfig:
     # on the held-out queries, both as served (re-ranked recall@10 at val_nprobe and
     # val_candidates), and keep the better: learning never ends below its start.
     guard: bool = True
+    # The guard's measure is each held-out query's recall averaged over the validation nprobe
+    # and its halvings, this many values (1: the validation nprobe alone), because users lower
+    # nprobe for speed: learned IVF centroids validated at nprobe 32 alone were kept at 1M x 384,
+    # 32 B, and gave re-ranked recall@10 0.806 at nprobe 4 against plain OPQ's 0.878
+    # (bench/results/frontier_generator_1m_sweep_oldrerank.md).
+    guard_nprobes: int = 4
     # PQ specs without OPQ start from OPQ's rotation (free: the same bytes per vector), the best
     # unsupervised start for product codes (Debian 16 B re-ranked recall@10 0.923 against
     # k-means' 0.875; SciFact 0.926 against 0.907), and the guard then compares with plain OPQ,
@@ -171,6 +177,18 @@ class DistillConfig:
             raise SpecError(f"val_nprobe must be >= 1, got {self.val_nprobe}")
         if self.corpus_size is not None and self.corpus_size < 1:
             raise SpecError(f"corpus_size must be >= 1 or None, got {self.corpus_size}")
+        if not isinstance(self.guard_nprobes, int) or self.guard_nprobes < 1:
+            raise SpecError(f"guard_nprobes must be an integer >= 1, got {self.guard_nprobes!r}")
+
+    def guard_nprobe_ladder(self, nprobe: int) -> tuple[int, ...]:
+        """The nprobes the guard averages over: ``nprobe`` and its halvings (rounded down,
+        at least 1, without repeats), ``guard_nprobes`` values at most."""
+        out: list[int] = []
+        for i in range(self.guard_nprobes):
+            p = max(1, nprobe >> i)
+            if p not in out:
+                out.append(p)
+        return tuple(out)
 
     def sample_candidates(self, n_sample: int) -> int:
         """``val_candidates`` as a sample of ``n_sample`` documents sees it: the 10 sought

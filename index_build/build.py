@@ -201,6 +201,7 @@ def _distill_trainer(args: argparse.Namespace, pairs: Any = None, corpus: Any = 
                         val_split=args.val_split, seed=args.seed,
                         select=args.distill_select, val_nprobe=args.distill_val_nprobe,
                         val_candidates=args.distill_val_candidates, guard=args.distill_guard,
+                        guard_nprobes=args.distill_guard_nprobes,
                         choose_weighting=args.choose_weighting, opq_start=args.opq_start,
                         corpus_size=None if corpus is None else len(corpus),
                         **({} if args.score_aware is None else

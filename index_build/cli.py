@@ -128,6 +128,11 @@ def _distill_args(p: argparse.ArgumentParser) -> None:
                     default=_default(DistillConfig, "guard"),
                     help="after training, keep faiss' plain codebooks for the spec instead "
                     "where they give the better held-out re-ranked recall@10 (default on)")
+    dv.add_argument("--distill-guard-nprobes", type=int, metavar="K",
+                    default=_default(DistillConfig, "guard_nprobes"),
+                    help="the guard averages each held-out query's recall over the validation "
+                    "nprobe and its halvings, K values (1: that nprobe alone), so learned lists "
+                    "that lose at the lower nprobes users pick for speed are not kept")
     dv.add_argument("--ivf-loss-weight", type=float, metavar="W",
                     help="weight of the IVF (list) loss next to the PQ loss (default: 1 for ip, "
                     "0 for l2, whose list score lacks each document's residual terms)")

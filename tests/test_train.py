@@ -376,6 +376,31 @@ def test_served_rerank_recall_is_what_the_served_index_gives(tmp_path, ds_ip):
         assert got == pytest.approx(want) and 0 < got < 1
 
 
+def test_guard_averages_over_the_lower_nprobes(ds_ip):
+    """The guard's measure at several nprobes is each query's mean over them (paired per
+    query, so the tie rule's standard error still compares the same queries); the ladder is
+    the validation nprobe and its halvings."""
+    from ebr.quant.trainers import KMeansTrainer
+    from ebr.train.distill_vq import served_recalls
+
+    cfg = DistillConfig(guard_nprobes=4)
+    assert cfg.guard_nprobe_ladder(32) == (32, 16, 8, 4)
+    assert cfg.guard_nprobe_ladder(3) == (3, 1)
+    assert DistillConfig(guard_nprobes=1).guard_nprobe_ladder(32) == (32,)
+    for bad in (0, 1.5):
+        with pytest.raises(SpecError, match="guard_nprobes"):
+            DistillConfig(guard_nprobes=bad)
+    cb = KMeansTrainer(niter=5).fit(ds_ip.xb, IndexSpec.parse("IVF16,PQ4"), Metric.IP, 1234)
+    truth = np.argsort(-(ds_ip.xq @ ds_ip.xb.T), axis=1)[:, :100]
+    one = {p: served_recalls(cb, ds_ip.xb, ds_ip.xq, truth, p, 20) for p in (1, 4)}
+    assert one[1][0].mean() < one[4][0].mean()  # the two nprobes differ: the mean means something
+    both = served_recalls(cb, ds_ip.xb, ds_ip.xq, truth, (4, 1), 20)
+    np.testing.assert_allclose(both[0], (one[1][0] + one[4][0]) / 2)
+    assert both[1] == pytest.approx((one[1][1] + one[4][1]) / 2)
+    with pytest.raises(SpecError, match="nprobe"):
+        served_recalls(cb, ds_ip.xb, ds_ip.xq, truth, (), 20)
+
+
 @pytest.mark.parametrize("rigged", [None, "plain", "learned", "learned_unweighted"])
 def test_guard_keeps_the_best_of_the_runs_and_plain_opq(tmp_path, ds_ip, monkeypatch, rigged):
     """End to end on the held-out queries: the weighted run, the unweighted run or faiss'
@@ -413,6 +438,7 @@ def test_guard_keeps_the_best_of_the_runs_and_plain_opq(tmp_path, ds_ip, monkeyp
     assert g["kept"] == max(g["tied"], key=lambda k: coarse[k])
     # the serving C, 20, scaled to a sample of half the corpus: the 10 sought + 10 / 2
     assert (g["nprobe"], g["candidates"], g["sample"]) == (2, 15, len(ds_ip.xb))
+    assert g["nprobes"] == [2, 1]  # and the lower nprobe a user might serve at
     if rigged is not None:
         assert g["kept"] == rigged
     m = json.loads((tmp_path / "i" / "manifest.json").read_text())

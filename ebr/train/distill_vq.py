@@ -44,6 +44,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -70,15 +71,19 @@ logger = logging.getLogger(__name__)
 
 
 def served_recalls(cb: Codebooks, xt: np.ndarray, q: np.ndarray, truth: np.ndarray,
-                   nprobe: int, candidates: int) -> tuple[np.ndarray, float]:
+                   nprobes: int | Sequence[int], candidates: int) -> tuple[np.ndarray, float]:
     """Codebooks as served: ``xt`` encoded as the writer encodes documents, ``q`` mapped as
-    the searcher maps queries, searched at ``nprobe``. Returns each query's share of its
-    exact top 10 among ``xt`` (``truth[:, :10]``) in the coarse top ``candidates``, i.e. its
-    re-ranked recall@10 at that candidate count, and the coarse recall@K of the codes against
-    ``truth`` (K its width, 100 as the validation keeps it)."""
+    the searcher maps queries, searched at each of ``nprobes``. Returns each query's share of
+    its exact top 10 among ``xt`` (``truth[:, :10]``) in the coarse top ``candidates``, i.e.
+    its re-ranked recall@10 at that candidate count, and the coarse recall@K of the codes
+    against ``truth`` (K its width, 100 as the validation keeps it), both averaged over the
+    nprobes."""
     from ebr.quant.additive import lift_rq
     from ebr.quant.faiss_index import ivf_params
 
+    nprobes = (nprobes,) if isinstance(nprobes, int) else tuple(nprobes)
+    if not nprobes:
+        raise SpecError("served_recalls needs at least one nprobe")
     index = cb.empty_index()
     for _, block in chunks(xt):
         cb.add(index, block)
@@ -86,15 +91,19 @@ def served_recalls(cb: Codebooks, xt: np.ndarray, q: np.ndarray, truth: np.ndarr
     xq = np.ascontiguousarray(q if cb.query_map is None else q @ cb.query_map.T,
                               dtype=np.float32)
     k = min(max(candidates, truth.shape[1]), len(xt))
-    _, ids = index.search(xq, k, params=ivf_params(index, nprobe, None, False))
-    per_query = np.array([len(set(a[a >= 0].tolist()) & set(b.tolist())) / len(b)
-                          for a, b in zip(ids[:, :candidates], truth[:, :10], strict=True)])
-    return per_query, recall_of(torch.from_numpy(ids[:, :truth.shape[1]]), truth)
+    per_query = np.zeros(len(q))
+    coarse = 0.0
+    for nprobe in nprobes:
+        _, ids = index.search(xq, k, params=ivf_params(index, nprobe, None, False))
+        per_query += [len(set(a[a >= 0].tolist()) & set(b.tolist())) / len(b)
+                      for a, b in zip(ids[:, :candidates], truth[:, :10], strict=True)]
+        coarse += recall_of(torch.from_numpy(ids[:, :truth.shape[1]]), truth)
+    return per_query / len(nprobes), coarse / len(nprobes)
 
 
 def served_rerank_recall(cb: Codebooks, xt: np.ndarray, q: np.ndarray, truth: np.ndarray,
                          nprobe: int, candidates: int) -> float:
-    """The mean re-ranked recall@10 of :func:`served_recalls`."""
+    """The mean re-ranked recall@10 of :func:`served_recalls` at one nprobe."""
     return float(served_recalls(cb, xt, q, truth, nprobe, candidates)[0].mean())
 
 
@@ -225,8 +234,9 @@ class DistillVQTrainer:
                seed: int, plain: bool = True) -> Codebooks:
         """The best of the learned runs and (``plain``) faiss' plain codebooks for the spec
         (k-means, or OPQ when the spec has it or the start added it), each served as the writer
-        fills and the searcher searches it, on the held-out queries at the validation nprobe
-        and candidate count: the best re-ranked recall@10, what users see. Those within one
+        fills and the searcher searches it, on the held-out queries at the validation candidate
+        count, each query's recall averaged over the validation nprobe and its halvings
+        (``guard_nprobes``): the best re-ranked recall@10, what users see. Those within one
         standard error of it (of the per-query differences) are tied on that measure, and the
         tie goes to the best coarse recall@100 (the same recall at a smaller C), then to the
         plain ones (a learned change is kept only where it helps), then to the first run.
@@ -235,27 +245,30 @@ class DistillVQTrainer:
 
         q, truth, nprobe = self._held_out  # type: ignore[misc]
         c = self.config.sample_candidates(len(xt))  # the serving C, scaled to the sample
+        nprobes = self.config.guard_nprobe_ladder(nprobe)  # and the lower nprobes users pick
         per_query: dict[str, np.ndarray] = {}
         coarse: dict[str, float] = {}
         plain_cb = None
         if plain:
             plain_cb = KMeansTrainer(niter=self.niter).fit(xt, spec, metric, seed)
             per_query["plain"], coarse["plain"] = served_recalls(plain_cb, xt, q, truth,
-                                                                 nprobe, c)
+                                                                 nprobes, c)
         for name, run in runs.items():
             self._restore(run)
             per_query[name], coarse[name] = served_recalls(self._codebooks(), xt, q, truth,
-                                                           nprobe, c)
+                                                           nprobes, c)
         kept, tied = _best_within_noise(per_query, coarse)
         self._restore(runs[kept] if kept in runs else runs["learned"])
         record = {"held_out_rerank_recall@10": {k: float(v.mean()) for k, v in
                                                 per_query.items()},
                   f"held_out_coarse_recall@{truth.shape[1]}": coarse, "tied": tied,
-                  "nprobe": nprobe, "candidates": c, "sample": len(xt), "kept": kept}
+                  "nprobe": nprobe, "nprobes": list(nprobes), "candidates": c,
+                  "sample": len(xt), "kept": kept}
         # without plain codebooks competing it is the choice between the runs, not a guard
         self.info = {**self.info, "guard" if plain else "run_choice": record}
-        logger.info("distill: held-out re-ranked recall@10 at nprobe %d, C %d: %s (tied within "
-                    "one standard error: %s, coarse recall %s): %s kept", nprobe, c,
+        logger.info("distill: held-out re-ranked recall@10 at nprobe %s, C %d: %s (tied within "
+                    "one standard error: %s, coarse recall %s): %s kept",
+                    "/".join(map(str, nprobes)), c,
                     ", ".join(f"{k} {v.mean():.4f}" for k, v in per_query.items()),
                     ", ".join(tied), ", ".join(f"{k} {coarse[k]:.4f}" for k in tied), kept)
         if kept != "plain":
