@@ -105,3 +105,45 @@ def test_live_search_with_the_graph_keeps_tombstones_out(tmp_path):
     res, _ = graph.search(xq, SearchParams(k=50, nprobe=16, candidates=600))
     assert not set(graph.external_ids(res.ids.ravel())) & set(dead)
     live.close()
+
+
+def test_live_segments_scan_the_base_lists(opq_index, tmp_path):
+    """A living OPQ index's write segments (the large one and the recent one) share the base's
+    centroids and rotation, so the base's graph picks their lists too: the same answers as the
+    flat probe's live searcher, written documents included; an index with other centroids
+    does not share them."""
+    import shutil
+
+    from ebr.index.segments import RECENT_ROWS
+
+    idx = tmp_path / "idx"
+    shutil.copytree(opq_index, idx)
+    live = open_live(open_index(idx, probe="hnsw"), idx)
+    assert live.shares_base_lists
+    rng = np.random.default_rng(9)
+    n_new = RECENT_ROWS + 300  # one fold into the large segment, the rest recent
+    new = rng.standard_normal((n_new, 32)).astype(np.float32)
+    for i0 in range(0, n_new, 500):
+        live.upsert(list(range(50_000 + i0, 50_000 + min(i0 + 500, n_new))),
+                    new[i0:i0 + 500], None)
+    live.upsert(list(range(60_000, 60_010)),  # after the fold: the recent segment
+                rng.standard_normal((10, 32)).astype(np.float32), None)
+    live.delete(list(range(0, 4000, 9)))
+    assert live.big.ntotal and live.recent.ntotal
+    flat_live = open_live(open_index(idx, probe="flat"), idx, writable=False)
+    graph, flat = LiveSearcher(live), LiveSearcher(flat_live)
+    xq = np.concatenate([new[:10] + 0.01, rng.standard_normal((10, 32)).astype(np.float32)])
+    for nprobe in (1, 4, 64):
+        _same(flat, graph, xq, nprobe, 300)
+    res, _ = graph.search(xq[:10], SearchParams(k=1, nprobe=4, candidates=100))
+    assert graph.external_ids(res.ids.ravel()) == list(range(50_000, 50_010))
+    other = tmp_path / "other"
+    rng2 = np.random.default_rng(4)
+    write_index(other, rng2.standard_normal((4000, 32)).astype(np.float32),
+                BuildParams(spec=IndexSpec.parse("OPQ8,IVF64,PQ8"), metric=Metric.IP,
+                            kmeans_niter=5))
+    assert not probe_mod.same_partition(open_index(other).coarse, live.base.coarse)
+    assert probe_mod.same_partition(open_index(opq_index).coarse, live.base.coarse)
+    flat_live.close()
+    live.close()
+

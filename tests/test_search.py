@@ -61,6 +61,24 @@ def test_topk_padding_and_order():
     assert np.isneginf(out_scores[0, 3:]).all()
 
 
+def test_topk_of_one_query_sorts_only_the_best_and_their_ties():
+    """One query with many candidates takes the partition path; it must order exactly as the
+    full sort does (two rows take that one): ties across the k-th place by smaller id, -inf
+    padding last."""
+    rng = np.random.default_rng(7)
+    for trial in range(200):
+        c = int(rng.integers(41, 400))
+        scores = rng.integers(0, 6, c).astype(np.float32)  # many ties, at the boundary too
+        ids = rng.permutation(10 * c)[:c].astype(np.int64)
+        pad = rng.random(c) < (0.9 if trial % 4 == 0 else 0.1)
+        scores[pad], ids[pad] = -np.inf, -1
+        k = int(rng.integers(1, 11))
+        one = topk(scores[None], ids[None], k)
+        two = topk(np.stack([scores, scores]), np.stack([ids, ids]), k)
+        np.testing.assert_array_equal(one[0][0], two[0][0])
+        np.testing.assert_array_equal(one[1][0], two[1][0])
+
+
 @pytest.mark.parametrize("fixture,floor", [("index_ip", 0.9), ("index_l2", 0.9)])
 def test_recall_floor(request, fixture, floor, ds_ip, ds_l2):
     oi = open_index(request.getfixturevalue(fixture))

@@ -26,7 +26,7 @@ import numpy as np
 from ebr.errors import SpecError
 
 __all__ = ["Probe", "ProbeKind", "PROBE_KINDS", "build_probe", "centroid_graph", "ef_search",
-           "AUTO_MIN_NLIST", "MIN_AGREEMENT"]
+           "same_partition", "AUTO_MIN_NLIST", "MIN_AGREEMENT"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,11 +77,10 @@ class Probe:
                 xq = chain.at(i).apply(xq)
         return np.ascontiguousarray(xq, dtype=np.float32)
 
-    def search(self, xq: np.ndarray, k: int, nprobe: int, params: faiss.SearchParametersIVF
-               ) -> tuple[np.ndarray, np.ndarray]:
-        """(distances, ids) [nq, k], as the index's own search gives them: the graph picks
-        each query's nprobe lists, the IVF scans them. ``params``: the IVF's own (nprobe, the
-        tombstone or filter selector), not a pre-transform's."""
+    def pick(self, xq: np.ndarray, nprobe: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(the queries as the IVF sees them, their centroid scores, the lists) for ``nprobe``
+        lists per query: what :meth:`scan` takes, for this IVF or another with the same
+        centroids and pre-transform (:func:`same_partition`)."""
         nprobe = min(nprobe, self.ivf.nlist)
         p = self._params.get(nprobe)
         if p is None:  # read-only once made: one object per nprobe, shared by threads
@@ -94,14 +93,58 @@ class Probe:
         lists = np.empty((n, nprobe), dtype=np.int64)
         self.graph.search_c(n, faiss.swig_ptr(xt), nprobe, faiss.swig_ptr(D),
                             faiss.swig_ptr(lists), p)
+        return xt, D, lists
+
+    @staticmethod
+    def scan(ivf: faiss.IndexIVF, xt: np.ndarray, D: np.ndarray, lists: np.ndarray, k: int,
+             params: faiss.SearchParametersIVF) -> tuple[np.ndarray, np.ndarray]:
+        """(distances, ids) [nq, k] of ``ivf`` scanning the lists :meth:`pick` chose.
+        ``params``: the IVF's own (nprobe, the tombstone or filter selector), not a
+        pre-transform's."""
+        n = xt.shape[0]
         out_d = np.empty((n, k), dtype=np.float32)
         out_i = np.empty((n, k), dtype=np.int64)
         # the C++ calls: faiss' Python wrapper of search_preassigned takes no parameters (the
         # selector and nprobe travel in them); the graph's wrapper only adds allocations
-        self.ivf.search_preassigned_c(n, faiss.swig_ptr(xt), k, faiss.swig_ptr(lists),
-                                      faiss.swig_ptr(D), faiss.swig_ptr(out_d),
-                                      faiss.swig_ptr(out_i), False, params)
+        ivf.search_preassigned_c(n, faiss.swig_ptr(xt), k, faiss.swig_ptr(lists),
+                                 faiss.swig_ptr(D), faiss.swig_ptr(out_d),
+                                 faiss.swig_ptr(out_i), False, params)
         return out_d, out_i
+
+    def search(self, xq: np.ndarray, k: int, nprobe: int, params: faiss.SearchParametersIVF
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """(distances, ids) [nq, k], as the index's own search gives them: the graph picks
+        each query's nprobe lists, the IVF scans them."""
+        xt, D, lists = self.pick(xq, nprobe)
+        return self.scan(self.ivf, xt, D, lists, k, params)
+
+
+def same_partition(a: faiss.Index, b: faiss.Index) -> bool:
+    """Whether two IVF indexes (each possibly behind linear pre-transforms) turn a query into
+    the same vector and the same list scores: equal transforms, metric and flat-quantizer
+    centroids. Then one's probed lists serve the other (a living index's write segments)."""
+    chains = []
+    for index in (a, b):
+        outer = faiss.downcast_index(index)
+        chain = []
+        if isinstance(outer, faiss.IndexPreTransform):
+            for i in range(outer.chain.size()):
+                t = faiss.downcast_VectorTransform(outer.chain.at(i))
+                if not isinstance(t, faiss.LinearTransform):
+                    return False
+                chain.append((faiss.vector_to_array(t.A), faiss.vector_to_array(t.b)))
+        chains.append(chain)
+    if len(chains[0]) != len(chains[1]) or not all(
+            np.array_equal(x[0], y[0]) and np.array_equal(x[1], y[1])
+            for x, y in zip(chains[0], chains[1], strict=True)):
+        return False
+    ivfs = [faiss.extract_index_ivf(x) for x in (a, b)]
+    qs = [faiss.downcast_index(ivf.quantizer) for ivf in ivfs]
+    if not all(isinstance(q, faiss.IndexFlat) for q in qs):
+        return False
+    return (ivfs[0].nlist == ivfs[1].nlist and ivfs[0].metric_type == ivfs[1].metric_type
+            and np.array_equal(qs[0].reconstruct_n(0, qs[0].ntotal),
+                               qs[1].reconstruct_n(0, qs[1].ntotal)))
 
 
 def build_probe(index: faiss.Index, kind: ProbeKind = "auto") -> Probe | None:

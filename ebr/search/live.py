@@ -22,6 +22,7 @@ from ebr.filters import Filter
 from ebr.index.live import LiveIndex
 from ebr.metric import exact_scores
 from ebr.quant.faiss_index import ivf_params
+from ebr.quant.probe import Probe
 from ebr.search.exact import exact_search
 from ebr.search.rerank import rerank, topk
 from ebr.search.searcher import Searcher
@@ -62,19 +63,37 @@ class LiveSearcher(Searcher):
             xq = np.ascontiguousarray(xq @ base.query_map.T, dtype=np.float32)
         only = allowed is not None
         excluded = allowed if only else live.selector_bitmap()
-        if base.probe is None:
+        probe = base.probe
+        if probe is None:
             D, ids = base.coarse.search(xq, candidates,
                                         params=ivf_params(base.coarse, nprobe, excluded, only))
-        else:  # the base's lists from the centroid graph (the segments keep their own probe)
-            D, ids = base.probe.search(xq, candidates, nprobe,
-                                       ivf_params(base.ivfpq, nprobe, excluded, only))
+            picked = None
+        else:  # the base's lists from the centroid graph
+            picked = probe.pick(xq, nprobe)
+            if excluded is None:  # read-only, one per nprobe (as the Searcher's)
+                sp = self._ivf_params.get(nprobe)
+                if sp is None:
+                    sp = self._ivf_params.setdefault(nprobe, ivf_params(base.ivfpq, nprobe))
+            else:
+                sp = ivf_params(base.ivfpq, nprobe, excluded, only)
+            D, ids = probe.scan(probe.ivf, *picked, candidates, sp)
+            if not live.shares_base_lists:
+                picked = None  # the segments score their own centroids
         parts = [(D, ids)]
+
+        def segment(seg: faiss.Index) -> tuple[np.ndarray, np.ndarray]:
+            if picked is None:
+                return _search(seg, xq, candidates, nprobe, excluded, only)
+            # the same lists as the base's (shares_base_lists), so the same IVF parameters
+            return Probe.scan(faiss.extract_index_ivf(seg), *picked,
+                              min(candidates, int(seg.ntotal)), sp)
+
         with live.recent_lock:  # the recent rows and the large segment that goes with them
             big, recent = live.big, live.recent
             if recent.ntotal:
-                parts.append(_search(recent, xq, candidates, nprobe, excluded, only))
+                parts.append(segment(recent))
         if big.ntotal:  # replaced whole by a fold, never changed: searched without the lock
-            parts.append(_search(big, xq, candidates, nprobe, excluded, only))
+            parts.append(segment(big))
         if len(parts) > 1:
             ids, scores = topk(np.concatenate([self._coarse_scores(d, xq) for d, _ in parts],
                                               axis=1),

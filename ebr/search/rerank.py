@@ -28,6 +28,10 @@ def topk(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
     """
     nq, c = scores.shape
     kk = min(k, c)
+    if nq == 1 and c > 4 * kk:  # one query, many candidates: sort only the best and their ties
+        keep = np.argpartition(-scores[0], kk - 1)[:kk]
+        keep = np.flatnonzero(scores[0] >= scores[0, keep].min())
+        scores, ids = scores[:, keep], ids[:, keep]
     # order by (-score, id): lexsort's last key is the primary one
     order = np.lexsort((np.where(ids < 0, np.iinfo(np.int64).max, ids), -scores), axis=1)[:, :kk]
     out_ids = np.take_along_axis(ids, order, axis=1)
