@@ -4,7 +4,9 @@
     excluded by an IDSelector in both -> merged by coarse score -> exact re-rank of the base
     candidates from the dense store and of the delta candidates from the delta rows -> top-k
 
-Both coarse searches use the same codebooks, query map and nprobe, so their scores compare.
+Both coarse searches use the same codebooks, query map and nprobe, so their scores compare;
+with the base's centroid graph (ebr.quant.probe) and segments that share its partition, the
+graph picks each query's lists once and every part scans them.
 Row ids are the base's ``[0, ntotal)`` then the delta's ``ntotal + k``.
 """
 
