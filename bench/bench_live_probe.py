@@ -78,13 +78,12 @@ def main() -> int:
         path = Path(tmp) / "index"
         if args.index:
             shutil.copytree(args.index, path, ignore=shutil.ignore_patterns("live"))
-            base_x = None
             xq = None
         else:
             ds = generated_set(args.n)
-            base_x, xq = ds["xb"], ds["xq"]
+            xq = ds["xq"]
             t0 = time.perf_counter()
-            write_index(path, base_x, BuildParams(spec=IndexSpec.parse(args.spec),
+            write_index(path, ds["xb"], BuildParams(spec=IndexSpec.parse(args.spec),
                                                   codebooks="opq" if "OPQ" in args.spec
                                                   else "kmeans"))
             print(f"built {args.spec} on {args.n} in {time.perf_counter() - t0:.0f} s",

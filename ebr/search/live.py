@@ -72,12 +72,8 @@ class LiveSearcher(Searcher):
             picked = None
         else:  # the base's lists from the centroid graph
             picked = probe.pick(xq, nprobe)
-            if excluded is None:  # read-only, one per nprobe (as the Searcher's)
-                sp = self._ivf_params.get(nprobe)
-                if sp is None:
-                    sp = self._ivf_params.setdefault(nprobe, ivf_params(base.ivfpq, nprobe))
-            else:
-                sp = ivf_params(base.ivfpq, nprobe, excluded, only)
+            sp = self._unfiltered_params(nprobe) if excluded is None else ivf_params(
+                base.ivfpq, nprobe, excluded, only)
             D, ids = probe.scan(probe.ivf, *picked, candidates, sp)
             if not live.shares_base_lists:
                 picked = None  # the segments score their own centroids

@@ -99,15 +99,22 @@ class Searcher(ResultRows):
         if self.index.query_map is not None:
             xq = np.ascontiguousarray(xq @ self.index.query_map.T, dtype=np.float32)
         probe = self.index.probe
-        sp = self._ivf_params.get(nprobe)
-        if sp is None:  # read-only during a search: one object per nprobe, shared by threads
-            sp = self._ivf_params.setdefault(nprobe, ivf_params(
-                self.index.coarse if probe is None else self.index.ivfpq, nprobe))
+        sp = self._unfiltered_params(nprobe)
         if probe is None:
             D, ids = self.index.coarse.search(xq, candidates, params=sp)
         else:  # the graph picks the lists, the IVF scans them (same codes, same scores)
             D, ids = probe.search(xq, candidates, nprobe, sp)
         return ids, D, xq
+
+    def _unfiltered_params(self, nprobe: int) -> Any:
+        """The coarse search's parameters without a selector, made once per nprobe (read-only
+        during a search: shared by threads): the outer index's, or with the centroid graph the
+        IVF's own (what :meth:`ebr.quant.probe.Probe.scan` takes)."""
+        sp = self._ivf_params.get(nprobe)
+        if sp is None:
+            sp = self._ivf_params.setdefault(nprobe, ivf_params(
+                self.index.coarse if self.index.probe is None else self.index.ivfpq, nprobe))
+        return sp
 
     def _coarse_scores(self, D: np.ndarray, xm: np.ndarray) -> np.ndarray:
         """Raw coarse scores -> ebr scores. L2 RQ serves s = <q, x^> - |x^|^2 / 2, so the
