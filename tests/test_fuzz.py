@@ -12,7 +12,8 @@ from service.generations import install, open_generation  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
 pytestmark = pytest.mark.slow
-EXAMPLES = 250  # per operation (GETs without parameters exhaust after a few); 11 operations
+EXAMPLES = 120  # per operation; 11 operations (GETs without parameters exhaust after a
+# few); bench/bench_fuzz.py fuzzes deeper
 
 
 def test_no_server_errors_from_generated_requests(index_ip):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
@@ -130,13 +131,23 @@ def test_live_segments_scan_the_base_lists(opq_index, tmp_path):
                 rng.standard_normal((10, 32)).astype(np.float32), None)
     live.delete(list(range(0, 4000, 9)))
     assert live.big.ntotal and live.recent.ntotal
+    # the base and the large segment scanned as one IVF (segments.stacked)
+    assert live.stack is not None and live.stack.ntotal == live.n_base + live.big.ntotal
     flat_live = open_live(open_index(idx, probe="flat"), idx, writable=False)
+    assert flat_live.stack is None  # no shared lists: each part scanned on its own
     graph, flat = LiveSearcher(live), LiveSearcher(flat_live)
     xq = np.concatenate([new[:10] + 0.01, rng.standard_normal((10, 32)).astype(np.float32)])
     for nprobe in (1, 4, 64):
         _same(flat, graph, xq, nprobe, 300)
     res, _ = graph.search(xq[:10], SearchParams(k=1, nprobe=4, candidates=100))
     assert graph.external_ids(res.ids.ravel()) == list(range(50_000, 50_010))
+    # one query at a time (the re-rank's own path for one query) answers as the batch does
+    p = SearchParams(k=10, nprobe=4, candidates=300)
+    batch, _ = graph.search(xq, p)
+    for i in range(len(xq)):
+        one, _ = graph.search(xq[i:i + 1], p)
+        np.testing.assert_array_equal(one.ids[0], batch.ids[i])
+        np.testing.assert_allclose(one.scores[0], batch.scores[i], rtol=1e-6)
     other = tmp_path / "other"
     rng2 = np.random.default_rng(4)
     write_index(other, rng2.standard_normal((4000, 32)).astype(np.float32),
@@ -147,3 +158,43 @@ def test_live_segments_scan_the_base_lists(opq_index, tmp_path):
     flat_live.close()
     live.close()
 
+
+
+@pytest.mark.parametrize("metric", [faiss.METRIC_INNER_PRODUCT, faiss.METRIC_L2])
+def test_stacked_lists_scan_as_the_parts_merged(metric):
+    """One scan of a base and a segment stacked list by list finds what scanning each and
+    merging finds, tombstones excluded; a base with precomputed L2 tables is not stacked."""
+    from ebr.index.segments import stacked
+
+    rng = np.random.default_rng(5)
+    xb = rng.standard_normal((6000, 16)).astype(np.float32)
+    xs = rng.standard_normal((900, 16)).astype(np.float32)
+    quantizer = faiss.IndexFlatIP(16) if metric == faiss.METRIC_INNER_PRODUCT else \
+        faiss.IndexFlatL2(16)
+    base = faiss.IndexIVFPQ(quantizer, 16, 32, 4, 8, metric)
+    base.train(xb)
+    template = faiss.clone_index(base)  # trained, empty
+    base.add(xb)
+    seg = faiss.clone_index(template)
+    seg.add_with_ids(xs, np.arange(6000, 6900))
+    base.use_precomputed_table = -1
+    view = stacked(base, template, seg)
+    assert view is not None and view.ntotal == 6900
+    dead = np.zeros(6900 // 8 + 1, dtype=np.uint8)
+    dead[::7] = 0xFF  # rows in both parts excluded
+    xq = rng.standard_normal((30, 16)).astype(np.float32)
+    sel = faiss.IDSelectorNot(faiss.IDSelectorBitmap(len(dead) * 8, faiss.swig_ptr(dead)))
+    p = faiss.SearchParametersIVF(nprobe=6, sel=sel)
+    d1, i1 = base.search(xq, 50, params=p)
+    d2, i2 = seg.search(xq, 50, params=p)
+    dv, iv = view.search(xq, 50, params=p)
+    both_d, both_i = np.concatenate([d1, d2], 1), np.concatenate([i1, i2], 1)
+    order = np.argsort(-both_d if metric == faiss.METRIC_INNER_PRODUCT else both_d, axis=1,
+                       kind="stable")[:, :50]
+    np.testing.assert_allclose(dv, np.take_along_axis(both_d, order, 1), rtol=1e-5)
+    assert (np.sort(iv, 1) == np.sort(np.take_along_axis(both_i, order, 1), 1)).mean() > 0.99
+    assert (iv >= 6000).any() and not np.isin(iv, np.flatnonzero(np.unpackbits(
+        dead, bitorder="little"))).any()
+    if metric == faiss.METRIC_L2:
+        base.use_precomputed_table = 1
+        assert stacked(base, template, seg) is None

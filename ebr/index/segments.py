@@ -18,7 +18,7 @@ from ebr.io.vecs import read_bin
 from ebr.quant.encode import ScoreAware
 from ebr.quant.trainers import Codebooks
 
-__all__ = ["load_codebooks", "merged", "quantization_error", "RECENT_ROWS"]
+__all__ = ["load_codebooks", "merged", "quantization_error", "stacked", "RECENT_ROWS"]
 
 
 def load_codebooks(base: OpenIndex) -> Codebooks:
@@ -59,6 +59,34 @@ def merged(segment: faiss.Index, codes: faiss.Index, add_id: int) -> faiss.Index
     ivf.merge_from(faiss.extract_index_ivf(source), add_id)
     out.ntotal = ivf.ntotal
     return out
+
+
+def stacked(base: faiss.IndexIVFPQ, template: faiss.Index, segment: faiss.Index
+            ) -> faiss.IndexIVFPQ | None:
+    """One IVF whose list i is ``base``'s list i followed by ``segment``'s (faiss'
+    ``HStackInvertedLists``: read-only, it copies neither): a single scan covers both, with one
+    query table and one heap, where two scans each build their own and their results are
+    merged. The segment must share the base's partition and codebooks
+    (:func:`ebr.quant.probe.same_partition`); ``template`` is an empty index of the served
+    form (its IVF is cloned for the quantizer and codebooks). Both inputs are kept alive by
+    the result. ``None`` where the base scans through faiss' precomputed L2 tables, which a
+    copy would have to rebuild (nlist x M x 256 floats)."""
+    if base.use_precomputed_table > 0 and base.metric_type == faiss.METRIC_L2:
+        return None
+    seg = faiss.extract_index_ivf(segment)
+    view = faiss.clone_index(faiss.extract_index_ivf(template))
+    if not isinstance(view, faiss.IndexIVFPQ) or view.code_size != base.code_size:
+        return None
+    view.use_precomputed_table = -1  # as the base serves without tables: none built lazily
+    parts = faiss.InvertedListsPtrVector()
+    parts.push_back(base.invlists)
+    parts.push_back(seg.invlists)
+    lists = faiss.HStackInvertedLists(parts.size(), parts.data())
+    view.replace_invlists(lists, True)  # the view owns the stack; the stack owns neither part
+    lists.this.disown()
+    view.ntotal = base.ntotal + seg.ntotal
+    view.__dict__["_keep"] = (base, segment, parts)
+    return view
 
 
 def quantization_error(codebooks_index: faiss.Index, x: np.ndarray) -> np.ndarray:

@@ -32,7 +32,7 @@ from ebr.filters import Filter, matches
 from ebr.index.docs import DocStore
 from ebr.index.logdir import log_identity, rows_path
 from ebr.index.reader import OpenIndex
-from ebr.index.segments import RECENT_ROWS, merged, quantization_error
+from ebr.index.segments import RECENT_ROWS, merged, quantization_error, stacked
 from ebr.index.wal import (
     DELETE,
     SEAL,
@@ -98,6 +98,10 @@ class LiveView:
         # the segments' lists and scores are the base's: the base's probe picks the lists once
         # for all of them (a flat scan of 4,096 centroids costs ~100 µs per segment)
         self.shares_base_lists = base.probe is not None and same_partition(empty, base.coarse)
+        self._template = empty
+        # with shared lists, the base and the large segment as one IVF (segments.stacked):
+        # one scan, one query table, one heap for both; replaced with ``big``
+        self.stack: faiss.IndexIVFPQ | None = None
         self.delta_ids: list[ExternalId] = []
         self.delta_payloads: list[str | None] = []  # JSON text (returned, compacted)
         self.delta_objects: list[JsonObject | None] = []  # the same, parsed (filters)
@@ -391,7 +395,9 @@ class LiveView:
             self.recent.ntotal = dst.ntotal
         if self.recent.ntotal >= RECENT_ROWS:  # fold the recent part into the large one
             big = merged(self.big, self.recent, 0)
-            with self.recent_lock:  # both at once: no search sees a row twice or not at all
-                self.big = big
+            stack = stacked(self.base.ivfpq, self._template, big) if self.shares_base_lists \
+                else None
+            with self.recent_lock:  # all at once: no search sees a row twice or not at all
+                self.big, self.stack = big, stack
                 self.recent.reset()
 

@@ -40,6 +40,15 @@ def _search(seg: faiss.Index, xq: np.ndarray, candidates: int, nprobe: int,
                       params=ivf_params(seg, nprobe, excluded, only))
 
 
+def _packed(cand: np.ndarray, keep: np.ndarray, shift: int) -> np.ndarray:
+    """``cand - shift`` where ``keep``, each row's kept ones first in their order, ``-1``
+    after them (what the compiled re-rank takes: padding at the end)."""
+    rows = np.where(keep, cand - shift, -1)
+    if keep.all():
+        return np.ascontiguousarray(rows)
+    return np.take_along_axis(rows, np.argsort(~keep, axis=1, kind="stable"), axis=1)
+
+
 EXACT_BELOW = 3_000  # fewer matches: all scored exactly (the measured crossover, bench_filters)
 # ...and more too when the IVF plan would scan more than this many codes per match scored
 # exactly (a PQ code costs ~1/20 of a dense row read and scored: bench_filters' table)
@@ -55,6 +64,9 @@ class LiveSearcher(Searcher):
         self.live = live
         self._match_cache: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
         self._match_lock = threading.Lock()
+        # the tombstones' bitmap and the IVF parameters made with it, per nprobe
+        self._dead_params: tuple[np.ndarray, dict[int, faiss.SearchParametersIVF]] | None = \
+            None
 
     def _coarse_live(self, xq: np.ndarray, candidates: int, nprobe: int,
                      allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -66,39 +78,56 @@ class LiveSearcher(Searcher):
         only = allowed is not None
         excluded = allowed if only else live.selector_bitmap()
         probe = base.probe
-        if probe is None:
-            D, ids = base.coarse.search(xq, candidates,
-                                        params=ivf_params(base.coarse, nprobe, excluded, only))
-            picked = None
-        else:  # the base's lists from the centroid graph
+        picked, sp = None, None
+        if probe is not None:  # the base's lists from the centroid graph
             picked = probe.pick(xq, nprobe)
-            sp = self._unfiltered_params(nprobe) if excluded is None else ivf_params(
-                base.ivfpq, nprobe, excluded, only)
-            D, ids = probe.scan(probe.ivf, *picked, candidates, sp)
-            if not live.shares_base_lists:
-                picked = None  # the segments score their own centroids
-        parts = [(D, ids)]
+            sp = self._live_params(nprobe, excluded, only)
 
         def segment(seg: faiss.Index) -> tuple[np.ndarray, np.ndarray]:
-            if picked is None:
+            if picked is None or not live.shares_base_lists:  # the segment's own centroids
                 return _search(seg, xq, candidates, nprobe, excluded, only)
             # the same lists as the base's (shares_base_lists), so the same IVF parameters
             return Probe.scan(faiss.extract_index_ivf(seg), *picked,
                               min(candidates, int(seg.ntotal)), sp)
 
+        parts = []
         with live.recent_lock:  # the recent rows and the large segment that goes with them
             big, recent = live.big, live.recent
+            stack = live.stack if live.shares_base_lists else None
             if recent.ntotal:
                 parts.append(segment(recent))
-        if big.ntotal:  # replaced whole by a fold, never changed: searched without the lock
-            parts.append(segment(big))
-        if len(parts) > 1:
-            ids, scores = topk(np.concatenate([self._coarse_scores(d, xq) for d, _ in parts],
-                                              axis=1),
-                               np.concatenate([i for _, i in parts], axis=1), candidates)
+        # the large segment is replaced whole by a fold, never changed: scanned without the
+        # lock, with the base in one scan where they share lists (segments.stacked)
+        if probe is None or picked is None:
+            parts.append(base.coarse.search(xq, candidates, params=ivf_params(
+                base.coarse, nprobe, excluded, only)))
         else:
-            scores = self._coarse_scores(D, xq)
-        return ids, scores
+            parts.append(Probe.scan(probe.ivf if stack is None else stack, *picked,
+                                    candidates, sp))
+        if big.ntotal and (stack is None or picked is None):
+            parts.append(segment(big))
+        if len(parts) == 1:
+            D, ids = parts[0]
+            return ids, self._coarse_scores(D, xq)
+        return topk(np.concatenate([self._coarse_scores(d, xq) for d, _ in parts], axis=1),
+                    np.concatenate([i for _, i in parts], axis=1), candidates)
+
+    def _live_params(self, nprobe: int, excluded: np.ndarray | None, only: bool
+                     ) -> faiss.SearchParametersIVF:
+        """The IVF's parameters for the graph's lists: without a selector, or with the
+        tombstones' (made once per nprobe and bitmap: the bitmap is replaced, never changed,
+        when rows die), or a filter's (per call)."""
+        if excluded is None:
+            return self._unfiltered_params(nprobe)
+        if only:
+            return ivf_params(self.index.ivfpq, nprobe, excluded, only)
+        cached = self._dead_params
+        if cached is None or cached[0] is not excluded:
+            cached = self._dead_params = (excluded, {})
+        sp = cached[1].get(nprobe)
+        if sp is None:
+            sp = cached[1].setdefault(nprobe, ivf_params(self.index.ivfpq, nprobe, excluded))
+        return sp
 
     def coarse(self, xq: np.ndarray, candidates: int, nprobe: int
                ) -> tuple[np.ndarray, np.ndarray]:
@@ -109,25 +138,48 @@ class LiveSearcher(Searcher):
 
     def _rerank_live(self, xq: np.ndarray, cand: np.ndarray, k: int
                      ) -> tuple[np.ndarray, np.ndarray, int]:
-        """Exact top-k of base candidates (dense store) and delta candidates (delta rows)."""
-        live, n_base = self.live, self.live.n_base
+        """Exact top-k of base candidates (dense store) and delta candidates (delta rows),
+        each through :func:`rerank` (faiss' by-index kernel for float32 rows), then merged."""
+        n_base = self.live.n_base
         dq = self.dense_queries(xq)
+        if len(cand) == 1:  # one query: its base and delta candidates by plain indexing
+            return self._rerank_one(dq, cand[0], k)
         in_base = (cand >= 0) & (cand < n_base)
-        base_cand = np.where(in_base, cand, -1)  # padding to the end: faiss' compiled path
-        base_cand = np.take_along_axis(base_cand, np.argsort(~in_base, axis=1, kind="stable"), 1)
-        ids, scores, rows = rerank(dq, base_cand, self.index.dense, self.index.metric, k,
-                                   padded_at_end=True, prefetch=self.index.prefetch)
+        ids, scores, rows = rerank(dq, _packed(cand, in_base, 0), self.index.dense,
+                                   self.index.metric, k, padded_at_end=True,
+                                   prefetch=self.index.prefetch)
         in_delta = cand >= n_base
-        if in_delta.any():
-            d_rows = np.unique(cand[in_delta])
-            xr = np.asarray(live.delta_rows[d_rows - n_base], dtype=np.float32)
-            s_all = exact_scores(dq, xr, self.index.metric)  # [nq, r]
-            pos = np.searchsorted(d_rows, np.where(in_delta, cand, d_rows[0]))
-            s = np.where(in_delta, np.take_along_axis(s_all, pos, axis=1), -np.inf)
-            ids, scores = topk(np.concatenate([scores, s.astype(np.float32)], axis=1),
-                               np.concatenate([ids, np.where(in_delta, cand, -1)], axis=1), k)
-            rows += int(d_rows.size)
-        return ids, scores, rows
+        if not in_delta.any():
+            return ids, scores, rows
+        return self._with_delta(dq, (ids, scores, rows), _packed(cand, in_delta, n_base), k)
+
+    def _rerank_one(self, dq: np.ndarray, cand: np.ndarray, k: int
+                    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """:meth:`_rerank_live` of one query (``cand`` [c]): the same top k, without the
+        batch's padding and re-ordering."""
+        n_base = self.live.n_base
+        in_base = cand[(cand >= 0) & (cand < n_base)]
+        if in_base.size:
+            base = rerank(dq, in_base[None], self.index.dense, self.index.metric, k,
+                          padded_at_end=True, prefetch=self.index.prefetch)
+        else:
+            base = (np.full((1, k), -1, dtype=np.int64),
+                    np.full((1, k), -np.inf, dtype=np.float32), 0)
+        delta = cand[cand >= n_base]
+        return self._with_delta(dq, base, (delta - n_base)[None], k) if delta.size else base
+
+    def _with_delta(self, dq: np.ndarray, base: tuple[np.ndarray, np.ndarray, int],
+                    delta: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """The base's re-ranked top k (ids, scores, rows read) merged with the delta rows'
+        (``delta`` [nq, c]: rows of the delta, padding at the end), scored as the base's are
+        (faiss' by-index kernel for float32 rows)."""
+        ids, scores, rows = base
+        d_ids, d_scores, d_rows = rerank(dq, delta, self.live.delta_rows, self.index.metric, k,
+                                         padded_at_end=True)
+        d_ids = np.where(d_ids >= 0, d_ids + self.live.n_base, -1)
+        ids, scores = topk(np.concatenate([scores, d_scores], axis=1),
+                           np.concatenate([ids, d_ids], axis=1), k)
+        return ids, scores, rows + d_rows
 
     def search(self, xq: np.ndarray, params: SearchParams) -> tuple[SearchResult, SearchStats]:
         live = self.live
