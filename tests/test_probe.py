@@ -108,39 +108,46 @@ def test_live_search_with_the_graph_keeps_tombstones_out(tmp_path):
     live.close()
 
 
-def test_live_segments_scan_the_base_lists(opq_index, tmp_path):
-    """A living OPQ index's write segments (the large one and the recent one) share the base's
-    centroids and rotation, so the base's graph picks their lists too: the same answers as the
-    flat probe's live searcher, written documents included; an index with other centroids
-    does not share them."""
+@pytest.mark.parametrize("fixture", ["opq_index", "index_l2"])
+def test_live_segments_scan_the_base_lists(request, fixture, tmp_path):
+    """A living index's write segments (the large one and the recent one) share the base's
+    centroids and rotation, so the base's graph picks their lists too, and the base and the
+    large segment are scanned as one: the same answers as the flat probe's live searcher,
+    written documents included, one query at a time as in a batch. OPQ; L2 with float16 rows
+    and string ids."""
     import shutil
 
     from ebr.index.segments import RECENT_ROWS
 
     idx = tmp_path / "idx"
-    shutil.copytree(opq_index, idx)
+    shutil.copytree(request.getfixturevalue(fixture), idx)
     live = open_live(open_index(idx, probe="hnsw"), idx)
     assert live.shares_base_lists
+    d, n = live.dim, live.n_base
+
+    def ident(i: int) -> object:
+        return f"doc-{i}" if live.base.manifest.id_kind == "str" else i
+
     rng = np.random.default_rng(9)
     n_new = RECENT_ROWS + 300  # one fold into the large segment, the rest recent
-    new = rng.standard_normal((n_new, 32)).astype(np.float32)
+    new = rng.standard_normal((n_new, d)).astype(np.float32)
     for i0 in range(0, n_new, 500):
-        live.upsert(list(range(50_000 + i0, 50_000 + min(i0 + 500, n_new))),
+        live.upsert([ident(50_000 + i) for i in range(i0, min(i0 + 500, n_new))],
                     new[i0:i0 + 500], None)
-    live.upsert(list(range(60_000, 60_010)),  # after the fold: the recent segment
-                rng.standard_normal((10, 32)).astype(np.float32), None)
-    live.delete(list(range(0, 4000, 9)))
+    live.upsert([ident(60_000 + i) for i in range(10)],  # after the fold: the recent segment
+                rng.standard_normal((10, d)).astype(np.float32), None)
+    live.delete([ident(i) for i in range(0, n, 9)])
     assert live.big.ntotal and live.recent.ntotal
     # the base and the large segment scanned as one IVF (segments.stacked)
     assert live.stack is not None and live.stack.ntotal == live.n_base + live.big.ntotal
     flat_live = open_live(open_index(idx, probe="flat"), idx, writable=False)
     assert flat_live.stack is None  # no shared lists: each part scanned on its own
     graph, flat = LiveSearcher(live), LiveSearcher(flat_live)
-    xq = np.concatenate([new[:10] + 0.01, rng.standard_normal((10, 32)).astype(np.float32)])
-    for nprobe in (1, 4, 64):
+    xq = np.concatenate([new[:10] + 0.01, rng.standard_normal((10, d)).astype(np.float32)])
+    for nprobe in (1, 4, live.base.nlist):
         _same(flat, graph, xq, nprobe, 300)
     res, _ = graph.search(xq[:10], SearchParams(k=1, nprobe=4, candidates=100))
-    assert graph.external_ids(res.ids.ravel()) == list(range(50_000, 50_010))
+    assert graph.external_ids(res.ids.ravel()) == [ident(50_000 + i) for i in range(10)]
     # one query at a time (the re-rank's own path for one query) answers as the batch does
     p = SearchParams(k=10, nprobe=4, candidates=300)
     batch, _ = graph.search(xq, p)
@@ -148,16 +155,20 @@ def test_live_segments_scan_the_base_lists(opq_index, tmp_path):
         one, _ = graph.search(xq[i:i + 1], p)
         np.testing.assert_array_equal(one.ids[0], batch.ids[i])
         np.testing.assert_allclose(one.scores[0], batch.scores[i], rtol=1e-6)
+    flat_live.close()
+    live.close()
+
+
+def test_other_centroids_do_not_share_the_partition(opq_index, tmp_path):
+    """An index with other centroids does not share the base's partition; a copy does."""
     other = tmp_path / "other"
     rng2 = np.random.default_rng(4)
     write_index(other, rng2.standard_normal((4000, 32)).astype(np.float32),
                 BuildParams(spec=IndexSpec.parse("OPQ8,IVF64,PQ8"), metric=Metric.IP,
                             kmeans_niter=5))
-    assert not probe_mod.same_partition(open_index(other).coarse, live.base.coarse)
-    assert probe_mod.same_partition(open_index(opq_index).coarse, live.base.coarse)
-    flat_live.close()
-    live.close()
-
+    base = open_index(opq_index)
+    assert not probe_mod.same_partition(open_index(other).coarse, base.coarse)
+    assert probe_mod.same_partition(open_index(opq_index).coarse, base.coarse)
 
 
 @pytest.mark.parametrize("metric", [faiss.METRIC_INNER_PRODUCT, faiss.METRIC_L2])

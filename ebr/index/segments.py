@@ -68,8 +68,8 @@ def stacked(base: faiss.IndexIVFPQ, template: faiss.Index, segment: faiss.Index
     query table and one heap, where two scans each build their own and their results are
     merged. The segment must share the base's partition and codebooks
     (:func:`ebr.quant.probe.same_partition`); ``template`` is an empty index of the served
-    form (its IVF is cloned for the quantizer and codebooks). Both inputs are kept alive by
-    the result. ``None`` where the base scans through faiss' precomputed L2 tables, which a
+    form (its IVF is cloned for the codebooks; the quantizer is the base's). Both inputs are
+    kept alive by the result. ``None`` where the base scans through faiss' precomputed L2 tables, which a
     copy would have to rebuild (nlist x M x 256 floats)."""
     if base.use_precomputed_table > 0 and base.metric_type == faiss.METRIC_L2:
         return None
@@ -78,6 +78,11 @@ def stacked(base: faiss.IndexIVFPQ, template: faiss.Index, segment: faiss.Index
     if not isinstance(view, faiss.IndexIVFPQ) or view.code_size != base.code_size:
         return None
     view.use_precomputed_table = -1  # as the base serves without tables: none built lazily
+    copy = view.quantizer  # the clone's own copy of the centroids: freed, the base's shared
+    view.own_fields = False
+    copy.this.acquire()
+    del copy
+    view.quantizer = base.quantizer
     parts = faiss.InvertedListsPtrVector()
     parts.push_back(base.invlists)
     parts.push_back(seg.invlists)
