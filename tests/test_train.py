@@ -421,6 +421,15 @@ def test_guard_keeps_the_best_of_the_runs_and_plain_opq(tmp_path, ds_ip, monkeyp
         seen.append((cb.query_map is not None, weighted))
         return v + (0.5 if name == rigged else 0.0), coarse
     monkeypatch.setattr(dvq, "served_recalls", measure)
+    from ebr.quant.trainers import KMeansTrainer
+
+    trained = []  # faiss trainings of the spec
+    train_index = KMeansTrainer.train_index
+
+    def counted(self, *args, **kwargs):
+        trained.append(args[1])
+        return train_index(self, *args, **kwargs)
+    monkeypatch.setattr(KMeansTrainer, "train_index", counted)
     cfg = DistillConfig(max_epochs=2, patience=10, batch_size=64, n_random=128, top_k=20,
                         n_pseudo=1000, val_nprobe=2, val_candidates=20, seed=3,
                         select="coarse", corpus_size=2 * len(ds_ip.xb))
@@ -432,6 +441,8 @@ def test_guard_keeps_the_best_of_the_runs_and_plain_opq(tmp_path, ds_ip, monkeyp
     got = g["held_out_rerank_recall@10"]
     assert list(got) == ["plain", "learned", "learned_unweighted"]  # the order of ties
     assert sorted(seen) == [(False, False), (True, False), (True, True)]
+    # the two runs' starts (weighted, unweighted); plain is the unweighted start, kept aside
+    assert [str(t) for t in trained] == ["OPQ4,IVF16,PQ4"] * 2
     best = max(got, key=lambda k: got[k])
     assert best in g["tied"] and g["kept"] in g["tied"]
     coarse = g["held_out_coarse_recall@100"]

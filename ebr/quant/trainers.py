@@ -118,7 +118,10 @@ class KMeansTrainer:
 
     def fit(self, xt: np.ndarray, spec: IndexSpec, metric: Metric, seed: int) -> Codebooks:
         """The contract: faiss' own codebooks and list assignment."""
-        index = self.train_index(xt, spec, metric, seed)
+        return self.codebooks(self.train_index(xt, spec, metric, seed), spec, metric)
+
+    def codebooks(self, index: faiss.Index, spec: IndexSpec, metric: Metric) -> Codebooks:
+        """:meth:`fit`'s result for an index :meth:`train_index` trained."""
         return Codebooks(index, metric, {**self.describe(),
                                          "method": "opq" if spec.opq else self.method})
 

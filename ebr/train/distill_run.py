@@ -92,6 +92,9 @@ class DistillRun:
             self.half, w0 = query_weighting(self.train_q, cfg.query_weighting)
             x_init = x_init @ self.half.T
         index = KMeansTrainer(niter=niter).train_index(x_init, self.spec, metric, seed)
+        # unweighted, this start is faiss' plain training of the spec on the sample: the guard's
+        # plain competitor (a copy: export writes the learned codebooks into ``index``)
+        self.plain_start = faiss.clone_index(index) if self.half is None else None
         if self.half is not None:
             index = prepend_transform(index, self.half)
         self.index, self.w0 = index, w0

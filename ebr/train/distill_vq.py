@@ -172,6 +172,9 @@ class DistillVQTrainer:
         self._held_out: tuple[np.ndarray, np.ndarray, int] | None = None
         self.model: DistillVQ | None = None  # the kept run's student
         self._run: _Run | None = None
+        # faiss' plain codebooks for the spec on the sample, when a run started from them
+        # (the unweighted one): the guard's plain competitor, not trained a second time
+        self._plain_start: faiss.Index | None = None
 
     # -- CodebookTrainer ------------------------------------------------------------------
     def fit(self, xt: np.ndarray, spec: IndexSpec, metric: Metric, seed: int) -> Codebooks:
@@ -184,6 +187,7 @@ class DistillVQTrainer:
         guard), see :meth:`_guard`."""
         cfg = self.config
         start = spec
+        self._plain_start = None
         if cfg.opq_start and not spec.is_additive and not spec.opq:
             spec = replace(spec, opq=True)
         two = (cfg.choose_weighting and cfg.query_weighting is not None
@@ -250,7 +254,9 @@ class DistillVQTrainer:
         coarse: dict[str, float] = {}
         plain_cb = None
         if plain:
-            plain_cb = KMeansTrainer(niter=self.niter).fit(xt, spec, metric, seed)
+            trainer = KMeansTrainer(niter=self.niter)
+            plain_cb = trainer.fit(xt, spec, metric, seed) if self._plain_start is None else \
+                trainer.codebooks(self._plain_start, spec, metric)
             per_query["plain"], coarse["plain"] = served_recalls(plain_cb, xt, q, truth,
                                                                  nprobes, c)
         for name, run in runs.items():
@@ -290,6 +296,8 @@ class DistillVQTrainer:
         xq, kind = self._training_queries(cfg, xt, rng, labelled)
         run = DistillRun(cfg, spec, metric, seed, self.niter, rng, t_start, x_init, xt, xq,
                          labelled, val_pairs)
+        if run.plain_start is not None:
+            self._plain_start = run.plain_start
         aware = run.choose_score_aware()
         v0 = run.validate()
         spectrum = query_spectrum(run.train_q)
