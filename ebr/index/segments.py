@@ -68,9 +68,10 @@ def stacked(base: faiss.IndexIVFPQ, template: faiss.Index, segment: faiss.Index
     query table and one heap, where two scans each build their own and their results are
     merged. The segment must share the base's partition and codebooks
     (:func:`ebr.quant.probe.same_partition`); ``template`` is an empty index of the served
-    form (its IVF is cloned for the codebooks; the quantizer is the base's). Both inputs are
-    kept alive by the result. ``None`` where the base scans through faiss' precomputed L2 tables, which a
-    copy would have to rebuild (nlist x M x 256 floats)."""
+    form (its IVF is cloned for the codebooks; the quantizer is the base's, whose owner must
+    outlive the result; the segment is kept alive by it). ``None`` where the base scans
+    through faiss' precomputed L2 tables, which a copy would have to rebuild (nlist x M x 256
+    floats)."""
     if base.use_precomputed_table > 0 and base.metric_type == faiss.METRIC_L2:
         return None
     seg = faiss.extract_index_ivf(segment)

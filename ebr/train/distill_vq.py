@@ -206,6 +206,7 @@ class DistillVQTrainer:
             self.codebooks = self._guard(runs, xt, spec, metric, seed, plain=cfg.guard)
         else:
             self.codebooks = self._codebooks()
+        self._plain_start = None  # kept, it is in the codebooks; else no longer needed
         return self.codebooks
 
     def _fit_once(self, cfg: DistillConfig, xt: np.ndarray, spec: IndexSpec, metric: Metric,
