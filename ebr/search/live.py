@@ -104,7 +104,7 @@ class LiveSearcher(Searcher):
         else:
             parts.append(Probe.scan(probe.ivf if stack is None else stack, *picked,
                                     candidates, sp))
-        if big.ntotal and (stack is None or picked is None):
+        if big.ntotal and stack is None:  # a stack exists only with the graph's lists
             parts.append(segment(big))
         if len(parts) == 1:
             D, ids = parts[0]
