@@ -3,12 +3,14 @@
     python bench/bench_scale.py [--n 100000 1000000 3000000 10000000] [--dim 384] [--spec-m 16]
                                 [--profile minilm] [--distill-budget 0] [--target 0.95]
                                 [--nprobes 16 32 64 128 256] [--candidates 100 200 400 800]
-                                [--shards 2 | --shards] [--no-verify]
+                                [--shards 2 | --shards] [--no-verify] [--steps ...]
                                 [--work /tmp/ebr-scale] [--out bench/results] [--name scale]
 
 Per N, each step in a fresh process (its peak RSS is its own):
   generate  the built-in generator (--profile, default minilm: MiniLM's fitted spectrum)
             streams corpus.fbin to disk (bounded memory)
+  train     the build's training alone, timed (same sample, spec and trainer; nothing written):
+            checks the training budget at 10M without the hour of encoding (not a default step)
   build     k-means IVF-PQ (nlist = 4 sqrt N or --nlist, PQ16, 100k training sample), encoding
             and the dense store written sequentially; optionally Distill-VQ with pseudo-queries
             and a time budget (--distill-budget 0 turns it off)
@@ -81,42 +83,76 @@ def generate(task: dict[str, Any]) -> dict[str, Any]:
                                           / 1024)}
 
 
-def build(task: dict[str, Any]) -> dict[str, Any]:
-    import logging
-
-    logging.basicConfig(level=logging.WARNING)
-    from ebr.index.writer import write_index
-    from ebr.io.vecs import load_vectors
+def _training(task: dict[str, Any]) -> tuple[Any, Any]:
+    """(the build's parameters, its Distill-VQ trainer or None): one definition for the build
+    and the training-only step."""
     from ebr.metric import Metric
     from ebr.spec import BuildParams, IndexSpec
 
-    n = task["n"]
-    nlist = task["nlist"] or 2 ** round(math.log2(4 * math.sqrt(n)))
+    nlist = task["nlist"] or 2 ** round(math.log2(4 * math.sqrt(task["n"])))
     spec = IndexSpec.parse(f"IVF{nlist},PQ{task['m']}")
-    x = load_vectors(_data_dir(task) / "corpus.fbin")
     trainer = None
     if task["distill_budget"]:
         from ebr.train.distill_vq import DistillConfig, DistillVQTrainer
 
         trainer = DistillVQTrainer(DistillConfig(
             time_budget_s=task["distill_budget"], val_nprobe=task["distill_val_nprobe"],
-            val_candidates=task["distill_val_candidates"], corpus_size=n))
+            val_candidates=task["distill_val_candidates"], corpus_size=task["n"]))
+    params = BuildParams(spec=spec, metric=Metric.IP, train_size=100_000,
+                         codebooks="distill" if trainer else "kmeans")
+    return params, trainer
+
+
+def _training_row(trainer: Any) -> dict[str, Any]:
+    if trainer is None:
+        return {}
+    info = trainer.info
+    guard = info.get("guard", {})
+    return {"kmeans_s": info["seconds"]["kmeans_init"],
+            "distill_s": round(info["seconds"]["total"] - info["seconds"]["kmeans_init"], 1),
+            "codebooks_kept": guard.get("kept", "learned"),
+            "codebooks_start": info.get("start", "")}
+
+
+def build(task: dict[str, Any]) -> dict[str, Any]:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    from ebr.index.writer import write_index
+    from ebr.io.vecs import load_vectors
+
+    x = load_vectors(_data_dir(task) / "corpus.fbin")
+    params, trainer = _training(task)
     out = _index_dir(task)
-    m = write_index(out, x, BuildParams(spec=spec, metric=Metric.IP, train_size=100_000,
-                                        codebooks="distill" if trainer else "kmeans"),
-                    trainer=trainer, overwrite=True)
+    m = write_index(out, x, params, trainer=trainer, overwrite=True)
     secs = m.build["seconds"]
-    row = {"spec": str(spec), "build_s": secs["total"], "train_s": round(secs["train"], 1),
+    row = {"spec": str(params.spec), "build_s": secs["total"],
+           "train_s": round(secs["train"], 1),
            "encode_write_s": round(secs["encode_and_write_dense"], 1),
            "coarse_checksums_s": round(secs["write_coarse_and_checksums"], 1),
            "build_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
                                       / 1024),
            "disk_mb": round(sum(f.bytes for f in m.files.values()) / 1e6, 1)}
-    if trainer is not None:
-        row["kmeans_s"] = trainer.info["seconds"]["kmeans_init"]
-        row["distill_s"] = round(trainer.info["seconds"]["total"]
-                                 - trainer.info["seconds"]["kmeans_init"], 1)
-    return row
+    return {**row, **_training_row(trainer)}
+
+
+def train(task: dict[str, Any]) -> dict[str, Any]:
+    """The build's training alone (same sample, spec and trainer; nothing encoded or
+    written): times the training budget at 10M without an hour of encoding."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO)
+    from ebr.index.writer import train_codebooks
+    from ebr.io.vecs import load_vectors
+
+    x = load_vectors(_data_dir(task) / "corpus.fbin")
+    params, trainer = _training(task)
+    t0 = time.perf_counter()
+    train_codebooks(x, params, trainer)
+    row = {"spec": str(params.spec), "train_s": round(time.perf_counter() - t0, 1),
+           "train_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                                      / 1024)}
+    return {**row, **_training_row(trainer)}
 
 
 def exact(task: dict[str, Any]) -> dict[str, Any]:
@@ -366,8 +402,10 @@ def main() -> int:
     ap.add_argument("--nlist", type=int, default=0,
                     help="fixed nlist for every N (0: 4 sqrt N rounded to a power of 2); a "
                     "fixed nlist isolates how the encode + write cost grows with N")
-    ap.add_argument("--shards", type=int, nargs="*", default=[2],
-                    help="also build with Ray Data into this many shards and serve by fan-out")
+    ap.add_argument("--shards", type=int, nargs="*", default=None,
+                    help="also build with Ray Data into this many shards and serve by fan-out "
+                    "(default: 2 shards for N <= 1M; none above, an hour's build at 10M; "
+                    "--shards alone: none)")
     ap.add_argument("--distill-budget", type=float, default=0.0,
                     help="Distill-VQ time budget in seconds (0: k-means codebooks)")
     ap.add_argument("--distill-val-nprobe", type=int, default=16,
@@ -385,8 +423,9 @@ def main() -> int:
     ap.add_argument("--no-verify", action="store_true",
                     help="skip the sha256 of every file at open (sizes are still checked)")
     ap.add_argument("--steps", nargs="+", default=["generate", "build", "exact", "serve"],
-                    choices=["generate", "build", "exact", "serve"],
-                    help="steps to run (serve alone: a new grid on indexes already built)")
+                    choices=["generate", "train", "build", "exact", "serve"],
+                    help="steps to run (serve alone: a new grid on indexes already built; "
+                    "train alone: the build's training timed, nothing written)")
     ap.add_argument("--work", default="/tmp/ebr-scale")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--name", default="scale")
@@ -409,13 +448,14 @@ def main() -> int:
                 "candidates": args.candidates, "sweep_queries": args.sweep_queries,
                 "verify": not args.no_verify}
         row: dict[str, Any] = {"N": n, "dim": args.dim}
-        for step in (generate, build, exact, serve):
+        for step in (generate, train, build, exact, serve):
             if step.__name__ not in args.steps:
                 continue
             row.update(_in_child(step, task))
             print(json.dumps({k: v for k, v in row.items() if k != "sweep"}), flush=True)
         rows.append(row)
-        for k in args.shards:
+        shards = args.shards if args.shards is not None else ([2] if n <= 1_000_000 else [])
+        for k in shards if "build" in args.steps else []:
             t = {**task, "shards": k}
             srow: dict[str, Any] = {"N": n, "dim": args.dim, "shards": k, "spec": row["spec"]}
             srow.update(_in_child(build_ray, t))
@@ -430,7 +470,8 @@ def main() -> int:
             "command": args.command or " ".join(["python bench/bench_scale.py", *sys.argv[1:]]),
             "codebooks": "Distill-VQ (pseudo-queries, budget "
                          f"{args.distill_budget:.0f} s)" if args.distill_budget else "k-means"}
-    cols = ["N", "spec", "generate_s", "build_s", "train_s", "kmeans_s", "distill_s",
+    cols = ["N", "spec", "codebooks_start", "codebooks_kept", "generate_s", "build_s",
+            "train_s", "kmeans_s", "distill_s", "train_peak_rss_mb",
             "encode_write_s", "coarse_checksums_s", "build_us_per_vec", "build_peak_rss_mb",
             "disk_mb", "coarse_ram_mb", "coarse_B_per_vec", "open_s", "serve_rss_anon_mb",
             "serve_rss_anon_total_mb", "serve_rss_file_mb", "nprobe", "C", "recall@10", "qps",
