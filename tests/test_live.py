@@ -98,7 +98,11 @@ def _random_writes(live, model: Model, rng: np.random.Generator, steps: int,
 
 @pytest.mark.parametrize("metric,spec", [(Metric.IP, "IVF8,PQ4"), (Metric.L2, "IVF8,PQ4"),
                                          (Metric.IP, "IVF8,RQ4x6")])
-def test_writes_match_brute_force_model(tmp_path: Path, metric: Metric, spec: str) -> None:
+def test_writes_match_brute_force_model(tmp_path: Path, metric: Metric, spec: str,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # the recent segment folds into the large one every 16 rows: many folds (each a copy
+    # that shares the base's quantizer, ebr.index.segments.share_quantizer)
+    monkeypatch.setattr("ebr.index.view.RECENT_ROWS", 16)
     x = _build(tmp_path / "idx", metric, spec)
     model = Model(x)
     rng = np.random.default_rng(1)

@@ -140,6 +140,12 @@ def test_live_segments_scan_the_base_lists(request, fixture, tmp_path):
     assert live.big.ntotal and live.recent.ntotal
     # the base and the large segment scanned as one IVF (segments.stacked)
     assert live.stack is not None and live.stack.ntotal == live.n_base + live.big.ntotal
+    # one copy of the centroids: the codebooks, the write scratch and every segment use the
+    # base's quantizer (each copy is nlist x d floats)
+    shared = _quantizer_at(live.base.coarse)
+    for part in (live.codebooks.index, live._scratch, live._template, live.big, live.recent,
+                 live.stack):
+        assert _quantizer_at(part) == shared
     flat_live = open_live(open_index(idx, probe="flat"), idx, writable=False)
     assert flat_live.stack is None  # no shared lists: each part scanned on its own
     graph, flat = LiveSearcher(live), LiveSearcher(flat_live)
@@ -169,6 +175,40 @@ def test_other_centroids_do_not_share_the_partition(opq_index, tmp_path):
     base = open_index(opq_index)
     assert not probe_mod.same_partition(open_index(other).coarse, base.coarse)
     assert probe_mod.same_partition(open_index(opq_index).coarse, base.coarse)
+
+
+def _quantizer_at(index: faiss.Index) -> int:
+    """Address of the coarse quantizer of the IVF in ``index``."""
+    return int(faiss.extract_index_ivf(index).quantizer.this)
+
+
+def test_share_quantizer_frees_the_copy_and_refuses_other_centroids():
+    """Clones pointed at one quantizer search as before; their copies are deleted by faiss
+    (many times over: freeing them through their SWIG proxies corrupted SWIG's type data, and
+    later clones came back as bare SwigPyObjects); other centroids are refused."""
+    import gc
+
+    from ebr.index.segments import share_quantizer
+
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((3000, 16)).astype(np.float32)
+    base = faiss.IndexIVFPQ(faiss.IndexFlatIP(16), 16, 32, 4, 8, faiss.METRIC_INNER_PRODUCT)
+    base.train(x)
+    base.add(x)
+    xq = rng.standard_normal((10, 16)).astype(np.float32)
+    want = base.search(xq, 10, params=faiss.SearchParametersIVF(nprobe=4))
+    for _ in range(20):
+        clone = faiss.clone_index(base)
+        assert isinstance(clone, faiss.IndexIVFPQ)
+        assert share_quantizer(clone, base) and _quantizer_at(clone) == _quantizer_at(base)
+        got = clone.search(xq, 10, params=faiss.SearchParametersIVF(nprobe=4))
+        np.testing.assert_array_equal(got[1], want[1])
+        assert share_quantizer(faiss.clone_index(clone), clone)  # chains to the owner
+    gc.collect()
+    other = faiss.IndexIVFPQ(faiss.IndexFlatIP(16), 16, 32, 4, 8, faiss.METRIC_INNER_PRODUCT)
+    other.train(rng.standard_normal((3000, 16)).astype(np.float32))
+    before = _quantizer_at(other)
+    assert not share_quantizer(other, base) and _quantizer_at(other) == before
 
 
 @pytest.mark.parametrize("metric", [faiss.METRIC_INNER_PRODUCT, faiss.METRIC_L2])

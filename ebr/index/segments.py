@@ -16,9 +16,11 @@ from ebr.errors import WritesUnsupportedError
 from ebr.index.reader import OpenIndex
 from ebr.io.vecs import read_bin
 from ebr.quant.encode import ScoreAware
+from ebr.quant.faiss_index import extract_ivfpq
 from ebr.quant.trainers import Codebooks
 
-__all__ = ["load_codebooks", "merged", "quantization_error", "stacked", "RECENT_ROWS"]
+__all__ = ["load_codebooks", "merged", "quantization_error", "share_quantizer", "stacked",
+           "RECENT_ROWS"]
 
 
 def load_codebooks(base: OpenIndex) -> Codebooks:
@@ -50,10 +52,54 @@ def load_codebooks(base: OpenIndex) -> Codebooks:
 RECENT_ROWS = 2048  # rows in the small, copied-per-write part of the delta segment
 
 
+def _same_quantizer(a: faiss.Index, b: faiss.Index) -> bool:
+    """Whether two coarse quantizers hold the same centroids (flat ones compared in place; any
+    other kind, say the RQ served form's slice in front of a flat, by its serialised bytes)."""
+    a, b = faiss.downcast_index(a), faiss.downcast_index(b)
+    if type(a) is not type(b) or (a.d, a.ntotal, a.metric_type) != (b.d, b.ntotal, b.metric_type):
+        return False
+    if isinstance(a, faiss.IndexFlat):
+        n = a.ntotal * a.d
+        return bool(np.array_equal(faiss.rev_swig_ptr(a.get_xb(), n),
+                                   faiss.rev_swig_ptr(b.get_xb(), n)))
+    return bool(np.array_equal(faiss.serialize_index(a), faiss.serialize_index(b)))
+
+
+def share_quantizer(index: faiss.Index, owner: faiss.Index) -> bool:
+    """Point the IVF of ``index`` at the quantizer of ``owner``'s IVF and free its own copy,
+    where the two hold the same centroids: a living index's segments and codebooks are copies of
+    one trained index, and each copy of its quantizer is nlist x d floats (25 MB at 16,384 x
+    384). ``index`` keeps ``owner`` alive (pass the object that owns the quantizer: the outer
+    index, not a view into it). False, nothing changed, where the centroids differ."""
+    ivf, src = faiss.extract_index_ivf(index), faiss.extract_index_ivf(owner)
+    mine, theirs = ivf.quantizer, src.quantizer
+    if int(mine.this) == int(theirs.this):
+        return True
+    if ivf.nlist != src.nlist or not _same_quantizer(mine, theirs):
+        return False
+    owned = ivf.own_fields
+    ivf.own_fields = False
+    ivf.quantizer = theirs
+    if owned:
+        # faiss deletes the copy: a wrapper told to own it, dropped at once (deleting it
+        # through its own proxy, ``this.acquire()``, corrupts SWIG's type data in this faiss:
+        # later calls return bare SwigPyObjects and a collection can crash)
+        holder = faiss.IndexPreTransform(mine)
+        holder.own_fields = True
+        del holder
+    del mine
+    # the owner of the quantizer itself, never a chain (a fold's segment would otherwise keep
+    # every earlier one alive)
+    index.__dict__["_quantizer_owner"] = owner.__dict__.get("_quantizer_owner", owner)
+    return True
+
+
 def merged(segment: faiss.Index, codes: faiss.Index, add_id: int) -> faiss.Index:
-    """A copy of ``segment`` with the lists of ``codes`` appended (ids + ``add_id``).
-    Neither input changes (faiss' merge_from empties its source: it gets a copy)."""
+    """A copy of ``segment`` with the lists of ``codes`` appended (ids + ``add_id``), sharing
+    ``segment``'s quantizer. Neither input changes (faiss' merge_from empties its source: it
+    gets a copy)."""
     out = faiss.clone_index(segment)
+    share_quantizer(out, segment)  # the clone's own copy freed at once
     source = faiss.clone_index(codes)  # held here until the merge is done
     ivf = faiss.extract_index_ivf(out)
     ivf.merge_from(faiss.extract_index_ivf(source), add_id)
@@ -61,37 +107,34 @@ def merged(segment: faiss.Index, codes: faiss.Index, add_id: int) -> faiss.Index
     return out
 
 
-def stacked(base: faiss.IndexIVFPQ, template: faiss.Index, segment: faiss.Index
+def stacked(base: faiss.Index, template: faiss.Index, segment: faiss.Index
             ) -> faiss.IndexIVFPQ | None:
     """One IVF whose list i is ``base``'s list i followed by ``segment``'s (faiss'
     ``HStackInvertedLists``: read-only, it copies neither): a single scan covers both, with one
     query table and one heap, where two scans each build their own and their results are
     merged. The segment must share the base's partition and codebooks
-    (:func:`ebr.quant.probe.same_partition`); ``template`` is an empty index of the served
-    form (its IVF is cloned for the codebooks; the quantizer is the base's, whose owner must
-    outlive the result; the segment is kept alive by it). ``None`` where the base scans
-    through faiss' precomputed L2 tables, which a copy would have to rebuild (nlist x M x 256
-    floats)."""
-    if base.use_precomputed_table > 0 and base.metric_type == faiss.METRIC_L2:
+    (:func:`ebr.quant.probe.same_partition`); ``base`` is the served coarse index (kept alive
+    by the result, whose quantizer is its own); ``template`` is an empty index of the served
+    form (its IVF is cloned for the codebooks; the segment is kept alive by the result).
+    ``None`` where the base scans through faiss' precomputed L2 tables, which a copy would
+    have to rebuild (nlist x M x 256 floats)."""
+    base_ivf = extract_ivfpq(base)
+    if base_ivf.use_precomputed_table > 0 and base_ivf.metric_type == faiss.METRIC_L2:
         return None
     seg = faiss.extract_index_ivf(segment)
     view = faiss.clone_index(faiss.extract_index_ivf(template))
-    if not isinstance(view, faiss.IndexIVFPQ) or view.code_size != base.code_size:
+    if not isinstance(view, faiss.IndexIVFPQ) or view.code_size != base_ivf.code_size or \
+            not share_quantizer(view, base):
         return None
     view.use_precomputed_table = -1  # as the base serves without tables: none built lazily
-    copy = view.quantizer  # the clone's own copy of the centroids: freed, the base's shared
-    view.own_fields = False
-    copy.this.acquire()
-    del copy
-    view.quantizer = base.quantizer
     parts = faiss.InvertedListsPtrVector()
-    parts.push_back(base.invlists)
+    parts.push_back(base_ivf.invlists)
     parts.push_back(seg.invlists)
     lists = faiss.HStackInvertedLists(parts.size(), parts.data())
     view.replace_invlists(lists, True)  # the view owns the stack; the stack owns neither part
     lists.this.disown()
-    view.ntotal = base.ntotal + seg.ntotal
-    view.__dict__["_keep"] = (base, segment, parts)
+    view.ntotal = base_ivf.ntotal + seg.ntotal
+    view.__dict__["_keep"] = (segment, parts)
     return view
 
 

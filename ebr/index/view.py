@@ -32,7 +32,7 @@ from ebr.filters import Filter, matches
 from ebr.index.docs import DocStore
 from ebr.index.logdir import log_identity, rows_path
 from ebr.index.reader import OpenIndex
-from ebr.index.segments import RECENT_ROWS, merged, quantization_error, stacked
+from ebr.index.segments import RECENT_ROWS, merged, quantization_error, share_quantizer, stacked
 from ebr.index.wal import (
     DELETE,
     SEAL,
@@ -87,13 +87,20 @@ class LiveView:
         self.n_base = base.ntotal
         self.dim = base.dim
         self.dtype = base.dense.dtype
+        # one copy of the list centroids for the base, the codebooks and every segment (each
+        # copy is nlist x d floats: 25 MB at 16,384 x 384), where they are equal (RQ / LSQ
+        # segments are served in another form than they are coded: one copy per form)
+        share_quantizer(codebooks.index, base.coarse)
         self._scratch = codebooks.empty_index()  # codes of one write are made here
+        share_quantizer(self._scratch, codebooks.index)
         empty = lift_rq(codebooks.empty_index())  # the served form, without documents
+        share_quantizer(empty, base.coarse)
         # the delta segment, copy-on-write so that searches never wait for a write: a large
         # part replaced rarely and a small recent part replaced per write (searches read the
         # pair they started with)
         self.big = empty  # replaced whole, every RECENT_ROWS rows: searches hold the one they read
         self.recent = faiss.clone_index(empty)  # changed in place, under recent_lock
+        share_quantizer(self.recent, empty)
         self.recent_lock = threading.Lock()  # held for a search of `recent` (tens of µs)
         # the segments' lists and scores are the base's: the base's probe picks the lists once
         # for all of them (a flat scan of 4,096 centroids costs ~100 µs per segment)
@@ -395,7 +402,7 @@ class LiveView:
             self.recent.ntotal = dst.ntotal
         if self.recent.ntotal >= RECENT_ROWS:  # fold the recent part into the large one
             big = merged(self.big, self.recent, 0)
-            stack = stacked(self.base.ivfpq, self._template, big) if self.shares_base_lists \
+            stack = stacked(self.base.coarse, self._template, big) if self.shares_base_lists \
                 else None
             with self.recent_lock:  # all at once: no search sees a row twice or not at all
                 self.big, self.stack = big, stack
