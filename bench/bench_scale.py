@@ -464,7 +464,10 @@ def main() -> int:
             shard_rows.append(srow)
     from ebr.eval.report import write_report
 
-    meta = {"title": f"ebr single-node cost curve: N x {args.dim} (generator profile "
+    train_only = args.steps == ["train"] or args.steps == ["generate", "train"]
+    meta = {"title": f"ebr training alone: N x {args.dim} (generator profile {args.profile}), "
+                     f"PQ{args.spec_m}, 100k training sample, 2 cores" if train_only else
+                     f"ebr single-node cost curve: N x {args.dim} (generator profile "
                      f"{args.profile}), PQ{args.spec_m}, nprobe and C chosen per N for "
                      f"recall@10 >= {args.target}, 2 cores",
             "command": args.command or " ".join(["python bench/bench_scale.py", *sys.argv[1:]]),
