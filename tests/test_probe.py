@@ -45,12 +45,14 @@ def opq_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("fixture", ["index_ip", "index_l2", "opq_index"])
 def test_graph_probe_gives_the_flat_probes_results(request, fixture):
     """IP, L2 and an OPQ pre-transform: the same ids and scores, coarse and re-ranked, at a
-    few lists, some and all of them."""
+    few lists, some and all of them; the graph holds no copy of the centroids."""
     path = request.getfixturevalue(fixture)
     flat = open_index(path, probe="flat")
     graph = open_index(path, probe="hnsw")
     assert flat.probe is None and graph.probe is not None
     assert graph.probe.agreement == 1.0
+    # the graph reads the IVF's own centroids: one copy of them
+    assert int(graph.probe.graph.storage.this) == _quantizer_at(graph.coarse)
     rng = np.random.default_rng(0)
     xq = flat.vectors(rng.integers(0, flat.ntotal, 25)) + 0.1 * rng.standard_normal(
         (25, flat.dim)).astype(np.float32)

@@ -42,7 +42,7 @@ from ebr.errors import (
 from ebr.index.docs import DocStore, payload_json
 from ebr.index.logdir import live_dir, log_identity, rows_path, sync_rows, wal_path, writer_lock
 from ebr.index.reader import OpenIndex
-from ebr.index.segments import load_codebooks
+from ebr.index.segments import load_codebooks, return_freed_memory
 from ebr.index.view import LiveStats, LiveView
 from ebr.index.wal import (
     DELETE,
@@ -242,6 +242,7 @@ def open_live(base: OpenIndex, index_dir: str | os.PathLike[str], *, writable: b
     live = LiveIndex(base, live_dir(index_dir), docs, codebooks, tower)
     t0 = time.perf_counter()
     live._recover(writable)
+    return_freed_memory()  # the copies the opening made of the codebooks (segments.py)
     if live.last_lsn > live.applied_lsn:
         logger.info("replayed %d log records (%d delta rows, %d tombstones) in %.2f s",
                     live.last_lsn - live.applied_lsn, len(live.delta_ids), live.n_dead,

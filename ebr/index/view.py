@@ -32,7 +32,14 @@ from ebr.filters import Filter, matches
 from ebr.index.docs import DocStore
 from ebr.index.logdir import log_identity, rows_path
 from ebr.index.reader import OpenIndex
-from ebr.index.segments import RECENT_ROWS, merged, quantization_error, share_quantizer, stacked
+from ebr.index.segments import (
+    RECENT_ROWS,
+    merged,
+    quantization_error,
+    return_freed_memory,
+    share_quantizer,
+    stacked,
+)
 from ebr.index.wal import (
     DELETE,
     SEAL,
@@ -407,4 +414,5 @@ class LiveView:
             with self.recent_lock:  # all at once: no search sees a row twice or not at all
                 self.big, self.stack = big, stack
                 self.recent.reset()
+            return_freed_memory()  # the fold's copies
 

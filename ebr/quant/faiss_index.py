@@ -14,7 +14,18 @@ import numpy as np
 from ebr.errors import SpecError
 
 __all__ = ["extract_ivfpq", "extract_ivf", "ivf_centroids", "ivf_params", "serves_l2_as_ip",
-           "coarse_ram_bytes", "from_faiss", "to_faiss", "rotate", "prepend_transform"]
+           "coarse_ram_bytes", "from_faiss", "to_faiss", "rotate", "prepend_transform",
+           "delete_part"]
+
+
+def delete_part(part: faiss.Index) -> None:
+    """Delete a faiss index that no Python object owns (the part another index held, its
+    owner told to let go): through a wrapper told to own it, dropped at once. Taking ownership
+    through its own proxy (``part.this.acquire()``) corrupts SWIG's type data in this faiss:
+    later calls return bare SwigPyObjects, and a garbage collection can crash."""
+    holder = faiss.IndexPreTransform(part)
+    holder.own_fields = True
+    del holder
 
 
 def extract_ivfpq(index: faiss.Index) -> faiss.IndexIVFPQ:

@@ -24,6 +24,7 @@ import faiss
 import numpy as np
 
 from ebr.errors import SpecError
+from ebr.quant.faiss_index import delete_part
 
 __all__ = ["Probe", "ProbeKind", "PROBE_KINDS", "build_probe", "centroid_graph", "ef_search",
            "same_partition", "AUTO_MIN_NLIST", "MIN_AGREEMENT"]
@@ -178,6 +179,13 @@ def build_probe(index: faiss.Index, kind: ProbeKind = "auto") -> Probe | None:
             raise SpecError(f"coarse probe hnsw: {msg}")
         logger.warning("coarse probe: %s; scanning every centroid instead", msg)
         return None
+    # the graph reads the IVF's own centroids (the same rows, in the same order): one copy of
+    # nlist x d floats, not two (25 MB at 16,384 x 384)
+    storage = graph.storage
+    graph.own_fields = False
+    graph.storage = quantizer
+    delete_part(storage)
+    del storage
     logger.info("coarse probe: a graph over %d centroids (agreement %.4f)", ivf.nlist, agreement)
     return Probe(graph=graph, ivf=ivf, transform=transform, agreement=agreement)
 
