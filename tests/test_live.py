@@ -134,17 +134,21 @@ def test_writes_match_brute_force_model(tmp_path: Path, metric: Metric, spec: st
     assert not returned & (deleted - set(model.docs))
 
 
-def test_delta_uses_the_base_codebooks(tmp_path: Path) -> None:
+@pytest.mark.parametrize("metric,spec", [(Metric.IP, "IVF8,PQ4"), (Metric.IP, "IVF8,RQ4x6"),
+                                         (Metric.L2, "IVF8,RQ4")])
+def test_delta_uses_the_base_codebooks(tmp_path: Path, metric: Metric, spec: str) -> None:
     """A document written to the delta gets the codes a build would give it: its coarse score
-    equals the one of the same vector in the base."""
-    x = _build(tmp_path / "idx")
+    equals the one of the same vector in the base (RQ: the served form's codes, the L2 norm
+    code included, made for the written lists alone)."""
+    x = _build(tmp_path / "idx", metric, spec)
     live = open_live(open_index(tmp_path / "idx"), tmp_path / "idx")
-    live.upsert([10_000], x[5:6])
+    live.upsert([10_000, 10_001], x[5:7])
     searcher = LiveSearcher(live)
-    cand, scores = searcher.coarse(x[5:6], 50, NLIST)
-    ids = searcher.external_ids(cand[0])
-    s = dict(zip(ids, scores[0].tolist(), strict=True))
-    assert 5 in s and 10_000 in s and s[5] == pytest.approx(s[10_000], rel=1e-5)
+    for row, new in ((5, 10_000), (6, 10_001)):
+        cand, scores = searcher.coarse(x[row:row + 1], 50, NLIST)
+        ids = searcher.external_ids(cand[0])
+        s = dict(zip(ids, scores[0].tolist(), strict=True))
+        assert row in s and new in s and s[row] == pytest.approx(s[new], rel=1e-5, abs=1e-5)
     live.close()
 
 

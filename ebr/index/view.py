@@ -48,7 +48,7 @@ from ebr.index.wal import (
     WriteAheadLog,
     scan,
 )
-from ebr.quant.additive import lift_rq
+from ebr.quant.additive import lift_rq, served_lists
 from ebr.quant.probe import same_partition
 from ebr.quant.trainers import Codebooks
 from ebr.towers import Tower
@@ -398,14 +398,17 @@ class LiveView:
         """Codes of new rows, made by the base's codebooks, into the delta segment."""
         self._scratch.reset()
         self.codebooks.add(self._scratch, x)
-        served = lift_rq(self._scratch)  # RQ / LSQ: the served form; PQ: the scratch itself
+        lists = served_lists(self._scratch)  # RQ / LSQ: as served; PQ: None, served as coded
         sample = x[:DRIFT_SAMPLE]  # of each write: as costly as the coding itself, in full
         self._err_sum += float(quantization_error(self.codebooks.index, sample).sum())
         self._err_n += len(sample)
-        src = faiss.extract_index_ivf(served)
         with self.recent_lock:  # a few µs: the codes are made already
             dst = faiss.extract_index_ivf(self.recent)
-            dst.merge_from(src, self.n_base + first)  # moves them (the scratch is emptied)
+            if lists is None:  # moves them (the scratch is emptied)
+                dst.merge_from(faiss.extract_index_ivf(self._scratch), self.n_base + first)
+            else:
+                dst.invlists.merge_from(lists, self.n_base + first)
+                dst.ntotal += len(x)
             self.recent.ntotal = dst.ntotal
         if self.recent.ntotal >= RECENT_ROWS:  # fold the recent part into the large one
             big = merged(self.big, self.recent, 0)

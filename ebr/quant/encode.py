@@ -11,7 +11,7 @@ import numpy as np
 from ebr.errors import SpecError
 from ebr.quant.additive import add_codes, pack_codes, unpack_codes
 from ebr.quant.anisotropic import directions, refine_codes
-from ebr.quant.faiss_index import extract_ivf, ivf_centroids, rotate
+from ebr.quant.faiss_index import extract_ivf, rotate
 
 __all__ = ["ScoreAware", "add_with_assignment", "score_aware_codes"]
 
@@ -58,7 +58,9 @@ def score_aware_codes(index: faiss.Index, x: np.ndarray, assign: np.ndarray,
             ivf.metric_type != faiss.METRIC_INNER_PRODUCT:
         raise SpecError("score-aware encoding is for inner-product RQ / LSQ indexes")
     aq = ivf.aq
-    r = rotate(index, x) - ivf_centroids(ivf)[assign]
+    # the assigned lists' centroids alone (a write of one document would copy all of them)
+    r = rotate(index, x) - ivf.quantizer.reconstruct_batch(
+        np.ascontiguousarray(assign, dtype=np.int64))
     codes = unpack_codes(aq, aq.compute_codes(np.ascontiguousarray(r)))
     q = np.asarray(x, dtype=np.float32)
     if score_aware.query_map is not None:
