@@ -42,17 +42,44 @@ def opq_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("fixture", ["index_ip", "index_l2", "opq_index"])
+def _rq_index(tmp_path_factory: pytest.TempPathFactory, metric: Metric) -> Path:
+    """RQ, served through a slice of the tiled query in front of the quantizer's flat."""
+    rng = np.random.default_rng(4)
+    centers = rng.standard_normal((64, 32)).astype(np.float32)
+    x = (centers[rng.integers(0, 64, 3000)] + 0.3 * rng.standard_normal((3000, 32))).astype(
+        np.float32)
+    out = tmp_path_factory.mktemp("rq") / "index"
+    write_index(out, x, BuildParams(spec=IndexSpec.parse("IVF64,RQ4"), metric=metric,
+                                    kmeans_niter=10))
+    return out
+
+
+@pytest.fixture(scope="module")
+def rq_ip_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _rq_index(tmp_path_factory, Metric.IP)
+
+
+@pytest.fixture(scope="module")
+def rq_l2_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _rq_index(tmp_path_factory, Metric.L2)
+
+
+@pytest.mark.parametrize("fixture", ["index_ip", "index_l2", "opq_index", "rq_ip_index",
+                                     "rq_l2_index"])
 def test_graph_probe_gives_the_flat_probes_results(request, fixture):
-    """IP, L2 and an OPQ pre-transform: the same ids and scores, coarse and re-ranked, at a
-    few lists, some and all of them; the graph holds no copy of the centroids."""
+    """IP, L2, an OPQ pre-transform and RQ (IP; L2 in its inner-product form): the same ids and
+    scores, coarse and re-ranked, at a few lists, some and all of them; the graph holds no
+    copy of the centroids."""
     path = request.getfixturevalue(fixture)
     flat = open_index(path, probe="flat")
     graph = open_index(path, probe="hnsw")
     assert flat.probe is None and graph.probe is not None
     assert graph.probe.agreement == 1.0
-    # the graph reads the IVF's own centroids: one copy of them
-    assert int(graph.probe.graph.storage.this) == _quantizer_at(graph.coarse)
+    # the graph reads the IVF's own centroids (an RQ index: the flat behind the slice)
+    quantizer = faiss.downcast_index(faiss.extract_index_ivf(graph.coarse).quantizer)
+    if isinstance(quantizer, faiss.IndexPreTransform):
+        quantizer = quantizer.index
+    assert int(graph.probe.graph.storage.this) == int(quantizer.this)
     rng = np.random.default_rng(0)
     xq = flat.vectors(rng.integers(0, flat.ntotal, 25)) + 0.1 * rng.standard_normal(
         (25, flat.dim)).astype(np.float32)
@@ -79,13 +106,18 @@ def test_a_graph_that_misses_lists_is_not_served(index_ip, monkeypatch, caplog):
 def test_probe_kind_is_checked(index_ip, tmp_path):
     with pytest.raises(SpecError, match="coarse probe"):
         open_index(index_ip, probe="ivf")  # type: ignore[arg-type]
-    # L2 RQ is served with a transformed quantizer: the graph cannot stand in for it
+    # L2 RQ is served with a slice in front of the quantizer's flat: the graph searches the
+    # flat (by default only from AUTO_MIN_NLIST lists)
     rng = np.random.default_rng(0)
     write_index(tmp_path / "rq", rng.standard_normal((600, 16)).astype(np.float32),
                 BuildParams(spec=IndexSpec.parse("IVF8,RQ4x6"), metric=Metric.L2))
     assert open_index(tmp_path / "rq").probe is None
+    assert open_index(tmp_path / "rq", probe="hnsw").probe is not None
+    # a quantizer that is no flat scan has no graph
+    other = faiss.IndexIVFPQ(faiss.IndexHNSWFlat(16, 8), 16, 8, 4, 8)
+    assert probe_mod.build_probe(other, "auto") is None
     with pytest.raises(SpecError, match="flat quantizer"):
-        open_index(tmp_path / "rq", probe="hnsw")
+        probe_mod.build_probe(other, "hnsw")
 
 
 def test_live_search_with_the_graph_keeps_tombstones_out(tmp_path):

@@ -12,6 +12,9 @@ The graph is built when the index is opened (seconds for 16k centroids; nothing 
 checked against the flat scan on probes drawn between centroids, and dropped, with a warning,
 when it does not find the same lists (:data:`MIN_AGREEMENT`): the flat scan is then used, as
 it is for indexes with few lists (:data:`AUTO_MIN_NLIST`) or whose quantizer is not a flat one.
+RQ / LSQ indexes are served with a flat behind a slice of the tiled query
+(:func:`ebr.quant.additive.lift_rq`): the graph is built over that flat and searched with the
+slice of each query, ``[q]`` or, under L2, ``[q, 1]`` against ``[c, -|c|^2 / 2]``.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import faiss
 import numpy as np
 
 from ebr.errors import SpecError
-from ebr.quant.faiss_index import delete_part
+from ebr.quant.faiss_index import delete_part, serves_l2_as_ip
 
 __all__ = ["Probe", "ProbeKind", "PROBE_KINDS", "build_probe", "centroid_graph", "ef_search",
            "same_partition", "AUTO_MIN_NLIST", "MIN_AGREEMENT"]
@@ -54,6 +57,14 @@ def centroid_graph(centroids: np.ndarray, metric: int) -> faiss.IndexHNSWFlat:
     return graph
 
 
+def _through(pre: faiss.IndexPreTransform, x: np.ndarray) -> np.ndarray:
+    """``x`` after the chain of ``pre`` (not its index)."""
+    chain = pre.chain
+    for i in range(chain.size()):
+        x = chain.at(i).apply(x)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
 @dataclass(frozen=True)
 class Probe:
     """A graph over an IVF's centroids that picks the lists a query scans.
@@ -62,20 +73,21 @@ class Probe:
     outlive the probe). ``transform``: the pre-transform chain (OPQ rotation, query weighting)
     queries pass before the IVF, applied here because the IVF is handed transformed queries.
     ``agreement``: the share of the flat probe's top lists the graph found on the open-time
-    check."""
+    check. ``quantizer_transform``: the chain in front of the quantizer's flat (an RQ / LSQ
+    index's slice of the tiled query), applied to what the graph searches, not to what the IVF
+    scans."""
 
     graph: faiss.IndexHNSWFlat
     ivf: faiss.IndexIVF
     transform: faiss.IndexPreTransform | None
     agreement: float
+    quantizer_transform: faiss.IndexPreTransform | None = None
     _params: dict[int, faiss.SearchParametersHNSW] = field(default_factory=dict, repr=False)
 
     def queries(self, xq: np.ndarray) -> np.ndarray:
         """The queries as the IVF sees them (after OPQ / weighting)."""
         if self.transform is not None:
-            chain = self.transform.chain
-            for i in range(chain.size()):
-                xq = chain.at(i).apply(xq)
+            return _through(self.transform, xq)
         return np.ascontiguousarray(xq, dtype=np.float32)
 
     def pick(self, xq: np.ndarray, nprobe: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -89,10 +101,11 @@ class Probe:
             p.efSearch = ef_search(nprobe)
             p = self._params.setdefault(nprobe, p)
         xt = self.queries(xq)
+        gq = xt if self.quantizer_transform is None else _through(self.quantizer_transform, xt)
         n = xt.shape[0]
         D = np.empty((n, nprobe), dtype=np.float32)
         lists = np.empty((n, nprobe), dtype=np.int64)
-        self.graph.search_c(n, faiss.swig_ptr(xt), nprobe, faiss.swig_ptr(D),
+        self.graph.search_c(n, faiss.swig_ptr(gq), nprobe, faiss.swig_ptr(D),
                             faiss.swig_ptr(lists), p)
         return xt, D, lists
 
@@ -160,6 +173,9 @@ def build_probe(index: faiss.Index, kind: ProbeKind = "auto") -> Probe | None:
         return None
     ivf = faiss.extract_index_ivf(index)
     quantizer = faiss.downcast_index(ivf.quantizer)
+    sliced = None  # RQ / LSQ: the quantizer's flat reads a slice of the tiled query
+    if isinstance(quantizer, faiss.IndexPreTransform):
+        sliced, quantizer = quantizer, faiss.downcast_index(quantizer.index)
     if not isinstance(quantizer, faiss.IndexFlat):
         if kind == "hnsw":
             raise SpecError(f"coarse probe hnsw needs a flat quantizer, this index has "
@@ -169,7 +185,8 @@ def build_probe(index: faiss.Index, kind: ProbeKind = "auto") -> Probe | None:
         return None
     centroids = quantizer.reconstruct_n(0, quantizer.ntotal)
     graph = centroid_graph(centroids, quantizer.metric_type)
-    agreement = _agreement(quantizer, graph, centroids)
+    # L2 RQ: the flat holds [c, -|c|^2 / 2] and reads [q, 1]: probes end in the constant 1
+    agreement = _agreement(quantizer, graph, centroids, constant_last=serves_l2_as_ip(index))
     outer = faiss.downcast_index(index)
     transform = outer if isinstance(outer, faiss.IndexPreTransform) else None
     if agreement < MIN_AGREEMENT:
@@ -187,17 +204,22 @@ def build_probe(index: faiss.Index, kind: ProbeKind = "auto") -> Probe | None:
     delete_part(storage)
     del storage
     logger.info("coarse probe: a graph over %d centroids (agreement %.4f)", ivf.nlist, agreement)
-    return Probe(graph=graph, ivf=ivf, transform=transform, agreement=agreement)
+    return Probe(graph=graph, ivf=ivf, transform=transform, agreement=agreement,
+                 quantizer_transform=sliced)
 
 
-def _agreement(flat: faiss.Index, graph: faiss.IndexHNSWFlat, centroids: np.ndarray) -> float:
+def _agreement(flat: faiss.Index, graph: faiss.IndexHNSWFlat, centroids: np.ndarray,
+               constant_last: bool = False) -> float:
     """Share of the flat probe's top-CHECK_NPROBE lists the graph finds, on points between two
-    random centroids (a query near a list boundary: the hard case)."""
+    random centroids (a query near a list boundary: the hard case). ``constant_last``: the
+    queries' last coordinate is 1 (L2 RQ's inner-product form), the probes' too."""
     rng = np.random.default_rng(0)
     n = len(centroids)
     a, b = rng.integers(0, n, CHECK_PROBES), rng.integers(0, n, CHECK_PROBES)
     w = rng.uniform(0.3, 0.7, (CHECK_PROBES, 1)).astype(np.float32)
     x = np.ascontiguousarray(w * centroids[a] + (1 - w) * centroids[b], dtype=np.float32)
+    if constant_last:
+        x[:, -1] = 1.0
     k = min(CHECK_NPROBE, n)
     _, want = flat.search(x, k)
     p = faiss.SearchParametersHNSW()
