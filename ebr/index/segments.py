@@ -113,7 +113,7 @@ def stacked(base: faiss.Index, template: faiss.Index, segment: faiss.Index
     query table and one heap, where two scans each build their own and their results are
     merged. The segment must share the base's partition and codebooks
     (:func:`ebr.quant.probe.same_partition`); ``base`` is the served coarse index (kept alive
-    by the result, whose quantizer is its own); ``template`` is an empty index of the served
+    by the result, which uses its quantizer and lists); ``template`` is an empty index of the served
     form (its IVF is cloned for the codebooks; the segment is kept alive by the result).
     ``None`` where the base scans through faiss' precomputed L2 tables, which a copy would
     have to rebuild (nlist x M x 256 floats)."""

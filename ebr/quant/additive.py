@@ -124,7 +124,9 @@ def _norm_levels(ivf: faiss.IndexIVFAdditiveQuantizer) -> tuple[float, float]:
 def _filled_lists(ivf: faiss.IndexIVF) -> Sequence[int]:
     """The lists that hold entries, read from a direct map built in C++ where the ids are 0 ..
     ntotal - 1 (a write's scratch: a Python loop over 16,384 lists costs ~65 ms); else every
-    list."""
+    list (also where the index keeps a direct map of its own, left as it is)."""
+    if ivf.direct_map.type != faiss.DirectMap.NoMap:
+        return range(ivf.nlist)
     try:
         ivf.make_direct_map(True)
         placed = faiss.vector_to_array(ivf.direct_map.array)
