@@ -10,7 +10,9 @@ maps it), then `python -m service` starts (checksums off: sizes are checked) and
 begins as soon as /readyz answers. Warm: the same load again on the same server. Each client
 is an ebr.client.AsyncClient with one connection sending POST /search with one query vector
 (k 10, the given nprobe and candidates), cycling over the test queries. Reports queries/s,
-p50/p99 latency, errors, and the share of the dense store in the page cache after each phase.
+p50/p99 latency, errors, the share of the dense store in the page cache after each phase, and
+the server's private memory (RssAnon) right after it became ready and after each phase: the
+largest worker's and all its processes' together.
 The clients share the machine's cores with the server. Writes <name>.json and <name>.md.
 """
 
@@ -42,6 +44,23 @@ async def _load(url: str, xq: np.ndarray, clients: int, seconds: float,
         return await c.search(vector=xq[j % len(xq)].tolist(), k=10, **params)
 
     return await closed_loop(url, clients, seconds, send)
+
+
+def _rss_anon_mb(root: int) -> tuple[float, float]:
+    """(the largest, the sum) of RssAnon in MB over ``root`` and its descendants."""
+    pids, seen = [root], []
+    while pids:
+        pid = pids.pop()
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                anon = next(int(line.split()[1]) for line in f if line.startswith("RssAnon:"))
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/children") as f:
+                    pids += [int(c) for c in f.read().split()]
+        except (OSError, StopIteration):  # a process that ended meanwhile
+            continue
+        seen.append(anon / 1024)
+    return (round(max(seen), 1), round(sum(seen), 1)) if seen else (0.0, 0.0)
 
 
 def main() -> int:
@@ -78,11 +97,16 @@ def main() -> int:
                     raise SystemExit("server did not become ready")
                 time.sleep(0.2)
         ready_s = time.perf_counter() - t0
+        top, total = _rss_anon_mb(server.pid)
+        rows.append({"phase": "ready", "server_rss_anon_max_mb": top,
+                     "server_rss_anon_total_mb": total})
         params = {"nprobe": args.nprobe, "candidates": args.candidates}
         for phase in ("cold start", "warm"):
             r = asyncio.run(_load(url, xq, args.clients, args.seconds, params))
+            top, total = _rss_anon_mb(server.pid)
             rows.append({"phase": phase, **r,
-                         "dense_resident": round(resident_fraction(index), 4)})
+                         "dense_resident": round(resident_fraction(index), 4),
+                         "server_rss_anon_max_mb": top, "server_rss_anon_total_mb": total})
             print(json.dumps(rows[-1]), flush=True)
     finally:
         server.terminate()
@@ -93,7 +117,8 @@ def main() -> int:
     meta = {"command": cmd, "ready_s": round(ready_s, 1), "cpus": os.cpu_count(),
             "workers": args.workers, "clients": args.clients, "seconds": args.seconds}
     (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    cols = ["phase", "queries", "qps", "p50_ms", "p99_ms", "errors", "dense_resident"]
+    cols = ["phase", "queries", "qps", "p50_ms", "p99_ms", "errors", "dense_resident",
+            "server_rss_anon_max_mb", "server_rss_anon_total_mb"]
     md = ["# Latency under load at scale", "",
           f"`{cmd}` ({os.cpu_count()} cores shared by clients and server; {args.workers} "
           f"workers; server ready {meta['ready_s']} s after start, dense store evicted "
