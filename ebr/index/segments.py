@@ -20,7 +20,7 @@ from ebr.errors import WritesUnsupportedError
 from ebr.index.reader import OpenIndex
 from ebr.io.vecs import read_bin
 from ebr.quant.encode import ScoreAware
-from ebr.quant.faiss_index import delete_part, extract_ivfpq
+from ebr.quant.faiss_index import delete_part, extract_ivfpq, same_quantizer
 from ebr.quant.trainers import Codebooks
 
 __all__ = ["load_codebooks", "merged", "quantization_error", "return_freed_memory",
@@ -56,19 +56,6 @@ def load_codebooks(base: OpenIndex) -> Codebooks:
 RECENT_ROWS = 2048  # rows in the small, copied-per-write part of the delta segment
 
 
-def _same_quantizer(a: faiss.Index, b: faiss.Index) -> bool:
-    """Whether two coarse quantizers hold the same centroids (flat ones compared in place; any
-    other kind, say the RQ served form's slice in front of a flat, by its serialised bytes)."""
-    a, b = faiss.downcast_index(a), faiss.downcast_index(b)
-    if type(a) is not type(b) or (a.d, a.ntotal, a.metric_type) != (b.d, b.ntotal, b.metric_type):
-        return False
-    if isinstance(a, faiss.IndexFlat):
-        n = a.ntotal * a.d
-        return bool(np.array_equal(faiss.rev_swig_ptr(a.get_xb(), n),
-                                   faiss.rev_swig_ptr(b.get_xb(), n)))
-    return bool(np.array_equal(faiss.serialize_index(a), faiss.serialize_index(b)))
-
-
 def share_quantizer(index: faiss.Index, owner: faiss.Index) -> bool:
     """Point the IVF of ``index`` at the quantizer of ``owner``'s IVF and free its own copy,
     where the two hold the same centroids: a living index's segments and codebooks are copies of
@@ -79,7 +66,7 @@ def share_quantizer(index: faiss.Index, owner: faiss.Index) -> bool:
     mine, theirs = ivf.quantizer, src.quantizer
     if int(mine.this) == int(theirs.this):
         return True
-    if ivf.nlist != src.nlist or not _same_quantizer(mine, theirs):
+    if ivf.nlist != src.nlist or not same_quantizer(mine, theirs):
         return False
     owned = ivf.own_fields
     ivf.own_fields = False

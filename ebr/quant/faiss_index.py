@@ -15,7 +15,24 @@ from ebr.errors import SpecError
 
 __all__ = ["extract_ivfpq", "extract_ivf", "ivf_centroids", "ivf_params", "serves_l2_as_ip",
            "coarse_ram_bytes", "from_faiss", "to_faiss", "rotate", "prepend_transform",
-           "delete_part"]
+           "delete_part", "same_quantizer"]
+
+
+def same_quantizer(a: faiss.Index, b: faiss.Index) -> bool:
+    """Whether two coarse quantizers hold the same centroids under the same metric: the same
+    object, two flat ones compared in place (no copy of nlist x d floats), or any other kind
+    (say the RQ served form's slice in front of a flat) by its serialised bytes."""
+    a, b = faiss.downcast_index(a), faiss.downcast_index(b)
+    if int(a.this) == int(b.this):
+        return True
+    if (a.d, a.ntotal, a.metric_type) != (b.d, b.ntotal, b.metric_type):
+        return False
+    if isinstance(a, faiss.IndexFlat) and isinstance(b, faiss.IndexFlat):
+        n = a.ntotal * a.d
+        return bool(np.array_equal(faiss.rev_swig_ptr(a.get_xb(), n),
+                                   faiss.rev_swig_ptr(b.get_xb(), n)))
+    return type(a) is type(b) and bool(np.array_equal(faiss.serialize_index(a),
+                                                      faiss.serialize_index(b)))
 
 
 def delete_part(part: faiss.Index) -> None:

@@ -27,7 +27,7 @@ import faiss
 import numpy as np
 
 from ebr.errors import SpecError
-from ebr.quant.faiss_index import delete_part, serves_l2_as_ip
+from ebr.quant.faiss_index import delete_part, same_quantizer, serves_l2_as_ip
 
 __all__ = ["Probe", "ProbeKind", "PROBE_KINDS", "build_probe", "centroid_graph", "ef_search",
            "same_partition", "AUTO_MIN_NLIST", "MIN_AGREEMENT"]
@@ -157,8 +157,7 @@ def same_partition(a: faiss.Index, b: faiss.Index) -> bool:
     if not all(isinstance(q, faiss.IndexFlat) for q in qs):
         return False
     return (ivfs[0].nlist == ivfs[1].nlist and ivfs[0].metric_type == ivfs[1].metric_type
-            and np.array_equal(qs[0].reconstruct_n(0, qs[0].ntotal),
-                               qs[1].reconstruct_n(0, qs[1].ntotal)))
+            and same_quantizer(qs[0], qs[1]))
 
 
 def build_probe(index: faiss.Index, kind: ProbeKind = "auto") -> Probe | None:
