@@ -94,22 +94,18 @@ def main() -> int:
                    "batch100_ms_median": round(1e3 * float(np.median(batch)), 2)}
             print(json.dumps(row), flush=True)
             rows.append(row)
-    meta = {"command": "python bench/bench_write_latency.py " + " ".join(sys.argv[1:]),
-            "cpus": os.cpu_count(), "n": args.n, "dim": args.dim, "writes": args.writes}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    md = ["# Write latency of a living index, per code", "",
-          f"`{meta['command']}` ({meta['cpus']} cores; generator `minilm` profile, "
-          f"{args.n:,} x {args.dim}; one thread; the log fsynced at each write; "
-          f"{args.writes} single-document upserts after {WARMUP} not counted, then batches "
-          "of 100)", "",
-          "| spec | metric | one document: median ms | p90 ms | batch of 100: median ms |",
-          "|---|---|---|---|---|"]
-    md += [f"| {r['spec']} | {r['metric']} | {r['one_doc_ms_median']} | {r['one_doc_ms_p90']} | "
-           f"{r['batch100_ms_median']} |" for r in rows]
-    (out / f"{args.name}.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    from ebr.eval.report import write_report
+
+    meta = {"title": "Write latency of a living index, per code",
+            "command": "python bench/bench_write_latency.py " + " ".join(sys.argv[1:]),
+            "cpus": os.cpu_count(), "n": args.n, "dim": args.dim, "writes": args.writes,
+            "setup": f"generator `minilm` profile, {args.n:,} x {args.dim}; one thread; the log "
+                     f"fsynced at each write; {args.writes} single-document upserts after "
+                     f"{WARMUP} not counted, then batches of 100"}
+    paths = write_report(args.out, args.name, meta, rows, plot=False,
+                         columns=["spec", "metric", "build_s", "one_doc_ms_median",
+                                  "one_doc_ms_p90", "batch100_ms_median"])
+    print(paths["md"].read_text())
     return 0
 
 
