@@ -4,7 +4,7 @@
                                    [--gen-n 1000000] [--methods ...] [--budget 120]
                                    [--work runs/frontier] [--out bench/results] [--name frontier]
                                    [--sweep-nprobe 4 8 16 32 64] [--probe flat|hnsw]
-                                   [--sweep-probes flat hnsw]
+                                   [--sweep-probes flat hnsw] [--sweep-candidates 100 150 200]
 
 For each set and each budget B of code bytes per vector, every method is built in a fresh
 process (its build time is its own) with the same IVF list count and searched at the same
@@ -38,12 +38,15 @@ probed lists re-ranked), QPS (coarse + re-rank at C = 100), build seconds, and R
 what each added vector costs, its codes (x copies for SOAR) + an 8-byte id, beside the fixed
 part (centroids, codebooks, rotations, query maps) in MB.
 With --sweep-nprobe, each row is also searched at each of those nprobe values (re-ranked
-recall@10 and QPS at C = 200: the recall-QPS curve), and the goal is also stated as QPS at equal
-recall: each row at its fastest swept nprobe that reaches the best recall any 32-byte peer
-reaches. --probe hnsw picks every row's lists with a graph over its centroids (ebr's
+recall@10 and QPS at C = 200, or at each --sweep-candidates C: the recall-QPS curve), and the
+goal is also stated as QPS at equal recall: each row at its fastest swept nprobe and C that
+reaches the best recall any 32-byte peer reaches (ebr's codes at 16 bytes, learned or not,
+against the peers at 32). --probe hnsw picks every row's lists with a graph over its centroids (ebr's
 ``probe="hnsw"``; the same graph and beam swapped into the faiss peers' IVF; ScaNN keeps its
 own tree); the default scores every centroid, as faiss does. --sweep-probes measures each
-row's curve with each probe in turn, on the same built index.
+row's curve with each probe in turn, on the same built index. Each row's process takes the
+index file leases the service takes (``ebr.index.guard.enable_leases``: no stat check per
+search).
 Sets: SciFact (MiniLM 384-d, 300 test queries, qrels), siftsmall (128-d, L2, 100 queries),
 ``debian`` (bench/make_debian_corpus.py's unseen corpus: 30k package descriptions, 500 train
 and 500 test summaries as queries, IVF256 at nprobe 32, when built) and
@@ -276,6 +279,9 @@ def run(task: dict[str, Any]) -> dict[str, Any]:
 
     logging.basicConfig(level=logging.WARNING)
     from ebr.eval.metrics import label_metrics
+    from ebr.index.guard import enable_leases
+
+    enable_leases()  # as the service does: a search's files are guarded by leases
 
     ds = load(task["set"], Path(task["data"]), Path(task["work"]), task["gen_n"])
     assert ds is not None
@@ -364,16 +370,18 @@ def run(task: dict[str, Any]) -> dict[str, Any]:
 
 def _sweep(at_nprobe: Any, task: dict[str, Any], nlist: int, xq: np.ndarray,
            exact: np.ndarray) -> list[dict[str, Any]]:
-    """The recall-QPS curve at C = 200, nprobe by nprobe, for each probe in turn."""
+    """The recall-QPS curve at each swept C (C = 200 by default), nprobe by nprobe, for each
+    probe in turn."""
     points = []
     for probe in task["sweep_probes"]:
-        for p in sorted(p for p in task["sweep"] if p <= nlist):
-            f = at_nprobe(p, probe)
-            if f is None:  # this row has no such probe
-                break
-            points.append({"probe": probe, "nprobe": p,
-                           "r@10": round(_recall(f(xq, C_WIDE), exact, 10), 4),
-                           "qps": _qps(f, xq, C_WIDE, 3)})
+        for c in task.get("sweep_c") or [C_WIDE]:
+            for p in sorted(p for p in task["sweep"] if p <= nlist):
+                f = at_nprobe(p, probe)
+                if f is None:  # this row has no such probe
+                    break
+                points.append({"probe": probe, "nprobe": p, "C": c,
+                               "r@10": round(_recall(f(xq, c), exact, 10), 4),
+                               "qps": _qps(f, xq, c, 3)})
     return points
 
 
@@ -498,13 +506,13 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def _summary(rows: list[dict[str, Any]]) -> list[str]:
-    """The goal, per set: ebr's best learned code at 16 bytes against the best peer at 32."""
+    """The goal, per set: ebr's best code at 16 bytes (Distill-VQ, BiDR, or the unsupervised
+    codebooks a guard keeps: the row names it) against the best peer at 32."""
     lines = []
     key = f"rerank_r@10_C{C_WIDE}"
     for name in sorted({r["set"] for r in rows}):
         ok = [r for r in rows if r["set"] == name and key in r]
-        learned = [r for r in ok if r["bytes"] == 16 and r["method"] in
-                   ("distill", "distill_rq", "bidr")]
+        learned = [r for r in ok if r["bytes"] == 16 and r["system"] == "ebr"]
         peers32 = [r for r in ok if r["bytes"] == 32 and r["system"] == "peer"]
         if not learned or not peers32:
             continue
@@ -537,8 +545,8 @@ def _summary(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _fastest(row: dict[str, Any], target: float, probe: str) -> dict[str, Any] | None:
-    """The swept point of ``row`` with ``probe`` with the most QPS whose recall@10 (C = 200)
-    reaches target."""
+    """The swept point of ``row`` with ``probe`` (any nprobe and C) with the most QPS whose
+    re-ranked recall@10 reaches target."""
     pts = [p for p in row.get("sweep", []) if p.get("probe", "flat") == probe
            and p["r@10"] >= target]
     return max(pts, key=lambda p: p["qps"]) if pts else None
@@ -546,15 +554,15 @@ def _fastest(row: dict[str, Any], target: float, probe: str) -> dict[str, Any] |
 
 def _equal_recall(learned: list[dict[str, Any]], peers: list[dict[str, Any]],
                   target: float) -> list[str]:
-    """QPS at equal recall: each row at its fastest swept nprobe that reaches ``target``,
+    """QPS at equal recall: each row at its fastest swept nprobe and C that reaches ``target``,
     probe by probe (rows of the same probe compare: each probe's curves were measured back to
     back on the same built index)."""
     swept = [r for r in learned + peers if r.get("sweep")]
     if not swept:
         return []
     lines = [f"- **QPS at equal recall** (re-ranked recall@10 >= {target:.4f}, the best any "
-             f"32-byte peer reaches at any nprobe; C = {C_WIDE}; each row at its fastest swept "
-             "nprobe that reaches it):"]
+             "32-byte peer reaches at any swept nprobe and C; each row at its fastest swept "
+             "nprobe and C that reach it):"]
     probes = sorted({p.get("probe", "flat") for r in swept for p in r["sweep"]})
     for probe in probes:
         best: dict[str, tuple[float, str]] = {}
@@ -569,7 +577,8 @@ def _equal_recall(learned: list[dict[str, Any]], peers: list[dict[str, Any]],
                              f"reaches it (best {max(p['r@10'] for p in mine):.4f})")
                 continue
             lines.append(f"  - {probe} probe, {side} {r['method']} {r['bytes']} B: "
-                         f"{pt['qps']} QPS at nprobe {pt['nprobe']} (recall@10 "
+                         f"{pt['qps']} QPS at nprobe {pt['nprobe']}, C = "
+                         f"{pt.get('C', C_WIDE)} (recall@10 "
                          f"{pt['r@10']:.4f})")
             if pt["qps"] > best.get(side, (0.0, ""))[0]:
                 best[side] = (pt["qps"], f"{r['method']} {r['bytes']} B")
@@ -585,14 +594,15 @@ def _sweep_table(rows: list[dict[str, Any]]) -> list[str]:
     if not swept:
         return []
     probes = sorted({p["nprobe"] for r in swept for p in r["sweep"]})
-    md = ["", f"## Recall against QPS: re-ranked recall@10 / QPS at C = {C_WIDE}, by nprobe", "",
-          "| set | bytes | method | probe | " + " | ".join(f"nprobe {p}" for p in probes) + " |",
-          "|" + "---|" * (4 + len(probes))]
+    md = ["", "## Recall against QPS: re-ranked recall@10 / QPS, by nprobe and C", "",
+          "| set | bytes | method | probe | C | " + " | ".join(f"nprobe {p}" for p in probes)
+          + " |", "|" + "---|" * (5 + len(probes))]
     for r in swept:
-        for kind in sorted({p.get("probe", "flat") for p in r["sweep"]}):
+        for kind, c in sorted({(p.get("probe", "flat"), p.get("C", C_WIDE))
+                               for p in r["sweep"]}):
             at = {p["nprobe"]: f"{p['r@10']:.4f} / {p['qps']:.0f}" for p in r["sweep"]
-                  if p.get("probe", "flat") == kind}
-            md.append(f"| {r['set']} | {r['bytes']} | {r['method']} | {kind} | "
+                  if (p.get("probe", "flat"), p.get("C", C_WIDE)) == (kind, c)}
+            md.append(f"| {r['set']} | {r['bytes']} | {r['method']} | {kind} | {c} | "
                       + " | ".join(at.get(p, "") for p in probes) + " |")
     return md
 
@@ -630,6 +640,9 @@ def main() -> int:
     ap.add_argument("--sweep-probes", nargs="+", choices=["flat", "hnsw"],
                     help="with --sweep-nprobe: the probes each row's curve is measured with, "
                     "one after the other on the same built index (default: --probe)")
+    ap.add_argument("--sweep-candidates", type=int, nargs="+",
+                    help=f"with --sweep-nprobe: the C values each curve is measured at "
+                    f"(default {C_WIDE}); QPS at equal recall takes each row's fastest point")
     ap.add_argument("--rows-from", nargs="+", help="write the tables from the JSON rows "
                     "runs printed (their logs), without building anything")
     ap.add_argument("--command", help="with --rows-from: the commands that printed the rows, "
@@ -659,6 +672,7 @@ def main() -> int:
                 task = {"set": name, "method": method, "bytes": budget, "data": args.data,
                         "work": str(work), "gen_n": args.gen_n, "budget": args.budget,
                         "sweep": args.sweep_nprobe, "probe": args.probe,
+                        "sweep_c": args.sweep_candidates,
                         "sweep_probes": args.sweep_probes or [args.probe]}
                 with ProcessPoolExecutor(1, mp_context=ctx) as pool:
                     try:
@@ -686,7 +700,8 @@ def _write(rows: list[dict[str, Any]], out: Path, name: str, cmd: str) -> None:
           f"`{cmd}` ({os.cpu_count()} cores; every row built in its own process in the run "
           f"that printed it; nprobe per set as in the table; {meta['qps']}; exact nDCG@10: "
           + (", ".join(f"{s} {v}" for s, v in exact.items()) or "-") + ")", "",
-          "## The goal: ebr's best learned code at 16 bytes vs the best peer at 32", "",
+          "## The goal: ebr's best code at 16 bytes (the row names it) vs the best peer at 32",
+          "",
           *_summary(rows), "",
           "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     md += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]

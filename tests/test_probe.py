@@ -87,6 +87,34 @@ def test_graph_probe_gives_the_flat_probes_results(request, fixture):
         _same(Searcher(flat), Searcher(graph), xq, nprobe, 50)
 
 
+@pytest.mark.parametrize("fixture", ["opq_index", "rq_ip_index", "rq_l2_index"])
+def test_probe_transforms_queries_as_faiss_does(request, fixture):
+    """The probe applies the pre-transforms with numpy over faiss' own matrices (the OPQ
+    rotation; RQ's tiling and, under L2, [q, 1] in front of the quantizer): the same vectors
+    as faiss' apply, batch or one query."""
+    index = open_index(request.getfixturevalue(fixture), probe="hnsw")
+    probe = index.probe
+    xq = np.random.default_rng(6).standard_normal((7, index.dim)).astype(np.float32)
+
+    def by_faiss(pre: faiss.IndexPreTransform, x: np.ndarray) -> np.ndarray:
+        for i in range(pre.chain.size()):
+            x = pre.chain.at(i).apply(x)
+        return x
+
+    want = by_faiss(probe.transform, xq) if probe.transform is not None else xq
+    for batch in (xq, xq[3:4]):
+        xt, _, _ = probe.pick(batch, 2)
+        assert xt.dtype == np.float32 and xt.flags.c_contiguous
+        np.testing.assert_allclose(xt, want[:len(batch)] if len(batch) > 1 else want[3:4],
+                                   rtol=1e-5, atol=1e-5)
+    if probe.quantizer_transform is not None:
+        gq = probe._quantizer_chain.apply(want)
+        np.testing.assert_allclose(gq, by_faiss(probe.quantizer_transform, want), rtol=1e-5,
+                                   atol=1e-5)
+    else:
+        assert fixture == "opq_index"
+
+
 def test_auto_builds_the_graph_only_for_many_lists(index_ip, monkeypatch):
     assert open_index(index_ip).probe is None  # 16 lists: the flat scan is cheap
     monkeypatch.setattr(probe_mod, "AUTO_MIN_NLIST", 16)

@@ -185,3 +185,26 @@ def test_compiled_rerank_matches_numpy(metric):
     assert not _compiled_ok(xq, bad, xb)
     np.testing.assert_array_equal(rerank(xq, bad, xb, metric, 5)[0][0],
                                   rerank(xq, bad, np.asfortranarray(xb), metric, 5)[0][0])
+
+
+def test_found_per_query_and_a_padded_single_query():
+    """Valid candidates per row (faiss pads the end of a row with -1), and one query with
+    fewer candidates than k: the compiled re-rank pads it with -1 / -inf and counts one row."""
+    from ebr.search.rerank import _compiled_ok, found_per_query, rerank
+
+    cand = np.array([[3, 1, 2], [4, -1, -1], [-1, -1, -1]], dtype=np.int64)
+    per, total = found_per_query(cand)
+    assert per.tolist() == [3, 1, 0] and total == 4
+    for i, want in enumerate((3, 1, 0)):
+        per, total = found_per_query(cand[i:i + 1])
+        assert per.tolist() == [want] and total == want
+    per, total = found_per_query(np.zeros((2, 0), dtype=np.int64))
+    assert per.tolist() == [0, 0] and total == 0
+    rng = np.random.default_rng(12)
+    xb = rng.standard_normal((10, 8)).astype(np.float32)
+    xq = rng.standard_normal((1, 8)).astype(np.float32)
+    for metric in (Metric.IP, Metric.L2):
+        assert _compiled_ok(xq, cand[1:2], xb)
+        ids, scores, rows = rerank(xq, cand[1:2], xb, metric, 3, padded_at_end=True)
+        assert ids.tolist() == [[4, -1, -1]] and rows == 1
+        assert np.isfinite(scores[0, 0]) and np.isneginf(scores[0, 1:]).all()

@@ -138,7 +138,7 @@ class FileGuard:
     def _exit(self) -> None:
         with self._lock:
             self._inflight -= 1
-            if self._inflight == 0:
+            if self._inflight == 0 and self.broken is not None:  # only a lease break waits
                 self._lock.notify_all()
 
     def _stat_check(self) -> None:

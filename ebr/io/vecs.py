@@ -194,7 +194,7 @@ def check_vectors(x: np.ndarray, d: int | None = None, name: str = "vectors",
     if not isinstance(x, np.ndarray) or x.ndim != 2:
         shape = getattr(x, "shape", None)
         raise InputError(f"{name}: expected a 2-D (n, d) array, got shape {shape}")
-    if not np.issubdtype(x.dtype, np.number):
+    if x.dtype.kind not in "iufc":  # np.issubdtype(x.dtype, np.number), a µs faster
         raise InputError(f"{name}: expected a numeric array, got dtype {x.dtype}")
     if d is not None and x.shape[1] != d:
         raise InputError(f"{name}: dimension {x.shape[1]} does not match the index dimension {d}")

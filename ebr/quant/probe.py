@@ -57,12 +57,38 @@ def centroid_graph(centroids: np.ndarray, metric: int) -> faiss.IndexHNSWFlat:
     return graph
 
 
-def _through(pre: faiss.IndexPreTransform, x: np.ndarray) -> np.ndarray:
-    """``x`` after the chain of ``pre`` (not its index)."""
-    chain = pre.chain
-    for i in range(chain.size()):
-        x = chain.at(i).apply(x)
-    return np.ascontiguousarray(x, dtype=np.float32)
+class _Chain:
+    """The chain of an ``IndexPreTransform`` (not its index), applied to query batches: each
+    linear step (OPQ, query weighting, L2 RQ's ``[q, 1]``) as one numpy product over a view of
+    faiss' own matrix, other steps (an RQ index's tiling) by faiss. The same arithmetic as
+    faiss' ``apply``, without its allocations and copies: ~10 µs less per query at 384 x 384.
+    The views read faiss' memory: ``pre`` is kept, and its transforms must not change."""
+
+    __slots__ = ("_pre", "_steps")
+
+    def __init__(self, pre: faiss.IndexPreTransform) -> None:
+        self._pre = pre
+        steps: list[tuple[np.ndarray, np.ndarray | None] | faiss.VectorTransform] = []
+        for i in range(pre.chain.size()):
+            t = faiss.downcast_VectorTransform(pre.chain.at(i))
+            if isinstance(t, faiss.LinearTransform) and t.is_trained:
+                a = faiss.rev_swig_ptr(t.A.data(), t.d_out * t.d_in).reshape(t.d_out, t.d_in)
+                b = faiss.rev_swig_ptr(t.b.data(), t.d_out) if t.have_bias else None
+                steps.append((a.T, b))
+            else:
+                steps.append(t)
+        self._steps = tuple(steps)
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """float32 [n, d_out] of float32 [n, d_in]."""
+        for step in self._steps:
+            if isinstance(step, tuple):
+                x = x @ step[0]
+                if step[1] is not None:
+                    x += step[1]
+            else:
+                x = step.apply(np.ascontiguousarray(x, dtype=np.float32))
+        return np.ascontiguousarray(x, dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -83,25 +109,34 @@ class Probe:
     agreement: float
     quantizer_transform: faiss.IndexPreTransform | None = None
     _params: dict[int, faiss.SearchParametersHNSW] = field(default_factory=dict, repr=False)
+    _chain: _Chain | None = field(init=False, repr=False, default=None)
+    _quantizer_chain: _Chain | None = field(init=False, repr=False, default=None)
+    _nlist: int = field(init=False, repr=False, default=0)  # a SWIG attribute read costs µs
+
+    def __post_init__(self) -> None:
+        for name, pre in (("_chain", self.transform),
+                          ("_quantizer_chain", self.quantizer_transform)):
+            object.__setattr__(self, name, None if pre is None else _Chain(pre))
+        object.__setattr__(self, "_nlist", int(self.ivf.nlist))
 
     def queries(self, xq: np.ndarray) -> np.ndarray:
         """The queries as the IVF sees them (after OPQ / weighting)."""
-        if self.transform is not None:
-            return _through(self.transform, xq)
+        if self._chain is not None:
+            return self._chain.apply(xq)
         return np.ascontiguousarray(xq, dtype=np.float32)
 
     def pick(self, xq: np.ndarray, nprobe: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(the queries as the IVF sees them, their centroid scores, the lists) for ``nprobe``
         lists per query: what :meth:`scan` takes, for this IVF or another with the same
         centroids and pre-transform (:func:`same_partition`)."""
-        nprobe = min(nprobe, self.ivf.nlist)
+        nprobe = min(nprobe, self._nlist)
         p = self._params.get(nprobe)
         if p is None:  # read-only once made: one object per nprobe, shared by threads
             p = faiss.SearchParametersHNSW()
             p.efSearch = ef_search(nprobe)
             p = self._params.setdefault(nprobe, p)
         xt = self.queries(xq)
-        gq = xt if self.quantizer_transform is None else _through(self.quantizer_transform, xt)
+        gq = xt if self._quantizer_chain is None else self._quantizer_chain.apply(xt)
         n = xt.shape[0]
         D = np.empty((n, nprobe), dtype=np.float32)
         lists = np.empty((n, nprobe), dtype=np.int64)

@@ -26,7 +26,7 @@ from ebr.metric import exact_scores
 from ebr.quant.faiss_index import ivf_params
 from ebr.quant.probe import Probe
 from ebr.search.exact import exact_search
-from ebr.search.rerank import rerank, topk
+from ebr.search.rerank import found_per_query, rerank, topk
 from ebr.search.searcher import Searcher
 from ebr.spec import SearchParams
 from ebr.types import ExternalId, JsonObject, SearchResult, SearchStats
@@ -190,8 +190,7 @@ class LiveSearcher(Searcher):
             t0 = time.perf_counter()
             cand, cscores = self._coarse_live(xq, params.candidates, params.nprobe)
             t1 = time.perf_counter()
-            per_query = (cand >= 0).sum(axis=1)
-            n_cand = int(per_query.sum())
+            per_query, n_cand = found_per_query(cand)  # padded at the end of each row
             if params.rerank:
                 ids, scores, rows = self._rerank_live(xq, cand, params.k)
             else:

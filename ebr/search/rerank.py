@@ -17,7 +17,7 @@ import numpy as np
 from ebr.io.vecs import RowPrefetch
 from ebr.metric import Metric
 
-__all__ = ["rerank", "topk"]
+__all__ = ["found_per_query", "rerank", "topk"]
 
 
 _NO_ID = np.iinfo(np.int64).max  # padding sorts after every id among equal scores
@@ -48,6 +48,17 @@ def topk(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
     return _padded(out_ids.astype(np.int64), out_scores, k)
 
 
+def found_per_query(cand: np.ndarray) -> tuple[np.ndarray, int]:
+    """(valid candidates of each row [nq], their total) of candidate rows whose ``-1`` padding
+    is trailing (faiss' results): every column where each row's last one is valid, the common
+    case, read without a pass over the rows (a few µs a query)."""
+    nq, c = cand.shape
+    if c and (cand[0, -1] >= 0 if nq == 1 else cand[:, -1].min() >= 0):
+        return np.full(nq, c, dtype=np.int64), nq * c
+    per_query = (cand >= 0).sum(axis=1)
+    return per_query, int(per_query.sum())
+
+
 def _padded(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """[nq, kk] results widened to k columns with -1 / -inf (np.pad costs ~20 µs a call)."""
     nq, kk = ids.shape
@@ -75,12 +86,13 @@ def _rerank_compiled(xq: np.ndarray, cand: np.ndarray, dense: np.ndarray, metric
        faiss.swig_ptr(scores), faiss.swig_ptr(ids), c)  # ld_ids must be given: -1 misreads
     if metric is Metric.L2:
         scores = -scores
-    valid = ids >= 0
-    if not valid.all():
+    # faiss pads a row with fewer than kk candidates with -1 at its end
+    if kk and (ids[0, -1] < 0 if nq == 1 else ids[:, -1].min() < 0):
+        valid = ids >= 0
         scores = np.where(valid, scores, -np.inf).astype(np.float32)
         ids = np.where(valid, ids, -1)
     ids, scores = _padded(ids, scores, k)
-    return ids, scores, int(np.count_nonzero(cand >= 0))
+    return ids, scores, found_per_query(cand)[1]
 
 
 def _compiled_ok(xq: np.ndarray, cand: np.ndarray, dense: np.ndarray,

@@ -23,7 +23,7 @@ from ebr.io.vecs import check_vectors
 from ebr.metric import Metric, faiss_scores_to_ebr, normalize_rows
 from ebr.quant.faiss_index import ivf_params
 from ebr.search.exact import exact_search
-from ebr.search.rerank import rerank
+from ebr.search.rerank import found_per_query, rerank
 from ebr.spec import SearchParams
 from ebr.types import ExternalId, JsonObject, SearchResult, SearchStats
 
@@ -136,8 +136,7 @@ class Searcher(ResultRows):
             t0 = time.perf_counter()
             cand, D, xm = self._coarse(xq, params.candidates, params.nprobe)
             t1 = time.perf_counter()
-            per_query = (cand >= 0).sum(axis=1)
-            n_cand = int(per_query.sum())
+            per_query, n_cand = found_per_query(cand)  # padded at the end of each row
             if params.rerank:  # faiss pads results with -1 at the end of each row
                 ids, scores, rows = rerank(self.dense_queries(xq), cand, self.index.dense,
                                            self.index.metric, params.k, padded_at_end=True,
