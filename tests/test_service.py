@@ -267,6 +267,55 @@ def test_text_batcher_lanes_run_calls_at_once_and_answer_each_text():
         TextBatcher(lanes=0)
 
 
+def test_text_batcher_waits_for_the_texts_being_answered():
+    """A text arriving while the texts of an earlier call are still being answered (inside
+    their ``encoding`` blocks) is not encoded alone: it waits and goes with the texts that
+    arrive meanwhile, in one call, when the last block ends. A lone text on an idle batcher
+    goes at once, and a request abandoned after its text was encoded does not hold the next
+    ones back."""
+    import asyncio
+
+    from service.batcher import TextBatcher
+
+    class Fake:
+        def __init__(self) -> None:
+            self.calls: list[list[str]] = []
+
+        def encode(self, texts: list[str]) -> np.ndarray:
+            self.calls.append(list(texts))
+            return np.zeros((len(texts), 2), dtype=np.float32)
+
+    fake = Fake()
+    batcher = TextBatcher(max_batch=8, lanes=1)
+
+    async def run() -> None:
+        release = asyncio.Event()
+
+        async def answered_later(t: str) -> None:
+            async with batcher.encoding(fake, t):
+                await release.wait()  # its search and reply, still running
+
+        first = [asyncio.create_task(answered_later(f"a{i}")) for i in range(3)]
+        while len(fake.calls) < 1 or batcher._answering < 3:
+            await asyncio.sleep(0.001)
+        assert fake.calls == [["a0", "a1", "a2"]]  # idle: the first texts went at once
+        late = [asyncio.create_task(batcher.encode(fake, f"b{i}")) for i in range(4)]
+        await asyncio.sleep(0.05)
+        assert len(fake.calls) == 1  # the lane is free, but a0..a2 are being answered
+        release.set()
+        await asyncio.gather(*first, *late)
+        assert fake.calls[1] == ["b0", "b1", "b2", "b3"]  # one call, not b0 alone
+        # a request cancelled after its text was encoded still counts as answered
+        gone = asyncio.create_task(batcher.encode(fake, "c"))
+        await asyncio.sleep(0)
+        gone.cancel()
+        await asyncio.gather(gone, return_exceptions=True)
+        await asyncio.wait_for(batcher.encode(fake, "d"), 2)
+        assert batcher._answering == 0 and fake.calls[-1] == ["d"]
+
+    asyncio.run(run())
+
+
 def test_encoder_lanes_and_threads_resolve_from_the_cores():
     onnx = Settings(index_dir="x", encoder_runtime="onnx")
     assert (onnx.resolved_encoder_lanes(), onnx.resolved_encoder_threads(8)) == (1, 8)

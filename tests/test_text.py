@@ -91,6 +91,38 @@ def test_onnx_runtimes_match_torch(encoder, caplog):
         TextEncoder(runtime="tensorrt")
 
 
+def test_length_passes_compute_the_fewest_tokens():
+    """The forward passes over length-sorted texts: they cover every text once, in order, at
+    most max_rows each, and cost (padded tokens + the per-pass overhead) what the cheapest of
+    every split costs (all splits enumerated)."""
+    import itertools
+
+    from ebr.io.encoder import length_passes
+
+    def cost(lengths, passes, overhead):
+        return sum(overhead + (j - i) * lengths[i] for i, j in passes)
+
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        n = int(rng.integers(1, 9))
+        lengths = np.sort(rng.integers(3, 60, n))[::-1]
+        cap, overhead = int(rng.integers(1, 6)), float(rng.choice([0, 13, 40]))
+        passes = length_passes(lengths, cap, overhead)
+        assert [i for i, _ in passes] == [0] + [j for _, j in passes[:-1]]
+        assert passes[-1][1] == n and all(0 < j - i <= cap for i, j in passes)
+        best = min(cost(lengths, list(zip((0,) + cuts, cuts + (n,), strict=True)), overhead)
+                   for r in range(n) for cuts in itertools.combinations(range(1, n), r)
+                   if all(0 < b - a <= cap for a, b in
+                          zip((0,) + cuts, cuts + (n,), strict=True)))
+        assert cost(lengths, passes, overhead) == pytest.approx(best), trial
+    assert length_passes(np.array([], dtype=np.int64), 8) == []
+    assert length_passes(np.array([40, 12, 11, 10]), 8, overhead=13) == [(0, 1), (1, 4)]
+    assert length_passes(np.array([40, 12, 11, 10]), 8, overhead=0) == [(0, 1), (1, 2), (2, 3),
+                                                                        (3, 4)]
+    with pytest.raises(ValueError):
+        length_passes(np.array([3]), 0)
+
+
 @pytest.mark.parametrize("pooling", [{"pooling_mode": "cls"},
                                      {"pooling_mode_cls_token": True,
                                       "pooling_mode_mean_tokens": False}])

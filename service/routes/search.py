@@ -268,16 +268,30 @@ def _add_coarse(result: dict[str, Any], gen: Generation, x: np.ndarray,
 async def run_search(req: SearchRequest, state: ServiceState, gen: Generation) -> bytes:
     """``POST /search``. With micro-batching on (``micro_batch_inflight`` > 0, the default),
     concurrent vector searches with the same parameters share one batched search; text, exact
-    and ``with_vector`` requests, and everything when it is off, run alone in the thread pool."""
+    and ``with_vector`` requests, and everything when it is off, run alone in the thread pool.
+    Texts are encoded together (``TextBatcher``); a text's batched search and reply run inside
+    its ``encoding`` block (the texts arriving meanwhile wait to be encoded together), a search
+    that may take long (exact, filtered, ...) after it."""
     t0 = time.perf_counter()
-    encoded = None
-    if req.text is not None and state.text_batcher is not None and gen.encoder is not None:
-        # shared with concurrent texts
-        encoded = await state.text_batcher.encode(gen.encoder, req.text)
-    batcher = state.batcher
-    if batcher is None or (req.text is not None and encoded is None) or req.params.exact or \
-            req.with_vector or req.with_payload is not False or req.filter is not None or \
-            req.with_coarse:  # not batched
+    if req.text is None or state.text_batcher is None or gen.encoder is None:
+        return await _search_one(req, state, gen, None, t0)
+    async with state.text_batcher.encoding(gen.encoder, req.text) as encoded:
+        if _batched(req, state):
+            return await _search_one(req, state, gen, encoded, t0)
+    return await _search_one(req, state, gen, encoded, t0)
+
+
+def _batched(req: SearchRequest, state: ServiceState) -> bool:
+    """Whether a search runs through the micro-batcher (the rest runs alone)."""
+    return state.batcher is not None and not (
+        req.params.exact or req.with_vector or req.with_payload is not False
+        or req.filter is not None or req.with_coarse)
+
+
+async def _search_one(req: SearchRequest, state: ServiceState, gen: Generation,
+                      encoded: np.ndarray | None, t0: float) -> bytes:
+    """One search, its text (if any) already ``encoded`` (float32 [1, d]) or not batched."""
+    if (req.text is not None and encoded is None) or not _batched(req, state):
         if encoded is not None:
             req = req.model_copy(update={"text": None, "vector": encoded[0].tolist()})
         result = (await run_in_threadpool(_many, [req], state, gen, ""))[0]
@@ -286,7 +300,7 @@ async def run_search(req: SearchRequest, state: ServiceState, gen: Generation) -
         x, maybe = _prepare(req, state, gen, "", encoded)
         params = cast(SearchParams, maybe)  # not exact mode, so never None
         _check_budget([req], [params], state)
-        res, st, row, n = await batcher.search(gen.searcher, x, params)
+        res, st, row, n = await state.batcher.search(gen.searcher, x, params)
         if row == 0:
             state.metrics.dense_bytes.inc(st.dense_bytes_read)
         result = _result(req, gen, res.ids[row], res.scores[row],
