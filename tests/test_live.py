@@ -602,3 +602,36 @@ def test_evaluate_covers_the_logged_writes(tmp_path: Path) -> None:
     assert meta["ntotal"] == N + 200 - 300
     best = [r for r in rows if r["stage"] != "exact" and r["candidates"] == 500]
     assert best and max(r["exact_recall@10"] for r in best) == pytest.approx(1.0)
+
+
+def test_tombstones_match_a_flag_array_and_never_change_what_a_search_holds():
+    """The dead-row bits against a bool array (the reference): kills (some twice), growth
+    past the capacity, the packed bytes faiss reads (np.packbits of the flags), counts and
+    masks; bytes handed to a search stay as they were when later rows die."""
+    from ebr.index.tombstones import Tombstones
+
+    rng = np.random.default_rng(7)
+    t = Tombstones(10)
+    ref = np.zeros(0, dtype=bool)
+    held = []
+    for step in range(300):
+        row = int(rng.integers(0, 40 + 3 * step))  # grows past the capacity
+        if row >= len(ref):
+            ref = np.concatenate([ref, np.zeros(row + 1 - len(ref), dtype=bool)])
+        assert t.kill(row) == (not ref[row])
+        ref[row] = True
+        n = len(ref) + int(rng.integers(0, 9))
+        if step % 7 == 0:
+            packed = t.packed(n)
+            want = np.packbits(np.pad(ref, (0, n - len(ref))), bitorder="little")
+            np.testing.assert_array_equal(packed, want)
+            held.append((packed, want.copy()))
+        assert t.count == int(ref.sum()) and t[row] and not t[t.capacity + 5]
+    np.testing.assert_array_equal(t.mask(len(ref) + 5)[:len(ref)], ref)
+    assert not t.mask(len(ref) + 5)[len(ref):].any()
+    a, b = 30, len(ref) - 3
+    assert t.count_in(a, b) == int(ref[a:b].sum())
+    for packed, want in held:  # later kills went to copies
+        np.testing.assert_array_equal(packed, want)
+    with pytest.raises(ValueError):
+        t.kill(-1)

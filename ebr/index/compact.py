@@ -82,8 +82,7 @@ class _Snapshot:
         self.n_base = live.n_base
         self.n_delta = len(live.delta_ids)
         n_all = self.n_base + self.n_delta
-        dead = np.zeros(n_all, dtype=bool)
-        dead[:min(n_all, len(live.dead))] = live.dead[:n_all]
+        dead = live.dead.mask(n_all)
         self.n_dead = int(dead.sum())
         self.keep = ~dead
         self.new_row = np.full(n_all, -1, dtype=np.int64)

@@ -40,6 +40,7 @@ from ebr.index.segments import (
     share_quantizer,
     stacked,
 )
+from ebr.index.tombstones import Tombstones
 from ebr.index.wal import (
     DELETE,
     SEAL,
@@ -120,8 +121,7 @@ class LiveView:
         self.delta_payloads: list[str | None] = []  # JSON text (returned, compacted)
         self.delta_objects: list[JsonObject | None] = []  # the same, parsed (filters)
         self.id_to_delta: dict[ExternalId, int] = {}
-        self.dead = np.zeros(self.n_base + 1024, dtype=bool)
-        self.n_dead = 0
+        self.dead = Tombstones(self.n_base + 1024)
         self._packed: tuple[int, np.ndarray] | None = None  # (version, bitmap)
         self.last_lsn = self.applied_lsn
         self.offset = 0  # log bytes applied
@@ -192,7 +192,7 @@ class LiveView:
                              "payloads): rebuild it to filter")
         with self._apply_lock:  # rows, ids, payloads and flags of one moment
             n_rows = self.ntotal_rows
-            dead = self.dead[:n_rows].copy()
+            dead = self.dead.mask(n_rows)
             delta = list(zip(self.delta_ids, self.delta_objects, strict=True))
         mask = np.zeros(n_rows, dtype=bool)
         mask[self.docs.rows_matching(f)] = True
@@ -211,7 +211,7 @@ class LiveView:
         cached = self._packed
         if cached is not None and cached[0] == version:
             return cached[1]
-        packed = np.packbits(self.dead[:self.ntotal_rows], bitorder="little")
+        packed = self.dead.packed(self.ntotal_rows)
         self._packed = (version, packed)
         return packed
 
@@ -285,7 +285,7 @@ class LiveView:
 
     def stats(self) -> LiveStats:
         n_delta = len(self.delta_ids)
-        delta_dead = int(self.dead[self.n_base:self.ntotal_rows].sum())
+        delta_dead = self.dead.count_in(self.n_base, self.ntotal_rows)
         drift = None
         base_err = self._base_error() if n_delta else None
         if base_err:
@@ -354,18 +354,10 @@ class LiveView:
             self.delta_rows = np.memmap(rows_path(self.ldir, self.epoch), dtype=self.dtype,
                                         mode="r", shape=(n, self.dim))
 
-    def _cover(self, n: int) -> None:
-        """Make the tombstone array cover rows [0, n)."""
-        if n > len(self.dead):
-            grown = np.zeros(max(2 * len(self.dead), n + 1024), dtype=bool)
-            grown[:len(self.dead)] = self.dead
-            self.dead = grown
-
-    def _kill(self, row: int) -> None:
-        self._cover(row + 1)
-        if not self.dead[row]:
-            self.dead[row] = True
-            self.n_dead += 1
+    @property
+    def n_dead(self) -> int:
+        """Dead rows (replaced or deleted documents)."""
+        return self.dead.count
 
     def _apply(self, rec: Record) -> None:
         """Apply one record to the in-memory state (under the state's write lock)."""
@@ -376,11 +368,11 @@ class LiveView:
             return  # already in the base (compaction) or applied
         if rec.op == DELETE:
             for i, r in self.rows_of(rec.ids).items():
-                self._kill(r)
+                self.dead.kill(r)
                 self.id_to_delta.pop(i, None)
         elif rec.op == UPSERT and rec.vectors is not None:
             for r in self.rows_of(rec.ids).values():
-                self._kill(r)
+                self.dead.kill(r)
             first = len(self.delta_ids)
             self._encode(rec.vectors, first)
             payloads = rec.payloads or [None] * len(rec.ids)
@@ -390,7 +382,7 @@ class LiveView:
                 self.delta_payloads.append(None if p is None else json.dumps(
                     p, ensure_ascii=False, separators=(",", ":")))
                 self.delta_objects.append(dict(p) if isinstance(p, dict) else None)
-            self._cover(self.ntotal_rows)
+            self.dead.cover(self.ntotal_rows)
         self.last_lsn = rec.lsn
         self.version += 1  # after the flags: see selector_bitmap
 

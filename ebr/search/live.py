@@ -282,7 +282,7 @@ class LiveSearcher(Searcher):
         live.catch_up()
         with live.reading():  # a consistent snapshot; the scoring runs without the lock
             n_rows, n_base = live.ntotal_rows, live.n_base
-            dead = live.dead[:n_rows].copy()
+            dead = live.dead.mask(n_rows)
             rows = live.delta_rows
         n_live = n_rows - int(dead.sum())
         if not isinstance(k, int) or not 1 <= k <= max(n_live, 1):
