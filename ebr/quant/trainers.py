@@ -61,9 +61,11 @@ class Codebooks:
         """IVF list of each vector of ``x`` (input space); None where faiss assigns itself."""
         if self.list_centroids is None:
             return None
-        flat = faiss.IndexFlat(self.list_centroids.shape[1], self.metric.faiss_metric)
-        flat.add(np.ascontiguousarray(self.list_centroids, dtype=np.float32))
-        _, a = flat.search(rotate(index, x), 1)
+        # faiss' brute-force kernel over the stored centroids, the one IndexFlat's search runs
+        # (the same lists, ties included), without copying nlist x d floats into an index
+        _, a = faiss.knn(rotate(index, x), np.ascontiguousarray(self.list_centroids,
+                                                                dtype=np.float32),
+                         1, metric=self.metric.faiss_metric)
         return a.ravel().astype(np.int64)
 
     def add(self, index: faiss.Index, x: np.ndarray) -> None:
