@@ -12,6 +12,8 @@ nprobe, one query at a time on one thread:
 
   ebr     kmeans       IVF,PQ<B>: faiss k-means codebooks
           opq          OPQ<B>,IVF,PQ<B> (--codebooks opq)
+          opq_half     OPQ<B>_<d/2>,IVF,PQ<B> (--codebooks opq): the rotation also halves the
+                       dimensions the IVF and the PQ see (the re-rank scores all of them)
           rq           IVF,RQ<B> (faiss residual quantizer, 8-bit codebooks)
           distill      OPQ<B>,IVF,PQ<B> --codebooks distill (the README's recipe; pseudo-queries
                        or the set's training queries, labels unused; guarded end to end)
@@ -76,7 +78,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 DATA = ROOT.parent / "shared" / "data"
-EBR = ["kmeans", "opq", "rq", "distill", "distill_rq", "bidr"]
+EBR = ["kmeans", "opq", "opq_half", "rq", "distill", "distill_rq", "bidr"]
 PEERS = ["rabitq", "rabitq4", "pq4fs", "scann", "scann_soar"]
 K, C_SERVE, C_WIDE, QPS_QUERIES = 10, 100, 200, 300
 
@@ -407,10 +409,14 @@ def _ebr(method: str, ds: dict[str, Any], tmp: Path, nlist: int, nprobe: int, me
 
     rq = method in ("rq", "distill_rq")
     opq = method in ("opq", "distill", "bidr")
+    d = ds["xb"].shape[1]
+    half = f"OPQ{budget}_{max(budget, d // 2 // budget * budget)},"  # a multiple of M
     spec = IndexSpec.parse(f"IVF{nlist},RQ{budget}" if rq else
-                           (f"OPQ{budget}," if opq else "") + f"IVF{nlist},PQ{budget}")
+                           (f"OPQ{budget}," if opq else half if method == "opq_half" else "")
+                           + f"IVF{nlist},PQ{budget}")
     trainer = dense = None
-    codebooks = {"kmeans": "kmeans", "opq": "opq", "rq": "kmeans"}.get(method, "distill")
+    codebooks = {"kmeans": "kmeans", "opq": "opq", "opq_half": "opq",
+                 "rq": "kmeans"}.get(method, "distill")
     if codebooks == "distill":
         from ebr.train.distill_vq import DistillConfig, DistillVQTrainer
 

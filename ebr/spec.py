@@ -18,7 +18,7 @@ from ebr.metric import Metric
 __all__ = ["IndexSpec", "BuildParams", "SearchParams", "DENSE_DTYPES", "CODEBOOK_METHODS"]
 
 _PART = {
-    "opq": re.compile(r"^OPQ(\d+)$"),
+    "opq": re.compile(r"^OPQ(\d+)(?:_(\d+))?$"),
     "ivf": re.compile(r"^IVF(\d+)$"),
     "pq": re.compile(r"^PQ(\d+)(?:x(\d+))?$"),
     "rq": re.compile(r"^RQ(\d+)(?:x(\d+))?$"),
@@ -43,6 +43,11 @@ class IndexSpec:
     (:func:`ebr.quant.additive.rq_stages`). Larger additive codebooks buy recall per byte
     with build time: ``RQ12x10`` (15 bytes) beats ``RQ16`` on the synthetic set.
 
+    ``OPQ<M>_<d'>`` (``opq_dim``): the rotation also cuts the vectors to their d' most useful
+    dimensions before the IVF and the PQ (faiss' ``OPQMatrix(d, M, d')``): the probe's graph,
+    the rotation and the PQ's table all shrink with d', for some recall (the re-rank still
+    scores the full vectors).
+
     :attr:`code_size` = ceil(``pq_m`` x ``pq_nbits`` / 8) bytes per vector: the RAM a document
     costs, besides its 8-byte id.
     """
@@ -52,6 +57,7 @@ class IndexSpec:
     pq_nbits: int = 8
     opq: bool = False
     quantizer: str = "pq"
+    opq_dim: int | None = None
 
     def __post_init__(self) -> None:
         if self.nlist < 1:
@@ -69,6 +75,12 @@ class IndexSpec:
         if self.is_additive and self.opq:
             raise SpecError(f"OPQ rotates for a product quantizer; {ADDITIVE[self.quantizer]} "
                             "codes whole vectors and has no use for it")
+        if self.opq_dim is not None:
+            if not self.opq:
+                raise SpecError("opq_dim needs the OPQ rotation (OPQ<M>_<d'>)")
+            if self.opq_dim < 1 or self.opq_dim % self.pq_m:
+                raise SpecError(f"OPQ output dimension must be a positive multiple of PQ M="
+                                f"{self.pq_m}, got {self.opq_dim}")
 
     @property
     def is_rq(self) -> bool:
@@ -93,10 +105,13 @@ class IndexSpec:
             raise SpecError(f"index spec must be a non-empty string, got {s!r}")
         parts = [p.strip() for p in s.split(",")]
         opq_m: int | None = None
-        if parts and _PART["opq"].match(parts[0]):
-            opq_m = int(_PART["opq"].match(parts[0]).group(1))  # type: ignore[union-attr]
+        opq_dim: int | None = None
+        m_opq = _PART["opq"].match(parts[0]) if parts else None
+        if m_opq:
+            opq_m = int(m_opq.group(1))
+            opq_dim = int(m_opq.group(2)) if m_opq.group(2) else None
             parts = parts[1:]
-        expected = ("expected '[OPQ<M>,]IVF<nlist>,PQ<M>[x<nbits>]' or "
+        expected = ("expected '[OPQ<M>[_<d'>],]IVF<nlist>,PQ<M>[x<nbits>]' or "
                     "'IVF<nlist>,RQ<M>[x<nbits>]' or 'IVF<nlist>,LSQ<M>[x<nbits>]'")
         if len(parts) != 2:
             raise SpecError(f"index spec {s!r}: {expected}")
@@ -115,14 +130,16 @@ class IndexSpec:
         if opq_m is not None and opq_m != pq_m:
             raise SpecError(f"index spec {s!r}: OPQ M ({opq_m}) must equal PQ M ({pq_m})")
         nbits = int(m_pq.group(2)) if m_pq.group(2) else 8
-        return cls(nlist=int(m_ivf.group(1)), pq_m=pq_m, pq_nbits=nbits, opq=opq_m is not None)
+        return cls(nlist=int(m_ivf.group(1)), pq_m=pq_m, pq_nbits=nbits, opq=opq_m is not None,
+                   opq_dim=opq_dim)
 
     def __str__(self) -> str:
         bits = f"x{self.pq_nbits}" if self.pq_nbits != 8 else ""
         if self.is_additive:
             return f"IVF{self.nlist},{ADDITIVE[self.quantizer]}{self.pq_m}{bits}"
         pq = f"PQ{self.pq_m}{bits}"
-        return (f"OPQ{self.pq_m}," if self.opq else "") + f"IVF{self.nlist},{pq}"
+        opq = f"OPQ{self.pq_m}" + (f"_{self.opq_dim}" if self.opq_dim else "") + ","
+        return (opq if self.opq else "") + f"IVF{self.nlist},{pq}"
 
     @property
     def code_size(self) -> int:
@@ -130,8 +147,15 @@ class IndexSpec:
         return (self.pq_m * self.pq_nbits + 7) // 8
 
     def check_dim(self, d: int) -> None:
-        if not self.is_additive and d % self.pq_m != 0:
+        if self.opq_dim is not None and self.opq_dim > d:
+            raise SpecError(f"OPQ output dimension {self.opq_dim} exceeds the vectors' {d} "
+                            f"(spec {self})")
+        if not self.is_additive and d % self.pq_m != 0 and self.opq_dim is None:
             raise SpecError(f"dimension {d} is not divisible by PQ M={self.pq_m} (spec {self})")
+
+    def code_dim(self, d: int) -> int:
+        """The dimension the IVF and the PQ see for d-dimensional vectors (a PQ spec)."""
+        return self.opq_dim if self.opq_dim is not None else d
 
 
 @dataclass(frozen=True)
@@ -169,6 +193,9 @@ class BuildParams:
                 raise SpecError(f"codebooks 'opq' needs a PQ spec; {self.spec} has no rotation "
                                 "to learn")
             object.__setattr__(self, "spec", replace(self.spec, opq=True))
+        if self.codebooks == "distill" and self.spec.opq_dim is not None:
+            raise SpecError(f"{self.spec}: Distill-VQ learns a square rotation; build "
+                            "OPQ<M>_<d'> with codebooks 'opq' (or 'kmeans')")
         if self.spec.l2_as_ip(self.metric) and self.spec.pq_m < 2:
             raise SpecError(f"{self.spec}: under L2 one code byte holds each vector's norm term; "
                             "it needs M >= 2 (M - 1 codebooks + the norm byte)")

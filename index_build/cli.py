@@ -61,7 +61,8 @@ def _index_args(p: argparse.ArgumentParser) -> None:
     idx = p.add_argument_group("index")
     idx.add_argument("--out", required=True, help="index directory to write (atomically)")
     idx.add_argument("--spec", default="IVF256,PQ16",
-                     help="[OPQ<M>,]IVF<nlist>,PQ<M>[x<nbits>], IVF<nlist>,RQ<M>[x<nbits>] "
+                     help="[OPQ<M>[_<d'>],]IVF<nlist>,PQ<M>[x<nbits>] (OPQ<M>_<d'>: rotated "
+                     "down to d' dimensions), IVF<nlist>,RQ<M>[x<nbits>] "
                      "(residual codes) or IVF<nlist>,LSQ<M>[x<nbits>] (additive codes encoded "
                      "jointly); under l2 RQ/LSQ use M - 1 codebooks + a norm code; RAM per "
                      "vector = ceil(M x nbits / 8) bytes (nbits 8 by default; 6-12 for RQ/LSQ)")

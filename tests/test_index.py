@@ -210,3 +210,32 @@ def test_opq_build(tmp_path, ds_ip):
     from ebr.search.exact import exact_search
 
     np.testing.assert_array_equal(res.ids, exact_search(ds_ip.xq, ds_ip.xb, 5, Metric.IP).ids)
+
+
+def test_opq_to_fewer_dimensions_builds_serves_and_writes(tmp_path, ds_ip):
+    """OPQ8_16 on 32-d vectors: the IVF and the PQ work in 16 dimensions, the re-rank in 32:
+    every candidate re-ranked gives exact search; the graph probe gives the flat probe's
+    results; a written document is found first by its own vector."""
+    from ebr.index.live import open_live
+    from ebr.search.exact import exact_search
+    from ebr.search.live import LiveSearcher
+
+    params = BuildParams(spec=IndexSpec.parse("OPQ8_16,IVF8,PQ8"), codebooks="opq",
+                         kmeans_niter=5)
+    write_index(tmp_path / "o", ds_ip.xb, params)
+    oi = open_index(tmp_path / "o")
+    assert str(oi.spec) == "OPQ8_16,IVF8,PQ8" and oi.ivfpq.d == 16 and oi.dim == 32
+    full = SearchParams(k=5, nprobe=8, candidates=len(ds_ip.xb))
+    res, _ = Searcher(oi).search(ds_ip.xq, full)
+    np.testing.assert_array_equal(res.ids, exact_search(ds_ip.xq, ds_ip.xb, 5, Metric.IP).ids)
+    graph = open_index(tmp_path / "o", probe="hnsw")
+    assert graph.probe is not None and graph.probe.graph.d == 16
+    p = SearchParams(k=10, nprobe=3, candidates=100)
+    np.testing.assert_array_equal(Searcher(graph).search(ds_ip.xq, p)[0].ids,
+                                  Searcher(oi).search(ds_ip.xq, p)[0].ids)
+    live = open_live(oi, tmp_path / "o")
+    x = ds_ip.xq[:1] * 10.0
+    live.upsert([99_999], x, None)
+    searcher = LiveSearcher(live)
+    hit = searcher.search(x, SearchParams(k=1, nprobe=8, candidates=50))[0]
+    assert searcher.external_ids(hit.ids[0]) == [99_999]

@@ -6,7 +6,7 @@ from ebr.spec import BuildParams, IndexSpec, SearchParams
 
 
 @pytest.mark.parametrize("s", ["IVF256,PQ16", "IVF1,PQ1", "IVF4096,PQ32x4", "OPQ16,IVF1024,PQ16",
-                               "IVF64,PQ8x10"])
+                               "IVF64,PQ8x10", "OPQ16_192,IVF1024,PQ16"])
 def test_round_trip(s):
     spec = IndexSpec.parse(s)
     assert str(spec) == s
@@ -26,6 +26,22 @@ def test_fields_and_default_nbits():
 def test_invalid_specs(s):
     with pytest.raises(SpecError):
         IndexSpec.parse(s)
+
+
+def test_opq_output_dimension():
+    """OPQ<M>_<d'>: d' a multiple of M, at most the vectors' d (which M need not divide); not
+    for Distill-VQ, whose rotation is square."""
+    spec = IndexSpec.parse("OPQ8_16,IVF4,PQ8")
+    assert spec.opq and spec.opq_dim == 16 and spec.code_dim(36) == 16
+    spec.check_dim(36)
+    with pytest.raises(SpecError, match="exceeds"):
+        spec.check_dim(12)
+    for bad in ("OPQ8_12,IVF4,PQ8", "OPQ8_0,IVF4,PQ8", "OPQ8_16,IVF4,RQ8"):
+        with pytest.raises(SpecError):
+            IndexSpec.parse(bad)
+    with pytest.raises(SpecError, match="square"):
+        BuildParams(spec=spec, codebooks="distill")
+    assert IndexSpec.parse("IVF4,PQ8").code_dim(32) == 32
 
 
 def test_dim_not_divisible():

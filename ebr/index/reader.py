@@ -199,7 +199,7 @@ def _open_coarse(path: Path, manifest: Manifest, spec: IndexSpec, metric: Metric
     _expect(where, "bits per code", ivfpq.pq.nbits, spec.pq_nbits)
     # an RQ index is served as IVF-PQ over the query tiled M times (ebr.quant.additive.lift_rq)
     _expect(where, "code space dimension", ivfpq.d,
-            manifest.dim * spec.pq_m if spec.is_additive else manifest.dim)
+            manifest.dim * spec.pq_m if spec.is_additive else spec.code_dim(manifest.dim))
     # L2 RQ is served as inner product, with [q, 1] against [c, -|c|^2/2] in the quantizer
     l2_as_ip = spec.l2_as_ip(metric)
     _expect(where, "metric", coarse.metric_type,
