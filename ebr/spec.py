@@ -44,10 +44,9 @@ class IndexSpec:
     with build time: ``RQ12x10`` (15 bytes) beats ``RQ16`` on the synthetic set.
 
     ``OPQ<M>_<d'>`` (``opq_dim``): the rotation also projects the vectors to d' dimensions
-    before the IVF and the PQ (faiss' ``OPQMatrix(d, M, d')``, trained from a random start for
-    the PQ's error in the projected space, not for the variance kept): the probe's graph, the
-    rotation and the PQ's table all shrink with d', for some recall (the re-rank still scores
-    the full vectors).
+    before the IVF and the PQ (faiss' ``OPQMatrix(d, M, d')``, learned from a random start, not
+    from a PCA): the probe's graph, the rotation and the PQ's table all shrink with d', for
+    some recall (the re-rank still scores the full vectors).
 
     :attr:`code_size` = ceil(``pq_m`` x ``pq_nbits`` / 8) bytes per vector: the RAM a document
     costs, besides its 8-byte id.
