@@ -28,15 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
-
-def _status(pid: int) -> dict[str, int]:
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
-            out[key] = int(value.split()[0]) * 1024
-    return out
+from benchkit import proc_memory  # noqa: E402
 
 
 def main() -> None:
@@ -77,18 +71,18 @@ def main() -> None:
         pid = server.pid
         with httpx.Client(timeout=300) as c:  # warm: the mapped lists and one search
             c.post(url + "/search", json={"vector": q[0], "k": 10})
-        base = _status(pid)
+        base = proc_memory(pid)
         for name, body in (("attacker's request (64 x k 1000, with_vector, exact)", attack),
                            (f"worst allowed batch ({b} x k {k}, {cand} candidates each, "
                             f"{vec_searches * k} vectors)", worst),
                            (f"worst allowed exact ({ne} x k {ke})",
                             exact)):
-            peak = dict(_status(pid))
+            peak = dict(proc_memory(pid))
             stop = threading.Event()
 
             def sample(stop: threading.Event = stop, peak: dict[str, int] = peak) -> None:
                 while not stop.is_set():
-                    for key, v in _status(pid).items():
+                    for key, v in proc_memory(pid).items():
                         peak[key] = max(peak[key], v)
                     time.sleep(0.005)
 

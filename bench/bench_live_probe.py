@@ -43,16 +43,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from benchkit import proc_memory  # noqa: E402
+
 QUERIES = 300
 PASSES = 5
 
 
 def _rss_anon_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    return proc_memory().get("RssAnon", float("nan")) / 2**20
 
 
 def _link_or_copy(src: str, dst: str) -> None:

@@ -34,6 +34,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from benchkit import proc_memory  # noqa: E402
+
 NLIST, M, NPROBE, K = 1024, 16, 32, 10
 
 
@@ -45,12 +49,8 @@ def _data(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _mem() -> dict[str, float]:
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key = line.split(":")[0]
-        if key in ("VmRSS", "RssAnon", "RssFile"):
-            out[key + "_mb"] = round(int(line.split()[1]) / 1024, 1)
-    return out
+    return {k + "_mb": round(v / 2**20, 1) for k, v in proc_memory().items()
+            if k in ("VmRSS", "RssAnon", "RssFile")}
 
 
 def _recall(ids: np.ndarray, gt: np.ndarray) -> float:

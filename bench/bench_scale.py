@@ -48,16 +48,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-
-def _status() -> dict[str, int]:
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            if k in ("VmRSS", "RssAnon", "RssFile", "VmHWM"):
-                out[k] = int(v.split()[0]) * 1024
-    return out
+from benchkit import proc_memory  # noqa: E402
 
 
 def _data_dir(task: dict[str, Any]) -> Path:
@@ -267,7 +260,7 @@ def serve(task: dict[str, Any]) -> dict[str, Any]:
     xq = np.load(_data_dir(task) / "queries_test.npy")
     drop_cache(index)
     cold_resident = resident_fraction(index)
-    base = _status()
+    base = proc_memory()
     t0 = time.perf_counter()
     oi = open_index(index, verify_checksums=task["verify"])
     open_s = time.perf_counter() - t0
@@ -303,7 +296,7 @@ def serve(task: dict[str, Any]) -> dict[str, Any]:
     ids, warm = _timed(s, rest, p)
     pre.slow_us_per_row, pre.active = float("inf"), False
     _, warm_mmap = _timed(s, rest, p)
-    st = _status()
+    st = proc_memory()
     mem = oi.memory()
     return {"open_s": round(open_s, 1), "nprobe": pick["nprobe"], "C": pick["C"],
             "recall@10": recall_vs_exact(ids, ex[task["sweep_queries"]:], 10),

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_scale import drop_cache, resident_fraction  # noqa: E402
-from benchkit import closed_loop  # noqa: E402
+from benchkit import closed_loop, proc_memory  # noqa: E402
 
 
 async def _load(url: str, xq: np.ndarray, clients: int, seconds: float,
@@ -52,14 +52,13 @@ def _rss_anon_mb(root: int) -> tuple[float, float]:
     while pids:
         pid = pids.pop()
         try:
-            with open(f"/proc/{pid}/status") as f:
-                anon = next(int(line.split()[1]) for line in f if line.startswith("RssAnon:"))
+            anon = proc_memory(pid)["RssAnon"]
             for task in os.listdir(f"/proc/{pid}/task"):
                 with open(f"/proc/{pid}/task/{task}/children") as f:
                     pids += [int(c) for c in f.read().split()]
-        except (OSError, StopIteration):  # a process that ended meanwhile
+        except (OSError, KeyError):  # a process that ended meanwhile
             continue
-        seen.append(anon / 1024)
+        seen.append(anon / 2**20)
     return (round(max(seen), 1), round(sum(seen), 1)) if seen else (0.0, 0.0)
 
 

@@ -1,6 +1,6 @@
 """What several benchmarks share: the embedded BEIR sets they read (and the generator's in the
-same shape), and the closed-loop HTTP load they generate. Imported by the bench scripts (their
-directory is on sys.path)."""
+same shape), the closed-loop HTTP load they generate, and a process' memory as /proc tells it.
+Imported by the bench scripts (their directory is on sys.path)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,18 @@ import numpy as np
 MINILM = "all-MiniLM-L6-v2"
 # the unseen corpus that bench/make_debian_corpus.py builds (absent until it is built)
 DEBIAN = Path(__file__).resolve().parents[1] / "runs" / "debian-packages"
+
+
+def proc_memory(pid: int | str = "self") -> dict[str, int]:
+    """The memory fields of ``/proc/<pid>/status`` in bytes (VmRSS, VmHWM, RssAnon: private,
+    RssFile: mapped files, ...: every field given in kB). OSError once the process is gone."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        parts = value.split()
+        if len(parts) == 2 and parts[1] == "kB":
+            out[key] = int(parts[0]) * 1024
+    return out
 
 
 def embedded_beir(d: Path) -> dict[str, Any] | None:
