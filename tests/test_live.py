@@ -631,6 +631,10 @@ def test_tombstones_match_a_flag_array_and_never_change_what_a_search_holds():
     assert not t.mask(len(ref) + 5)[len(ref):].any()
     a, b = 30, len(ref) - 3
     assert t.count_in(a, b) == int(ref[a:b].sum())
+    for _ in range(50):  # ranges on and off byte boundaries, past the capacity, empty
+        a, b = sorted(int(v) for v in rng.integers(0, t.capacity + 20, 2))
+        assert t.count_in(a, b) == int(ref[a:b].sum()), (a, b)
+    assert t.count_in(9, 3) == 0
     for packed, want in held:  # later kills went to copies
         np.testing.assert_array_equal(packed, want)
     with pytest.raises(ValueError):

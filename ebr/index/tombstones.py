@@ -41,8 +41,7 @@ class Tombstones:
     def cover(self, rows: int) -> None:
         """Cover rows ``[0, rows)`` (doubling, so that growing row by row stays linear)."""
         if rows > self.capacity:
-            grown = np.zeros(max(2 * len(self._bits), _nbytes(rows)), dtype=np.uint8)
-            grown[:len(self._bits)] = self._bits
+            grown = _widened(self._bits, max(2 * len(self._bits), _nbytes(rows)))
             with self._lock:
                 self._bits, self._shared = grown, False
 
@@ -67,9 +66,7 @@ class Tombstones:
         n = _nbytes(rows)
         with self._lock:
             if n > len(self._bits):  # rows past the capacity: alive, in a copy of its own
-                out = np.zeros(n, dtype=np.uint8)
-                out[:len(self._bits)] = self._bits
-                return out
+                return _widened(self._bits, n)
             self._shared = True
             return self._bits[:n]
 
@@ -82,9 +79,23 @@ class Tombstones:
         return out
 
     def count_in(self, start: int, stop: int) -> int:
-        """Dead rows in ``[start, stop)``."""
-        return int(np.count_nonzero(self.mask(stop)[start:]))
+        """Dead rows in ``[start, stop)``: only the bytes covering them are unpacked (a
+        living index's delta rows, counted for its stats, not every base row)."""
+        start, stop = max(start, 0), min(stop, self.capacity)
+        if stop <= start:
+            return 0
+        first = start >> 3
+        with self._lock:
+            part = np.unpackbits(self._bits[first:_nbytes(stop)], bitorder="little")
+        return int(np.count_nonzero(part[start - 8 * first:stop - 8 * first]))
 
 
 def _nbytes(rows: int) -> int:
     return (max(rows, 0) + 7) // 8
+
+
+def _widened(bits: np.ndarray, nbytes: int) -> np.ndarray:
+    """A copy of ``bits`` zero-padded to ``nbytes``."""
+    out = np.zeros(nbytes, dtype=np.uint8)
+    out[:len(bits)] = bits
+    return out

@@ -209,9 +209,9 @@ class TextEncoder:
         lengths = np.array([len(e.ids) for e in encs])
         order = np.argsort(-lengths, kind="stable")  # similar lengths share a pass
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        for i, j in tqdm(length_passes(lengths[order], self.batch_size), desc="encode",
-                         unit="pass", disable=not progress):
-            rows = order[i:j]
+        for start, stop in tqdm(length_passes(lengths[order], self.batch_size), desc="encode",
+                                unit="pass", disable=not progress):
+            rows = order[start:stop]
             width = int(lengths[rows[0]])
             ids = np.zeros((len(rows), width), dtype=np.int64)
             mask = np.zeros((len(rows), width), dtype=np.int64)
