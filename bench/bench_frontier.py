@@ -5,6 +5,7 @@
                                    [--work runs/frontier] [--out bench/results] [--name frontier]
                                    [--sweep-nprobe 4 8 16 32 64] [--probe flat|hnsw]
                                    [--sweep-probes flat hnsw] [--sweep-candidates 100 150 200]
+                                   [--in-turns]
 
 For each set and each budget B of code bytes per vector, every method is built in a fresh
 process (its build time is its own) with the same IVF list count and searched at the same
@@ -46,7 +47,10 @@ reaches the best recall any 32-byte peer reaches (ebr's codes at 16 bytes, learn
 against the peers at 32). --probe hnsw picks every row's lists with a graph over its centroids (ebr's
 ``probe="hnsw"``; the same graph and beam swapped into the faiss peers' IVF; ScaNN keeps its
 own tree); the default scores every centroid, as faiss does. --sweep-probes measures each
-row's curve with each probe in turn, on the same built index. Each row's process takes the
+row's curve with each probe in turn, on the same built index. --in-turns builds every row of
+a set in one process first and then measures all their QPS in turns, point by point, the
+rows' order rotated each pass (best of 5): a fair QPS at equal recall on a host whose speed
+drifts over a run, which a row per process is not. Each row's process takes the
 index file leases the service takes (``ebr.index.guard.enable_leases``: no stat check per
 search).
 Sets: SciFact (MiniLM 384-d, 300 test queries, qrels), siftsmall (128-d, L2, 100 queries),
@@ -61,6 +65,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import resource
@@ -68,6 +73,8 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -80,7 +87,8 @@ sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data"
 EBR = ["kmeans", "opq", "opq_half", "rq", "distill", "distill_rq", "bidr"]
 PEERS = ["rabitq", "rabitq4", "pq4fs", "scann", "scann_soar"]
-K, C_SERVE, C_WIDE, QPS_QUERIES = 10, 100, 200, 300
+K, C_SERVE, C_WIDE, QPS_QUERIES, TURNS = 10, 100, 200, 300, 5
+logger = logging.getLogger("bench_frontier")
 
 
 def _sets(gen_n: int) -> dict[str, tuple[int, int, str]]:
@@ -273,20 +281,44 @@ def _recall(ids: np.ndarray, exact: np.ndarray, k: int) -> float:
                           for a, b in zip(ids, exact, strict=True)]))
 
 
-def run(task: dict[str, Any]) -> dict[str, Any]:
-    """One build + evaluation, in its own process."""
-    import logging
+@dataclass
+class _Built:
+    """One row's built index: its figures so far and how to search it."""
 
+    row: dict[str, Any]
+    final_fn: Any = None  # (queries, C) -> re-ranked top-K ids, at the row's nprobe
+    at_nprobe: Any = None  # (nprobe, probe) -> such a function, or None without that probe
+
+
+def _context(task: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray]:
+    """The task's set, and the exact top-100 of its test queries."""
     import faiss
 
     logging.basicConfig(level=logging.WARNING)
-    from ebr.eval.metrics import label_metrics
+    logger.setLevel(logging.INFO)
     from ebr.index.guard import enable_leases
 
     enable_leases()  # as the service does: a search's files are guarded by leases
-
     ds = load(task["set"], Path(task["data"]), Path(task["work"]), task["gen_n"])
-    assert ds is not None
+    if ds is None:
+        raise ValueError(f"{task['set']}: data absent")
+    exact = ds.get("exact")
+    if exact is None:
+        xb = ds["xb"]
+        metric = _sets(task["gen_n"])[task["set"]][2]
+        flat = faiss.IndexFlatIP(xb.shape[1]) if metric == "ip" else faiss.IndexFlatL2(
+            xb.shape[1])
+        flat.add(np.ascontiguousarray(xb))
+        _, exact = flat.search(ds["xq"], 100)
+    return ds, exact
+
+
+def _build(task: dict[str, Any], ds: dict[str, Any], exact: np.ndarray, tmp: Path) -> _Built:
+    """Build one row's index under ``tmp`` and measure its quality (no QPS yet)."""
+    import faiss
+
+    from ebr.eval.metrics import label_metrics
+
     nlist, nprobe, metric = _sets(task["gen_n"])[task["set"]]
     xb, xq, budget, method = ds["xb"], ds["xq"], task["bytes"], task["method"]
     n = len(xb)
@@ -294,80 +326,131 @@ def run(task: dict[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {"set": task["set"], "method": method, "bytes": budget,
                            "system": "ebr" if method in EBR else "peer", "nlist": nlist,
                            "nprobe": nprobe}
-    exact = ds.get("exact")
-    if exact is None:
-        flat = faiss.IndexFlatIP(xb.shape[1]) if metric == "ip" else faiss.IndexFlatL2(
-            xb.shape[1])
-        flat.add(np.ascontiguousarray(xb))
-        _, exact = flat.search(xq, 100)
+    t0 = time.perf_counter()
+    try:
+        if method in EBR:
+            searchers, spec, ram, fixed, guard = _ebr(method, ds, tmp, nlist, nprobe, metric,
+                                                      budget, task["budget"])
+            row["guard"] = guard  # the held-out figures it chose on (JSON only)
+            coarse_fn, final_fn = _ebr_fns(searchers(task["probe"]), nprobe)
+
+            def at_nprobe(p: int, probe: str, s: Any = searchers) -> Any:
+                return _ebr_fns(s(probe), p)[1]
+        else:
+            peer = _Peer(method, xb, nlist, nprobe, metric, budget)
+            if not peer.use_probe(task["probe"]):
+                raise ValueError(f"{method} picks its lists its own way (no {task['probe']})")
+            spec = peer.spec
+            ram = peer.code_bytes * peer.copies + 8.0
+            fixed = peer.fixed_bytes
+            dense = np.memmap(tmp / "dense.f32", dtype=np.float32, mode="w+", shape=xb.shape)
+            for i in range(0, n, 100_000):
+                dense[i:i + 100_000] = xb[i:i + 100_000]
+            dense.flush()
+            dense = np.memmap(tmp / "dense.f32", dtype=np.float32, mode="r", shape=xb.shape)
+
+            def coarse_fn(q: np.ndarray, c: int, peer: _Peer = peer) -> np.ndarray:
+                return peer.coarse(q, c)
+
+            def final_fn(q: np.ndarray, c: int, peer: _Peer = peer,
+                         dense: np.ndarray = dense) -> np.ndarray:
+                return _rerank(dense, q, peer.coarse(q, c), metric, peer.copies > 1)
+
+            def at_nprobe(p: int, probe: str, peer: _Peer = peer, f: Any = final_fn) -> Any:
+                if not peer.use_probe(probe):
+                    return None
+                peer.set_nprobe(p)
+                return f
+    except (ValueError, RuntimeError) as e:
+        row["skipped"] = str(e)[:200]
+        return _Built(row)
+    row["build_s"] = round(time.perf_counter() - t0, 1)
+    row["spec"] = spec
+    row["ram_B/vec"] = round(ram, 1)
+    row["fixed_MB"] = round(fixed / 2**20, 2)
+    faiss.omp_set_num_threads(1)
+    coarse = coarse_fn(xq, 100)
+    row["coarse_r@100"] = round(_recall(coarse, exact, 100), 4)
+    finals = {c: final_fn(xq, c) for c in (C_SERVE, C_WIDE)}
+    for c, ids in finals.items():
+        row[f"rerank_r@10_C{c}"] = round(_recall(ids, exact, 10), 4)
+    if method in EBR and method != "bidr":  # every document of the probed lists
+        row["coverage_r@10"] = round(_recall(final_fn(xq, n), exact, 10), 4)
+    if ds["qrels"] is not None:
+        rel = [ds["qrels"].get(q, {}) for q in ds["qids"]]
+        ranked = [[ds["ids"][i] if i >= 0 else None for i in r] for r in finals[C_WIDE]]
+        row["nDCG@10_C200"] = round(label_metrics(ranked, rel)["ndcg@10"], 4)
+        row["exact_nDCG@10"] = round(label_metrics(
+            [[ds["ids"][i] for i in r[:10]] for r in exact], rel)["ndcg@10"], 4)
+    row["probe"] = task["probe"]
+    return _Built(row, final_fn, at_nprobe)
+
+
+def run(task: dict[str, Any]) -> dict[str, Any]:
+    """One build + evaluation, in its own process: its QPS measured right after its build."""
+    ds, exact = _context(task)
     with tempfile.TemporaryDirectory(dir=task["work"]) as tmp:
-        t0 = time.perf_counter()
-        try:
-            if method in EBR:
-                searchers, spec, ram, fixed, guard = _ebr(method, ds, Path(tmp), nlist,
-                                                          nprobe, metric, budget,
-                                                          task["budget"])
-                row["guard"] = guard  # the held-out figures it chose on (JSON only)
-                coarse_fn, final_fn = _ebr_fns(searchers(task["probe"]), nprobe)
+        b = _build(task, ds, exact, Path(tmp))
+        if b.final_fn is not None:
+            b.row["peak_rss_mb"] = round(
+                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+            b.row["qps"] = _qps(b.final_fn, ds["xq"], C_SERVE, 2)
+            if task.get("sweep"):
+                b.row["sweep"] = _sweep(b.at_nprobe, task, b.row["nlist"], ds["xq"], exact)
+    print(json.dumps(b.row), flush=True)
+    return b.row
 
-                def at_nprobe(p: int, probe: str, s: Any = searchers) -> Any:
-                    return _ebr_fns(s(probe), p)[1]
-            else:
-                peer = _Peer(method, xb, nlist, nprobe, metric, budget)
-                if not peer.use_probe(task["probe"]):
-                    raise ValueError(f"{method} picks its lists its own way (no {task['probe']})")
-                spec = peer.spec
-                ram = peer.code_bytes * peer.copies + 8.0
-                fixed = peer.fixed_bytes
-                dense = np.memmap(Path(tmp) / "dense.f32", dtype=np.float32, mode="w+",
-                                  shape=xb.shape)
-                for i in range(0, n, 100_000):
-                    dense[i:i + 100_000] = xb[i:i + 100_000]
-                dense.flush()
-                dense = np.memmap(Path(tmp) / "dense.f32", dtype=np.float32, mode="r",
-                                  shape=xb.shape)
 
-                def coarse_fn(q: np.ndarray, c: int, peer: _Peer = peer) -> np.ndarray:
-                    return peer.coarse(q, c)
-
-                def final_fn(q: np.ndarray, c: int, peer: _Peer = peer,
-                             dense: np.ndarray = dense) -> np.ndarray:
-                    return _rerank(dense, q, peer.coarse(q, c), metric, peer.copies > 1)
-
-                def at_nprobe(p: int, probe: str, peer: _Peer = peer, f: Any = final_fn) -> Any:
-                    if not peer.use_probe(probe):
-                        return None
-                    peer.set_nprobe(p)
-                    return f
-        except (ValueError, RuntimeError) as e:
-            row["skipped"] = str(e)[:200]
-            print(json.dumps(row), flush=True)
-            return row
-        row["build_s"] = round(time.perf_counter() - t0, 1)
-        row["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-        row["spec"] = spec
-        row["ram_B/vec"] = round(ram, 1)
-        row["fixed_MB"] = round(fixed / 2**20, 2)
-        faiss.omp_set_num_threads(1)
-        coarse = coarse_fn(xq, 100)
-        row["coarse_r@100"] = round(_recall(coarse, exact, 100), 4)
-        finals = {c: final_fn(xq, c) for c in (C_SERVE, C_WIDE)}
-        for c, ids in finals.items():
-            row[f"rerank_r@10_C{c}"] = round(_recall(ids, exact, 10), 4)
-        if method in EBR and method != "bidr":  # every document of the probed lists
-            row["coverage_r@10"] = round(_recall(final_fn(xq, n), exact, 10), 4)
-        if ds["qrels"] is not None:
-            rel = [ds["qrels"].get(q, {}) for q in ds["qids"]]
-            ranked = [[ds["ids"][i] if i >= 0 else None for i in r] for r in finals[C_WIDE]]
-            row["nDCG@10_C200"] = round(label_metrics(ranked, rel)["ndcg@10"], 4)
-            row["exact_nDCG@10"] = round(label_metrics(
-                [[ds["ids"][i] for i in r[:10]] for r in exact], rel)["ndcg@10"], 4)
-        row["qps"] = _qps(final_fn, xq, C_SERVE, 2)
-        row["probe"] = task["probe"]
+def run_in_turns(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every task of one set built in this process first; then every row's QPS measured in
+    turns, point by point (the same nprobe, C and probe for every row back to back, the rows'
+    order rotated each pass), each point's best of TURNS passes kept: the host's drift over
+    a run falls on every row alike instead of on the rows measured last."""
+    ds, exact = _context(tasks[0])
+    xq = ds["xq"]
+    with ExitStack() as stack:
+        built = []
+        for task in tasks:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(dir=task["work"]))
+            built.append(_build(task, ds, exact, Path(tmp)))
+            logger.info("built %s %s B", task["method"], task["bytes"])
+        live = [b for b in built if b.final_fn is not None]
+        task = tasks[0]
+        points: list[tuple[str, int, int]] = [("serve", C_SERVE, 0)]
         if task.get("sweep"):
-            row["sweep"] = _sweep(at_nprobe, task, nlist, xq, exact)
-    print(json.dumps(row), flush=True)
-    return row
+            points += [(probe, c, p) for probe in task["sweep_probes"]
+                       for c in task.get("sweep_c") or [C_WIDE]
+                       for p in sorted(p for p in task["sweep"] if p <= live[0].row["nlist"])]
+        for b in live:
+            b.row["sweep"] = [] if task.get("sweep") else None
+        best: dict[tuple[int, tuple[str, int, int]], float] = {}
+        passes = TURNS
+        for turn in range(passes):
+            for pt in points:
+                for i in range(len(live)):
+                    j = (i + turn) % len(live)
+                    b = live[j]
+                    probe, c, p = pt
+                    f = (b.at_nprobe(b.row["nprobe"], b.row["probe"]) if probe == "serve"
+                         else b.at_nprobe(p, probe))
+                    if f is None:  # this row has no such probe
+                        continue
+                    if turn == 0 and probe != "serve":
+                        b.row["sweep"].append({"probe": probe, "nprobe": p, "C": c,
+                                               "r@10": round(_recall(f(xq, c), exact, 10), 4)})
+                    qps = _qps(f, xq, c, 1)
+                    best[j, pt] = max(best.get((j, pt), 0.0), qps)
+            logger.info("QPS pass %d of %d done", turn + 1, passes)
+        for j, b in enumerate(live):
+            b.row["qps"] = best[j, points[0]]
+            for sp in b.row["sweep"] or []:
+                sp["qps"] = best[j, (sp["probe"], sp["C"], sp["nprobe"])]
+            if b.row["sweep"] is None:
+                del b.row["sweep"]
+            b.row["measured"] = "in turns"
+    for b in built:
+        print(json.dumps(b.row), flush=True)
+    return [b.row for b in built]
 
 
 def _sweep(at_nprobe: Any, task: dict[str, Any], nlist: int, xq: np.ndarray,
@@ -649,6 +732,10 @@ def main() -> int:
     ap.add_argument("--sweep-candidates", type=int, nargs="+",
                     help=f"with --sweep-nprobe: the C values each curve is measured at "
                     f"(default {C_WIDE}); QPS at equal recall takes each row's fastest point")
+    ap.add_argument("--in-turns", action="store_true",
+                    help="build every row of a set in one process first, then measure the "
+                    f"rows' QPS in turns, point by point, best of {TURNS} passes (for QPS at equal "
+                    "recall: the host's drift over a run falls on every row alike)")
     ap.add_argument("--rows-from", nargs="+", help="write the tables from the JSON rows "
                     "runs printed (their logs), without building anything")
     ap.add_argument("--command", help="with --rows-from: the commands that printed the rows, "
@@ -670,22 +757,25 @@ def main() -> int:
         if load(name, Path(args.data), work, args.gen_n) is None:
             print(f"{name}: data absent, skipped", flush=True)
             continue
-        for budget in args.bytes:
-            for method in [m.split(":")[0] for m in args.methods
-                           if ":" not in m or str(budget) in m.split(":")[1].split(",")]:
-                if method == "bidr" and name not in ("scifact", "debian"):
-                    continue
-                task = {"set": name, "method": method, "bytes": budget, "data": args.data,
-                        "work": str(work), "gen_n": args.gen_n, "budget": args.budget,
-                        "sweep": args.sweep_nprobe, "probe": args.probe,
-                        "sweep_c": args.sweep_candidates,
-                        "sweep_probes": args.sweep_probes or [args.probe]}
-                with ProcessPoolExecutor(1, mp_context=ctx) as pool:
-                    try:
-                        rows.append(pool.submit(run, task).result())
-                    except Exception as e:  # noqa: BLE001 - one failed build is a row
+        tasks = [{"set": name, "method": method, "bytes": budget, "data": args.data,
+                  "work": str(work), "gen_n": args.gen_n, "budget": args.budget,
+                  "sweep": args.sweep_nprobe, "probe": args.probe,
+                  "sweep_c": args.sweep_candidates,
+                  "sweep_probes": args.sweep_probes or [args.probe]}
+                 for budget in args.bytes
+                 for method in [m.split(":")[0] for m in args.methods
+                                if ":" not in m or str(budget) in m.split(":")[1].split(",")]
+                 if method != "bidr" or name in ("scifact", "debian")]
+        batches = [tasks] if args.in_turns else [[t] for t in tasks]
+        for batch in batches:
+            with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+                try:
+                    rows += (pool.submit(run_in_turns, batch).result() if args.in_turns
+                             else [pool.submit(run, batch[0]).result()])
+                except Exception as e:  # noqa: BLE001 - one failed build is a row
+                    for task in batch:
                         rows.append({**{k: task[k] for k in ("set", "method", "bytes")},
-                                     "system": "ebr" if method in EBR else "peer",
+                                     "system": "ebr" if task["method"] in EBR else "peer",
                                      "skipped": f"{type(e).__name__}: {str(e)[:200]}"})
                         print(json.dumps(rows[-1]), flush=True)
     _write(rows, Path(args.out), args.name, cmd)
@@ -694,16 +784,20 @@ def main() -> int:
 
 def _write(rows: list[dict[str, Any]], out: Path, name: str, cmd: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    turns = any(r.get("measured") == "in turns" for r in rows)
     meta = {"command": cmd, "cpus": os.cpu_count(),
             "k": K, "C": [C_SERVE, C_WIDE], "qps": "one thread, one query per call, "
-            f"coarse + exact re-rank of C = {C_SERVE}, best of 2 passes over "
-            f"{QPS_QUERIES} queries"}
+            f"coarse + exact re-rank of C = {C_SERVE}, best of "
+            + (f"{TURNS} passes, the rows in turns," if turns else "2 passes")
+            + f" over {QPS_QUERIES} queries"}
+    built = ("every row of a set built in one process, then all measured in turns, point by "
+             "point" if turns else "every row built in its own process")
     (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     exact = {r["set"]: r["exact_nDCG@10"] for r in rows if "exact_nDCG@10" in r}
     cols = ["set", "bytes", "method", "spec", "ram_B/vec", "fixed_MB", "coarse_r@100", "rerank_r@10_C100",
             "rerank_r@10_C200", "nDCG@10_C200", "coverage_r@10", "qps", "build_s", "skipped"]
     md = ["# Recall per byte: ebr's codes and the frontier's, side by side", "",
-          f"`{cmd}` ({os.cpu_count()} cores; every row built in its own process in the run "
+          f"`{cmd}` ({os.cpu_count()} cores; {built} in the run "
           f"that printed it; nprobe per set as in the table; {meta['qps']}; exact nDCG@10: "
           + (", ".join(f"{s} {v}" for s, v in exact.items()) or "-") + ")", "",
           "## The goal: ebr's best code at 16 bytes (the row names it) vs the best peer at 32",
