@@ -60,6 +60,23 @@ def test_encoder_matches_precomputed(encoder):
         assert float(mine @ np.load(emb, mmap_mode="r")[0]) > 0.999
 
 
+def test_torch_passes_by_length_give_the_vectors_of_one_call(encoder, monkeypatch):
+    """The torch runtime splits a call's texts by length into several passes (a long text
+    is not padded with the short ones); the vectors are those of sentence-transformers' own
+    call, each in its place."""
+    texts = ["insulin", " ".join(["protein folding in the reticulum"] * 60), "",
+             "a short query about vitamin D and depression"] + [t for _, t, _ in DOCS]
+    ref = encoder.model.encode(texts, convert_to_numpy=True, normalize_embeddings=True)
+    calls = []
+    real = encoder.model.encode
+    monkeypatch.setattr(encoder.model, "encode",
+                        lambda batch, **kw: calls.append(len(batch)) or real(batch, **kw))
+    x = encoder.encode(texts)
+    assert len(calls) >= 2 and sum(calls) == len(texts)
+    np.testing.assert_allclose(x, ref, atol=1e-5)
+    assert encoder.encode([]).shape == (0, 384)
+
+
 def test_onnx_runtimes_match_torch(encoder, caplog):
     """ONNX Runtime computes the torch encoder's function: fp32 the same vectors, int8 close;
     texts of mixed lengths in one call (padding), one past the 256-token limit (truncation),

