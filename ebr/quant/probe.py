@@ -57,6 +57,13 @@ def centroid_graph(centroids: np.ndarray, metric: int) -> faiss.IndexHNSWFlat:
     return graph
 
 
+def _linear_views(t: faiss.LinearTransform) -> tuple[np.ndarray, np.ndarray | None]:
+    """A trained linear transform's matrix (float32 [d_out, d_in]) and bias (None without
+    one) as views of faiss' own memory, not copies."""
+    a = faiss.rev_swig_ptr(t.A.data(), t.d_out * t.d_in).reshape(t.d_out, t.d_in)
+    return a, faiss.rev_swig_ptr(t.b.data(), t.d_out) if t.have_bias else None
+
+
 class _Chain:
     """The chain of an ``IndexPreTransform`` (not its index), applied to query batches: each
     linear step (OPQ, query weighting, L2 RQ's ``[q, 1]``) as one numpy product over a view of
@@ -72,8 +79,7 @@ class _Chain:
         for i in range(pre.chain.size()):
             t = faiss.downcast_VectorTransform(pre.chain.at(i))
             if isinstance(t, faiss.LinearTransform) and t.is_trained:
-                a = faiss.rev_swig_ptr(t.A.data(), t.d_out * t.d_in).reshape(t.d_out, t.d_in)
-                b = faiss.rev_swig_ptr(t.b.data(), t.d_out) if t.have_bias else None
+                a, b = _linear_views(t)
                 steps.append((a.T, b))
             else:
                 steps.append(t)
@@ -179,13 +185,14 @@ def same_partition(a: faiss.Index, b: faiss.Index) -> bool:
         if isinstance(outer, faiss.IndexPreTransform):
             for i in range(outer.chain.size()):
                 t = faiss.downcast_VectorTransform(outer.chain.at(i))
-                if not isinstance(t, faiss.LinearTransform):
+                if not isinstance(t, faiss.LinearTransform) or not t.is_trained:
                     return False
-                chain.append((faiss.vector_to_array(t.A), faiss.vector_to_array(t.b)))
+                chain.append(_linear_views(t))
         chains.append(chain)
     if len(chains[0]) != len(chains[1]) or not all(
-            np.array_equal(x[0], y[0]) and np.array_equal(x[1], y[1])
-            for x, y in zip(chains[0], chains[1], strict=True)):
+            np.array_equal(ax, ay) and (bx is by is None or (
+                bx is not None and by is not None and np.array_equal(bx, by)))
+            for (ax, bx), (ay, by) in zip(chains[0], chains[1], strict=True)):
         return False
     ivfs = [faiss.extract_index_ivf(x) for x in (a, b)]
     qs = [faiss.downcast_index(ivf.quantizer) for ivf in ivfs]
