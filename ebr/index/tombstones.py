@@ -20,7 +20,8 @@ __all__ = ["Tombstones"]
 class Tombstones:
     """Dead-row bits over rows ``[0, capacity)``, growing as rows are added. Thread-safe: a
     single writer (the living index applies records under its own lock) and any number of
-    readers of :meth:`packed`."""
+    readers, none of which holds the lock while it reads: what :meth:`packed`, :meth:`mask`
+    and :meth:`count_in` read is never changed afterwards."""
 
     def __init__(self, rows: int) -> None:
         self._bits = np.zeros(_nbytes(rows), dtype=np.uint8)
@@ -64,18 +65,18 @@ class Tombstones:
         """The bytes covering rows ``[0, rows)``, for a search's selector: never changed
         afterwards (a later :meth:`kill` writes a copy)."""
         n = _nbytes(rows)
-        with self._lock:
-            if n > len(self._bits):  # rows past the capacity: alive, in a copy of its own
-                return _widened(self._bits, n)
-            self._shared = True
-            return self._bits[:n]
+        bits = self._held()
+        # rows past the capacity: alive, in a copy of its own
+        return _widened(bits, n) if n > len(bits) else bits[:n]
 
     def mask(self, rows: int) -> np.ndarray:
-        """bool [rows]: a copy of the flags of rows ``[0, rows)``."""
-        n = min(rows, self.capacity)
+        """bool [rows]: a copy of the flags of rows ``[0, rows)``, unpacked outside the lock
+        from bytes a write no longer changes (~10 ms at 10M rows that a write would otherwise
+        wait for)."""
+        bits = self._held()
+        n = min(rows, len(bits) * 8)
         out = np.zeros(rows, dtype=bool)
-        with self._lock:
-            out[:n] = np.unpackbits(self._bits, count=n, bitorder="little").view(bool)
+        out[:n] = np.unpackbits(bits, count=n, bitorder="little").view(bool)
         return out
 
     def count_in(self, start: int, stop: int) -> int:
@@ -85,9 +86,14 @@ class Tombstones:
         if stop <= start:
             return 0
         first = start >> 3
-        with self._lock:
-            part = np.unpackbits(self._bits[first:_nbytes(stop)], bitorder="little")
+        part = np.unpackbits(self._held()[first:_nbytes(stop)], bitorder="little")
         return int(np.count_nonzero(part[start - 8 * first:stop - 8 * first]))
+
+    def _held(self) -> np.ndarray:
+        """The current bytes, handed out: a later :meth:`kill` writes a copy."""
+        with self._lock:
+            self._shared = True
+            return self._bits
 
 
 def _nbytes(rows: int) -> int:
