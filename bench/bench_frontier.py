@@ -18,6 +18,7 @@ nprobe, one query at a time on one thread:
           rq           IVF,RQ<B> (faiss residual quantizer, 8-bit codebooks)
           distill      OPQ<B>,IVF,PQ<B> --codebooks distill (the README's recipe; pseudo-queries
                        or the set's training queries, labels unused; guarded end to end)
+          distill_half OPQ<B>_<d/2>,IVF,PQ<B> --codebooks distill (learned on the halved space)
           distill_rq   IVF,RQ<B> --codebooks distill
           bidr         BiDR, stages 1 + 2 (linear query tower) on OPQ<B>, with the set's
                        labelled training queries (SciFact; Debian, whose test positives no
@@ -85,7 +86,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 DATA = ROOT.parent / "shared" / "data"
-EBR = ["kmeans", "opq", "opq_half", "rq", "distill", "distill_rq", "bidr"]
+EBR = ["kmeans", "opq", "opq_half", "rq", "distill", "distill_half", "distill_rq", "bidr"]
 PEERS = ["rabitq", "rabitq4", "pq4fs", "scann", "scann_soar"]
 K, C_SERVE, C_WIDE, QPS_QUERIES, TURNS = 10, 100, 200, 300, 5
 logger = logging.getLogger("bench_frontier")
@@ -495,7 +496,7 @@ def _ebr(method: str, ds: dict[str, Any], tmp: Path, nlist: int, nprobe: int, me
     d = ds["xb"].shape[1]
     half = f"OPQ{budget}_{max(budget, d // 2 // budget * budget)},"  # a multiple of M
     spec = IndexSpec.parse(f"IVF{nlist},RQ{budget}" if rq else
-                           (f"OPQ{budget}," if opq else half if method == "opq_half" else "")
+                           (f"OPQ{budget}," if opq else half if method.endswith("_half") else "")
                            + f"IVF{nlist},PQ{budget}")
     trainer = dense = None
     codebooks = {"kmeans": "kmeans", "opq": "opq", "opq_half": "opq",

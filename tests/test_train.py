@@ -83,9 +83,10 @@ CFG = DistillConfig(max_epochs=4, patience=10, batch_size=64, n_random=256, top_
 
 
 # RQ8 with the default eta candidates, RQ6x10 with one forced (the refit branch)
+# OPQ8_16: the rotation also halves the dimensions (a [16, 32] matrix before the learned parts)
 @pytest.fixture(scope="module", params=[("IVF16,PQ8", None), ("IVF16,RQ8", None),
-                                        ("IVF16,RQ6x10", (4.0,))],
-                ids=["pq", "rq", "rq6x10-eta4"])
+                                        ("IVF16,RQ6x10", (4.0,)), ("OPQ8_16,IVF16,PQ8", None)],
+                ids=["pq", "rq", "rq6x10-eta4", "opq8_16"])
 def trained(request, tmp_path_factory, ds_ip):
     spec, etas = request.param  # etas: score-aware candidates (None: the default ones)
     cfg = CFG if etas is None else dataclasses.replace(CFG, score_aware_eta=etas)

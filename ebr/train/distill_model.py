@@ -67,7 +67,8 @@ def query_spectrum(queries: np.ndarray) -> dict[str, float]:
 
 class DistillVQ(nn.Module):
     """IVF centroids [nlist, d], PQ codebooks [M, ksub, dsub] (or, ``residual``, RQ codebooks
-    [M, ksub, d]) and a query map W [d, d] (init I, or ``query_map``: S^-1 under query weighting).
+    [M, ksub, d]) and a query map W [d_in, d_in] (init I, or ``query_map``: S^-1 under query
+    weighting); the rotation, when there is one, is [d, d_in] (OPQ<M>_<d'> makes d < d_in).
 
     Documents live in the index's working space (after OPQ, if any); queries are mapped by W in
     the input space, then rotated.
@@ -85,7 +86,10 @@ class DistillVQ(nn.Module):
         self.metric = metric
         self.centroids = nn.Parameter(torch.from_numpy(centroids.copy()))
         self.codebooks = nn.Parameter(torch.from_numpy(codebooks.copy()))
-        w0 = torch.eye(d) if query_map is None else torch.from_numpy(
+        d_in = d if rotation is None else rotation.shape[1]  # OPQ<M>_<d'>: [d', d_in]
+        if rotation is not None and rotation.shape[0] != d:
+            raise SpecError(f"rotation {rotation.shape} does not end in dimension {d}")
+        w0 = torch.eye(d_in) if query_map is None else torch.from_numpy(
             np.ascontiguousarray(query_map, dtype=np.float32))
         self.query_map = nn.Parameter(w0, requires_grad=train_query_map)
         self.register_buffer("rotation", None if rotation is None
