@@ -62,8 +62,8 @@ def test_encoder_matches_precomputed(encoder):
 
 def test_torch_passes_by_length_give_the_vectors_of_one_call(encoder, monkeypatch):
     """The torch runtime splits a call's texts by length into several passes (a long text
-    is not padded with the short ones); the vectors are those of sentence-transformers' own
-    call, each in its place."""
+    is not padded with the short ones), a corpus chunk by chunk; the vectors are those of
+    sentence-transformers' own call, each in its place."""
     texts = ["insulin", " ".join(["protein folding in the reticulum"] * 60), "",
              "a short query about vitamin D and depression"] + [t for _, t, _ in DOCS]
     ref = encoder.model.encode(texts, convert_to_numpy=True, normalize_embeddings=True)
@@ -75,6 +75,11 @@ def test_torch_passes_by_length_give_the_vectors_of_one_call(encoder, monkeypatc
     assert len(calls) >= 2 and sum(calls) == len(texts)
     np.testing.assert_allclose(x, ref, atol=1e-5)
     assert encoder.encode([]).shape == (0, 384)
+    # a corpus goes chunk by chunk (ENCODE_CHUNK texts tokenized and sorted at a time)
+    monkeypatch.setattr("ebr.io.encoder.ENCODE_CHUNK", 3)
+    calls.clear()
+    np.testing.assert_allclose(encoder.encode(texts), ref, atol=1e-5)
+    assert len(calls) >= -(-len(texts) // 3)
 
 
 def test_onnx_runtimes_match_torch(encoder, caplog):

@@ -43,7 +43,8 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
 __all__ = ["TextEncoder", "MINILM", "Runtime", "RUNTIMES", "encoder_cache_dir",
-           "length_passes", "onnx_graph", "PASS_OVERHEAD_TOKENS", "TORCH_PASS_OVERHEAD_TOKENS"]
+           "length_passes", "onnx_graph", "PASS_OVERHEAD_TOKENS", "TORCH_PASS_OVERHEAD_TOKENS",
+           "ENCODE_CHUNK"]
 
 Runtime = Literal["torch", "onnx", "onnx-int8"]
 RUNTIMES: tuple[str, ...] = get_args(Runtime)
@@ -61,6 +62,8 @@ PASS_OVERHEAD_TOKENS = 13
 # The same for one sentence-transformers call on torch, fitted the same way: random cohorts of
 # 8-32 SciFact queries, one thread, split with overheads of 13, 30 and 60 (30 the fastest).
 TORCH_PASS_OVERHEAD_TOKENS = 30
+# The most texts one call tokenizes and sorts at once (a corpus is encoded chunk by chunk).
+ENCODE_CHUNK = 4096
 
 
 def length_passes(lengths: np.ndarray, max_rows: int,
@@ -249,11 +252,17 @@ class TextEncoder:
         length and splits them into the forward passes that compute the fewest padded tokens
         (``length_passes``), at most ``batch_size`` texts each."""
         self.load()
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        if self.runtime != "torch":
-            return self._encode_onnx(list(texts), progress)
-        return self._encode_torch(list(texts), progress)
+        texts = list(texts)
+        run = self._encode_onnx if self.runtime != "torch" else self._encode_torch
+        if len(texts) <= ENCODE_CHUNK:
+            return run(texts, progress) if texts else np.zeros((0, self.dim), np.float32)
+        # a corpus: tokenized and sorted a chunk at a time, so its token lists never all sit
+        # in memory at once (among 4,096 sorted texts a pass's rows are near one length)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for start in tqdm(range(0, len(texts), ENCODE_CHUNK), desc="encode", unit="chunk",
+                          disable=not progress):
+            out[start:start + ENCODE_CHUNK] = run(texts[start:start + ENCODE_CHUNK], False)
+        return out
 
 
 def _max_seq_length(model_dir: Path) -> int:
