@@ -65,9 +65,10 @@ class Tombstones:
         """The bytes covering rows ``[0, rows)``, for a search's selector: never changed
         afterwards (a later :meth:`kill` writes a copy)."""
         n = _nbytes(rows)
-        bits = self._held()
-        # rows past the capacity: alive, in a copy of its own
-        return _widened(bits, n) if n > len(bits) else bits[:n]
+        with self._lock:
+            if n > len(self._bits):  # rows past the capacity: alive, in a copy of its own
+                return _widened(self._bits, n)
+        return self._held()[:n]
 
     def mask(self, rows: int) -> np.ndarray:
         """bool [rows]: a copy of the flags of rows ``[0, rows)``, unpacked outside the lock
