@@ -51,7 +51,9 @@ own tree); the default scores every centroid, as faiss does. --sweep-probes meas
 row's curve with each probe in turn, on the same built index. --in-turns builds every row of
 a set in one process first and then measures all their QPS in turns, point by point, the
 rows' order rotated each pass (best of 5): a fair QPS at equal recall on a host whose speed
-drifts over a run, which a row per process is not. Each row's process takes the
+drifts over a run, which a row per process is not. Its peers share one copy of the dense
+vectors; each ebr row keeps its own index, dense store included, until the end (~1.5 GB per
+row at 1M x 384 on disk), so run it on the rows the comparison needs. Each row's process takes the
 index file leases the service takes (``ebr.index.guard.enable_leases``: no stat check per
 search).
 Sets: SciFact (MiniLM 384-d, 300 test queries, qrels), siftsmall (128-d, L2, 100 queries),
@@ -314,8 +316,23 @@ def _context(task: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray]:
     return ds, exact
 
 
-def _build(task: dict[str, Any], ds: dict[str, Any], exact: np.ndarray, tmp: Path) -> _Built:
-    """Build one row's index under ``tmp`` and measure its quality (no QPS yet)."""
+def _peer_dense(xb: np.ndarray, where: Path) -> np.ndarray:
+    """The dense vectors the peers re-rank with, as a memory map of ``where/dense.f32``
+    (written once: the peers of one process share it)."""
+    path = where / "dense.f32"
+    if not path.exists():
+        dense = np.memmap(path, dtype=np.float32, mode="w+", shape=xb.shape)
+        for i in range(0, len(xb), 100_000):
+            dense[i:i + 100_000] = xb[i:i + 100_000]
+        dense.flush()
+        del dense
+    return np.memmap(path, dtype=np.float32, mode="r", shape=xb.shape)
+
+
+def _build(task: dict[str, Any], ds: dict[str, Any], exact: np.ndarray, tmp: Path,
+           peers_dir: Path | None = None) -> _Built:
+    """Build one row's index under ``tmp`` and measure its quality (no QPS yet); a peer
+    re-ranks from ``peers_dir``'s shared copy of the dense vectors when given."""
     import faiss
 
     from ebr.eval.metrics import label_metrics
@@ -344,11 +361,7 @@ def _build(task: dict[str, Any], ds: dict[str, Any], exact: np.ndarray, tmp: Pat
             spec = peer.spec
             ram = peer.code_bytes * peer.copies + 8.0
             fixed = peer.fixed_bytes
-            dense = np.memmap(tmp / "dense.f32", dtype=np.float32, mode="w+", shape=xb.shape)
-            for i in range(0, n, 100_000):
-                dense[i:i + 100_000] = xb[i:i + 100_000]
-            dense.flush()
-            dense = np.memmap(tmp / "dense.f32", dtype=np.float32, mode="r", shape=xb.shape)
+            dense = _peer_dense(xb, peers_dir or tmp)
 
             def coarse_fn(q: np.ndarray, c: int, peer: _Peer = peer) -> np.ndarray:
                 return peer.coarse(q, c)
@@ -411,9 +424,10 @@ def run_in_turns(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     xq = ds["xq"]
     with ExitStack() as stack:
         built = []
+        shared = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=tasks[0]["work"])))
         for task in tasks:
             tmp = stack.enter_context(tempfile.TemporaryDirectory(dir=task["work"]))
-            built.append(_build(task, ds, exact, Path(tmp)))
+            built.append(_build(task, ds, exact, Path(tmp), peers_dir=shared))
             logger.info("built %s %s B", task["method"], task["bytes"])
         live = [b for b in built if b.final_fn is not None]
         task = tasks[0]
@@ -736,7 +750,9 @@ def main() -> int:
     ap.add_argument("--in-turns", action="store_true",
                     help="build every row of a set in one process first, then measure the "
                     f"rows' QPS in turns, point by point, best of {TURNS} passes (for QPS at equal "
-                    "recall: the host's drift over a run falls on every row alike)")
+                    "recall: the host's drift over a run falls on every row alike); the peers "
+                    "share one copy of the dense vectors, written by the first (its build time "
+                    "includes the copy, the others' do not)")
     ap.add_argument("--rows-from", nargs="+", help="write the tables from the JSON rows "
                     "runs printed (their logs), without building anything")
     ap.add_argument("--command", help="with --rows-from: the commands that printed the rows, "
