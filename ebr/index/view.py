@@ -122,7 +122,6 @@ class LiveView:
         self.delta_objects: list[JsonObject | None] = []  # the same, parsed (filters)
         self.id_to_delta: dict[ExternalId, int] = {}
         self.dead = Tombstones(self.n_base + 1024)
-        self._packed: tuple[int, np.ndarray] | None = None  # (version, bitmap)
         self.last_lsn = self.applied_lsn
         self.offset = 0  # log bytes applied
         self.sealed = False  # compaction closed this epoch: a newer generation serves
@@ -203,17 +202,11 @@ class LiveView:
         return mask
 
     def selector_bitmap(self) -> np.ndarray | None:
-        """Packed tombstone bitmap (bit i: row i is dead), or None when nothing is dead.
-        Cached until the next change."""
-        version = self.version  # read first: a bitmap packed from older flags is never reused
+        """Packed tombstone bitmap (bit i: row i is dead), or None when nothing is dead: the
+        tombstones' own bytes, which no later write changes (``Tombstones.packed``)."""
         if not self.n_dead:
             return None
-        cached = self._packed
-        if cached is not None and cached[0] == version:
-            return cached[1]
-        packed = self.dead.packed(self.ntotal_rows)
-        self._packed = (version, packed)
-        return packed
+        return self.dead.packed(self.ntotal_rows)
 
     def rows_of(self, ids: Sequence[ExternalId]) -> dict[ExternalId, int]:
         """Current (live) row of each id that exists."""
@@ -384,7 +377,7 @@ class LiveView:
                 self.delta_objects.append(dict(p) if isinstance(p, dict) else None)
             self.dead.cover(self.ntotal_rows)
         self.last_lsn = rec.lsn
-        self.version += 1  # after the flags: see selector_bitmap
+        self.version += 1  # after the flags: a cache keyed on it never holds older ones
 
     def _encode(self, x: np.ndarray, first: int) -> None:
         """Codes of new rows, made by the base's codebooks, into the delta segment."""
