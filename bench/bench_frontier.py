@@ -430,17 +430,13 @@ def run_in_turns(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
             built.append(_build(task, ds, exact, Path(tmp), peers_dir=shared))
             logger.info("built %s %s B", task["method"], task["bytes"])
         live = [b for b in built if b.final_fn is not None]
-        task = tasks[0]
-        points: list[tuple[str, int, int]] = [("serve", C_SERVE, 0)]
-        if task.get("sweep"):
-            points += [(probe, c, p) for probe in task["sweep_probes"]
-                       for c in task.get("sweep_c") or [C_WIDE]
-                       for p in sorted(p for p in task["sweep"] if p <= live[0].row["nlist"])]
+        sweep = _sweep_points(tasks[0], live[0].row["nlist"]) if live else []
+        points = [("serve", C_SERVE, 0), *sweep]
         for b in live:
-            b.row["sweep"] = [] if task.get("sweep") else None
+            if sweep:
+                b.row["sweep"] = []
         best: dict[tuple[int, tuple[str, int, int]], float] = {}
-        passes = TURNS
-        for turn in range(passes):
+        for turn in range(TURNS):
             for pt in points:
                 for i in range(len(live)):
                     j = (i + turn) % len(live)
@@ -455,13 +451,11 @@ def run_in_turns(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                                "r@10": round(_recall(f(xq, c), exact, 10), 4)})
                     qps = _qps(f, xq, c, 1)
                     best[j, pt] = max(best.get((j, pt), 0.0), qps)
-            logger.info("QPS pass %d of %d done", turn + 1, passes)
+            logger.info("QPS pass %d of %d done", turn + 1, TURNS)
         for j, b in enumerate(live):
             b.row["qps"] = best[j, points[0]]
-            for sp in b.row["sweep"] or []:
+            for sp in b.row.get("sweep", []):
                 sp["qps"] = best[j, (sp["probe"], sp["C"], sp["nprobe"])]
-            if b.row["sweep"] is None:
-                del b.row["sweep"]
             b.row["measured"] = "in turns"
     for b in built:
         print(json.dumps(b.row), flush=True)
@@ -473,16 +467,24 @@ def _sweep(at_nprobe: Any, task: dict[str, Any], nlist: int, xq: np.ndarray,
     """The recall-QPS curve at each swept C (C = 200 by default), nprobe by nprobe, for each
     probe in turn."""
     points = []
-    for probe in task["sweep_probes"]:
-        for c in task.get("sweep_c") or [C_WIDE]:
-            for p in sorted(p for p in task["sweep"] if p <= nlist):
-                f = at_nprobe(p, probe)
-                if f is None:  # this row has no such probe
-                    break
-                points.append({"probe": probe, "nprobe": p, "C": c,
-                               "r@10": round(_recall(f(xq, c), exact, 10), 4),
-                               "qps": _qps(f, xq, c, 3)})
+    for probe, c, p in _sweep_points(task, nlist):
+        f = at_nprobe(p, probe)
+        if f is None:  # this row has no such probe
+            continue
+        points.append({"probe": probe, "nprobe": p, "C": c,
+                       "r@10": round(_recall(f(xq, c), exact, 10), 4),
+                       "qps": _qps(f, xq, c, 3)})
     return points
+
+
+def _sweep_points(task: dict[str, Any], nlist: int) -> list[tuple[str, int, int]]:
+    """The swept (probe, C, nprobe) points, probe by probe, then C, then nprobe (at most
+    nlist); none without --sweep-nprobe."""
+    if not task.get("sweep"):
+        return []
+    return [(probe, c, p) for probe in task["sweep_probes"]
+            for c in task.get("sweep_c") or [C_WIDE]
+            for p in sorted(p for p in task["sweep"] if p <= nlist)]
 
 
 def _qps(final_fn: Any, xq: np.ndarray, c: int, passes: int) -> float:
