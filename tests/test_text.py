@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from ebr.index.reader import open_index  # noqa: E402
 from ebr.io.beir import cached_corpus_embeddings  # noqa: E402
-from ebr.io.encoder import TextEncoder  # noqa: E402
+from ebr.io.encoder import TextEncoder, length_passes, packed_passes  # noqa: E402
 from index_build.__main__ import main  # noqa: E402
 from service.app import create_app  # noqa: E402
 from service.settings import Settings  # noqa: E402
@@ -104,6 +104,16 @@ def test_onnx_runtimes_match_torch(encoder, caplog):
             # (0.989-0.99+ between runs), so alone it is held to the same floor against torch
             assert float(alone @ ref[2]) > floor
         assert enc.encode([]).shape == (0, 384)
+        # a cohort of short queries: packed side by side in rows, each the vector of its own
+        few = [t for _, t, _ in DOCS] + ["insulin", "coffee and sleep", "", "lava"] * 3
+        lengths = [len(e.ids) for e in enc._tokenizer.encode_batch(few)]
+        assert any(len(row) > 1 for p in packed_passes(lengths, 3) for row in p)
+        x = enc.encode(few)
+        if runtime == "onnx":
+            np.testing.assert_allclose(x, encoder.encode(few), atol=1e-5)
+            np.testing.assert_allclose(enc.encode(few[:1])[0], x[0], atol=1e-5)
+        else:
+            assert float((x * encoder.encode(few)).sum(1).min()) > floor
     assert caplog.text.count("exporting") <= 1  # int8 quantizes the cached fp32 graph
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="ebr.io.encoder"):
@@ -118,8 +128,6 @@ def test_length_passes_compute_the_fewest_tokens():
     most max_rows each, and cost (padded tokens + the per-pass overhead) what the cheapest of
     every split costs (all splits enumerated)."""
     import itertools
-
-    from ebr.io.encoder import length_passes
 
     def cost(lengths, passes, overhead):
         return sum(overhead + (j - i) * lengths[i] for i, j in passes)
@@ -143,6 +151,37 @@ def test_length_passes_compute_the_fewest_tokens():
                                                                         (3, 4)]
     with pytest.raises(ValueError):
         length_passes(np.array([3]), 0)
+
+
+def test_packed_passes_cover_every_text_once_at_no_more_than_one_text_a_row_costs():
+    """Packed passes hold every text once, at most max_rows rows a pass, each pass's first row
+    its widest; the plan costs (by the same model) no more than one text a row; short queries
+    beside one long text get packed, texts of one length do not."""
+    from ebr.io.encoder import ATTENTION_WIDTH_TOKENS, PASS_OVERHEAD_TOKENS
+
+    def cost(passes, lengths):
+        return sum(PASS_OVERHEAD_TOKENS + len(p) * w * (1 + w / ATTENTION_WIDTH_TOKENS)
+                   for p in passes for w in [sum(lengths[t] for t in p[0])])
+
+    rng = np.random.default_rng(1)
+    for trial in range(30):
+        lengths = rng.integers(2, int(rng.choice([20, 60, 300])), int(rng.integers(1, 40)))
+        cap = int(rng.integers(1, 17))
+        passes = packed_passes(lengths, cap)
+        texts = sorted(t for p in passes for row in p for t in row)
+        assert texts == list(range(len(lengths))), trial
+        widths = [[int(lengths[row].sum()) for row in p] for p in passes]
+        assert all(0 < len(p) <= cap and w[0] == max(w) for p, w in zip(passes, widths, strict=True))
+        order = np.argsort(-lengths, kind="stable")
+        single = [[[int(t)] for t in order[i:j]]
+                  for i, j in length_passes(lengths[order], cap, PASS_OVERHEAD_TOKENS)]
+        assert cost(passes, lengths) <= cost(single, lengths) + 1e-9, trial
+    short = np.array([40, 9, 8, 12, 7, 10, 11, 9, 8, 13, 9, 10])
+    assert any(len(row) > 1 for p in packed_passes(short, 16) for row in p)
+    assert all(len(row) == 1 for p in packed_passes(np.full(12, 30), 16) for row in p)
+    assert packed_passes(np.array([], dtype=np.int64), 8) == []
+    with pytest.raises(ValueError):
+        packed_passes(np.array([3]), 0)
 
 
 @pytest.mark.parametrize("pooling", [{"pooling_mode": "cls"},
