@@ -60,26 +60,28 @@ def test_encoder_matches_precomputed(encoder):
         assert float(mine @ np.load(emb, mmap_mode="r")[0]) > 0.999
 
 
-def test_torch_passes_by_length_give_the_vectors_of_one_call(encoder, monkeypatch):
-    """The torch runtime splits a call's texts by length into several passes (a long text
-    is not padded with the short ones), a corpus chunk by chunk; the vectors are those of
-    sentence-transformers' own call, each in its place."""
+def test_torch_packed_passes_give_the_vectors_of_sentence_transformers(encoder, monkeypatch):
+    """The torch runtime runs a call's texts in packed passes (a long text is not padded with
+    the short ones, short ones share a row), a corpus chunk by chunk; the vectors are those
+    of sentence-transformers' own call, each in its place."""
+    import ebr.io.encoder as mod
+
     texts = ["insulin", " ".join(["protein folding in the reticulum"] * 60), "",
              "a short query about vitamin D and depression"] + [t for _, t, _ in DOCS]
     ref = encoder.model.encode(texts, convert_to_numpy=True, normalize_embeddings=True)
-    calls = []
-    real = encoder.model.encode
-    monkeypatch.setattr(encoder.model, "encode",
-                        lambda batch, **kw: calls.append(len(batch)) or real(batch, **kw))
+    plans = []
+    real = mod.packed_passes
+    monkeypatch.setattr(mod, "packed_passes", lambda *a: plans.append(real(*a)) or plans[-1])
     x = encoder.encode(texts)
-    assert len(calls) >= 2 and sum(calls) == len(texts)
+    assert len(plans) == 1 and len(plans[0]) >= 2  # the long text has a pass of its own
+    assert any(len(row) > 1 for p in plans[0] for row in p)  # short texts share a row
     np.testing.assert_allclose(x, ref, atol=1e-5)
     assert encoder.encode([]).shape == (0, 384)
     # a corpus goes chunk by chunk (ENCODE_CHUNK texts tokenized and sorted at a time)
-    monkeypatch.setattr("ebr.io.encoder.ENCODE_CHUNK", 3)
-    calls.clear()
+    monkeypatch.setattr(mod, "ENCODE_CHUNK", 3)
+    plans.clear()
     np.testing.assert_allclose(encoder.encode(texts), ref, atol=1e-5)
-    assert len(calls) >= -(-len(texts) // 3)
+    assert len(plans) == -(-len(texts) // 3)
 
 
 def test_onnx_runtimes_match_torch(encoder, caplog):
