@@ -1,11 +1,12 @@
 """BiDR (issue 4): labelled training, 16 bytes per vector in RAM, re-rank from disk.
 
-    python bench/bench_bidr.py [--set scifact|debian|generator] [--spec IVF32,PQ16]
+    python bench/bench_bidr.py [--set scifact|debian|pydoc|generator] [--spec IVF32,PQ16]
                                [--nprobe 8 32] [--C 100 200] [--out bench/results] [--name bidr]
 
 Sets: SciFact (809 labelled train queries, 300 test queries), ``debian`` (the unseen corpus of
 bench/make_debian_corpus.py: 500 labelled train queries, 500 test queries whose positives
-no training query cites) and ``generator`` (the generator's realistic profile, 100k x 384,
+no training query cites), ``pydoc`` (the same from bench/make_pydoc_corpus.py's docstring
+paragraphs) and ``generator`` (the generator's realistic profile, 100k x 384,
 planted qrels). Trains on the train queries with their qrels and evaluates on the test
 queries: nDCG@10, Recall@10, Recall@100 against qrels, and end to end against exact search
 on the base embeddings (the re-ranked recall@10 at each C, coarse recall@100 of the codes,
@@ -87,6 +88,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 SETS = {"scifact": ("IVF32,PQ16", [8, 32]), "debian": ("IVF256,PQ16", [32]),
+        "pydoc": ("IVF256,PQ16", [32]),
         "generator": ("IVF512,PQ16", [32])}  # default spec, nprobes
 
 

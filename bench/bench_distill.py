@@ -41,6 +41,9 @@ SETS = {  # nlist, nprobe, metric
     # the unseen corpus (bench/make_debian_corpus.py): 30k Debian package descriptions,
     # summaries as queries; nothing was tuned on it
     "debian": (256, 32, "ip"),
+    # the second unseen corpus (bench/make_pydoc_corpus.py): ~18.5k docstring paragraphs of
+    # the installed Python packages, their summaries as queries
+    "pydoc": (256, 32, "ip"),
     # the generator's realistic profile (the spectrum fitted to MiniLM on SciFact), 100k x 384
     # with its planted qrels: the benchmarks' synthetic default
     "generator": (512, 32, "ip"),
@@ -53,7 +56,7 @@ def load(name: str, data: Path) -> dict[str, Any] | None:
 
     from ebr.io.vecs import read_vecs
 
-    if name in ("scifact", "debian"):  # labels of the training queries go unused here
+    if name in ("scifact", "debian", "pydoc"):  # labels of the training queries go unused
         return embedded_set(name, data)
     if name == "generator":
         return generated_set()
@@ -184,7 +187,7 @@ def run(task: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> int:
-    from benchkit import DEBIAN
+    from benchkit import UNSEEN
 
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -223,7 +226,7 @@ def main() -> int:
              for s in args.sets for b in args.bytes for m in args.methods
              for nb in (args.nbits if m.endswith(("rq", "lsq")) else [8])
              if (s in ("synthetic", "generator") or (Path(args.data) / s).exists()
-                 or (s == "debian" and (DEBIAN / "embeddings").exists()))]
+                 or (s in UNSEEN and (UNSEEN[s] / "embeddings").exists()))]
     if args.score_aware_off:
         tasks = [t2 for t in tasks for t2 in (
             [t, {**t, "config": {"score_aware_eta": ()}, "ablation": "score_aware=off"}]

@@ -58,7 +58,8 @@ index file leases the service takes (``ebr.index.guard.enable_leases``: no stat 
 search).
 Sets: SciFact (MiniLM 384-d, 300 test queries, qrels), siftsmall (128-d, L2, 100 queries),
 ``debian`` (bench/make_debian_corpus.py's unseen corpus: 30k package descriptions, 500 train
-and 500 test summaries as queries, IVF256 at nprobe 32, when built) and
+and 500 test summaries as queries, IVF256 at nprobe 32, when built), ``pydoc``
+(bench/make_pydoc_corpus.py's: ~18.5k docstring paragraphs, the same shape) and
 the built-in generator's ``minilm`` profile (a fitted MiniLM spectrum, anisotropic queries) at
 --gen-n x 384 with 1,000 queries, written once under --work. Writes <name>.json, <name>.md and
 <name>.png (re-ranked recall@10 against RAM bytes per vector, and against QPS).
@@ -98,7 +99,7 @@ def _sets(gen_n: int) -> dict[str, tuple[int, int, str]]:
     """nlist, nprobe, metric per set."""
     nlist = 2 ** round(math.log2(4 * math.sqrt(gen_n)))
     return {"scifact": (32, 8, "ip"), "siftsmall": (64, 8, "l2"),
-            "generator": (nlist, 32, "ip"), "debian": (256, 32, "ip")}
+            "generator": (nlist, 32, "ip"), "debian": (256, 32, "ip"), "pydoc": (256, 32, "ip")}
 
 
 def _generator(work: Path, n: int) -> Path:
@@ -131,7 +132,7 @@ def load(name: str, data: Path, work: Path, gen_n: int) -> dict[str, Any] | None
 
     from ebr.io.vecs import load_vectors, read_vecs
 
-    if name in ("scifact", "debian"):  # debian: bench/make_debian_corpus.py's, when built
+    if name in ("scifact", "debian", "pydoc"):  # debian, pydoc: bench/make_*_corpus.py's
         return embedded_set(name, data)
     if name == "siftsmall":
         d = data / "siftsmall"
@@ -725,7 +726,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(DATA))
-    ap.add_argument("--sets", nargs="+", default=["scifact", "siftsmall", "debian", "generator"])
+    ap.add_argument("--sets", nargs="+",
+                    default=["scifact", "siftsmall", "debian", "pydoc", "generator"])
     ap.add_argument("--bytes", type=int, nargs="+", default=[8, 16, 32, 48])
     ap.add_argument("--methods", nargs="+", default=EBR + PEERS, type=_method,
                     help=f"of {' '.join(EBR + PEERS)}; NAME:B[,B...] builds it at those "
@@ -784,7 +786,7 @@ def main() -> int:
                  for budget in args.bytes
                  for method in [m.split(":")[0] for m in args.methods
                                 if ":" not in m or str(budget) in m.split(":")[1].split(",")]
-                 if method != "bidr" or name in ("scifact", "debian")]
+                 if method != "bidr" or name in ("scifact", "debian", "pydoc")]
         batches = [tasks] if args.in_turns else [[t] for t in tasks]
         for batch in batches:
             with ProcessPoolExecutor(1, mp_context=ctx) as pool:

@@ -13,8 +13,11 @@ from typing import Any
 import numpy as np
 
 MINILM = "all-MiniLM-L6-v2"
-# the unseen corpus that bench/make_debian_corpus.py builds (absent until it is built)
+# the unseen corpora that bench/make_debian_corpus.py and bench/make_pydoc_corpus.py build
+# (absent until built)
 DEBIAN = Path(__file__).resolve().parents[1] / "runs" / "debian-packages"
+PYDOC = Path(__file__).resolve().parents[1] / "runs" / "pydoc-docstrings"
+UNSEEN = {"debian": DEBIAN, "pydoc": PYDOC}
 
 
 def proc_memory(pid: int | str = "self") -> dict[str, int]:
@@ -49,9 +52,54 @@ def embedded_beir(d: Path) -> dict[str, Any] | None:
 
 
 def embedded_set(name: str, data: Path) -> dict[str, Any] | None:
-    """:func:`embedded_beir` of ``scifact`` (under the shared ``data``) or ``debian``
-    (:data:`DEBIAN`)."""
-    return embedded_beir(data / "scifact" if name == "scifact" else DEBIAN)
+    """:func:`embedded_beir` of ``scifact`` (under the shared ``data``) or of an unseen
+    corpus (``debian``, ``pydoc``: :data:`UNSEEN`)."""
+    return embedded_beir(data / "scifact" if name == "scifact" else UNSEEN[name])
+
+
+def write_unseen_corpus(out: Path, docs: list[tuple[str, str, str]], n_queries: int,
+                        rng: np.random.Generator) -> dict[str, Any]:
+    """An unseen corpus as a BEIR directory with MiniLM embeddings, the shape of the shared
+    SciFact: ``docs`` as (id, summary, body); each body is a document, the summaries of
+    ``n_queries`` documents whose summary is unique (drawn by ``rng``) are the queries, split in half
+    into train and test, each relevant to its own document (qrels score 1); the corpus and
+    both query splits encoded in ``embeddings/``, in the row order of corpus.jsonl and of the
+    ``queries_<split>_ids.txt`` files."""
+    import json
+
+    summaries: dict[str, int] = {}
+    for _, summary, _ in docs:
+        summaries[summary.lower()] = summaries.get(summary.lower(), 0) + 1
+    unique = [i for i, (_, s, _) in enumerate(docs) if summaries[s.lower()] == 1]
+    picked = rng.choice(unique, size=min(n_queries, len(unique)), replace=False)
+    splits = {"train": picked[: len(picked) // 2], "test": picked[len(picked) // 2:]}
+    (out / "qrels").mkdir(parents=True, exist_ok=True)
+    (out / "embeddings").mkdir(exist_ok=True)
+    with open(out / "corpus.jsonl", "w", encoding="utf-8") as f:
+        for name, _, body in docs:
+            f.write(json.dumps({"_id": name, "title": "", "text": body}) + "\n")
+    with open(out / "queries.jsonl", "w", encoding="utf-8") as f:
+        for i in picked:
+            f.write(json.dumps({"_id": f"q-{docs[i][0]}", "text": docs[i][1]}) + "\n")
+    for split, idx in splits.items():
+        with open(out / "qrels" / f"{split}.tsv", "w", encoding="utf-8") as f:
+            f.write("query-id\tcorpus-id\tscore\n")
+            for i in idx:
+                f.write(f"q-{docs[i][0]}\t{docs[i][0]}\t1\n")
+        (out / "embeddings" / f"queries_{split}_ids.txt").write_text(
+            "".join(f"q-{docs[i][0]}\n" for i in idx))
+    from ebr.io.encoder import TextEncoder
+
+    enc = TextEncoder(batch_size=128)
+    t0 = time.perf_counter()
+    for split, idx in splits.items():
+        np.save(out / "embeddings" / f"queries_{split}_{MINILM}.f32.npy",
+                enc.encode([docs[i][1] for i in idx]))
+    x = enc.encode([body for _, _, body in docs], progress=True)
+    np.save(out / "embeddings" / f"corpus_{MINILM}.f32.npy", x)
+    return {"out": str(out), "documents": len(docs),
+            "queries": {k: len(v) for k, v in splits.items()},
+            "encode_seconds": round(time.perf_counter() - t0, 1)}
 
 
 def generated_set(n: int = 100_000, d: int = 384) -> dict[str, Any]:

@@ -22,13 +22,15 @@ import glob
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from benchkit import write_unseen_corpus  # noqa: E402
 
 LISTS = "/var/lib/apt/lists/*_main_i18n_Translation-en*"
 
@@ -77,39 +79,8 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     docs = [docs[i] for i in np.sort(rng.choice(len(docs), min(args.docs, len(docs)),
                                                 replace=False))]
-    summaries: dict[str, int] = {}
-    for _, summary, _ in docs:
-        summaries[summary.lower()] = summaries.get(summary.lower(), 0) + 1
-    unique = [i for i, (_, s, _) in enumerate(docs) if summaries[s.lower()] == 1]
-    picked = rng.choice(unique, size=min(args.queries, len(unique)), replace=False)
-    splits = {"train": picked[: len(picked) // 2], "test": picked[len(picked) // 2:]}
-    (out / "qrels").mkdir(parents=True, exist_ok=True)
-    (out / "embeddings").mkdir(exist_ok=True)
-    with open(out / "corpus.jsonl", "w", encoding="utf-8") as f:
-        for name, _, body in docs:
-            f.write(json.dumps({"_id": name, "title": "", "text": body}) + "\n")
-    with open(out / "queries.jsonl", "w", encoding="utf-8") as f:
-        for i in picked:
-            f.write(json.dumps({"_id": f"q-{docs[i][0]}", "text": docs[i][1]}) + "\n")
-    for split, idx in splits.items():
-        with open(out / "qrels" / f"{split}.tsv", "w", encoding="utf-8") as f:
-            f.write("query-id\tcorpus-id\tscore\n")
-            for i in idx:
-                f.write(f"q-{docs[i][0]}\t{docs[i][0]}\t1\n")
-        (out / "embeddings" / f"queries_{split}_ids.txt").write_text(
-            "".join(f"q-{docs[i][0]}\n" for i in idx))
-    from ebr.io.encoder import TextEncoder
-
-    enc = TextEncoder(batch_size=128)
-    t0 = time.perf_counter()
-    for split, idx in splits.items():
-        np.save(out / "embeddings" / f"queries_{split}_all-MiniLM-L6-v2.f32.npy",
-                enc.encode([docs[i][1] for i in idx]))
-    x = enc.encode([body for _, _, body in docs], progress=True)
-    np.save(out / "embeddings" / "corpus_all-MiniLM-L6-v2.f32.npy", x)
-    print(json.dumps({"out": str(out), "packages": len(pkgs), "documents": len(docs),  # noqa: T201
-                      "queries": {k: len(v) for k, v in splits.items()},
-                      "encode_seconds": round(time.perf_counter() - t0, 1)}))
+    print(json.dumps({"packages": len(pkgs),  # noqa: T201
+                      **write_unseen_corpus(out, docs, args.queries, rng)}))
 
 
 if __name__ == "__main__":
