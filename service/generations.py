@@ -94,7 +94,7 @@ def _load_encoder(info: dict[str, object], base_dir: Path, settings: Settings) -
     """The index's text encoder on ``settings.encoder_runtime``: each call with
     ``resolved_encoder_threads`` threads (``python -m service`` sets OMP_NUM_THREADS for
     faiss, which the encoder would take too), in passes of at most ``resolved_encoder_batch``
-    rows (texts, or on ONNX Runtime short texts packed side by side). ONNX Runtime missing or
+    rows (texts, or short texts packed side by side). ONNX Runtime missing or
     unable to take the model: torch, said in the log; torch's calls run one at a time, with
     the worker's cores."""
     if settings.encoder_runtime != "torch":

