@@ -4,6 +4,7 @@ Imported by the bench scripts (their directory is on sys.path)."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
@@ -55,6 +56,37 @@ def embedded_set(name: str, data: Path) -> dict[str, Any] | None:
     """:func:`embedded_beir` of ``scifact`` (under the shared ``data``) or of an unseen
     corpus (``debian``, ``pydoc``: :data:`UNSEEN`)."""
     return embedded_beir(data / "scifact" if name == "scifact" else UNSEEN[name])
+
+
+def unseen_corpus_args(description: str, default_out: Path) -> argparse.Namespace:
+    """The command line of a script that builds an unseen corpus (``--out``, ``--docs``,
+    ``--queries``, ``--seed``)."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--out", default=str(default_out))
+    ap.add_argument("--docs", type=int, default=30_000)
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    return ap.parse_args()
+
+
+def build_unseen_corpus(found: dict[str, tuple[str, str]], args: argparse.Namespace
+                        ) -> dict[str, Any]:
+    """``found`` ({id: (summary, body)}) as an unseen corpus under ``args.out``: in id order,
+    exact duplicates of a body dropped (the first id keeps it), a seeded sample of
+    ``args.docs`` of them, written by :func:`write_unseen_corpus` with ``args.queries``
+    queries (the same generator draws the sample and the queries)."""
+    seen, docs = set(), []
+    for name in sorted(found):
+        summary, body = found[name]
+        if body not in seen:
+            seen.add(body)
+            docs.append((name, summary, body))
+    if len(docs) < args.queries:
+        raise SystemExit(f"only {len(docs)} distinct documents found, fewer than --queries")
+    rng = np.random.default_rng(args.seed)
+    docs = [docs[i] for i in np.sort(rng.choice(len(docs), min(args.docs, len(docs)),
+                                                replace=False))]
+    return write_unseen_corpus(Path(args.out), docs, args.queries, rng)
 
 
 def write_unseen_corpus(out: Path, docs: list[tuple[str, str, str]], n_queries: int,

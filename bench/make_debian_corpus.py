@@ -17,20 +17,17 @@ SciFact has them. Encoding 30,000 descriptions takes a few minutes on 2 cores.
 
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from benchkit import write_unseen_corpus  # noqa: E402
+from benchkit import build_unseen_corpus, unseen_corpus_args  # noqa: E402
 
 LISTS = "/var/lib/apt/lists/*_main_i18n_Translation-en*"
 
@@ -59,29 +56,15 @@ def _packages() -> dict[str, tuple[str, str]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=str(ROOT / "runs" / "debian-packages"))
-    ap.add_argument("--docs", type=int, default=30_000)
-    ap.add_argument("--queries", type=int, default=1000)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    out = Path(args.out)
+    args = unseen_corpus_args(__doc__.split("\n")[0], ROOT / "runs" / "debian-packages")
     pkgs = _packages()
     if not pkgs:
         raise SystemExit(f"no description lists at {LISTS}: run "
                          "apt-get -o Acquire::Languages=en update first")
-    seen, docs = set(), []
-    for name in sorted(pkgs):
-        summary, body = pkgs[name]
-        if len(body.split()) >= 12 and body not in seen:
-            seen.add(body)
-            docs.append((name, summary, body))
-    rng = np.random.default_rng(args.seed)
-    docs = [docs[i] for i in np.sort(rng.choice(len(docs), min(args.docs, len(docs)),
-                                                replace=False))]
+    long_enough = {name: (summary, body) for name, (summary, body) in pkgs.items()
+                   if len(body.split()) >= 12}
     print(json.dumps({"packages": len(pkgs),  # noqa: T201
-                      **write_unseen_corpus(out, docs, args.queries, rng)}))
-
+                      **build_unseen_corpus(long_enough, args)}))
 
 if __name__ == "__main__":
     main()

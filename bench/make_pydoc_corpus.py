@@ -17,7 +17,6 @@ documents it holds depends on the packages installed (``scripts/setup.sh`` with 
 
 from __future__ import annotations
 
-import argparse
 import ast
 import json
 import re
@@ -25,13 +24,11 @@ import sys
 import sysconfig
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from benchkit import write_unseen_corpus  # noqa: E402
+from benchkit import build_unseen_corpus, unseen_corpus_args  # noqa: E402
 
 # a second paragraph that opens a section, a doctest, a directive or a list is not prose
 NOT_PROSE = re.compile(r"^(Parameters|Args|Arguments|Returns?|Yields?|Raises|Examples?|Notes?|"
@@ -71,27 +68,10 @@ def _paragraphs(root: Path) -> dict[str, tuple[str, str]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=str(ROOT / "runs" / "pydoc-docstrings"))
-    ap.add_argument("--docs", type=int, default=30_000)
-    ap.add_argument("--queries", type=int, default=1000)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+    args = unseen_corpus_args(__doc__.split("\n")[0], ROOT / "runs" / "pydoc-docstrings")
     found = _paragraphs(Path(sysconfig.get_paths()["purelib"]))
-    seen, docs = set(), []
-    for name in sorted(found):
-        summary, body = found[name]
-        if body not in seen:
-            seen.add(body)
-            docs.append((name, summary, body))
-    if len(docs) < args.queries:
-        raise SystemExit(f"only {len(docs)} docstring paragraphs found; install ebr's extras")
-    rng = np.random.default_rng(args.seed)
-    docs = [docs[i] for i in np.sort(rng.choice(len(docs), min(args.docs, len(docs)),
-                                                replace=False))]
     print(json.dumps({"docstrings": len(found),  # noqa: T201
-                      **write_unseen_corpus(Path(args.out), docs, args.queries, rng)}))
-
+                      **build_unseen_corpus(found, args)}))
 
 if __name__ == "__main__":
     main()
