@@ -4,7 +4,13 @@ import math
 import numpy as np
 import pytest
 
-from ebr.eval.metrics import label_metrics, recall_vs_exact, recall_vs_exact_tolerant
+from ebr.eval.metrics import (
+    label_metrics,
+    ndcg_per_query,
+    paired_difference,
+    recall_vs_exact,
+    recall_vs_exact_tolerant,
+)
 from ebr.eval.report import markdown_table, write_report
 from index_build.evaluate import evaluate_index
 
@@ -35,6 +41,22 @@ def test_label_metrics_hand_made():
     ndcg0 = (1 / math.log2(3)) / (1 + 1 / math.log2(3))
     ndcg1 = 1.0  # ideal order
     assert m["ndcg@3"] == pytest.approx((ndcg0 + ndcg1) / 2)
+    per = ndcg_per_query(ranked, qrels, k=3)
+    assert per[:2] == pytest.approx([ndcg0, ndcg1]) and math.isnan(per[2])
+    assert np.nanmean(per) == pytest.approx(m["ndcg@3"])
+
+
+def test_paired_difference_against_hand_computed():
+    a = [0.5, 0.7, float("nan"), 0.2, 1.0]
+    b = [0.4, 0.7, 0.3, 0.5, 0.6]
+    d = np.array([0.1, 0.0, -0.3, 0.4])  # the third query is undefined for a: left out
+    mean, se, n = paired_difference(a, b)
+    assert n == 4 and mean == pytest.approx(d.mean())
+    assert se == pytest.approx(d.std(ddof=1) / 2)
+    assert paired_difference(b, b) == (0.0, 0.0, 5)
+    assert math.isnan(paired_difference([0.1], [0.2])[1])
+    with pytest.raises(ValueError):
+        paired_difference([0.1, 0.2], [0.1])
 
 
 def test_evaluate_rows_and_report(index_ip, ds_ip, tmp_path):
