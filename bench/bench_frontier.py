@@ -37,10 +37,12 @@ Every row re-ranks its coarse top C exactly with the dense vectors, all with ebr
 re-rank (ebr reads its mapped dense store; the peers read the same vectors from a memory map),
 so re-ranked figures and QPS compare codes and probes, not re-rankers. Per row: coarse
 recall@100 against exact, re-ranked recall@10 at C = 100 and 200, nDCG@10 against qrels where
-they exist (C = 200), for ebr's codes the IVF coverage (recall@10 with every document of the
-probed lists re-ranked), QPS (coarse + re-rank at C = 100), build seconds, and RAM per vector:
-what each added vector costs, its codes (x copies for SOAR) + an 8-byte id, beside the fixed
-part (centroids, codebooks, rotations, query maps) in MB.
+they exist (C = 200; with its difference from the same bytes' ``opq`` row and from exact search
+on the same queries, ``mean ± paired standard error``; each query's nDCG@10 in the JSON), for
+ebr's codes the IVF coverage (recall@10 and nDCG@10 with every document of the probed lists
+re-ranked: the most any codes reach on those lists), QPS (coarse + re-rank at C = 100), build
+seconds, and RAM per vector: what each added vector costs, its codes (x copies for SOAR) + an
+8-byte id, beside the fixed part (centroids, codebooks, rotations, query maps) in MB.
 With --sweep-nprobe, each row is also searched at each of those nprobe values (re-ranked
 recall@10 and QPS at C = 200, or at each --sweep-candidates C: the recall-QPS curve), and the
 goal is also stated as QPS at equal recall: each row at its fastest swept nprobe and C that
@@ -335,8 +337,9 @@ def _build(task: dict[str, Any], ds: dict[str, Any], exact: np.ndarray, tmp: Pat
     """Build one row's index under ``tmp`` and measure its quality (no QPS yet); a peer
     re-ranks from ``peers_dir``'s shared copy of the dense vectors when given."""
     import faiss
+    from benchkit import per_query_json
 
-    from ebr.eval.metrics import label_metrics
+    from ebr.eval.metrics import ndcg_per_query
 
     nlist, nprobe, metric = _sets(task["gen_n"])[task["set"]]
     xb, xq, budget, method = ds["xb"], ds["xq"], task["bytes"], task["method"]
@@ -389,14 +392,22 @@ def _build(task: dict[str, Any], ds: dict[str, Any], exact: np.ndarray, tmp: Pat
     finals = {c: final_fn(xq, c) for c in (C_SERVE, C_WIDE)}
     for c, ids in finals.items():
         row[f"rerank_r@10_C{c}"] = round(_recall(ids, exact, 10), 4)
+    whole = None
     if method in EBR and method != "bidr":  # every document of the probed lists
-        row["coverage_r@10"] = round(_recall(final_fn(xq, n), exact, 10), 4)
+        whole = final_fn(xq, n)
+        row["coverage_r@10"] = round(_recall(whole, exact, 10), 4)
     if ds["qrels"] is not None:
         rel = [ds["qrels"].get(q, {}) for q in ds["qids"]]
+        if whole is not None:  # the most any codes reach on these lists
+            row["coverage_nDCG@10"] = round(float(np.nanmean(ndcg_per_query(
+                [[ds["ids"][i] if i >= 0 else None for i in r] for r in whole], rel))), 4)
         ranked = [[ds["ids"][i] if i >= 0 else None for i in r] for r in finals[C_WIDE]]
-        row["nDCG@10_C200"] = round(label_metrics(ranked, rel)["ndcg@10"], 4)
-        row["exact_nDCG@10"] = round(label_metrics(
-            [[ds["ids"][i] for i in r[:10]] for r in exact], rel)["ndcg@10"], 4)
+        for key, per in (
+                ("nDCG@10_C200", ndcg_per_query(ranked, rel)),
+                ("exact_nDCG@10", ndcg_per_query([[ds["ids"][i] for i in r[:10]] for r in exact],
+                                                 rel))):
+            row[key] = round(float(np.nanmean(per)), 4)
+            row[f"{key}_per_query"] = per_query_json(per)  # for the report's paired differences
     row["probe"] = task["probe"]
     return _Built(row, final_fn, at_nprobe)
 
@@ -412,7 +423,7 @@ def run(task: dict[str, Any]) -> dict[str, Any]:
             b.row["qps"] = _qps(b.final_fn, ds["xq"], C_SERVE, 2)
             if task.get("sweep"):
                 b.row["sweep"] = _sweep(b.at_nprobe, task, b.row["nlist"], ds["xq"], exact)
-    print(json.dumps(b.row), flush=True)
+    print(_progress(b.row), flush=True)
     return b.row
 
 
@@ -459,7 +470,7 @@ def run_in_turns(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 sp["qps"] = best[j, (sp["probe"], sp["C"], sp["nprobe"])]
             b.row["measured"] = "in turns"
     for b in built:
-        print(json.dumps(b.row), flush=True)
+        print(_progress(b.row), flush=True)
     return [b.row for b in built]
 
 
@@ -803,6 +814,27 @@ def main() -> int:
     return 0
 
 
+def _progress(row: dict[str, Any]) -> str:
+    """A row as the progress line a run prints: JSON without its per-query lists."""
+    return json.dumps({k: v for k, v in row.items() if not k.endswith("_per_query")})
+
+
+def _paired_ndcg(rows: list[dict[str, Any]]) -> None:
+    """Each row's nDCG@10 (C = 200) minus that of ``opq`` at the same set and bytes, and minus
+    exact search's, on the same queries (``benchkit.paired_text``: mean ± paired standard
+    error), so that a gap inside the queries' noise does not read as a verdict."""
+    from benchkit import paired_text
+
+    key = "nDCG@10_C200_per_query"
+    scored = [r for r in rows if key in r]
+    for r in scored:
+        r["nDCG_vs_exact"] = paired_text(r[key], r["exact_nDCG@10_per_query"])
+        opq = next((o for o in scored if o["method"] == "opq" and o["set"] == r["set"]
+                    and o["bytes"] == r["bytes"]), None)
+        if opq is not None and opq is not r:
+            r["nDCG_vs_opq"] = paired_text(r[key], opq[key])
+
+
 def _write(rows: list[dict[str, Any]], out: Path, name: str, cmd: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     turns = any(r.get("measured") == "in turns" for r in rows)
@@ -813,10 +845,12 @@ def _write(rows: list[dict[str, Any]], out: Path, name: str, cmd: str) -> None:
             + f" over {QPS_QUERIES} queries"}
     built = ("every row of a set built in one process, then all measured in turns, point by "
              "point" if turns else "every row built in its own process")
+    _paired_ndcg(rows)
     (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     exact = {r["set"]: r["exact_nDCG@10"] for r in rows if "exact_nDCG@10" in r}
     cols = ["set", "bytes", "method", "spec", "ram_B/vec", "fixed_MB", "coarse_r@100", "rerank_r@10_C100",
-            "rerank_r@10_C200", "nDCG@10_C200", "coverage_r@10", "qps", "build_s", "skipped"]
+            "rerank_r@10_C200", "nDCG@10_C200", "nDCG_vs_opq", "nDCG_vs_exact", "coverage_r@10",
+            "coverage_nDCG@10", "qps", "build_s", "skipped"]
     md = ["# Recall per byte: ebr's codes and the frontier's, side by side", "",
           f"`{cmd}` ({os.cpu_count()} cores; {built} in the run "
           f"that printed it; nprobe per set as in the table; {meta['qps']}; exact nDCG@10: "

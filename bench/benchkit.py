@@ -134,6 +134,23 @@ def write_unseen_corpus(out: Path, docs: list[tuple[str, str, str]], n_queries: 
             "encode_seconds": round(time.perf_counter() - t0, 1)}
 
 
+def per_query_json(values: np.ndarray) -> list[float | None]:
+    """Each query's figure as a result file keeps it: rounded to 4 places, null (JSON) where it
+    is undefined (NaN: a query without a label)."""
+    return [None if np.isnan(v) else round(float(v), 4) for v in values]
+
+
+def paired_text(a: list[float | None], b: list[float | None]) -> str:
+    """Two systems' :func:`per_query_json` lists on the same queries as ``"+0.0012 ± 0.0010"``:
+    the mean of a - b where both are defined and its paired standard error
+    (:func:`ebr.eval.metrics.paired_difference`)."""
+    from ebr.eval.metrics import paired_difference
+
+    mean, se, _ = paired_difference(np.array(a, dtype=np.float64),
+                                    np.array(b, dtype=np.float64))  # null -> NaN
+    return f"{mean:+.4f} ± {se:.4f}"
+
+
 def generated_set(n: int = 100_000, d: int = 384) -> dict[str, Any]:
     """The generator's realistic profile (``minilm``: the spectrum fitted to MiniLM on SciFact)
     in :func:`embedded_beir`'s shape: string ids, the planted qrels of the test and the
