@@ -1,8 +1,10 @@
 """``index_build evaluate``: held-out queries against an index directory.
 
 Exact ground truth (brute force over the dense store), then the nprobe x candidates sweep,
-coarse-only and re-ranked side by side, optionally next to faiss IVFPQ + IndexRefineFlat built
-from the same vectors, spec and seed. Writes JSON, Markdown and a recall-vs-latency PNG.
+coarse-only and re-ranked side by side, each nprobe with its ceiling (every document of the
+probed lists re-ranked: what the IVF partition allows), optionally next to faiss IVFPQ +
+IndexRefineFlat built from the same vectors, spec and seed. Writes JSON, Markdown and a
+recall-vs-latency PNG.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ebr.eval.sweep import (
     FaissRefineSystem,
     Rows,
     System,
+    ceiling_rows,
     exact_rows,
     sweep,
 )
@@ -116,6 +119,11 @@ def evaluate_index(
     rows = [exact_rows(ev, searcher)]
     dense: Rows = oi.dense if not isinstance(searcher, LiveSearcher) else _LiveRows(searcher)
     rows += sweep(systems, ev, dense, oi.metric, nprobes, candidate_counts, progress=progress)
+    for ceiling in ceiling_rows(searcher, ev, nprobes, name=label):  # after its nprobe's rows
+        at = max((i for i, r in enumerate(rows)
+                  if r["system"] == label and r["nprobe"] == ceiling["nprobe"]),
+                 default=len(rows) - 1)
+        rows.insert(at + 1, ceiling)
     mem = oi.memory()
     meta: dict[str, Any] = {
         "index": str(oi.path), "spec": str(oi.spec), "metric": oi.metric.value,
@@ -128,6 +136,8 @@ def evaluate_index(
         "dense_bytes_per_vector": round(float(mem["dense_bytes_per_vector"]), 2),
         "ram_fraction_of_dense": round(float(mem["ram_fraction_of_dense"]), 4),
         "memory": mem,
+        "ceiling": "stage 'ceiling': every document of the nprobe's lists re-ranked, what no "
+                   "codes or C can pass there (raise nprobe when re-ranked rows reach it)",
     }
     if base is not None:
         meta["faiss_refine_ram_bytes_per_vector"] = round(base.ram_bytes / oi.ntotal, 2)

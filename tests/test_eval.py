@@ -65,12 +65,12 @@ def test_evaluate_rows_and_report(index_ip, ds_ip, tmp_path):
                                 qrels=qrels, nprobes=[2, 16], candidate_counts=[20, 100],
                                 baseline=True)
     assert rows[0]["system"] == "exact" and rows[0]["exact_recall@10"] == 1.0
-    assert len(rows) == 1 + 2 * 2 * 2 * 2  # exact + systems x nprobe x C x stage
+    assert len(rows) == 1 + 2 * 2 * 2 * 2 + 2  # exact + systems x nprobe x C x stage + ceilings
     full = [r for r in rows if r["nprobe"] == 16 and r["candidates"] == 100]
     for r in full:  # all lists, C = 100: both systems reach exact top-10 after re-rank
         if r["stage"] == "reranked":
             assert r["exact_recall@10"] >= 0.98
-    ebr = [r for r in rows if r["system"] == "ebr"]
+    ebr = [r for r in rows if r["system"] == "ebr" and r["stage"] != "ceiling"]
     faiss_rows = [r for r in rows if r["system"].startswith("faiss")]
     for a, b in zip(ebr, faiss_rows, strict=False):  # same training -> same recall as the peer
         assert a["exact_recall@10"] == pytest.approx(b["exact_recall@10"], abs=0.02)
@@ -98,6 +98,105 @@ def test_evaluate_rq_against_faiss_own_ivf_rq(ds_ip, ds_l2, tmp_path, metric):
                              baseline=True)
     peer = [r for r in rows if r["system"].startswith("faiss")]
     assert peer and peer[0]["system"] == "faiss IVFRQ+RefineFlat"
-    ebr = [r for r in rows if r["system"] == "ebr"]
+    ebr = [r for r in rows if r["system"] == "ebr" and r["stage"] != "ceiling"]
     for a, b in zip(ebr, peer, strict=True):  # same training, same codes: faiss' own RQ scan
         assert a["exact_recall@10"] == pytest.approx(b["exact_recall@10"], abs=0.02)
+
+
+def _ceiling_reference(searcher, xq, exact_ids, nprobe):
+    """The definition: every document of the probed lists re-ranked (C = all), which of the
+    exact top-k it returns."""
+    from ebr.spec import SearchParams
+
+    k = exact_ids.shape[1]
+    res, _ = searcher.search(xq, SearchParams(k=k, nprobe=nprobe, candidates=searcher.ntotal))
+    return np.array([np.isin(e, r[r >= 0]) for e, r in zip(exact_ids, res.ids, strict=True)])
+
+
+@pytest.mark.parametrize("spec,metric", [("IVF16,PQ8", "ip"), ("OPQ4,IVF8,PQ4", "ip"),
+                                         ("IVF8,RQ4", "l2"), ("IVF8,PQ6", "l2")])
+def test_probed_is_reranking_every_document_of_the_probed_lists(ds_ip, ds_l2, tmp_path, spec,
+                                                               metric):
+    """Searcher.probed against its definition on seeded data: the rows of the exact top-10
+    that a search re-ranking every candidate of the probed lists returns; all of them with
+    every list probed, fewer with one."""
+    from ebr.index.reader import open_index
+    from ebr.index.writer import write_index
+    from ebr.metric import Metric
+    from ebr.search.searcher import Searcher
+    from ebr.spec import BuildParams, IndexSpec
+
+    ds = ds_ip if metric == "ip" else ds_l2
+    parsed = IndexSpec.parse(spec)
+    write_index(tmp_path / "i", ds.xb, BuildParams(spec=parsed, metric=Metric.parse(metric),
+                                                   kmeans_niter=5))
+    s = Searcher(open_index(tmp_path / "i"))
+    exact = s.exact(ds.xq, 10).ids
+    for nprobe in (1, 2, parsed.nlist):
+        held = s.probed(ds.xq, exact, nprobe)
+        np.testing.assert_array_equal(held, _ceiling_reference(s, ds.xq, exact, nprobe))
+        if nprobe == 1:
+            assert 0.2 < held.mean() < 1.0  # one list holds some of the top-10, not all
+    assert s.probed(ds.xq, exact, parsed.nlist).all()
+    padded = exact.copy()
+    padded[:, 5:] = -1  # rows of -1 (nothing) are never held
+    assert not s.probed(ds.xq, padded, 2)[:, 5:].any()
+    from ebr.errors import InputError, SearchParamError
+
+    with pytest.raises(InputError):
+        s.probed(ds.xq, exact[:3], 2)  # one row list per query
+    with pytest.raises(InputError):
+        s.probed(ds.xq, exact + len(ds.xb), 2)  # no such rows
+    with pytest.raises(SearchParamError):
+        s.probed(ds.xq, exact, parsed.nlist + 1)
+
+
+def test_probed_on_a_living_index_holds_the_delta_rows(tmp_path):
+    """Written and deleted since the build: the ceiling is still what re-ranking every
+    candidate of the probed lists (base, segments, tombstones) returns."""
+    from ebr.index.live import open_live
+    from ebr.index.reader import open_index
+    from ebr.index.writer import write_index
+    from ebr.metric import Metric
+    from ebr.search.live import LiveSearcher
+    from ebr.spec import BuildParams, IndexSpec
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1500, 16)).astype(np.float32)
+    write_index(tmp_path / "i", x, BuildParams(spec=IndexSpec.parse("IVF8,PQ4"),
+                                               metric=Metric.IP, kmeans_niter=5))
+    live = open_live(open_index(tmp_path / "i"), tmp_path / "i")
+    try:
+        live.upsert(list(range(1500, 1700)), rng.standard_normal((200, 16)).astype(np.float32) * 2)
+        live.delete(list(range(0, 100)))
+        s = LiveSearcher(live)
+        xq = rng.standard_normal((25, 16)).astype(np.float32)
+        exact = s.exact(xq, 10).ids
+        assert (exact >= 1500).any()  # the written rows are in the top-10s
+        for nprobe in (1, 3, 8):
+            held = s.probed(xq, exact, nprobe)
+            np.testing.assert_array_equal(held, _ceiling_reference(s, xq, exact, nprobe))
+        assert s.probed(xq, exact, 8).all()
+    finally:
+        live.close()
+
+
+def test_evaluate_ceiling_rows_bound_every_reranked_row(index_ip, ds_ip):
+    """The ceiling row of an nprobe: at least what any C re-ranks there, and its label
+    figures are those of the exact ranking kept to the probed lists."""
+    qrels = {f"q{i}": {str(d): 1 for d in rel} for i, rel in enumerate(ds_ip.qrels)}
+    rows, _ = evaluate_index(index_ip, ds_ip.xq, query_ids=[f"q{i}" for i in range(40)],
+                             qrels=qrels, nprobes=[1, 16], candidate_counts=[20, 100])
+    ceilings = {r["nprobe"]: r for r in rows if r["stage"] == "ceiling"}
+    assert set(ceilings) == {1, 16}
+    assert ceilings[16]["exact_recall@10"] == 1.0 and ceilings[16]["ceiling_complete"] == 1.0
+    assert ceilings[16]["ndcg@10"] == pytest.approx(rows[0]["ndcg@10"])  # exact search's
+    assert ceilings[1]["exact_recall@10"] < 1.0
+    for r in rows:
+        if r["stage"] == "reranked":
+            c = ceilings[r["nprobe"]]
+            assert r["exact_recall@10"] <= c["exact_recall@10"] + 1e-9
+            assert r["exact_recall@1"] <= c["exact_recall@1"] + 1e-9
+    # each ceiling follows the rows of its nprobe
+    at = [i for i, r in enumerate(rows) if r["stage"] == "ceiling"]
+    assert rows[at[0] - 1]["nprobe"] == 1 and rows[at[1] - 1]["nprobe"] == 16

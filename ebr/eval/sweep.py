@@ -2,7 +2,9 @@
 
 Each row measures one system at one ``(nprobe, candidates)``, coarse-only or re-ranked: recall
 against exact search at 1/10/100, the label metrics when qrels are given, per-query latency
-percentiles (queries one at a time, as a server sees them) and batch QPS.
+percentiles (queries one at a time, as a server sees them) and batch QPS. A ``ceiling`` row per
+nprobe gives what no codes and no C can pass there: the same figures with every document of
+the probed lists re-ranked (the IVF partition's cap; raise nprobe when re-ranked rows reach it).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from ebr.search.searcher import Searcher
 from ebr.spec import IndexSpec, SearchParams
 from ebr.types import JsonObject, SearchResult
 
-__all__ = ["System", "EbrSystem", "FaissRefineSystem", "EvalSet", "sweep", "exact_rows"]
+__all__ = ["System", "EbrSystem", "FaissRefineSystem", "EvalSet", "sweep", "exact_rows",
+           "ceiling_rows"]
 
 logger = logging.getLogger(__name__)
 
@@ -195,3 +198,28 @@ def exact_rows(ev: EvalSet, searcher: Searcher) -> JsonObject:
                 "p99_ms": 1e3 * float(np.percentile(lat, 99)),
                 "qps_single": len(lat) / float(lat.sum()), "qps_batch": None})
     return row
+
+
+def ceiling_rows(searcher: Searcher, ev: EvalSet, nprobes: Sequence[int],
+                 name: str = "ebr") -> list[JsonObject]:
+    """Per nprobe, the figures of re-ranking every document of the probed lists (stage
+    ``ceiling``), from the exact top-``k_max`` and which of it the lists hold
+    (:meth:`Searcher.probed`): recall@1/10/100 against exact search and, with qrels, nDCG@10,
+    MRR@10 and recall@10 of the exact ranking restricted to those lists. ``ceiling_complete``:
+    the share of queries with at least 10 of their exact top-``k_max`` in the probed lists (the
+    label figures of the others are lower bounds)."""
+    rows: list[JsonObject] = []
+    for nprobe in nprobes:
+        held = searcher.probed(ev.xq, ev.exact.ids, nprobe)
+        row: dict[str, Any] = {"system": name, "stage": "ceiling", "nprobe": nprobe,
+                               "candidates": "all probed"}
+        for k in (1, 10, 100):
+            if k <= ev.k_max:
+                row[f"exact_recall@{k}"] = float(held[:, :k].mean())
+        row["ceiling_complete"] = float(np.mean(held.sum(1) >= min(10, ev.k_max)))
+        if ev.qrels is not None:
+            ranked = [[x for x in ev.row_to_ext(ids[h][:10]) if x is not None]
+                      for ids, h in zip(ev.exact.ids, held, strict=True)]
+            row.update(label_metrics(ranked, ev.qrels, ks=(10,)))
+        rows.append(row)
+    return rows

@@ -129,6 +129,15 @@ class LiveSearcher(Searcher):
             sp = cached[1].setdefault(nprobe, ivf_params(self.index.ivfpq, nprobe, excluded))
         return sp
 
+    def _row_space(self) -> int:
+        return self.live.ntotal_rows
+
+    def _coarse_allowed(self, xq: np.ndarray, candidates: int, nprobe: int,
+                        allowed: np.ndarray) -> np.ndarray:
+        self.live.catch_up()
+        with self.index.using():
+            return self._coarse_live(xq, candidates, nprobe, allowed)[0]
+
     def coarse(self, xq: np.ndarray, candidates: int, nprobe: int
                ) -> tuple[np.ndarray, np.ndarray]:
         self.live.catch_up()

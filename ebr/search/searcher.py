@@ -92,19 +92,58 @@ class Searcher(ResultRows):
             ids, D, xm = self._coarse(xq, candidates, nprobe)
         return ids, self._coarse_scores(D, xm)
 
-    def _coarse(self, xq: np.ndarray, candidates: int, nprobe: int
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _coarse(self, xq: np.ndarray, candidates: int, nprobe: int,
+                allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(ids, raw faiss distances, the queries as the coarse stage saw them): the re-rank
-        needs no coarse scores."""
+        needs no coarse scores. ``allowed``: a packed bitmap of the only rows it may return."""
         if self.index.query_map is not None:
             xq = np.ascontiguousarray(xq @ self.index.query_map.T, dtype=np.float32)
         probe = self.index.probe
-        sp = self._unfiltered_params(nprobe)
+        if allowed is None:
+            sp = self._unfiltered_params(nprobe)
+        else:
+            sp = ivf_params(self.index.coarse if probe is None else self.index.ivfpq, nprobe,
+                            allowed, only=True)
         if probe is None:
             D, ids = self.index.coarse.search(xq, candidates, params=sp)
         else:  # the graph picks the lists, the IVF scans them (same codes, same scores)
             D, ids = probe.search(xq, candidates, nprobe, sp)
         return ids, D, xq
+
+    def probed(self, xq: np.ndarray, rows: np.ndarray, nprobe: int) -> np.ndarray:
+        """Which of each query's ``rows`` (int64 [nq, r], -1 for none) lie in the lists that
+        ``nprobe`` probes for it: bool [nq, r]. The ceiling of the coarse stage at that nprobe,
+        whatever the codes and C: re-ranking every document of the probed lists finds these
+        of ``rows`` and no others. One coarse scan per query, restricted to its rows."""
+        xq = self.prepare_queries(xq)
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.ndim != 2 or rows.shape[0] != xq.shape[0]:
+            raise InputError(f"rows must be [{xq.shape[0]}, r], got {list(rows.shape)}")
+        n = self._row_space()
+        SearchParams(k=1, nprobe=nprobe, candidates=1).validate(self.index.nlist, max(n, 1))
+        if rows.size and int(rows.max()) >= n:
+            raise InputError(f"rows must be < {n}, got {int(rows.max())}")
+        out = np.zeros(rows.shape, dtype=bool)
+        for i in range(len(xq)):
+            want = rows[i][rows[i] >= 0]
+            if not want.size:
+                continue
+            mask = np.zeros(n, dtype=bool)
+            mask[want] = True
+            found = self._coarse_allowed(xq[i:i + 1], len(want), nprobe,
+                                         np.packbits(mask, bitorder="little"))
+            out[i] = np.isin(rows[i], found[found >= 0]) & (rows[i] >= 0)
+        return out
+
+    def _row_space(self) -> int:
+        """Rows a coarse id can name (the bitmaps' length)."""
+        return self.index.ntotal
+
+    def _coarse_allowed(self, xq: np.ndarray, candidates: int, nprobe: int,
+                        allowed: np.ndarray) -> np.ndarray:
+        """Coarse ids [nq, candidates] among the ``allowed`` rows only (packed bitmap)."""
+        with self.index.using():
+            return self._coarse(xq, candidates, nprobe, allowed)[0]
 
     def _unfiltered_params(self, nprobe: int) -> Any:
         """The coarse search's parameters without a selector, made once per nprobe (read-only
