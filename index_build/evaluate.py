@@ -32,7 +32,7 @@ from ebr.eval.sweep import (
 from ebr.filters import parse_filter
 from ebr.index.live import open_live
 from ebr.index.reader import OpenIndex, open_index
-from ebr.index.sharded import open_sharded
+from ebr.index.sharded import ShardedIndex, open_sharded
 from ebr.io.manifest import read_manifest
 from ebr.search.exact import exact_search
 from ebr.search.live import LiveSearcher
@@ -54,7 +54,7 @@ class _LiveRows:
         return self.searcher.vectors(np.asarray(rows))
 
 
-def _base_only_ok(searcher: Searcher) -> bool:
+def _base_only_ok(searcher: Searcher | ShardedSearcher) -> bool:
     if isinstance(searcher, LiveSearcher):
         logger.warning("no faiss baseline for an index with logged writes: it would cover the "
                        "base only (compact first)")
@@ -88,9 +88,19 @@ def evaluate_index(
     label: str = "ebr",
     progress: bool = False,
 ) -> tuple[list[JsonObject], JsonObject]:
-    """Returns (rows, meta). ``qrels`` maps query id -> {external doc id: grade}."""
-    oi = index_dir if isinstance(index_dir, OpenIndex) else open_index(index_dir)
-    searcher = _searcher(oi)
+    """Returns (rows, meta). ``qrels`` maps query id -> {external doc id: grade}. The index
+    as the service serves it: a single index (with its log's writes), or a sharded one."""
+    sharded = None
+    if isinstance(index_dir, OpenIndex):
+        oi = index_dir
+    elif read_manifest(Path(index_dir)).shards:
+        sharded = open_sharded(index_dir)
+        oi = sharded.shards[0]  # the build's manifest and query side: every shard's
+    else:
+        oi = open_index(index_dir)
+    searcher: Searcher | ShardedSearcher = \
+        ShardedSearcher(sharded) if sharded is not None else _searcher(oi)
+    whole: OpenIndex | ShardedIndex = sharded if sharded is not None else oi
     xq = searcher.prepare_queries(xq)
     nprobes = sorted({min(p, oi.nlist) for p in nprobes})
     candidate_counts = sorted({min(c, searcher.ntotal) for c in candidate_counts})
@@ -98,8 +108,9 @@ def evaluate_index(
 
     t0 = time.perf_counter()
     # the exact reference scores what the re-rank scores: f_q(q) against the stored f_d(v)
-    exact = searcher.exact(xq, k_max) if isinstance(searcher, LiveSearcher) else \
-        exact_search(searcher.dense_queries(xq), oi.dense, k_max, oi.metric, progress=progress)
+    exact = searcher.exact(xq, k_max) if isinstance(searcher, LiveSearcher | ShardedSearcher) \
+        else exact_search(searcher.dense_queries(xq), oi.dense, k_max, oi.metric,
+                          progress=progress)
     gt_s = time.perf_counter() - t0
     per_query_qrels = None
     if qrels is not None:
@@ -113,21 +124,22 @@ def evaluate_index(
     ev = EvalSet(xq=xq, exact=exact, row_to_ext=row_to_ext, qrels=per_query_qrels,
                  xq_dense=searcher.dense_queries(xq))
     systems: list[System] = [EbrSystem(searcher, name=label)]
-    base = _baseline(oi) if baseline and _base_only_ok(searcher) else None
+    base = _baseline(oi, whole) if baseline and _base_only_ok(searcher) else None
     if base is not None:
         systems.append(base)
     rows = [exact_rows(ev, searcher)]
-    dense: Rows = oi.dense if not isinstance(searcher, LiveSearcher) else _LiveRows(searcher)
+    dense: Rows = _LiveRows(searcher) if isinstance(searcher, LiveSearcher) else whole.dense
     rows += sweep(systems, ev, dense, oi.metric, nprobes, candidate_counts, progress=progress)
     for ceiling in ceiling_rows(searcher, ev, nprobes, name=label):  # after its nprobe's rows
         at = max((i for i, r in enumerate(rows)
                   if r["system"] == label and r["nprobe"] == ceiling["nprobe"]),
                  default=len(rows) - 1)
         rows.insert(at + 1, ceiling)
-    mem = oi.memory()
+    mem = whole.memory()
     meta: dict[str, Any] = {
-        "index": str(oi.path), "spec": str(oi.spec), "metric": oi.metric.value,
+        "index": str(whole.path), "spec": str(oi.spec), "metric": oi.metric.value,
         "ntotal": searcher.ntotal, "dim": oi.dim, "dense_dtype": oi.manifest.dense_dtype,
+        "shards": None if sharded is None else len(sharded.shards),
         "codebooks": oi.manifest.codebooks.get("method"), "nq": int(len(xq)),
         "queries_with_qrels": None if per_query_qrels is None
         else int(sum(1 for q in per_query_qrels if q)),
@@ -140,20 +152,23 @@ def evaluate_index(
                    "codes or C can pass there (raise nprobe when re-ranked rows reach it)",
     }
     if base is not None:
-        meta["faiss_refine_ram_bytes_per_vector"] = round(base.ram_bytes / oi.ntotal, 2)
+        meta["faiss_refine_ram_bytes_per_vector"] = round(base.ram_bytes / whole.ntotal, 2)
     return rows, meta
 
 
-def _baseline(oi: OpenIndex) -> FaissRefineSystem | None:
-    """faiss IVFPQ + IndexRefineFlat built like the index (same spec, seed, training), all in
-    RAM; None for an index whose dense store holds BiDR tower outputs."""
+def _baseline(oi: OpenIndex, whole: OpenIndex | ShardedIndex) -> FaissRefineSystem | None:
+    """faiss IVFPQ + IndexRefineFlat built like the index (``oi``'s spec, seed, training) over
+    all of ``whole``'s vectors, all in RAM; None for an index whose dense store holds BiDR
+    tower outputs."""
     if oi.query_tower is not None:
         logger.warning("faiss refine baseline skipped: this index's dense store holds BiDR "
                        "tower outputs (compare against a build without towers instead)")
         return None
     t0 = time.perf_counter()
     params = oi.manifest.build["params"]
-    base = FaissRefineSystem(np.asarray(oi.dense, dtype=np.float32), oi.spec, oi.metric,
+    vectors = np.asarray(oi.dense, dtype=np.float32) if whole is oi else \
+        whole.dense[np.arange(whole.ntotal)]
+    base = FaissRefineSystem(vectors, oi.spec, oi.metric,
                              seed=params["seed"], niter=params["kmeans_niter"],
                              train_size=params["train_size"])
     logger.info("faiss baseline built in %.1f s", time.perf_counter() - t0)

@@ -52,6 +52,36 @@ def test_sharded_equals_single_node(ds_ip, built, nprobe, kc, k):
     assert si.external_ids(b.ids[0]) == single.index.external_ids(a.ids[0])
 
 
+def test_evaluate_sharded_equals_single_node(ds_ip, built):
+    """index_build evaluate on the sharded index: every recall, label and ceiling figure of
+    the single index built from the same codebooks (ties aside: none on this data)."""
+    from index_build.evaluate import evaluate_index
+
+    root, _ = built
+    qids = [f"q{i}" for i in range(len(ds_ip.xq))]
+    qrels = {q: {f"doc{d}": 1 for d in rel} for q, rel in zip(qids, ds_ip.qrels, strict=True)}
+    got = {}
+    for name in ("single", "sharded"):
+        rows, meta = evaluate_index(root / name, ds_ip.xq, query_ids=qids, qrels=qrels,
+                                    nprobes=[1, 4], candidate_counts=[20, 100])
+        got[name] = ([{k: v for k, v in r.items() if not k.startswith(("p5", "p9", "qps"))}
+                      for r in rows], meta)
+    assert got["sharded"][0] == got["single"][0]
+    assert [r["stage"] for r in got["sharded"][0]].count("ceiling") == 2
+    assert got["sharded"][1]["shards"] == 3 and got["single"][1]["shards"] is None
+    for key in ("ntotal", "dense_bytes_per_vector"):
+        assert got["sharded"][1][key] == pytest.approx(got["single"][1][key], rel=1e-3)
+    # each shard holds its own centroids and codebooks: more fixed RAM, the same codes
+    assert got["sharded"][1]["ram_bytes_per_vector"] > got["single"][1]["ram_bytes_per_vector"]
+    single = Searcher(open_index(root / "single"))
+    sharded = ShardedSearcher(open_sharded(root / "sharded"))
+    exact = single.exact(ds_ip.xq, 10).ids
+    np.testing.assert_array_equal(sharded.probed(ds_ip.xq, exact, 2),
+                                  single.probed(ds_ip.xq, exact, 2))
+    with pytest.raises(InputError):
+        sharded.probed(ds_ip.xq, exact + len(ds_ip.xb), 2)
+
+
 def test_sharded_coarse_only_reads_no_rows(ds_ip, built):
     """rerank=False: the coarse ranking, as the single index gives it, with no dense row read
     and the time on the coarse stage (before, every shard re-ranked and reported 0 s)."""

@@ -24,14 +24,24 @@ from ebr.metric import Metric, exact_scores, faiss_scores_to_ebr, normalize_rows
 from ebr.quant.additive import lift_rq
 from ebr.quant.faiss_index import coarse_ram_bytes, ivf_params
 from ebr.quant.trainers import KMeansTrainer
-from ebr.search.searcher import Searcher
 from ebr.spec import IndexSpec, SearchParams
-from ebr.types import JsonObject, SearchResult
+from ebr.types import JsonObject, SearchResult, SearchStats
 
-__all__ = ["System", "EbrSystem", "FaissRefineSystem", "EvalSet", "sweep", "exact_rows",
+__all__ = ["Searches", "System", "EbrSystem", "FaissRefineSystem", "EvalSet", "sweep", "exact_rows",
            "ceiling_rows"]
 
 logger = logging.getLogger(__name__)
+
+
+class Searches(Protocol):
+    """What the sweep asks of ebr's searcher: a single, living or sharded index alike."""
+
+    def search(self, xq: np.ndarray, params: SearchParams
+               ) -> tuple[SearchResult, SearchStats]: ...
+
+    def exact(self, xq: np.ndarray, k: int) -> SearchResult: ...
+
+    def probed(self, xq: np.ndarray, rows: np.ndarray, nprobe: int) -> np.ndarray: ...
 
 
 class System(Protocol):
@@ -45,7 +55,7 @@ class System(Protocol):
 class EbrSystem:
     """ebr's two-stage search (codes in RAM, dense rows from disk)."""
 
-    searcher: Searcher
+    searcher: Searches
     name: str = "ebr"
 
     def search(self, xq: np.ndarray, k: int, nprobe: int, candidates: int,
@@ -184,7 +194,7 @@ def sweep(systems: Sequence[System], ev: EvalSet, dense: Rows, metric: Metric,
     return rows
 
 
-def exact_rows(ev: EvalSet, searcher: Searcher) -> JsonObject:
+def exact_rows(ev: EvalSet, searcher: Searches) -> JsonObject:
     """The reference row: brute force over the dense store."""
     lat = np.empty(len(ev.xq))
     for i in range(len(ev.xq)):
@@ -200,7 +210,7 @@ def exact_rows(ev: EvalSet, searcher: Searcher) -> JsonObject:
     return row
 
 
-def ceiling_rows(searcher: Searcher, ev: EvalSet, nprobes: Sequence[int],
+def ceiling_rows(searcher: Searches, ev: EvalSet, nprobes: Sequence[int],
                  name: str = "ebr") -> list[JsonObject]:
     """Per nprobe, the figures of re-ranking every document of the probed lists (stage
     ``ceiling``), from the exact top-``k_max`` and which of it the lists hold

@@ -231,6 +231,9 @@ class ShardedIndex:
                     total[k] = total.get(k, 0) + v
         n = max(self.ntotal, 1)
         total["coarse_ram_bytes_per_vector"] = total["coarse_ram_bytes"] / n
+        total["ram_bytes_per_vector"] = (total["coarse_ram_bytes"]
+                                         + total.get("query_side_bytes", 0)) / n
+        total["dense_bytes_per_vector"] = total["dense_disk_bytes"] / n
         total["ram_fraction_of_dense"] = total["coarse_ram_bytes"] / max(
             total["dense_disk_bytes"], 1)
         total["shards"] = len(self.shards)

@@ -190,6 +190,28 @@ class ShardedSearcher(ResultRows):
     def prepare_queries(self, xq: np.ndarray) -> np.ndarray:
         return Searcher(self.index.shards[0]).prepare_queries(xq)
 
+    def dense_queries(self, xq: np.ndarray) -> np.ndarray:
+        """The queries scored against the dense stores (one build: every shard's tower)."""
+        return Searcher(self.index.shards[0]).dense_queries(xq)
+
+    def probed(self, xq: np.ndarray, rows: np.ndarray, nprobe: int) -> np.ndarray:
+        """:meth:`Searcher.probed` over global rows: each shard's in its own (shared) lists."""
+        xq = self.prepare_queries(xq)
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.ndim != 2 or rows.shape[0] != xq.shape[0]:
+            raise InputError(f"rows must be [{xq.shape[0]}, r], got {list(rows.shape)}")
+        if rows.size and int(rows.max()) >= self.index.ntotal:
+            raise InputError(f"rows must be < {self.index.ntotal}, got {int(rows.max())}")
+        SearchParams(k=1, nprobe=nprobe, candidates=1).validate(self.index.nlist,
+                                                                max(self.index.ntotal, 1))
+        where = self.index.locate(np.maximum(rows, 0))
+        out = np.zeros(rows.shape, dtype=bool)
+        for s, (oi, start) in enumerate(zip(self.index.shards, self.index.starts, strict=True)):
+            mine = (rows >= 0) & (where == s)
+            if mine.any():
+                out |= Searcher(oi).probed(xq, np.where(mine, rows - start, -1), nprobe)
+        return out
+
 
     def search(self, xq: np.ndarray, params: SearchParams) -> tuple[SearchResult, SearchStats]:
         params.validate(self.index.nlist, self.index.ntotal)
