@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from ebr.eval.sweep import (
     System,
     ceiling_rows,
     exact_rows,
+    operating_points,
     sweep,
 )
 from ebr.filters import parse_filter
@@ -87,9 +88,13 @@ def evaluate_index(
     k_max: int = 100,
     label: str = "ebr",
     progress: bool = False,
+    target_recall: float | None = 0.95,
 ) -> tuple[list[JsonObject], JsonObject]:
     """Returns (rows, meta). ``qrels`` maps query id -> {external doc id: grade}. The index
-    as the service serves it: a single index (with its log's writes), or a sharded one."""
+    as the service serves it: a single index (with its log's writes), or a sharded one.
+    ``meta["operating_points"]``: the swept (nprobe, C) that no other beats on recall@10
+    against exact search and p50 latency; ``meta["recommended"]``: the cheapest of them with
+    recall@10 >= ``target_recall``, or why none is."""
     sharded = None
     if isinstance(index_dir, OpenIndex):
         oi = index_dir
@@ -151,9 +156,28 @@ def evaluate_index(
         "ceiling": "stage 'ceiling': every document of the nprobe's lists re-ranked, what no "
                    "codes or C can pass there (raise nprobe when re-ranked rows reach it)",
     }
+    meta["operating_points"], pick = operating_points(rows, label, target_recall)
+    if target_recall is not None:
+        meta["recommended"] = _recommendation(pick, rows, label, target_recall)
     if base is not None:
         meta["faiss_refine_ram_bytes_per_vector"] = round(base.ram_bytes / whole.ntotal, 2)
     return rows, meta
+
+
+def _recommendation(pick: Mapping[str, Any] | None, rows: Sequence[Mapping[str, Any]],
+                    label: str, target: float) -> str:
+    """The serving parameters to use for ``target`` recall@10, in words (the report's line)."""
+    if pick is not None:
+        return (f"nprobe {pick['nprobe']}, candidates {pick['candidates']}: recall@10 "
+                f"{pick['exact_recall@10']:.4f} >= {target} at p50 {pick['p50_ms']:.3f} ms")
+    ceilings = [r for r in rows if r["system"] == label and r["stage"] == "ceiling"]
+    top = max(ceilings, key=lambda r: r["nprobe"])
+    if top["exact_recall@10"] < target:
+        return (f"none swept reaches recall@10 {target}: the probed lists cap it at "
+                f"{top['exact_recall@10']:.4f} with nprobe {top['nprobe']}; sweep larger "
+                "--nprobe")
+    return (f"none swept reaches recall@10 {target}; nprobe {top['nprobe']}'s lists allow "
+            f"{top['exact_recall@10']:.4f}: sweep larger --candidates")
 
 
 def _baseline(oi: OpenIndex, whole: OpenIndex | ShardedIndex) -> FaissRefineSystem | None:

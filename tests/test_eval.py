@@ -200,3 +200,45 @@ def test_evaluate_ceiling_rows_bound_every_reranked_row(index_ip, ds_ip):
     # each ceiling follows the rows of its nprobe
     at = [i for i, r in enumerate(rows) if r["stage"] == "ceiling"]
     assert rows[at[0] - 1]["nprobe"] == 1 and rows[at[1] - 1]["nprobe"] == 16
+
+
+def test_operating_points_against_brute_force():
+    """The frontier: every re-ranked row of the system that no other row of it matches or
+    beats on recall at no greater p50 (checked pairwise), cheapest first; the pick is the
+    cheapest reaching the target."""
+    from ebr.eval.sweep import operating_points
+
+    rng = np.random.default_rng(5)
+    rows = [{"system": "ebr", "stage": "reranked", "nprobe": int(p), "candidates": int(c),
+             "exact_recall@10": float(rng.choice([0.8, 0.9, 0.95, 0.99])),
+             "p50_ms": float(rng.uniform(0.1, 2))}
+            for p, c in rng.integers(1, 64, size=(40, 2))]
+    rows += [{"system": "ebr", "stage": "coarse", "nprobe": 1, "candidates": 1,
+              "exact_recall@10": 1.0, "p50_ms": 0.01},  # not re-ranked: never a point
+             {"system": "faiss", "stage": "reranked", "nprobe": 1, "candidates": 1,
+              "exact_recall@10": 1.0, "p50_ms": 0.01}]  # another system's
+    frontier, pick = operating_points(rows, "ebr", 0.95)
+    mine = rows[:40]
+    want = [r for r in mine if not any(
+        o is not r and o["p50_ms"] <= r["p50_ms"] and o["exact_recall@10"] >= r["exact_recall@10"]
+        and (o["p50_ms"], -o["exact_recall@10"]) < (r["p50_ms"], -r["exact_recall@10"])
+        for o in mine)]
+    want.sort(key=lambda r: r["p50_ms"])
+    assert [(f["nprobe"], f["candidates"], f["p50_ms"]) for f in frontier] == \
+        [(r["nprobe"], r["candidates"], r["p50_ms"]) for r in want]
+    assert pick == next(f for f in frontier if f["exact_recall@10"] >= 0.95)
+    assert operating_points(rows, "ebr", None)[1] is None
+    assert operating_points(rows, "ebr", 1.0)[1] is None  # no row reaches 1.0
+    with pytest.raises(ValueError):
+        operating_points(rows, "ebr", 1.5)
+
+
+def test_evaluate_recommends_serving_parameters(index_ip, ds_ip):
+    rows, meta = evaluate_index(index_ip, ds_ip.xq, nprobes=[1, 16], candidate_counts=[20, 100],
+                                target_recall=0.9)
+    pick = next(f for f in meta["operating_points"] if f["exact_recall@10"] >= 0.9)
+    assert meta["recommended"].startswith(f"nprobe {pick['nprobe']}, candidates "
+                                          f"{pick['candidates']}:")
+    _, meta = evaluate_index(index_ip, ds_ip.xq, nprobes=[1], candidate_counts=[20, 100],
+                             target_recall=1.0)  # one list of 16 cannot hold every top 10
+    assert "the probed lists cap it" in meta["recommended"] and "--nprobe" in meta["recommended"]

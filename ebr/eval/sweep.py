@@ -28,7 +28,7 @@ from ebr.spec import IndexSpec, SearchParams
 from ebr.types import JsonObject, SearchResult, SearchStats
 
 __all__ = ["Searches", "System", "EbrSystem", "FaissRefineSystem", "EvalSet", "sweep", "exact_rows",
-           "ceiling_rows"]
+           "ceiling_rows", "operating_points"]
 
 logger = logging.getLogger(__name__)
 
@@ -233,3 +233,32 @@ def ceiling_rows(searcher: Searches, ev: EvalSet, nprobes: Sequence[int],
             row.update(label_metrics(ranked, ev.qrels, ks=(10,)))
         rows.append(row)
     return rows
+
+
+def _num(v: object) -> float:
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        return float(v)
+    raise TypeError(f"expected a number, got {v!r}")
+
+
+def operating_points(rows: Sequence[Mapping[str, object]], system: str,
+                     target: float | None = None, measure: str = "exact_recall@10",
+                     cost: str = "p50_ms") -> tuple[list[dict[str, float]], dict[str, float] | None]:
+    """The re-ranked rows of ``system`` no other of its rows beats (faiss' autotune
+    "operating points"): {nprobe, candidates, measure, cost} sorted by ``cost``, each with a
+    higher ``measure`` than every cheaper one. And the cheapest of them that reaches
+    ``target`` (None: none does, or no target)."""
+    if target is not None and not 0.0 < target <= 1.0:
+        raise ValueError(f"target must be in (0, 1], got {target!r}")
+    mine = sorted(({"nprobe": int(_num(r["nprobe"])), "candidates": int(_num(r["candidates"])),
+                    measure: _num(r[measure]), cost: _num(r[cost])}
+                   for r in rows if r.get("system") == system and r.get("stage") == "reranked"
+                   and r.get(cost) is not None and r.get(measure) is not None),
+                  key=lambda r: (r[cost], -r[measure]))
+    frontier: list[dict[str, float]] = []
+    for r in mine:
+        if not frontier or r[measure] > frontier[-1][measure]:
+            frontier.append(r)
+    pick = None if target is None else next(
+        (f for f in frontier if f[measure] >= target), None)
+    return frontier, pick
