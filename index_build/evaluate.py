@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ebr.errors import WritesUnsupportedError
+from ebr.errors import InputError, WritesUnsupportedError
 from ebr.eval.report import write_report
 from ebr.eval.sweep import (
     EbrSystem,
@@ -95,6 +95,8 @@ def evaluate_index(
     ``meta["operating_points"]``: the swept (nprobe, C) that no other beats on recall@10
     against exact search and p50 latency; ``meta["recommended"]``: the cheapest of them with
     recall@10 >= ``target_recall``, or why none is."""
+    if target_recall is not None and not 0.0 < target_recall <= 1.0:
+        raise InputError(f"target_recall must be in (0, 1], got {target_recall!r}")
     sharded = None
     if isinstance(index_dir, OpenIndex):
         oi = index_dir

@@ -242,3 +242,7 @@ def test_evaluate_recommends_serving_parameters(index_ip, ds_ip):
     _, meta = evaluate_index(index_ip, ds_ip.xq, nprobes=[1], candidate_counts=[20, 100],
                              target_recall=1.0)  # one list of 16 cannot hold every top 10
     assert "the probed lists cap it" in meta["recommended"] and "--nprobe" in meta["recommended"]
+    from ebr.errors import InputError
+
+    with pytest.raises(InputError):  # refused before any sweep
+        evaluate_index(index_ip, ds_ip.xq, nprobes=[1], candidate_counts=[20], target_recall=0)
