@@ -85,6 +85,12 @@ def test_graph_probe_gives_the_flat_probes_results(request, fixture):
         (25, flat.dim)).astype(np.float32)
     for nprobe in (1, 3, flat.nlist):
         _same(Searcher(flat), Searcher(graph), xq, nprobe, 50)
+    # the ceiling's rows: which of the exact top 10 the graph's lists hold, as the flat's
+    exact = Searcher(flat).exact(xq, 10).ids
+    for nprobe in (1, 3):
+        held = Searcher(graph).probed(xq, exact, nprobe)
+        np.testing.assert_array_equal(held, Searcher(flat).probed(xq, exact, nprobe))
+        assert held.any()
 
 
 @pytest.mark.parametrize("fixture", ["opq_index", "rq_ip_index", "rq_l2_index"])
