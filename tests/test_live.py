@@ -602,6 +602,9 @@ def test_evaluate_covers_the_logged_writes(tmp_path: Path) -> None:
     assert meta["ntotal"] == N + 200 - 300
     best = [r for r in rows if r["stage"] != "exact" and r["candidates"] == 500]
     assert best and max(r["exact_recall@10"] for r in best) == pytest.approx(1.0)
+    # every list probed: the ceiling holds every exact top-10 row, the written ones included
+    ceiling = [r for r in rows if r["stage"] == "ceiling"]
+    assert len(ceiling) == 1 and ceiling[0]["exact_recall@10"] == 1.0
 
 
 def test_tombstones_match_a_flag_array_and_never_change_what_a_search_holds():
