@@ -155,8 +155,9 @@ def evaluate_index(
         "dense_bytes_per_vector": round(float(mem["dense_bytes_per_vector"]), 2),
         "ram_fraction_of_dense": round(float(mem["ram_fraction_of_dense"]), 4),
         "memory": mem,
-        "ceiling": "stage 'ceiling': every document of the nprobe's lists re-ranked, what no "
-                   "codes or C can pass there (raise nprobe when re-ranked rows reach it)",
+        "ceiling": "stage 'ceiling': every document of the nprobe's lists re-ranked; no codes "
+                   "or C pass its recall against exact search there (raise nprobe when the "
+                   "re-ranked rows reach it)",
     }
     meta["operating_points"], pick = operating_points(rows, label, target_recall)
     if target_recall is not None:

@@ -3,8 +3,9 @@
 Each row measures one system at one ``(nprobe, candidates)``, coarse-only or re-ranked: recall
 against exact search at 1/10/100, the label metrics when qrels are given, per-query latency
 percentiles (queries one at a time, as a server sees them) and batch QPS. A ``ceiling`` row per
-nprobe gives what no codes and no C can pass there: the same figures with every document of
-the probed lists re-ranked (the IVF partition's cap; raise nprobe when re-ranked rows reach it).
+nprobe gives the same figures with every document of the probed lists re-ranked: its recall
+against exact search is the IVF partition's cap, which no codes and no C pass at that nprobe
+(label figures can differ by luck either way: a relevant document outside the exact top 10).
 """
 
 from __future__ import annotations
