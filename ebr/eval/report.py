@@ -1,5 +1,6 @@
 """Write evaluation results: ``<name>.json`` (meta + rows), ``<name>.md`` (tables) and
-``<name>.png`` (recall@10 against exact vs p50 latency, one curve per system/stage/nprobe)."""
+``<name>.png`` (recall@10 against exact vs p50 latency, one curve per system/stage/nprobe, a
+dashed line at each nprobe's ceiling)."""
 
 from __future__ import annotations
 
@@ -68,7 +69,11 @@ def _plot(path: Path, title: str, rows: Sequence[Mapping[str, Any]]) -> Path:
     import matplotlib.pyplot as plt
 
     panels: dict[str, dict[tuple[Any, ...], list[tuple[float, float, Any]]]] = {}
+    ceilings: dict[str, list[tuple[Any, Any, float]]] = {}  # per panel: (system, nprobe, recall)
     for r in rows:
+        if r.get("stage") == "ceiling" and r.get("exact_recall@10") is not None:
+            ceilings.setdefault(str(r.get("dataset_variant", "")), []).append(
+                (r["system"], r["nprobe"], r["exact_recall@10"]))
         if r.get("stage") == "exact" or r.get("p50_ms") is None:
             continue
         curves = panels.setdefault(str(r.get("dataset_variant", "")), {})
@@ -90,6 +95,11 @@ def _plot(path: Path, title: str, rows: Sequence[Mapping[str, Any]]) -> Path:
                     marker=markers[nprobes.index(nprobe) % len(markers)], markersize=4,
                     color=colours[systems.index(system) % len(colours)],
                     label=f"{system} {stage} nprobe={nprobe}")
+        for system, nprobe, recall in ceilings.get(variant, []):  # what the lists allow
+            ax.axhline(recall, linestyle="--", linewidth=0.8, alpha=0.6,
+                       color=colours[systems.index(system) % len(colours)]
+                       if system in systems else "grey",
+                       label=f"{system} ceiling nprobe={nprobe}")
         ax.set_xscale("log")
         ax.set_title(variant or title, fontsize=9)
         ax.set_xlabel("p50 latency per query (ms)")
