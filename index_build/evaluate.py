@@ -93,8 +93,9 @@ def evaluate_index(
     """Returns (rows, meta). ``qrels`` maps query id -> {external doc id: grade}. The index
     as the service serves it: a single index (with its log's writes), or a sharded one.
     ``meta["operating_points"]``: the swept (nprobe, C) that no other beats on recall@10
-    against exact search and p50 latency; ``meta["recommended"]``: the cheapest of them with
-    recall@10 >= ``target_recall``, or why none is."""
+    against exact search and p50 latency; ``meta["recommended"]`` (``recommended_point``):
+    the least work with recall@10 >= ``target_recall`` (:func:`operating_points`), or why
+    none reaches it."""
     if target_recall is not None and not 0.0 < target_recall <= 1.0:
         raise InputError(f"target_recall must be in (0, 1], got {target_recall!r}")
     sharded = None
@@ -162,6 +163,7 @@ def evaluate_index(
     meta["operating_points"], pick = operating_points(rows, label, target_recall)
     if target_recall is not None:
         meta["recommended"] = _recommendation(pick, rows, label, target_recall)
+        meta["recommended_point"] = pick
     if base is not None:
         meta["faiss_refine_ram_bytes_per_vector"] = round(base.ram_bytes / whole.ntotal, 2)
     return rows, meta

@@ -247,8 +247,11 @@ def operating_points(rows: Sequence[Mapping[str, object]], system: str,
                      cost: str = "p50_ms") -> tuple[list[dict[str, float]], dict[str, float] | None]:
     """The re-ranked rows of ``system`` no other of its rows beats (faiss' autotune
     "operating points"): {nprobe, candidates, measure, cost} sorted by ``cost``, each with a
-    higher ``measure`` than every cheaper one. And the cheapest of them that reaches
-    ``target`` (None: none does, or no target)."""
+    higher ``measure`` than every cheaper one. And the row to serve for ``target`` (None: none
+    reaches it, or no target): of the rows that reach it, those for which no other reaching
+    row probes as few lists with as few candidates or fewer (more of either is more work, so
+    only these can be the fastest), then the lowest ``cost`` among them; a measured latency
+    decides only between rows that trade nprobe against C, never against its own noise."""
     if target is not None and not 0.0 < target <= 1.0:
         raise ValueError(f"target must be in (0, 1], got {target!r}")
     mine = sorted(({"nprobe": int(_num(r["nprobe"])), "candidates": int(_num(r["candidates"])),
@@ -260,6 +263,10 @@ def operating_points(rows: Sequence[Mapping[str, object]], system: str,
     for r in mine:
         if not frontier or r[measure] > frontier[-1][measure]:
             frontier.append(r)
-    pick = None if target is None else next(
-        (f for f in frontier if f[measure] >= target), None)
-    return frontier, pick
+    if target is None:
+        return frontier, None
+    reach = [r for r in mine if r[measure] >= target]
+    least = [r for r in reach if not any(
+        o is not r and o["nprobe"] <= r["nprobe"] and o["candidates"] <= r["candidates"]
+        and (o["nprobe"], o["candidates"]) != (r["nprobe"], r["candidates"]) for o in reach)]
+    return frontier, min(least, key=lambda r: r[cost], default=None)
