@@ -223,8 +223,8 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     s.add_argument("--baseline", action="store_true",
                    help="also run faiss IVFPQ+IndexRefineFlat (same spec/seed, all in RAM)")
     s.add_argument("--target-recall", type=float, default=0.95,
-                   help="recommend the fastest swept (nprobe, C) whose recall@10 against "
-                   "exact search reaches this (the report's 'recommended' line)")
+                   help="recommend the swept (nprobe, C) of least work whose recall@10 "
+                   "against exact search reaches this (the report's 'recommended' line)")
     s.add_argument("--results", default="results", help="output directory for JSON/MD/PNG")
     s.add_argument("--name", default="eval", help="file stem of the outputs")
     s.add_argument("--filter", help="a payload filter (JSON, or @FILE): recall of the filtered "

@@ -5,7 +5,7 @@ against exact search at 1/10/100, the label metrics when qrels are given, per-qu
 percentiles (queries one at a time, as a server sees them) and batch QPS. A ``ceiling`` row per
 nprobe gives the same figures with every document of the probed lists re-ranked: its recall
 against exact search is the IVF partition's cap, which no codes and no C pass at that nprobe
-(label figures can differ by luck either way: a relevant document outside the exact top 10).
+(its label figures, exact search's ranking kept to those lists, are no bound).
 """
 
 from __future__ import annotations
@@ -218,7 +218,7 @@ def ceiling_rows(searcher: Searches, ev: EvalSet, nprobes: Sequence[int],
     (:meth:`Searcher.probed`): recall@1/10/100 against exact search and, with qrels, nDCG@10,
     MRR@10 and recall@10 of the exact ranking restricted to those lists. ``ceiling_complete``:
     the share of queries with at least 10 of their exact top-``k_max`` in the probed lists (the
-    label figures of the others are lower bounds)."""
+    others' label figures rank fewer than 10 documents)."""
     rows: list[JsonObject] = []
     for nprobe in nprobes:
         held = searcher.probed(ev.xq, ev.exact.ids, nprobe)

@@ -212,7 +212,6 @@ class ShardedSearcher(ResultRows):
                 out |= Searcher(oi).probed(xq, np.where(mine, rows - start, -1), nprobe)
         return out
 
-
     def search(self, xq: np.ndarray, params: SearchParams) -> tuple[SearchResult, SearchStats]:
         params.validate(self.index.nlist, self.index.ntotal)
         xq = self.prepare_queries(xq)
