@@ -128,10 +128,9 @@ class Searcher(ResultRows):
             want = rows[i][rows[i] >= 0]
             if not want.size:
                 continue
-            mask = np.zeros(n, dtype=bool)
-            mask[want] = True
-            found = self._coarse_allowed(xq[i:i + 1], len(want), nprobe,
-                                         np.packbits(mask, bitorder="little"))
+            bitmap = np.zeros((n + 7) // 8, dtype=np.uint8)  # little-endian, as faiss reads
+            np.bitwise_or.at(bitmap, want >> 3, (1 << (want & 7)).astype(np.uint8))
+            found = self._coarse_allowed(xq[i:i + 1], len(want), nprobe, bitmap)
             out[i] = np.isin(rows[i], found[found >= 0]) & (rows[i] >= 0)
         return out
 
