@@ -198,24 +198,8 @@ def run(task: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def paired_ndcg(rows: list[dict[str, Any]]) -> None:
-    """Each row's re-ranked nDCG@10 (C = RERANK_C) minus that of the ``opq`` row of the same
-    set and bytes, and minus exact search's, on the same queries (``benchkit.paired_text``:
-    mean ± paired standard error)."""
-    from benchkit import paired_text
-
-    key = "rerank_nDCG@10_per_query"
-    scored = [r for r in rows if key in r]
-    for r in scored:
-        r["nDCG_vs_exact"] = paired_text(r[key], r["exact_nDCG@10_per_query"])
-        opq = next((o for o in scored if o["method"] == "opq" and "ablation" not in o
-                    and (o["set"], o["bytes"]) == (r["set"], r["bytes"])), None)
-        if opq is not None and opq is not r:
-            r["nDCG_vs_opq"] = paired_text(r[key], opq[key])
-
-
 def main() -> int:
-    from benchkit import UNSEEN
+    from benchkit import UNSEEN, paired_columns
 
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -297,7 +281,9 @@ def main() -> int:
                              max_tasks_per_child=1) as pool:
         for row in pool.map(run, tasks):
             rows.append(row)
-    paired_ndcg(rows)
+    # each row's re-ranked nDCG@10 at C = RERANK_C against exact search's and plain OPQ's
+    paired_columns(rows, "rerank_nDCG@10_per_query", "exact_nDCG@10_per_query",
+                   lambda o: o["method"] == "opq" and "ablation" not in o)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.json").write_text(json.dumps(rows, indent=2))

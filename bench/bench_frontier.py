@@ -819,22 +819,6 @@ def _progress(row: dict[str, Any]) -> str:
     return json.dumps({k: v for k, v in row.items() if not k.endswith("_per_query")})
 
 
-def _paired_ndcg(rows: list[dict[str, Any]]) -> None:
-    """Each row's nDCG@10 (C = 200) minus that of ``opq`` at the same set and bytes, and minus
-    exact search's, on the same queries (``benchkit.paired_text``: mean ± paired standard
-    error), so that a gap inside the queries' noise does not read as a verdict."""
-    from benchkit import paired_text
-
-    key = "nDCG@10_C200_per_query"
-    scored = [r for r in rows if key in r]
-    for r in scored:
-        r["nDCG_vs_exact"] = paired_text(r[key], r["exact_nDCG@10_per_query"])
-        opq = next((o for o in scored if o["method"] == "opq" and o["set"] == r["set"]
-                    and o["bytes"] == r["bytes"]), None)
-        if opq is not None and opq is not r:
-            r["nDCG_vs_opq"] = paired_text(r[key], opq[key])
-
-
 def _write(rows: list[dict[str, Any]], out: Path, name: str, cmd: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     turns = any(r.get("measured") == "in turns" for r in rows)
@@ -845,7 +829,11 @@ def _write(rows: list[dict[str, Any]], out: Path, name: str, cmd: str) -> None:
             + f" over {QPS_QUERIES} queries"}
     built = ("every row of a set built in one process, then all measured in turns, point by "
              "point" if turns else "every row built in its own process")
-    _paired_ndcg(rows)
+    from benchkit import paired_columns
+
+    # each row's nDCG@10 at C = 200 against exact search's and the same bytes' opq row's
+    paired_columns(rows, "nDCG@10_C200_per_query", "exact_nDCG@10_per_query",
+                   lambda o: o["method"] == "opq")
     (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     exact = {r["set"]: r["exact_nDCG@10"] for r in rows if "exact_nDCG@10" in r}
     cols = ["set", "bytes", "method", "spec", "ram_B/vec", "fixed_MB", "coarse_r@100", "rerank_r@10_C100",

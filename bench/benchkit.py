@@ -151,6 +151,20 @@ def paired_text(a: list[float | None], b: list[float | None]) -> str:
     return f"{mean:+.4f} ± {se:.4f}"
 
 
+def paired_columns(rows: list[dict[str, Any]], key: str, exact_key: str,
+                   is_opq: Callable[[dict[str, Any]], bool]) -> None:
+    """Each row's per-query figure ``key`` minus its own ``exact_key`` (``nDCG_vs_exact``) and
+    minus that of the same set and bytes' OPQ row (``nDCG_vs_opq``), on the same queries, as
+    :func:`paired_text` gives them: rows without ``key`` are left as they are."""
+    scored = [r for r in rows if key in r]
+    for r in scored:
+        r["nDCG_vs_exact"] = paired_text(r[key], r[exact_key])
+        opq = next((o for o in scored if is_opq(o)
+                    and (o["set"], o["bytes"]) == (r["set"], r["bytes"])), None)
+        if opq is not None and opq is not r:
+            r["nDCG_vs_opq"] = paired_text(r[key], opq[key])
+
+
 def generated_set(n: int = 100_000, d: int = 384) -> dict[str, Any]:
     """The generator's realistic profile (``minilm``: the spectrum fitted to MiniLM on SciFact)
     in :func:`embedded_beir`'s shape: string ids, the planted qrels of the test and the
