@@ -15,7 +15,8 @@ from typing import Any
 from ebr.errors import SearchParamError, SpecError
 from ebr.metric import Metric
 
-__all__ = ["IndexSpec", "BuildParams", "SearchParams", "DENSE_DTYPES", "CODEBOOK_METHODS"]
+__all__ = ["IndexSpec", "BuildParams", "SearchParams", "DENSE_DTYPES", "CODEBOOK_METHODS",
+           "LIST_POINTS_MAX"]
 
 _PART = {
     "opq": re.compile(r"^OPQ(\d+)(?:_(\d+))?$"),
@@ -29,6 +30,11 @@ ADDITIVE = {"rq": "RQ", "lsq": "LSQ"}  # quantizer -> spec token: codes that sum
 ADDITIVE_NBITS = (6, 12)  # codebooks of 64 to 4096: beam search and k-means cost grow with them
 DENSE_DTYPES = ("float32", "float16")
 CODEBOOK_METHODS = ("kmeans", "opq", "distill")
+# list points (ebr.quant.listpoints): by default nlist x m <= 4,096 (one product of ~60 µs per
+# query at d = 384), at most 16 per list; at most 64 on request
+LIST_POINTS_TOTAL = 4096
+LIST_POINTS_AUTO = 16
+LIST_POINTS_MAX = 64
 
 
 @dataclass(frozen=True)
@@ -169,6 +175,9 @@ class BuildParams:
     dense_dtype: ``float16`` halves disk and re-rank I/O for a tiny score error (about 1e-3 relative).
     codebooks: ``kmeans`` (faiss IVFPQ), ``opq`` (rotation learned first; spec gets ``OPQ<M>``)
         or ``distill`` (Distill-VQ fine-tuning after k-means; needs the 'train' extra).
+    list_points: k-means points kept per IVF list, by which the probe ranks the lists
+        (:mod:`ebr.quant.listpoints`); 1: none, the centroids rank them; None (default):
+        min(16, 4,096 // nlist), :attr:`points_per_list`.
     """
 
     spec: IndexSpec
@@ -180,6 +189,7 @@ class BuildParams:
     codebooks: str = "kmeans"
     normalize: bool = False  # L2-normalise inputs (cosine via inner product)
     extra: dict[str, Any] = field(default_factory=dict)
+    list_points: int | None = None
 
     def __post_init__(self) -> None:
         if self.dense_dtype not in DENSE_DTYPES:
@@ -190,6 +200,11 @@ class BuildParams:
             raise SpecError(f"train_size must be >= 1, got {self.train_size}")
         if self.kmeans_niter < 1:
             raise SpecError(f"kmeans_niter must be >= 1, got {self.kmeans_niter}")
+        if self.list_points is not None and (
+                isinstance(self.list_points, bool) or not isinstance(self.list_points, int)
+                or not 1 <= self.list_points <= LIST_POINTS_MAX):
+            raise SpecError(f"list_points must be an integer in [1, {LIST_POINTS_MAX}] (1: "
+                            f"none), got {self.list_points!r}")
         if self.codebooks == "opq" and not self.spec.opq:
             if self.spec.is_additive:
                 raise SpecError(f"codebooks 'opq' needs a PQ spec; {self.spec} has no rotation "
@@ -198,6 +213,14 @@ class BuildParams:
         if self.spec.l2_as_ip(self.metric) and self.spec.pq_m < 2:
             raise SpecError(f"{self.spec}: under L2 one code byte holds each vector's norm term; "
                             "it needs M >= 2 (M - 1 codebooks + the norm byte)")
+
+    @property
+    def points_per_list(self) -> int:
+        """The list points this build keeps per list: ``list_points``, or by default as many
+        as keep nlist x m <= LIST_POINTS_TOTAL, at most LIST_POINTS_AUTO (1: none)."""
+        if self.list_points is not None:
+            return self.list_points
+        return max(1, min(LIST_POINTS_AUTO, LIST_POINTS_TOTAL // self.spec.nlist))
 
 
 @dataclass(frozen=True)

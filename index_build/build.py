@@ -32,7 +32,7 @@ def build(args: argparse.Namespace) -> None:
     params = BuildParams(spec=IndexSpec.parse(args.spec), metric=metric,
                          dense_dtype=args.dense_dtype, train_size=args.train_size,
                          kmeans_niter=args.niter, seed=args.seed, codebooks=args.codebooks,
-                         normalize=args.metric == "cosine")
+                         normalize=args.metric == "cosine", list_points=args.list_points)
     logger.info("build: %s", {k: v for k, v in vars(args).items() if k != "func"})
     pairs = _training_pairs(args, x, ids)
     if args.towers != "none" and pairs is None:

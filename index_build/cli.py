@@ -81,6 +81,10 @@ def _index_args(p: argparse.ArgumentParser) -> None:
                      default=_default(BuildParams, "kmeans_niter"), help="k-means iterations")
     idx.add_argument("--seed", type=int,
                      default=_default(BuildParams, "seed"), help="seed of sampling and k-means")
+    idx.add_argument("--list-points", type=int, default=None,
+                     help="k-means points kept per IVF list, by which the probe ranks the "
+                     "lists (1: none, the centroids rank them; default min(16, 4096 // nlist)); "
+                     "costs nlist x m x d floats of RAM and one product with them per query")
     idx.add_argument("--overwrite", action="store_true", help="replace an existing index dir")
 
 

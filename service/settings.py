@@ -27,11 +27,12 @@ class Settings(BaseModel):
     verify_checksums: bool = Field(
         True, description="sha256 every index file at startup (reads each byte once; turn off "
         "for very large indexes: sizes are still checked)")
-    coarse_probe: Literal["auto", "flat", "hnsw"] = Field(
-        "auto", description="how a query's IVF lists are chosen: auto, a graph over the "
-        "centroids when there are >= 1,024 lists and it finds the lists scoring every centroid "
-        "finds (checked at startup), else every centroid scored; flat: every centroid scored; "
-        "hnsw: the graph always (startup fails where it cannot serve)")
+    coarse_probe: Literal["auto", "flat", "hnsw", "points"] = Field(
+        "auto", description="how a query's IVF lists are chosen: auto, by the lists' points "
+        "when the index has them (the default build), else a graph over the centroids when "
+        "there are >= 1,024 lists and it finds the lists scoring every centroid finds (checked "
+        "at startup), else every centroid scored; flat: every centroid scored; hnsw: the graph "
+        "always; points: the lists' points always (startup fails where either cannot serve)")
     text_encoder: Literal["auto", "off"] = Field(
         "auto", description="auto: load the offline MiniLM at startup when the index records "
         "it (about 8 s and torch in memory); off: vector queries only")

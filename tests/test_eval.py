@@ -93,7 +93,8 @@ def test_evaluate_rq_against_faiss_own_ivf_rq(ds_ip, ds_l2, tmp_path, metric):
 
     ds = ds_ip if metric == "ip" else ds_l2
     write_index(tmp_path / "rq", ds.xb, BuildParams(spec=IndexSpec.parse("IVF8,RQ4"),
-                                                    metric=Metric.parse(metric), kmeans_niter=5))
+                                                    metric=Metric.parse(metric), kmeans_niter=5,
+                                                    list_points=1))  # faiss' probe, too
     rows, _ = evaluate_index(tmp_path / "rq", ds.xq, nprobes=[2], candidate_counts=[50],
                              baseline=True)
     peer = [r for r in rows if r["system"].startswith("faiss")]

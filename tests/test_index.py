@@ -36,7 +36,7 @@ def test_manifest_contents(index_ip, ds_ip):
     m = oi.manifest
     assert (m.ntotal, m.dim, m.spec, m.metric) == (len(ds_ip.xb), 32, "IVF16,PQ8", "ip")
     assert set(m.files) == {layout.COARSE, layout.DENSE["float32"], layout.IDS_INT, layout.DOCS,
-                            layout.CODEBOOKS}
+                            layout.CODEBOOKS, layout.LIST_POINTS}
     assert m.codebooks["method"] == "kmeans" and m.format_version.startswith("1.")
     assert {"created", "seconds", "params", "versions"} <= set(m.build)
     np.testing.assert_array_equal(oi.dense, ds_ip.xb)  # float32 store is lossless

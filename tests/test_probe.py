@@ -3,6 +3,7 @@ them; the results are the flat probe's, and a graph that would miss lists is nev
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -10,12 +11,17 @@ import faiss
 import numpy as np
 import pytest
 
-from ebr.errors import SpecError
+from ebr.errors import CorruptFileError, SpecError
 from ebr.index.live import open_live
 from ebr.index.reader import open_index
 from ebr.index.writer import write_index
+from ebr.io import layout
+from ebr.io.manifest import read_manifest, seal
+from ebr.io.vecs import read_bin
 from ebr.metric import Metric
 from ebr.quant import probe as probe_mod
+from ebr.quant.faiss_index import rotate
+from ebr.quant.listpoints import ListPoints, fit_list_points
 from ebr.search.live import LiveSearcher
 from ebr.search.searcher import Searcher
 from ebr.spec import BuildParams, IndexSpec, SearchParams
@@ -121,20 +127,29 @@ def test_probe_transforms_queries_as_faiss_does(request, fixture):
         assert fixture == "opq_index"
 
 
-def test_auto_builds_the_graph_only_for_many_lists(index_ip, monkeypatch):
-    assert open_index(index_ip).probe is None  # 16 lists: the flat scan is cheap
+@pytest.fixture(scope="module")
+def pointless_index(tmp_path_factory: pytest.TempPathFactory, ds_ip) -> Path:
+    """index_ip's build without list points: auto ranks lists by the centroids (or a graph)."""
+    out = tmp_path_factory.mktemp("pointless") / "index"
+    write_index(out, ds_ip.xb, BuildParams(spec=IndexSpec.parse("IVF16,PQ8"), metric=Metric.IP,
+                                           kmeans_niter=10, list_points=1))
+    return out
+
+
+def test_auto_builds_the_graph_only_for_many_lists(pointless_index, monkeypatch):
+    assert open_index(pointless_index).probe is None  # 16 lists: the flat scan is cheap
     monkeypatch.setattr(probe_mod, "AUTO_MIN_NLIST", 16)
-    assert open_index(index_ip).probe is not None
+    assert open_index(pointless_index).probe.graph is not None
 
 
-def test_a_graph_that_misses_lists_is_not_served(index_ip, monkeypatch, caplog):
+def test_a_graph_that_misses_lists_is_not_served(pointless_index, monkeypatch, caplog):
     monkeypatch.setattr(probe_mod, "AUTO_MIN_NLIST", 16)
     monkeypatch.setattr(probe_mod, "MIN_AGREEMENT", 1.01)  # no graph can pass
     with caplog.at_level(logging.WARNING, logger="ebr.quant.probe"):
-        assert open_index(index_ip).probe is None
+        assert open_index(pointless_index).probe is None
     assert "scanning every centroid" in caplog.text
     with pytest.raises(SpecError, match="found"):
-        open_index(index_ip, probe="hnsw")
+        open_index(pointless_index, probe="hnsw")
 
 
 def test_probe_kind_is_checked(index_ip, tmp_path):
@@ -144,14 +159,16 @@ def test_probe_kind_is_checked(index_ip, tmp_path):
     # flat (by default only from AUTO_MIN_NLIST lists)
     rng = np.random.default_rng(0)
     write_index(tmp_path / "rq", rng.standard_normal((600, 16)).astype(np.float32),
-                BuildParams(spec=IndexSpec.parse("IVF8,RQ4x6"), metric=Metric.L2))
+                BuildParams(spec=IndexSpec.parse("IVF8,RQ4x6"), metric=Metric.L2,
+                            list_points=1))
     assert open_index(tmp_path / "rq").probe is None
     assert open_index(tmp_path / "rq", probe="hnsw").probe is not None
     # a quantizer that is no flat scan has no graph
     other = faiss.IndexIVFPQ(faiss.IndexHNSWFlat(16, 8), 16, 8, 4, 8)
     assert probe_mod.build_probe(other, "auto") is None
-    with pytest.raises(SpecError, match="flat quantizer"):
-        probe_mod.build_probe(other, "hnsw")
+    for kind in ("hnsw", "points"):
+        with pytest.raises(SpecError, match="flat quantizer"):
+            probe_mod.build_probe(other, kind, np.zeros((32, 16), np.float32), 2)
 
 
 def test_live_search_with_the_graph_keeps_tombstones_out(tmp_path):
@@ -317,3 +334,157 @@ def test_stacked_lists_scan_as_the_parts_merged(metric):
     if metric == faiss.METRIC_L2:
         base.use_precomputed_table = 1
         assert stacked(base, template, seg) is None
+
+
+# --- list points (ebr.quant.listpoints): the lists are ranked by their best k-means point
+
+
+def _lists_by_points(index, xq: np.ndarray, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+    """The definition, from the stored points: every list ranked by its best point's score
+    (inner product, or minus the squared L2 distance) in the IVF's space (after OPQ); the
+    nprobe best lists per query and the score gap to the next list (near-ties are skipped)."""
+    entry = index.manifest.codebooks["encoding"]["list_points"]
+    points = np.array(read_bin(index.path / entry["file"], mmap=False))
+    g = rotate(index.coarse, Searcher(index).prepare_queries(xq))
+    if index.metric is Metric.IP:
+        s = g @ points.T
+    else:
+        s = -((g[:, None, :] - points[None, :, :]) ** 2).sum(axis=2)
+    best = s.reshape(len(g), index.nlist, entry["per_list"]).max(axis=2)
+    order = np.argsort(-best, axis=1)
+    rows = np.arange(len(g))
+    gap = best[rows, order[:, nprobe - 1]] - (
+        best[rows, order[:, nprobe]] if nprobe < index.nlist else -np.inf)
+    return order[:, :nprobe], gap
+
+
+def _list_of_rows(index) -> np.ndarray:
+    ivf = index.ivfpq
+    out = np.full(index.ntotal, -1, dtype=np.int64)
+    for j in range(ivf.nlist):
+        n = ivf.invlists.list_size(j)
+        if n:
+            out[faiss.rev_swig_ptr(ivf.invlists.get_ids(j), n).copy()] = j
+    assert (out >= 0).all()
+    return out
+
+
+@pytest.mark.parametrize("fixture", ["index_ip", "index_l2", "opq_index", "rq_ip_index",
+                                     "rq_l2_index"])
+def test_list_points_scan_the_lists_their_best_points_pick(request, fixture):
+    """IP, L2 (string ids, float16 store), OPQ, RQ (IP; L2 in its inner-product form), built
+    with the default points: the coarse stage returns exactly the documents of the lists the
+    stored points rank best, with the scores a scan of every list gives them; the re-rank is
+    exact search over those documents; the ceiling's rows are those lists' members."""
+    path = request.getfixturevalue(fixture)
+    index = open_index(path)
+    assert index.probe is not None and index.probe.graph is None
+    assert index.probe.points is not None and index.probe.points.per_list == 16
+    assert index.memory()["probe_bytes"] > 0
+    everything = Searcher(open_index(path, probe="flat"))
+    searcher = Searcher(index)
+    rng = np.random.default_rng(8)
+    xq = index.vectors(rng.integers(0, index.ntotal, 30)) + 0.2 * rng.standard_normal(
+        (30, index.dim)).astype(np.float32)
+    list_of = _list_of_rows(index)
+    all_ids, all_scores = everything.coarse(xq, index.ntotal, index.nlist)
+    exact = searcher.exact(xq, 10).ids
+    checked = 0
+    for nprobe in (1, 3, index.nlist // 2):
+        want, gap = _lists_by_points(index, xq, nprobe)
+        ids, scores = searcher.coarse(xq, index.ntotal, nprobe)
+        res, _ = searcher.search(xq, SearchParams(k=10, nprobe=nprobe,
+                                                  candidates=index.ntotal))
+        held = searcher.probed(xq, exact, nprobe)
+        dense = searcher.dense_queries(searcher.prepare_queries(xq))
+        for i in np.nonzero(gap > 1e-4)[0]:
+            got = ids[i][ids[i] >= 0]
+            members = np.nonzero(np.isin(list_of, want[i]))[0]
+            np.testing.assert_array_equal(np.sort(got), members)
+            ref = dict(zip(all_ids[i].tolist(), all_scores[i].tolist(), strict=True))
+            np.testing.assert_allclose(scores[i][:len(got)], [ref[r] for r in got.tolist()],
+                                       rtol=1e-4, atol=1e-4)
+            v = index.vectors(members)
+            s = v @ dense[i] if index.metric is Metric.IP else -((v - dense[i]) ** 2).sum(1)
+            top = members[np.argsort(-s, kind="stable")[:10]]
+            np.testing.assert_array_equal(res.ids[i][:len(top)], top)
+            assert (res.ids[i][len(top):] == -1).all()
+            np.testing.assert_array_equal(held[i], np.isin(list_of[exact[i]], want[i]))
+            checked += 1
+    assert checked >= 60
+
+
+def test_fit_list_points_keeps_small_lists_and_fills_empty_ones():
+    rng = np.random.default_rng(2)
+    centroids = rng.standard_normal((3, 8)).astype(np.float32)
+    x = rng.standard_normal((60, 8)).astype(np.float32)
+    lists = np.array([0] * 50 + [1] * 10)  # list 2 holds nothing
+    pts = fit_list_points(x, lists, centroids, 16, spherical=True, seed=0)
+    assert pts.shape == (48, 8) and pts.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(pts[:16], axis=1), 1.0, rtol=1e-5)  # spherical
+    np.testing.assert_array_equal(pts[16:26], x[50:])  # <= m members: the members themselves
+    np.testing.assert_array_equal(pts[26:32], np.repeat(centroids[1:2], 6, axis=0))
+    np.testing.assert_array_equal(pts[32:], np.repeat(centroids[2:3], 16, axis=0))
+    with pytest.raises(SpecError, match="do not agree"):
+        fit_list_points(x, lists[:10], centroids, 4, spherical=False, seed=0)
+
+
+def test_served_points_at_low_rank_keep_the_leading_offsets():
+    """Served at a rank below d, a point is its list's centroid plus its offset in the
+    offsets' leading principal directions: exact for offsets inside that subspace."""
+    rng = np.random.default_rng(3)
+    anchors = rng.standard_normal((5, 12)).astype(np.float32)
+    basis = np.linalg.qr(rng.standard_normal((12, 3)))[0].astype(np.float32)  # a 3-d subspace
+    points = np.repeat(anchors, 4, axis=0) + rng.standard_normal((20, 3)).astype(
+        np.float32) @ basis.T
+    q = rng.standard_normal((7, 12)).astype(np.float32)
+    for l2 in (False, True):
+        exact = ListPoints(points, 4, anchors, l2=l2, rank=12)
+        low = ListPoints(points, 4, anchors, l2=l2, rank=3)
+        s = q @ points.T - (0.5 * (points ** 2).sum(1) if l2 else 0.0)
+        want = s.reshape(7, 5, 4).max(axis=2)
+        np.testing.assert_allclose(exact.scores(q), want, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(low.scores(q), want, rtol=1e-4, atol=1e-4)
+        assert low.nbytes < exact.nbytes
+    with pytest.raises(SpecError, match="lists x"):
+        ListPoints(points[:19], 4, anchors, l2=False)
+    with pytest.raises(SpecError, match="finite"):
+        ListPoints(np.full_like(points, np.nan), 4, anchors, l2=False)
+
+
+def test_list_points_are_a_build_choice(ds_ip, tmp_path):
+    """list_points 1: no points (the centroids rank the lists, probe 'points' refuses); the
+    default keeps min(16, 4096 // nlist); the manifest says which; a damaged entry is refused."""
+    x = ds_ip.xb[:1500]
+    none = tmp_path / "none"
+    write_index(none, x, BuildParams(spec=IndexSpec.parse("IVF16,PQ8"), kmeans_niter=5,
+                                     list_points=1))
+    m = read_manifest(none)
+    assert m.codebooks["encoding"]["list_points"] is None
+    assert m.build["params"]["list_points"] == 1
+    assert open_index(none).probe is None and not (none / layout.LIST_POINTS).exists()
+    with pytest.raises(SpecError, match="no list points"):
+        open_index(none, probe="points")
+    four = tmp_path / "four"
+    write_index(four, x, BuildParams(spec=IndexSpec.parse("IVF16,PQ8"), kmeans_niter=5,
+                                     list_points=4))
+    m = read_manifest(four)
+    assert m.codebooks["encoding"]["list_points"] == {"file": layout.LIST_POINTS, "per_list": 4}
+    assert open_index(four).probe.points.per_list == 4
+    raw = json.loads((four / layout.MANIFEST).read_text())
+    raw["codebooks"]["encoding"]["list_points"]["per_list"] = 5
+    (four / layout.MANIFEST).write_text(json.dumps(seal(raw)))
+    with pytest.raises(CorruptFileError, match="shape"):
+        open_index(four)
+
+
+@pytest.mark.parametrize("bad", [0, 65, 2.5, True, "16"])
+def test_list_points_parameter_is_checked(bad):
+    with pytest.raises(SpecError, match="list_points"):
+        BuildParams(spec=IndexSpec.parse("IVF16,PQ8"), list_points=bad)
+
+
+@pytest.mark.parametrize(("nlist", "want"), [(16, 16), (256, 16), (512, 8), (1024, 4),
+                                             (2048, 2), (4096, 1), (65536, 1)])
+def test_default_list_points_keep_at_most_4096(nlist, want):
+    assert BuildParams(spec=IndexSpec.parse(f"IVF{nlist},PQ8")).points_per_list == want

@@ -141,7 +141,7 @@ def test_manifest_records_training(trained):
 
 def test_export_reload_matches_torch_ranking(trained, ds_ip):
     tr, out = trained
-    oi = open_index(out)
+    oi = open_index(out, probe="flat")  # the model probes by the centroids
     assert oi.query_map is not None and not np.allclose(oi.query_map, np.eye(32))
     model = tr.model
     xb = np.asarray(oi.dense)

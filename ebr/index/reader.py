@@ -99,11 +99,13 @@ class OpenIndex:
         query_side = (0 if self.query_map is None else self.query_map.nbytes) + (
             0 if self.query_tower is None else
             sum(w.nbytes for w in self.query_tower.weights.values()))
+        probe_side = 0 if self.probe is None else self.probe.points_bytes
         return {
             **parts,
             "coarse_ram_bytes_per_vector": coarse / max(self.ntotal, 1),
             "query_side_bytes": query_side,  # query map + query tower (fixed, not per vector)
-            "ram_bytes_per_vector": (coarse + query_side) / max(self.ntotal, 1),
+            "probe_bytes": probe_side,  # list points (+ a copy of the centroids): fixed
+            "ram_bytes_per_vector": (coarse + query_side + probe_side) / max(self.ntotal, 1),
             "dense_disk_bytes": dense,
             "dense_bytes_per_vector": dense / max(self.ntotal, 1),
             "ram_fraction_of_dense": coarse / max(dense, 1),
@@ -135,7 +137,9 @@ def open_index(
         read together from disk when the store is cold, mapped reads alone when it is warm.
     probe: how a query's lists are chosen (:mod:`ebr.quant.probe`): ``auto`` a graph over the
         centroids when there are >= 1,024 lists and it finds the flat scan's lists, ``flat``
-        every centroid scored, ``hnsw`` the graph always (an error where it cannot serve).
+        every centroid scored, ``hnsw`` the graph always (an error where it cannot serve);
+        an index with list points (the default build) is probed by them under ``auto`` and
+        ``points`` (:mod:`ebr.quant.listpoints`), ``flat`` ignores them.
     """
     path = Path(directory)
     manifest = read_manifest(path)
@@ -152,7 +156,8 @@ def open_index(
     except Exception as e:
         raise IndexFormatError(f"{path}/manifest.json: {e}") from None
     coarse, ivfpq = _open_coarse(path, manifest, spec, metric, mmap, precompute_tables)
-    list_probe = build_probe(coarse, probe)
+    points, per_list = _list_points(path, manifest, spec)
+    list_probe = build_probe(coarse, probe, points, per_list)
     dense = read_bin(path / layout.DENSE[manifest.dense_dtype], mmap=True, random_access=True)
     _expect(path / layout.DENSE[manifest.dense_dtype], "shape", dense.shape,
             (manifest.ntotal, manifest.dim))
@@ -224,6 +229,27 @@ def _read_ids(path: Path, manifest: Manifest) -> Any:
     if len(ids) != manifest.ntotal:
         raise CorruptFileError(f"{path}: {len(ids)} external ids for {manifest.ntotal} vectors")
     return ids
+
+
+def _list_points(path: Path, manifest: Manifest, spec: IndexSpec
+                 ) -> tuple[np.ndarray | None, int]:
+    """The lists' points (float32 [nlist * m, d] in the IVF's space: d' after OPQ to d'
+    dimensions) and m, or (None, 1) for an index without."""
+    entry = manifest.codebooks.get("encoding", {}).get("list_points")
+    if not entry:
+        return None, 1
+    try:
+        name, per_list = str(entry["file"]), int(entry["per_list"])
+    except (KeyError, TypeError, ValueError):
+        raise IndexFormatError(f"{path}: malformed list_points entry {entry!r}") from None
+    if name not in manifest.files:
+        raise IndexFormatError(f"{path}: list points {name!r} are not a listed file")
+    points = np.array(read_bin(path / name, mmap=False), dtype=np.float32)
+    d = manifest.dim if spec.is_additive else spec.code_dim(manifest.dim)
+    _expect(path / name, "shape", points.shape, (spec.nlist * per_list, d))
+    if not np.isfinite(points).all():
+        raise CorruptFileError(f"{path / name}: list points are not finite")
+    return points, per_list
 
 
 def _query_side(path: Path, manifest: Manifest) -> tuple[np.ndarray | None, Tower | None]:

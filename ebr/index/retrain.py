@@ -41,7 +41,8 @@ def params_of(manifest: Manifest) -> BuildParams:
                        kmeans_niter=int(p.get("kmeans_niter", BuildParams.kmeans_niter)),
                        seed=int(p.get("seed", BuildParams.seed)),
                        codebooks=str(p.get("codebooks", BuildParams.codebooks)),
-                       normalize=bool(p.get("normalize", False)))
+                       normalize=bool(p.get("normalize", False)),
+                       list_points=p.get("list_points"))
 
 
 def _payloads(oi: OpenIndex) -> Iterator[tuple[ExternalId, JsonObject]]:

@@ -86,6 +86,11 @@ def train_codebooks(vectors: np.ndarray, params: BuildParams,
     if params.normalize:
         xt = normalize_rows(xt)
     cb = trainer.fit(xt, params.spec, params.metric, params.seed)
+    if params.points_per_list > 1:
+        t0 = time.perf_counter()
+        cb = cb.with_list_points(xt, params.points_per_list, params.seed)
+        logger.info("list points: %d per list, %.1f s", params.points_per_list,
+                    time.perf_counter() - t0)
     return replace(cb, provenance={**cb.provenance, "train_size": int(len(rows)),
                                    "trained_on": "document sample"})
 
@@ -266,6 +271,9 @@ def _write_codebooks(tmp: Path, codebooks: Codebooks) -> list[str]:
         write_bin(tmp / layout.LIST_CENTROIDS,
                   np.asarray(codebooks.list_centroids, dtype=np.float32))
         names.append(layout.LIST_CENTROIDS)
+    if codebooks.list_points is not None:
+        write_bin(tmp / layout.LIST_POINTS, codebooks.list_points)
+        names.append(layout.LIST_POINTS)
     return names
 
 
@@ -277,7 +285,9 @@ def encoding_entry(codebooks: Codebooks) -> JsonObject:
             "list_centroids": layout.LIST_CENTROIDS if codebooks.list_centroids is not None
             else None,
             "score_aware": None if sa is None else {"eta": sa.eta, "passes": sa.passes,
-                                                    "query_map": sa.query_map is not None}}
+                                                    "query_map": sa.query_map is not None},
+            "list_points": None if codebooks.list_points is None else {
+                "file": layout.LIST_POINTS, "per_list": codebooks.points_per_list}}
 
 
 def new_live() -> JsonObject:
@@ -346,7 +356,7 @@ def _manifest(params: BuildParams, shape: tuple[int, ...], id_kind: str,
                        "dense_dtype": params.dense_dtype, "train_size": params.train_size,
                        "kmeans_niter": params.kmeans_niter, "seed": params.seed,
                        "codebooks": params.codebooks, "normalize": params.normalize,
-                       **params.extra},
+                       "list_points": params.list_points, **params.extra},
             "list_sizes": {"min": int(sizes.min()), "max": int(sizes.max()),
                            "mean": float(sizes.mean()), "empty": int((sizes == 0).sum())},
             "towers": dense_trainer.describe() if dense_trainer is not None else None,

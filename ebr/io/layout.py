@@ -14,4 +14,5 @@ DOCS = "docs.sqlite"  # row -> (external id, payload JSON): ebr.index.docs
 CODEBOOKS = "codebooks.index"  # the trained, empty coarse index in its build form: new
 #   documents of a living index are encoded with it (ebr.index.live)
 LIST_CENTROIDS = "list_centroids.fbin"  # learned codebooks: the lists documents go to
+LIST_POINTS = "list_points.fbin"  # [nlist * m, d]: the points that rank the lists (probe)
 LIVE_SUFFIX = ".live"  # <index dir>.live/: the write-ahead log and delta of a living index

@@ -15,6 +15,12 @@ it is for indexes with few lists (:data:`AUTO_MIN_NLIST`) or whose quantizer is 
 RQ / LSQ indexes are served with a flat behind a slice of the tiled query
 (:func:`ebr.quant.additive.lift_rq`): the graph is built over that flat and searched with the
 slice of each query, ``[q]`` or, under L2, ``[q, 1]`` against ``[c, -|c|^2 / 2]``.
+
+An index built with list points (:mod:`ebr.quant.listpoints`, the default up to 4,096 points
+in all) is probed by them instead: each list is ranked by its best point, the nprobe best
+lists are scanned with their centroid scores (what the IVF's scan adds to the codes'), so a
+scan of the same lists gives the same results as faiss' own. ``flat`` still ranks by the
+centroids alone, for comparison.
 """
 
 from __future__ import annotations
@@ -28,14 +34,15 @@ import numpy as np
 
 from ebr.errors import SpecError
 from ebr.quant.faiss_index import delete_part, same_quantizer, serves_l2_as_ip
+from ebr.quant.listpoints import ListPoints
 
 __all__ = ["Probe", "ProbeKind", "PROBE_KINDS", "build_probe", "centroid_graph", "ef_search",
            "same_partition", "AUTO_MIN_NLIST", "MIN_AGREEMENT"]
 
 logger = logging.getLogger(__name__)
 
-ProbeKind = Literal["auto", "flat", "hnsw"]
-PROBE_KINDS: tuple[str, ...] = ("auto", "flat", "hnsw")
+ProbeKind = Literal["auto", "flat", "hnsw", "points"]
+PROBE_KINDS: tuple[str, ...] = ("auto", "flat", "hnsw", "points")
 AUTO_MIN_NLIST = 1024  # fewer lists: scoring every centroid is cheap enough
 MIN_AGREEMENT = 0.97  # share of the flat probe's lists the graph must find on the check
 HNSW_M = 32
@@ -99,7 +106,8 @@ class _Chain:
 
 @dataclass(frozen=True)
 class Probe:
-    """A graph over an IVF's centroids that picks the lists a query scans.
+    """A graph over an IVF's centroids, or its lists' points, that picks the lists a query
+    scans.
 
     ``ivf``: the IVF it picks lists of (owned by the index it was built from, which must
     outlive the probe). ``transform``: the pre-transform chain (OPQ rotation, query weighting)
@@ -107,23 +115,37 @@ class Probe:
     ``agreement``: the share of the flat probe's top lists the graph found on the open-time
     check. ``quantizer_transform``: the chain in front of the quantizer's flat (an RQ / LSQ
     index's slice of the tiled query), applied to what the graph searches, not to what the IVF
-    scans."""
+    scans. ``points``: the lists' points (no graph then); ``centroids``, ``centroid_l2``: the
+    quantizer's rows and whether it scores them by L2 distance, for the chosen lists' scores."""
 
-    graph: faiss.IndexHNSWFlat
+    graph: faiss.IndexHNSWFlat | None
     ivf: faiss.IndexIVF
     transform: faiss.IndexPreTransform | None
     agreement: float
     quantizer_transform: faiss.IndexPreTransform | None = None
+    points: ListPoints | None = None
+    centroids: np.ndarray | None = None
+    centroid_l2: bool = False
     _params: dict[int, faiss.SearchParametersHNSW] = field(default_factory=dict, repr=False)
     _chain: _Chain | None = field(init=False, repr=False, default=None)
     _quantizer_chain: _Chain | None = field(init=False, repr=False, default=None)
     _nlist: int = field(init=False, repr=False, default=0)  # a SWIG attribute read costs µs
+    _centroid_norms: np.ndarray | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
         for name, pre in (("_chain", self.transform),
                           ("_quantizer_chain", self.quantizer_transform)):
             object.__setattr__(self, name, None if pre is None else _Chain(pre))
         object.__setattr__(self, "_nlist", int(self.ivf.nlist))
+        if self.centroids is not None:
+            object.__setattr__(self, "_centroid_norms", (self.centroids ** 2).sum(axis=1))
+
+    @property
+    def points_bytes(self) -> int:
+        """RAM of the list points and of the centroids' copy they are served with (0 without)."""
+        if self.points is None or self.centroids is None:
+            return 0
+        return self.points.nbytes + int(self.centroids.nbytes)
 
     def queries(self, xq: np.ndarray) -> np.ndarray:
         """The queries as the IVF sees them (after OPQ / weighting)."""
@@ -136,19 +158,37 @@ class Probe:
         lists per query: what :meth:`scan` takes, for this IVF or another with the same
         centroids and pre-transform (:func:`same_partition`)."""
         nprobe = min(nprobe, self._nlist)
+        xt = self.queries(xq)
+        gq = xt if self._quantizer_chain is None else self._quantizer_chain.apply(xt)
+        graph = self.graph
+        if graph is None:  # build_probe sets one of graph and points
+            return (xt, *self._by_points(gq, nprobe))
         p = self._params.get(nprobe)
         if p is None:  # read-only once made: one object per nprobe, shared by threads
             p = faiss.SearchParametersHNSW()
             p.efSearch = ef_search(nprobe)
             p = self._params.setdefault(nprobe, p)
-        xt = self.queries(xq)
-        gq = xt if self._quantizer_chain is None else self._quantizer_chain.apply(xt)
         n = xt.shape[0]
         D = np.empty((n, nprobe), dtype=np.float32)
         lists = np.empty((n, nprobe), dtype=np.int64)
-        self.graph.search_c(n, faiss.swig_ptr(gq), nprobe, faiss.swig_ptr(D),
+        graph.search_c(n, faiss.swig_ptr(gq), nprobe, faiss.swig_ptr(D),
                             faiss.swig_ptr(lists), p)
         return xt, D, lists
+
+    def _by_points(self, gq: np.ndarray, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        """(centroid scores, lists) [n, nprobe] of the nprobe lists whose best points score
+        highest, best first; the scores are the quantizer's (IP, or squared L2 distance)."""
+        if self.points is None or self.centroids is None or self._centroid_norms is None:
+            raise SpecError("coarse probe: neither a centroid graph nor list points")
+        s = self.points.scores(gq)
+        rows = np.arange(len(gq))[:, None]
+        top = np.argpartition(-s, nprobe - 1, axis=1)[:, :nprobe] if nprobe < self._nlist \
+            else np.broadcast_to(np.arange(self._nlist), s.shape)
+        lists = top[rows, np.argsort(-s[rows, top], axis=1, kind="stable")].astype(np.int64)
+        dots = gq @ self.centroids.T  # [n, nlist]: what the quantizer scores
+        if self.centroid_l2:
+            dots = self._centroid_norms - 2.0 * dots + (gq * gq).sum(axis=1, keepdims=True)
+        return np.ascontiguousarray(dots[rows, lists], dtype=np.float32), lists
 
     @staticmethod
     def scan(ivf: faiss.IndexIVF, xt: np.ndarray, D: np.ndarray, lists: np.ndarray, k: int,
@@ -202,34 +242,52 @@ def same_partition(a: faiss.Index, b: faiss.Index) -> bool:
             and same_quantizer(qs[0], qs[1]))
 
 
-def build_probe(index: faiss.Index, kind: ProbeKind = "auto") -> Probe | None:
-    """The graph probe for the IVF in ``index``, or None where the flat scan serves.
+def build_probe(index: faiss.Index, kind: ProbeKind = "auto",
+                points: np.ndarray | None = None, per_list: int = 1) -> Probe | None:
+    """The probe for the IVF in ``index``, or None where the flat scan of the centroids serves.
 
-    kind: ``flat`` never builds one; ``hnsw`` builds it for any flat quantizer and raises if it
-    fails the check; ``auto`` builds it when nlist >= AUTO_MIN_NLIST and keeps it only if it
-    passes the check."""
+    points: the lists' points (float32 [nlist * per_list, d], :mod:`ebr.quant.listpoints`) or
+    None. kind: ``flat`` builds nothing; ``points`` ranks lists by their points (an error
+    without them); ``hnsw`` builds the centroid graph for any flat quantizer and raises if it
+    fails the check; ``auto`` takes the points when there are any, else builds the graph when
+    nlist >= AUTO_MIN_NLIST and keeps it only if it passes the check."""
     if kind not in PROBE_KINDS:
         raise SpecError(f"coarse probe must be one of {PROBE_KINDS}, got {kind!r}")
     if kind == "flat":
         return None
+    if kind == "points" and points is None:
+        raise SpecError("coarse probe points: this index has no list points (built with "
+                        "list_points 1, or by an ebr before them)")
     ivf = faiss.extract_index_ivf(index)
     quantizer = faiss.downcast_index(ivf.quantizer)
     sliced = None  # RQ / LSQ: the quantizer's flat reads a slice of the tiled query
     if isinstance(quantizer, faiss.IndexPreTransform):
         sliced, quantizer = quantizer, faiss.downcast_index(quantizer.index)
     if not isinstance(quantizer, faiss.IndexFlat):
-        if kind == "hnsw":
-            raise SpecError(f"coarse probe hnsw needs a flat quantizer, this index has "
+        if kind in ("hnsw", "points"):
+            raise SpecError(f"coarse probe {kind} needs a flat quantizer, this index has "
                             f"{type(quantizer).__name__}")
         return None
-    if kind == "auto" and ivf.nlist < AUTO_MIN_NLIST:
-        return None
-    centroids = quantizer.reconstruct_n(0, quantizer.ntotal)
-    graph = centroid_graph(centroids, quantizer.metric_type)
-    # L2 RQ: the flat holds [c, -|c|^2 / 2] and reads [q, 1]: probes end in the constant 1
-    agreement = _agreement(quantizer, graph, centroids, constant_last=serves_l2_as_ip(index))
     outer = faiss.downcast_index(index)
     transform = outer if isinstance(outer, faiss.IndexPreTransform) else None
+    centroids = quantizer.reconstruct_n(0, quantizer.ntotal)
+    lifted = serves_l2_as_ip(index)
+    if points is not None and kind in ("auto", "points"):
+        if points.shape[0] != ivf.nlist * per_list:
+            raise SpecError(f"list points: {points.shape[0]} rows for {ivf.nlist} lists x "
+                            f"{per_list}")
+        served = ListPoints(points, per_list, centroids[:, :points.shape[1]],
+                            l2=lifted or quantizer.metric_type == faiss.METRIC_L2)
+        logger.info("coarse probe: %d points per list over %d lists", per_list, ivf.nlist)
+        return Probe(graph=None, ivf=ivf, transform=transform, agreement=1.0,
+                     quantizer_transform=sliced, points=served,
+                     centroids=np.ascontiguousarray(centroids, dtype=np.float32),
+                     centroid_l2=quantizer.metric_type == faiss.METRIC_L2)
+    if kind == "auto" and ivf.nlist < AUTO_MIN_NLIST:
+        return None
+    graph = centroid_graph(centroids, quantizer.metric_type)
+    # L2 RQ: the flat holds [c, -|c|^2 / 2] and reads [q, 1]: probes end in the constant 1
+    agreement = _agreement(quantizer, graph, centroids, constant_last=lifted)
     if agreement < MIN_AGREEMENT:
         msg = (f"the centroid graph found {agreement:.4f} of the flat probe's lists (needs "
                f">= {MIN_AGREEMENT})")

@@ -10,7 +10,7 @@ runs is the builder's choice (:func:`ebr.index.trainers.make_trainer`).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import faiss
@@ -20,7 +20,8 @@ from ebr.errors import SpecError
 from ebr.metric import Metric
 from ebr.quant.additive import fit_norm_range, rq_stages
 from ebr.quant.encode import ScoreAware, add_with_assignment
-from ebr.quant.faiss_index import extract_ivfpq, rotate
+from ebr.quant.faiss_index import extract_ivfpq, ivf_centroids, rotate
+from ebr.quant.listpoints import fit_list_points
 from ebr.spec import IndexSpec
 from ebr.types import JsonObject
 
@@ -42,6 +43,8 @@ class Codebooks:
         own assignment.
     query_map: [d, d] applied to queries before the coarse search (Distill-VQ), or None.
     score_aware: anisotropic encoding of additive codes, or None.
+    list_points: the lists' points, float32 [nlist * m, d] (:mod:`ebr.quant.listpoints`), or
+        None; set by :meth:`with_list_points`.
 
     Picklable (the index travels as faiss' serialised bytes), so it ships to build workers.
     """
@@ -52,6 +55,27 @@ class Codebooks:
     list_centroids: np.ndarray | None = None
     query_map: np.ndarray | None = None
     score_aware: ScoreAware | None = None
+    list_points: np.ndarray | None = None
+
+    @property
+    def points_per_list(self) -> int:
+        """m of :attr:`list_points` (1: none)."""
+        if self.list_points is None:
+            return 1
+        return len(self.list_points) // int(faiss.extract_index_ivf(self.index).nlist)
+
+    def with_list_points(self, xt: np.ndarray, m: int, seed: int) -> Codebooks:
+        """These codebooks and ``m`` points per list, fitted on ``xt`` (the training sample,
+        input space) in the lists its rows are encoded into."""
+        ivf = faiss.extract_index_ivf(self.index)
+        rotated = rotate(self.index, xt)
+        lists = self.assign(self.index, xt)
+        if lists is None:
+            _, a = ivf.quantizer.search(rotated, 1)
+            lists = a.ravel()
+        points = fit_list_points(rotated, lists, ivf_centroids(ivf), m,
+                                 spherical=self.metric is Metric.IP, seed=seed)
+        return replace(self, list_points=points)
 
     def empty_index(self) -> faiss.Index:
         """A fresh copy of the trained, empty index."""
@@ -78,7 +102,8 @@ class Codebooks:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_restore, (faiss.serialize_index(self.index), self.metric, self.provenance,
-                           self.list_centroids, self.query_map, self.score_aware))
+                           self.list_centroids, self.query_map, self.score_aware,
+                           self.list_points))
 
 
 def _restore(index_bytes: np.ndarray, *rest: Any) -> Codebooks:
