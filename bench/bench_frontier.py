@@ -49,7 +49,9 @@ goal is also stated as QPS at equal recall: each row at its fastest swept nprobe
 reaches the best recall any 32-byte peer reaches (ebr's codes at 16 bytes, learned or not,
 against the peers at 32). --probe hnsw picks every row's lists with a graph over its centroids (ebr's
 ``probe="hnsw"``; the same graph and beam swapped into the faiss peers' IVF; ScaNN keeps its
-own tree); the default scores every centroid, as faiss does. --sweep-probes measures each
+own tree); --probe auto ranks ebr's lists by their points (ebr's default,
+ebr.quant.listpoints: their RAM is in fixed_MB) and the peers' by their centroids; the default
+(flat) scores every centroid, as faiss does. --sweep-probes measures each
 row's curve with each probe in turn, on the same built index. --in-turns builds every row of
 a set in one process first and then measures all their QPS in turns, point by point, the
 rows' order rotated each pass (best of 5): a fair QPS at equal recall on a host whose speed
@@ -228,6 +230,8 @@ class _Peer:
 
         from ebr.quant.probe import centroid_graph
 
+        if kind == "auto":  # ebr's default (its list points); a peer has its centroids
+            kind = "flat"
         if self.kind.startswith("scann"):
             return kind == "flat"
         if kind not in self.quantizers:
@@ -557,14 +561,15 @@ def _ebr(method: str, ds: dict[str, Any], tmp: Path, nlist: int, nprobe: int, me
             opened[probe] = Searcher(open_index(tmp / "i", probe=probe))  # type: ignore[arg-type]
         return opened[probe]
 
-    oi = searchers("flat").index
+    oi = searchers("auto").index  # the RAM of what the default serves (list points included)
     kept, guard = "", None
     if trainer is not None and trainer.info.get("guard"):
         guard = trainer.info["guard"]
         kept = f" (guard kept {guard['kept']})"
     mem = oi.memory()
     per_vector = (mem["codes_bytes"] + mem["list_ids_bytes"]) / oi.ntotal
-    fixed = mem["coarse_ram_bytes"] + mem["query_side_bytes"] - per_vector * oi.ntotal
+    fixed = mem["coarse_ram_bytes"] + mem["query_side_bytes"] + mem["probe_bytes"] \
+        - per_vector * oi.ntotal
     return searchers, f"{spec} {codebooks}{kept}", float(per_vector), float(fixed), guard
 
 
@@ -752,11 +757,13 @@ def main() -> int:
     ap.add_argument("--sweep-nprobe", type=int, nargs="+",
                     help="also measure re-ranked recall@10 and QPS at C = 200 at each of these "
                     "nprobe values (the recall-QPS curve; QPS at equal recall)")
-    ap.add_argument("--probe", choices=["flat", "hnsw"], default="flat",
+    ap.add_argument("--probe", choices=["flat", "hnsw", "auto"], default="flat",
                     help="how every row picks its lists: flat (every centroid scored, faiss' "
                     "default) or hnsw (a graph over the centroids: ebr's probe, and the same "
-                    "graph and beam swapped into the faiss peers; ScaNN keeps its tree)")
-    ap.add_argument("--sweep-probes", nargs="+", choices=["flat", "hnsw"],
+                    "graph and beam swapped into the faiss peers; ScaNN keeps its tree) or "
+                    "auto (ebr's default: its lists' points, ebr.quant.listpoints; the peers "
+                    "score every centroid)")
+    ap.add_argument("--sweep-probes", nargs="+", choices=["flat", "hnsw", "auto"],
                     help="with --sweep-nprobe: the probes each row's curve is measured with, "
                     "one after the other on the same built index (default: --probe)")
     ap.add_argument("--sweep-candidates", type=int, nargs="+",

@@ -29,8 +29,10 @@ Codes                      (ebr.quant, ebr.towers, ebr.train_config)
     ebr.quant.additive     RQ / LSQ codes: bit packing, the L2 norm code, lift_rq      [test_rq]
                            (served by faiss' IVF-PQ scanner)
     ebr.quant.encode       documents into their lists, score-aware codes               [test_anisotropic]
-    ebr.quant.probe        the coarse probe: a graph over the centroids picks a        [test_probe]
-                           query's lists (checked against the flat scan at open)
+    ebr.quant.listpoints   k-means points per IVF list: a list ranked by its best      [test_probe]
+                           point (default up to 4,096 points, served at rank 128)
+    ebr.quant.probe        the coarse probe: the lists' points, or a graph over the     [test_probe]
+                           centroids, picks a query's lists (checked at open)
     ebr.quant.anisotropic  score-aware (ScaNN) code refinement and codebook refit      [test_anisotropic]
     ebr.quant.trainers     the trainer contract (fit -> Codebooks) and faiss k-means / [test_index]
                            OPQ / RQ / LSQ training

@@ -102,21 +102,27 @@ class ListPoints:
         self._offsets = _point_major(offsets, self.nlist, per_list)
 
     @property
+    def dim(self) -> int:
+        """d: the dimensions of the IVF's space the points live in."""
+        return int(self._anchors.shape[1])
+
+    @property
     def nbytes(self) -> int:
         """RAM held (the anchors are a copy of the centroids)."""
         return int(sum(a.nbytes for a in (self._anchors, self._basis, self._offsets, self._bias)
                        if a is not None))
 
-    def scores(self, xq: np.ndarray) -> np.ndarray:
-        """float32 [n, nlist]: each list's best point for each query (higher: nearer); ``xq``
-        in the IVF's space, its first d columns read (L2 RQ's probe query is [q, 1])."""
+    def scores(self, xq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(float32 [n, nlist] each list's best point for each query, higher: nearer; the
+        queries' inner products with the anchors, [n, nlist]); ``xq`` in the IVF's space, its
+        first d columns read (L2 RQ's probe query is [q, 1])."""
         d = self._anchors.shape[1]
-        q = np.ascontiguousarray(xq[:, :d])
+        q = xq[:, :d]
         off = (q if self._basis is None else q @ self._basis) @ self._offsets.T
         if self._bias is not None:
             off += self._bias
-        best = off.reshape(len(q), self.per_list, self.nlist).max(axis=1)
-        return best + q @ self._anchors.T
+        anchored = q @ self._anchors.T
+        return off.reshape(len(q), self.per_list, self.nlist).max(axis=1) + anchored, anchored
 
 
 def _point_major(a: np.ndarray, nlist: int, per_list: int) -> np.ndarray:

@@ -180,15 +180,19 @@ class Probe:
         highest, best first; the scores are the quantizer's (IP, or squared L2 distance)."""
         if self.points is None or self.centroids is None or self._centroid_norms is None:
             raise SpecError("coarse probe: neither a centroid graph nor list points")
-        s = self.points.scores(gq)
+        s, dots = self.points.scores(gq)  # dots: <q, c> over the first d columns
         rows = np.arange(len(gq))[:, None]
         top = np.argpartition(-s, nprobe - 1, axis=1)[:, :nprobe] if nprobe < self._nlist \
             else np.broadcast_to(np.arange(self._nlist), s.shape)
         lists = top[rows, np.argsort(-s[rows, top], axis=1, kind="stable")].astype(np.int64)
-        dots = gq @ self.centroids.T  # [n, nlist]: what the quantizer scores
+        dots = dots[rows, lists]
+        d = self.points.dim
+        if self.centroids.shape[1] > d:  # L2 RQ's flat: [q, 1] against [c, -|c|^2 / 2]
+            dots += (gq[:, None, d:] * self.centroids[lists][:, :, d:]).sum(axis=2)
         if self.centroid_l2:
-            dots = self._centroid_norms - 2.0 * dots + (gq * gq).sum(axis=1, keepdims=True)
-        return np.ascontiguousarray(dots[rows, lists], dtype=np.float32), lists
+            dots = self._centroid_norms[lists] - 2.0 * dots + \
+                (gq * gq).sum(axis=1, keepdims=True)
+        return np.ascontiguousarray(dots, dtype=np.float32), lists
 
     @staticmethod
     def scan(ivf: faiss.IndexIVF, xt: np.ndarray, D: np.ndarray, lists: np.ndarray, k: int,
