@@ -376,6 +376,16 @@ def test_served_rerank_recall_is_what_the_served_index_gives(tmp_path, ds_ip):
         want = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(res.ids, truth, strict=True)])
         got = served_rerank_recall(cb, ds_ip.xb, ds_ip.xq, truth, nprobe, c)
         assert got == pytest.approx(want) and 0 < got < 1
+    # served with list points, as a build with them serves (the same points: same sample, seed)
+    write_index(tmp_path / "p", ds_ip.xb, BuildParams(spec=spec, kmeans_niter=5, list_points=4),
+                codebooks=cb.with_list_points(ds_ip.xb, 4, 0))
+    s = Searcher(open_index(tmp_path / "p"))
+    assert s.index.probe is not None and s.index.probe.points.per_list == 4
+    for nprobe, c in ((2, 20), (4, 50)):
+        res, _ = s.search(ds_ip.xq, SearchParams(k=10, nprobe=nprobe, candidates=c))
+        want = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(res.ids, truth, strict=True)])
+        got = served_rerank_recall(cb, ds_ip.xb, ds_ip.xq, truth, nprobe, c, list_points=4)
+        assert got == pytest.approx(want) and 0 < got < 1
 
 
 def test_guard_averages_over_the_lower_nprobes(ds_ip):

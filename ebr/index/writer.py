@@ -85,7 +85,8 @@ def train_codebooks(vectors: np.ndarray, params: BuildParams,
     xt = gather_rows(vectors, rows)
     if params.normalize:
         xt = normalize_rows(xt)
-    cb = trainer.fit(xt, params.spec, params.metric, params.seed)
+    cb = trainer.fit(xt, params.spec, params.metric, params.seed,
+                     list_points=params.points_per_list)
     if params.points_per_list > 1:
         t0 = time.perf_counter()
         cb = cb.with_list_points(xt, params.points_per_list, params.seed)

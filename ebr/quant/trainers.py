@@ -111,11 +111,14 @@ def _restore(index_bytes: np.ndarray, *rest: Any) -> Codebooks:
 
 
 class CodebookTrainer(Protocol):
-    """Trains IVF centroids + codebooks on a sample ``xt`` (normalised like the index)."""
+    """Trains IVF centroids + codebooks on a sample ``xt`` (normalised like the index).
+    ``list_points``: the points per list the build will rank its lists by (the writer fits
+    them after ``fit``); a trainer that measures its codebooks as served serves them so."""
 
     method: str
 
-    def fit(self, xt: np.ndarray, spec: IndexSpec, metric: Metric, seed: int) -> Codebooks: ...
+    def fit(self, xt: np.ndarray, spec: IndexSpec, metric: Metric, seed: int,
+            list_points: int = 1) -> Codebooks: ...
 
 
 class KMeansTrainer:
@@ -143,8 +146,9 @@ class KMeansTrainer:
         self.lsq_encode_iters = lsq_encode_iters
         self.method = method
 
-    def fit(self, xt: np.ndarray, spec: IndexSpec, metric: Metric, seed: int) -> Codebooks:
-        """The contract: faiss' own codebooks and list assignment."""
+    def fit(self, xt: np.ndarray, spec: IndexSpec, metric: Metric, seed: int,
+            list_points: int = 1) -> Codebooks:
+        """The contract: faiss' own codebooks and list assignment (``list_points``: unused)."""
         return self.codebooks(self.train_index(xt, spec, metric, seed), spec, metric)
 
     def codebooks(self, index: faiss.Index, spec: IndexSpec, metric: Metric) -> Codebooks:

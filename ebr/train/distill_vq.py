@@ -71,30 +71,40 @@ logger = logging.getLogger(__name__)
 
 
 def served_recalls(cb: Codebooks, xt: np.ndarray, q: np.ndarray, truth: np.ndarray,
-                   nprobes: int | Sequence[int], candidates: int) -> tuple[np.ndarray, float]:
+                   nprobes: int | Sequence[int], candidates: int, list_points: int = 1,
+                   seed: int = 0) -> tuple[np.ndarray, float]:
     """Codebooks as served: ``xt`` encoded as the writer encodes documents, ``q`` mapped as
-    the searcher maps queries, searched at each of ``nprobes``. Returns each query's share of
-    its exact top 10 among ``xt`` (``truth[:, :10]``) in the coarse top ``candidates``, i.e.
-    its re-ranked recall@10 at that candidate count, and the coarse recall@K of the codes
-    against ``truth`` (K its width, 100 as the validation keeps it), both averaged over the
-    nprobes."""
+    the searcher maps queries, searched at each of ``nprobes``, its lists ranked by
+    ``list_points`` points per list fitted on ``xt`` as the writer fits them (1: by the
+    centroids). Returns each query's share of its exact top 10 among ``xt``
+    (``truth[:, :10]``) in the coarse top ``candidates``, i.e. its re-ranked recall@10 at that
+    candidate count, and the coarse recall@K of the codes against ``truth`` (K its width, 100
+    as the validation keeps it), both averaged over the nprobes."""
     from ebr.quant.additive import lift_rq
     from ebr.quant.faiss_index import ivf_params
+    from ebr.quant.probe import build_probe
 
     nprobes = (nprobes,) if isinstance(nprobes, int) else tuple(nprobes)
     if not nprobes:
         raise SpecError("served_recalls needs at least one nprobe")
+    if list_points > 1 and cb.list_points is None:
+        cb = cb.with_list_points(xt, list_points, seed)
     index = cb.empty_index()
     for _, block in chunks(xt):
         cb.add(index, block)
     index = lift_rq(index)
+    probe = None if cb.list_points is None else build_probe(index, "points", cb.list_points,
+                                                            cb.points_per_list)
     xq = np.ascontiguousarray(q if cb.query_map is None else q @ cb.query_map.T,
                               dtype=np.float32)
     k = min(max(candidates, truth.shape[1]), len(xt))
     per_query = np.zeros(len(q))
     coarse = 0.0
     for nprobe in nprobes:
-        _, ids = index.search(xq, k, params=ivf_params(index, nprobe, None, False))
+        if probe is None:
+            _, ids = index.search(xq, k, params=ivf_params(index, nprobe, None, False))
+        else:
+            _, ids = probe.search(xq, k, nprobe, ivf_params(probe.ivf, nprobe, None, False))
         per_query += [len(set(a[a >= 0].tolist()) & set(b.tolist())) / len(b)
                       for a, b in zip(ids[:, :candidates], truth[:, :10], strict=True)]
         coarse += recall_of(torch.from_numpy(ids[:, :truth.shape[1]]), truth)
@@ -102,9 +112,9 @@ def served_recalls(cb: Codebooks, xt: np.ndarray, q: np.ndarray, truth: np.ndarr
 
 
 def served_rerank_recall(cb: Codebooks, xt: np.ndarray, q: np.ndarray, truth: np.ndarray,
-                         nprobe: int, candidates: int) -> float:
+                         nprobe: int, candidates: int, list_points: int = 1) -> float:
     """The mean re-ranked recall@10 of :func:`served_recalls` at one nprobe."""
-    return float(served_recalls(cb, xt, q, truth, nprobe, candidates)[0].mean())
+    return float(served_recalls(cb, xt, q, truth, nprobe, candidates, list_points)[0].mean())
 
 
 def _best_within_noise(per_query: dict[str, np.ndarray], coarse: dict[str, float]
@@ -177,7 +187,8 @@ class DistillVQTrainer:
         self._plain_start: faiss.Index | None = None
 
     # -- CodebookTrainer ------------------------------------------------------------------
-    def fit(self, xt: np.ndarray, spec: IndexSpec, metric: Metric, seed: int) -> Codebooks:
+    def fit(self, xt: np.ndarray, spec: IndexSpec, metric: Metric, seed: int,
+            list_points: int = 1) -> Codebooks:
         """The contract: the distilled index, the k-means lists documents keep, the query map
         and score-aware encoding; the training's record as provenance.
 
@@ -203,7 +214,8 @@ class DistillVQTrainer:
                 run.info["start"] = f"OPQ rotation added to {start} (same bytes per vector)"
         self._restore(runs["learned"])
         if self._held_out is not None and (cfg.guard or len(runs) > 1):
-            self.codebooks = self._guard(runs, xt, spec, metric, seed, plain=cfg.guard)
+            self.codebooks = self._guard(runs, xt, spec, metric, seed, plain=cfg.guard,
+                                         list_points=list_points)
         else:
             self.codebooks = self._codebooks()
         self._plain_start = None  # kept, it is in the codebooks; else no longer needed
@@ -236,13 +248,14 @@ class DistillVQTrainer:
                          self.query_map, self.score_aware)
 
     def _guard(self, runs: dict[str, _Run], xt: np.ndarray, spec: IndexSpec, metric: Metric,
-               seed: int, plain: bool = True) -> Codebooks:
+               seed: int, plain: bool = True, list_points: int = 1) -> Codebooks:
         """The best of the learned runs and (``plain``) faiss' plain codebooks for the spec
         (k-means, or OPQ when the spec has it or the start added it), each served as the writer
         fills and the searcher searches it, on the held-out queries at the validation candidate
         count, each query's recall averaged over the validation nprobe and its halvings
         (``guard_nprobes``): the best re-ranked recall@10, what users see. Those within one
-        standard error of it (of the per-query differences) are tied on that measure, and the
+        standard error of it (of the per-query differences) are tied on that measure (each
+        served with ``list_points`` per list, as the build serves them), and the
         tie goes to the best coarse recall@100 (the same recall at a smaller C), then to the
         plain ones (a learned change is kept only where it helps), then to the first run.
         Learning never ends below its start."""
@@ -259,18 +272,18 @@ class DistillVQTrainer:
             plain_cb = trainer.fit(xt, spec, metric, seed) if self._plain_start is None else \
                 trainer.codebooks(self._plain_start, spec, metric)
             per_query["plain"], coarse["plain"] = served_recalls(plain_cb, xt, q, truth,
-                                                                 nprobes, c)
+                                                                 nprobes, c, list_points, seed)
         for name, run in runs.items():
             self._restore(run)
             per_query[name], coarse[name] = served_recalls(self._codebooks(), xt, q, truth,
-                                                           nprobes, c)
+                                                           nprobes, c, list_points, seed)
         kept, tied = _best_within_noise(per_query, coarse)
         self._restore(runs[kept] if kept in runs else runs["learned"])
         record = {"held_out_rerank_recall@10": {k: float(v.mean()) for k, v in
                                                 per_query.items()},
                   f"held_out_coarse_recall@{truth.shape[1]}": coarse, "tied": tied,
                   "nprobe": nprobe, "nprobes": list(nprobes), "candidates": c,
-                  "sample": len(xt), "kept": kept}
+                  "list_points": list_points, "sample": len(xt), "kept": kept}
         # without plain codebooks competing it is the choice between the runs, not a guard
         self.info = {**self.info, "guard" if plain else "run_choice": record}
         logger.info("distill: held-out re-ranked recall@10 at nprobe %s, C %d: %s (tied within "
