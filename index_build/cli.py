@@ -11,6 +11,7 @@ from dataclasses import fields
 from typing import Any
 
 from ebr.data.synthetic import PROFILES, SyntheticConfig
+from ebr.quant.probe import PROBE_KINDS
 from ebr.spec import CODEBOOK_METHODS, DENSE_DTYPES, BuildParams
 from ebr.train_config import BiDRConfig, DistillConfig, EncoderFineTuneConfig
 
@@ -226,6 +227,10 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
                    help="candidate counts C handed to the re-rank (--k-coarse: the old name)")
     s.add_argument("--baseline", action="store_true",
                    help="also run faiss IVFPQ+IndexRefineFlat (same spec/seed, all in RAM)")
+    s.add_argument("--probe", choices=PROBE_KINDS, default="auto",
+                   help="how a query's lists are picked: auto (the index's list points when "
+                   "it has them), flat (the centroids alone), hnsw, points; compare two on "
+                   "your queries before choosing EBR_COARSE_PROBE")
     s.add_argument("--target-recall", type=float, default=0.95,
                    help="recommend the swept (nprobe, C) of least work whose recall@10 "
                    "against exact search reaches this (the report's 'recommended' line)")

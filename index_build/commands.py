@@ -45,7 +45,7 @@ def evaluate(args: argparse.Namespace) -> None:
         result = evaluate_index(args.index, xq, query_ids=qids, qrels=qrels,
                                 nprobes=args.nprobe, candidate_counts=args.candidates,
                                 baseline=args.baseline, progress=args.progress,
-                                target_recall=args.target_recall)
+                                target_recall=args.target_recall, probe=args.probe)
     paths = report(Path(args.results), args.name, f"ebr evaluation: {args.index}", result)
     print(Path(paths["md"]).read_text())  # noqa: T201 - the CLI's output
 

@@ -35,6 +35,7 @@ from ebr.index.live import open_live
 from ebr.index.reader import OpenIndex, open_index
 from ebr.index.sharded import ShardedIndex, open_sharded
 from ebr.io.manifest import read_manifest
+from ebr.quant.probe import ProbeKind
 from ebr.search.exact import exact_search
 from ebr.search.live import LiveSearcher
 from ebr.search.searcher import Searcher
@@ -89,9 +90,11 @@ def evaluate_index(
     label: str = "ebr",
     progress: bool = False,
     target_recall: float | None = 0.95,
+    probe: ProbeKind = "auto",
 ) -> tuple[list[JsonObject], JsonObject]:
     """Returns (rows, meta). ``qrels`` maps query id -> {external doc id: grade}. The index
-    as the service serves it: a single index (with its log's writes), or a sharded one.
+    as the service serves it: a single index (with its log's writes), or a sharded one, its
+    lists picked by ``probe`` (:func:`ebr.index.reader.open_index`).
     ``meta["operating_points"]``: the swept (nprobe, C) that no other beats on recall@10
     against exact search and p50 latency; ``meta["recommended"]`` (``recommended_point``):
     the least work with recall@10 >= ``target_recall`` (:func:`operating_points`), or why
@@ -102,10 +105,10 @@ def evaluate_index(
     if isinstance(index_dir, OpenIndex):
         oi = index_dir
     elif read_manifest(Path(index_dir)).shards:
-        sharded = open_sharded(index_dir)
+        sharded = open_sharded(index_dir, probe=probe)
         oi = sharded.shards[0]  # the build's manifest and query side: every shard's
     else:
-        oi = open_index(index_dir)
+        oi = open_index(index_dir, probe=probe)
     searcher: Searcher | ShardedSearcher = \
         ShardedSearcher(sharded) if sharded is not None else _searcher(oi)
     whole: OpenIndex | ShardedIndex = sharded if sharded is not None else oi
@@ -155,6 +158,7 @@ def evaluate_index(
         "ram_bytes_per_vector": round(float(mem["coarse_ram_bytes_per_vector"]), 2),
         "dense_bytes_per_vector": round(float(mem["dense_bytes_per_vector"]), 2),
         "ram_fraction_of_dense": round(float(mem["ram_fraction_of_dense"]), 4),
+        "probe": _probe_name(oi),
         "memory": mem,
         "ceiling": "stage 'ceiling': every document of the nprobe's lists re-ranked; no codes "
                    "or C pass its recall against exact search there (raise nprobe when the "
@@ -202,6 +206,16 @@ def _baseline(oi: OpenIndex, whole: OpenIndex | ShardedIndex) -> FaissRefineSyst
                              train_size=params["train_size"])
     logger.info("faiss baseline built in %.1f s", time.perf_counter() - t0)
     return base
+
+
+def _probe_name(oi: OpenIndex) -> str:
+    """How the searched index picks a query's lists."""
+    probe = oi.probe
+    if probe is None:
+        return "centroids (every one scored)"
+    if probe.points is not None:
+        return f"list points ({probe.points.per_list} per list, rank {probe.points.rank})"
+    return "a graph over the centroids"
 
 
 def _filtering(index_dir: str | Path) -> LiveSearcher | ShardedSearcher:

@@ -71,7 +71,8 @@ def open_generation(settings: Settings, directory: Path | None = None,
     if read_manifest(path).shards:  # a sharded index: fan out, merge
         from ebr.index.sharded import open_sharded
 
-        si = open_sharded(path, verify_checksums=settings.verify_checksums)
+        si = open_sharded(path, verify_checksums=settings.verify_checksums,
+                          probe=settings.coarse_probe)
         backends = shard_backends(si) if shard_backends is not None else None
         return ShardedSearcher(si, backends), None, version_of(si.manifest)
     oi = open_index(path, verify_checksums=settings.verify_checksums,

@@ -13,7 +13,8 @@ from index_build.__main__ import main
 def test_build_inspect_evaluate(tmp_path, capsys):
     out = tmp_path / "idx"
     assert main(["--no-progress", "build", "--synthetic", "--n", "3000", "--dim", "32",
-                 "--out", str(out), "--spec", "IVF16,PQ8", "--niter", "5"]) == 0
+                 "--out", str(out), "--spec", "IVF16,PQ8", "--niter", "5",
+                 "--list-points", "4"]) == 0
     data = tmp_path / "idx.data"
     assert (data / "qrels" / "test.tsv").exists()
     oi = open_index(out)
@@ -22,12 +23,16 @@ def test_build_inspect_evaluate(tmp_path, capsys):
     assert main(["inspect", "--index", str(out)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["spec"] == "IVF16,PQ8" and info["memory"]["codes_bytes"] == 3000 * 8
+    assert oi.probe.points.per_list == 4 and info["memory"]["probe_bytes"] > 0
     res = tmp_path / "res"
     assert main(["--no-progress", "evaluate", "--index", str(out),
                  "--queries", str(data / "queries_test.npy"),
                  "--query-ids", str(data / "queries_test_ids.txt"),
                  "--qrels", str(data / "qrels" / "test.tsv"), "--nprobe", "4", "16",
-                 "--candidates", "50", "100", "--results", str(res), "--name", "e"]) == 0
+                 "--candidates", "50", "100", "--results", str(res), "--name", "e",
+                 "--probe", "points"]) == 0
+    assert json.loads((res / "e.json").read_text())["meta"]["probe"].startswith(
+        "list points (4 per list")
     rows = json.loads((res / "e.json").read_text())["rows"]
     assert len(rows) == 1 + 2 * 2 * 2 + 2  # exact + nprobe x C x stage + a ceiling per nprobe
     assert rows[0]["system"] == "exact" and 0 < rows[0]["ndcg@10"] <= 1
@@ -53,6 +58,8 @@ def test_cli_errors_exit_2(tmp_path):
     np.save(tmp_path / "x.npy", np.ones((10, 8), np.float32))
     assert main(["build", "--input", str(tmp_path / "x.npy"), "--out", str(tmp_path / "i"),
                  "--spec", "IVF4,PQ3"]) == 2  # 8 % 3 != 0
+    assert main(["build", "--input", str(tmp_path / "x.npy"), "--out", str(tmp_path / "i"),
+                 "--spec", "IVF4,PQ4", "--list-points", "0"]) == 2
     assert main(["inspect", "--index", str(tmp_path / "missing")]) == 2
     assert not (tmp_path / "i").exists()
 

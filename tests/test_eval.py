@@ -75,6 +75,8 @@ def test_evaluate_rows_and_report(index_ip, ds_ip, tmp_path):
     for a, b in zip(ebr, faiss_rows, strict=False):  # same training -> same recall as the peer
         assert a["exact_recall@10"] == pytest.approx(b["exact_recall@10"], abs=0.02)
     assert 0 < rows[0]["ndcg@10"] <= 1 and meta["ram_fraction_of_dense"] < 0.5
+    assert meta["probe"] == "list points (16 per list, rank 32)"  # the default build's, d = 32
+    assert meta["memory"]["probe_bytes"] > 0
     paths = write_report(tmp_path, "r", {"title": "t", **meta}, rows)
     data = json.loads(paths["json"].read_text())
     assert len(data["rows"]) == len(rows)
@@ -263,3 +265,15 @@ def test_evaluate_recommends_serving_parameters(index_ip, ds_ip):
 
     with pytest.raises(InputError):  # refused before any sweep
         evaluate_index(index_ip, ds_ip.xq, nprobes=[1], candidate_counts=[20], target_recall=0)
+
+
+def test_evaluate_picks_lists_as_asked(index_ip, ds_ip):
+    """probe='flat' ranks the lists by their centroids (no points in RAM); the default by the
+    build's list points; each report says which."""
+    _, flat = evaluate_index(index_ip, ds_ip.xq, nprobes=[2], candidate_counts=[50],
+                             probe="flat")
+    assert flat["probe"] == "centroids (every one scored)"
+    assert flat["memory"]["probe_bytes"] == 0
+    rows, points = evaluate_index(index_ip, ds_ip.xq, nprobes=[2], candidate_counts=[50])
+    assert points["probe"].startswith("list points") and points["memory"]["probe_bytes"] > 0
+    assert any(r["stage"] == "ceiling" for r in rows)

@@ -42,6 +42,7 @@ from ebr.io.manifest import (
 )
 from ebr.metric import Metric
 from ebr.quant.faiss_index import ivf_centroids
+from ebr.quant.probe import ProbeKind
 from ebr.quant.trainers import Codebooks, CodebookTrainer
 from ebr.spec import BuildParams, IndexSpec
 from ebr.types import ExternalId, JsonObject
@@ -273,10 +274,11 @@ class _Rows:
         return out
 
 
-def open_sharded(directory: str | os.PathLike[str], verify_checksums: bool = True
-                 ) -> ShardedIndex:
-    """Open a sharded index directory: the top manifest, then every shard (verified), and
-    check that all shards share one coarse quantizer and one set of codebooks."""
+def open_sharded(directory: str | os.PathLike[str], verify_checksums: bool = True,
+                 probe: ProbeKind = "auto") -> ShardedIndex:
+    """Open a sharded index directory: the top manifest, then every shard (verified, its
+    lists picked by ``probe``, as :func:`open_index`), and check that all shards share one
+    coarse quantizer, one set of codebooks and the same list points."""
     path = Path(directory)
     m = read_manifest(path)
     if not m.shards:
@@ -286,12 +288,14 @@ def open_sharded(directory: str | os.PathLike[str], verify_checksums: bool = Tru
     for s in m.shards:
         if "/" in str(s["dir"]) or str(s["dir"]).startswith("."):
             raise IndexFormatError(f"{path}: shard dir {s['dir']!r} escapes the index")
-        oi = open_index(path / s["dir"], verify_checksums=verify_checksums)
+        oi = open_index(path / s["dir"], verify_checksums=verify_checksums, probe=probe)
         if oi.ntotal != s["stop"] - s["start"]:
             raise IndexFormatError(f"{path / s['dir']}: {oi.ntotal} vectors, the top manifest "
                                    f"says {s['stop'] - s['start']}")
+        points = oi.manifest.files.get(layout.LIST_POINTS)
         this = (ivf_centroids(oi.ivfpq).tobytes()
-                + faiss.vector_to_array(oi.ivfpq.pq.centroids).tobytes())
+                + faiss.vector_to_array(oi.ivfpq.pq.centroids).tobytes()
+                + (b"" if points is None else points.sha256.encode()))
         if fp is not None and this != fp:
             raise IndexFormatError(f"{path / s['dir']}: codebooks differ from shard 0's")
         fp = this

@@ -102,6 +102,11 @@ class ListPoints:
         self._offsets = _point_major(offsets, self.nlist, per_list)
 
     @property
+    def anchors(self) -> np.ndarray:
+        """The lists' centroids [nlist, d] the points are served from (read-only use)."""
+        return self._anchors
+
+    @property
     def dim(self) -> int:
         """d: the dimensions of the IVF's space the points live in."""
         return int(self._anchors.shape[1])

@@ -145,7 +145,8 @@ class Probe:
         """RAM of the list points and of the centroids' copy they are served with (0 without)."""
         if self.points is None or self.centroids is None:
             return 0
-        return self.points.nbytes + int(self.centroids.nbytes)
+        shared = np.shares_memory(self.points.anchors, self.centroids)
+        return self.points.nbytes + (0 if shared else int(self.centroids.nbytes))
 
     def queries(self, xq: np.ndarray) -> np.ndarray:
         """The queries as the IVF sees them (after OPQ / weighting)."""
@@ -172,7 +173,7 @@ class Probe:
         D = np.empty((n, nprobe), dtype=np.float32)
         lists = np.empty((n, nprobe), dtype=np.int64)
         graph.search_c(n, faiss.swig_ptr(gq), nprobe, faiss.swig_ptr(D),
-                            faiss.swig_ptr(lists), p)
+                       faiss.swig_ptr(lists), p)
         return xt, D, lists
 
     def _by_points(self, gq: np.ndarray, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
