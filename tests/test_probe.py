@@ -1,5 +1,6 @@
 """The coarse probe (ebr.quant.probe): a graph over the centroids picks the lists, the IVF scans
-them; the results are the flat probe's, and a graph that would miss lists is never served."""
+them; the results are the flat probe's, and a graph that would miss lists is never served. The
+lists' points (ebr.quant.listpoints) pick exactly the lists their definition ranks best."""
 
 from __future__ import annotations
 

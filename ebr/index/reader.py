@@ -53,7 +53,7 @@ class OpenIndex:
     query_tower: Tower | None = None  # BiDR: re-rank queries are f_q(q); the store holds f_d(v)
     guard: FileGuard | None = None  # keeps the mapped files from changing under a search
     prefetch: RowPrefetch | None = None  # the re-rank's hybrid read path (ebr.io.vecs)
-    probe: Probe | None = None  # a graph over the centroids picks the lists (ebr.quant.probe)
+    probe: Probe | None = None  # list points or a centroid graph pick the lists (ebr.quant.probe)
 
     def using(self) -> AbstractContextManager[None]:
         """``with index.using():`` around every read of the mapped coarse or dense bytes:
