@@ -12,8 +12,10 @@ its best point's: an estimate of the best document score the list holds, exact w
 member is a point. The lists, the codes and the scores a scan gives are unchanged; only which
 lists are scanned moves. The points are trained with the codebooks, on the same sample, in the
 lists the documents are encoded into, so shards, compactions and the segments of a living
-index share them. Cost at search: one product with nlist x m points per query (4,096 x 384
-floats ~ 60 µs on one core) instead of nlist; in RAM: nlist x m x d floats, fixed.
+index share them. Cost at search: one product with nlist x m points per query instead of nlist
+centroids (4,096 points of 384 dimensions, served at rank 128: ~40 µs on one core, ~60 µs for
+the whole pick); in RAM: nlist x m x rank floats and a d x rank basis (2.7 MB there), fixed.
+What that buys, and what it costs against a larger nprobe: docs/methods.md, "list points".
 """
 
 from __future__ import annotations

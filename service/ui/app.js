@@ -146,6 +146,7 @@ function renderIndex(info) {
     ["RAM / dense", mem.ram_fraction_of_dense !== undefined
       ? `${(100 * mem.ram_fraction_of_dense).toFixed(1)}%` : null],
     ["coarse index in RAM", fmtBytes(mem.coarse_ram_bytes)],
+    ["list points in RAM", mem.probe_bytes ? fmtBytes(mem.probe_bytes) : null],
     ["dense store on disk", fmtBytes(mem.dense_disk_bytes)],
     ["payloads", info.payloads],
     ["filter fields", Object.entries(info.fields || {}).map(([n, k]) => `${n}:${k}`).join(", ")],
