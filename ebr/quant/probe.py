@@ -277,10 +277,7 @@ def build_probe(index: faiss.Index, kind: ProbeKind = "auto",
     transform = outer if isinstance(outer, faiss.IndexPreTransform) else None
     centroids = quantizer.reconstruct_n(0, quantizer.ntotal)
     lifted = serves_l2_as_ip(index)
-    if points is not None and kind in ("auto", "points"):
-        if points.shape[0] != ivf.nlist * per_list:
-            raise SpecError(f"list points: {points.shape[0]} rows for {ivf.nlist} lists x "
-                            f"{per_list}")
+    if points is not None and kind in ("auto", "points"):  # ListPoints checks the shapes
         served = ListPoints(points, per_list, centroids[:, :points.shape[1]],
                             l2=lifted or quantizer.metric_type == faiss.METRIC_L2)
         logger.info("coarse probe: %d points per list over %d lists", per_list, ivf.nlist)
